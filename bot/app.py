@@ -1,0 +1,83 @@
+"""Building the bot's parts once, from the settings, for every command and adapter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from bot.catalog import ModelCatalog, ProviderPool, build_catalog
+from bot.credits import Credits
+from bot.errors import RegistryUnusable
+from bot.flow import Clock, ImagineService
+from bot.registry import Registry, RegistryError, load_registry
+from bot.settings import Settings
+from ledger import Ledger, create_engine, migrate, utc_now
+from providers import PROVIDERS
+
+
+def load_models(settings: Settings) -> Registry:
+    try:
+        return load_registry(settings.models_file, PROVIDERS)
+    except RegistryError as error:
+        raise RegistryUnusable(error.problems) from None
+
+
+def load_catalog(settings: Settings) -> tuple[ModelCatalog, ProviderPool]:
+    return build_catalog(load_models(settings), settings)
+
+
+@contextlib.asynccontextmanager
+async def open_ledger(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Ledger]:
+    """The ledger on ``DATABASE_URL``, with every pending migration applied first."""
+    _create_sqlite_folder(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate.upgrade(engine)
+        yield Ledger(engine, clock)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_credits(
+    settings: Settings, *, extra_admins: frozenset[str] = frozenset(), clock: Clock = utc_now
+) -> AsyncIterator[Credits]:
+    async with open_ledger(settings, clock) as ledger:
+        yield Credits(
+            ledger,
+            admins=frozenset(settings.admin_accounts) | extra_admins,
+            starting_credits=settings.starting_credits,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: Settings, *, extra_admins: frozenset[str] = frozenset(), clock: Clock = utc_now
+) -> AsyncIterator[ImagineService]:
+    """Everything the imagine flow needs: models, providers, and the ledger."""
+    catalog, providers = load_catalog(settings)
+    try:
+        async with open_credits(settings, extra_admins=extra_admins, clock=clock) as credits:
+            service = ImagineService(
+                catalog=catalog,
+                providers=providers,
+                credits=credits,
+                quote_ttl=timedelta(seconds=settings.quote_ttl_seconds),
+                generation_timeout=timedelta(seconds=settings.generation_timeout_seconds),
+                provider_concurrency=settings.provider_concurrency,
+                clock=clock,
+            )
+            await service.recover()
+            yield service
+    finally:
+        await providers.aclose()
+
+
+def _create_sqlite_folder(database_url: str) -> None:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

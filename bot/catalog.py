@@ -1,0 +1,109 @@
+"""Which models can be used right now, and the provider objects that serve them.
+
+A model is usable when it is active and its provider is configured (API key
+set, adapter importable). Providers are built once, at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bot import messages
+from bot.errors import ModelUnavailable, RequestError, UnknownModel
+from bot.registry import ModelSpec, Registry
+from bot.settings import Settings
+from providers import PROVIDERS, ProviderSpec
+from providers.base import ImageProvider, ProviderConfig
+
+logger = logging.getLogger(__name__)
+
+SWITCHED_OFF = "it is switched off in the models file"
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    """The registry plus, for each model that cannot be used, the reason why."""
+
+    registry: Registry
+    unavailable: Mapping[str, str]
+
+    def reason_unavailable(self, model: ModelSpec) -> str | None:
+        if not model.active:
+            return SWITCHED_OFF
+        return self.unavailable.get(model.id)
+
+    def usable(self) -> list[ModelSpec]:
+        return [model for model in self.registry if self.reason_unavailable(model) is None]
+
+    def listed(self) -> list[ModelSpec]:
+        """Models shown to users: every active one, usable or not."""
+        return [model for model in self.registry if model.active]
+
+    def default_model(self) -> ModelSpec:
+        usable = self.usable()
+        if not usable:
+            raise RequestError(messages.NO_MODEL_AVAILABLE)
+        return usable[0]
+
+    def require(self, model_id: str) -> ModelSpec:
+        """The usable model called ``model_id``, or the error that says why not."""
+        model = self.registry.get(model_id)
+        if model is None:
+            raise UnknownModel(model_id, self.registry.closest_ids(model_id))
+        reason = self.reason_unavailable(model)
+        if reason is not None:
+            raise ModelUnavailable(model.id, reason)
+        return model
+
+
+@dataclass(frozen=True)
+class ProviderPool:
+    """The built provider adapters by provider name."""
+
+    providers: Mapping[str, ImageProvider]
+
+    def for_model(self, model: ModelSpec) -> ImageProvider:
+        return self.providers[model.provider]
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+def build_catalog(
+    registry: Registry,
+    settings: Settings,
+    specs: Mapping[str, ProviderSpec] = PROVIDERS,
+) -> tuple[ModelCatalog, ProviderPool]:
+    """Build every provider the active models use; models whose provider cannot be built are unavailable."""
+    built: dict[str, ImageProvider] = {}
+    provider_problems: dict[str, str] = {}
+    for name in dict.fromkeys(model.provider for model in registry if model.active):
+        spec = specs[name]
+        config, missing = _provider_config(spec, settings)
+        if missing:
+            provider_problems[name] = missing
+            continue
+        try:
+            built[name] = spec.build(config)
+        except (ImportError, ValueError) as error:
+            logger.warning("provider %s cannot be used: %s", name, error)
+            provider_problems[name] = f"the {name} provider could not start ({error})"
+    unavailable = {
+        model.id: provider_problems[model.provider]
+        for model in registry
+        if model.provider in provider_problems
+    }
+    return ModelCatalog(registry, unavailable), ProviderPool(built)
+
+
+def _provider_config(spec: ProviderSpec, settings: Settings) -> tuple[ProviderConfig, str | None]:
+    api_key = next(
+        (value for name in spec.api_key_env if (value := settings.environment_value(name))), None
+    )
+    if spec.api_key_env and api_key is None:
+        return ProviderConfig(), f"no API key is configured (set {spec.api_key_env[0]})"
+    base_url = settings.environment_value(spec.base_url_env) if spec.base_url_env else None
+    return ProviderConfig(api_key=api_key, base_url=base_url), None

@@ -1,0 +1,229 @@
+"""``imagine-bot``: run the bot, chat in the terminal, inspect models, manage credits.
+
+Exit codes: 0 done; 1 refused (unknown account, not enough credits, a bad
+models file); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from bot import messages
+from bot.accounts import CONSOLE_OWNER, parse_account
+from bot.app import load_catalog, load_models, open_credits, open_ledger, open_service
+from bot.console import ConsoleChat, stdin_reader
+from bot.credits import parse_amount
+from bot.errors import ImagineError, RequestError
+from bot.settings import Settings
+from ledger import migrate
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if arguments.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        _fail(EXIT_USAGE, _describe_settings_error(error))
+    try:
+        code = asyncio.run(arguments.handler(settings, arguments))
+    except RequestError as error:
+        _fail(EXIT_USAGE, error.message)
+    except ImagineError as error:
+        _fail(EXIT_REFUSED, error.message)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagine-bot",
+        description="AI image generation for Discord, Slack and the terminal, paid with credits.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.set_defaults(handler=_run)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run the bot: Discord/Slack when their tokens are set, else the console"
+    )
+    run.set_defaults(handler=_run, account=None)
+
+    console = commands.add_parser("console", help="chat with the bot in this terminal")
+    console.add_argument(
+        "--as",
+        dest="account",
+        metavar="ACCOUNT",
+        help=f"chat as this account (default {CONSOLE_OWNER}, which may use admin commands)",
+    )
+    console.set_defaults(handler=_console)
+
+    models = commands.add_parser("models", help="list the models in the registry")
+    models.add_argument("--check", action="store_true", help="only validate the models file")
+    models.add_argument("--file", help="the registry file to read (default: MODELS_FILE)")
+    models.set_defaults(handler=_models)
+
+    for name, help_text in (
+        ("grant", "add credits to an account"),
+        ("revoke", "take available credits back from an account"),
+    ):
+        admin = commands.add_parser(name, help=help_text)
+        admin.add_argument("account", help="e.g. discord:1234, slack:T01:U02, console:alice")
+        admin.add_argument("amount", help="whole number of credits, greater than 0")
+        admin.add_argument("--reason", default="", help="recorded in the ledger")
+        admin.set_defaults(handler=_grant if name == "grant" else _revoke)
+
+    balance = commands.add_parser("balance", help="show an account's balance")
+    balance.add_argument("account")
+    balance.set_defaults(handler=_balance)
+
+    history = commands.add_parser("history", help="show an account's recent generations")
+    history.add_argument("account")
+    history.add_argument("--limit", type=int, default=20)
+    history.set_defaults(handler=_history)
+
+    database = commands.add_parser("db", help="database maintenance")
+    database_commands = database.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    upgrade = database_commands.add_parser("upgrade", help="apply pending migrations")
+    upgrade.set_defaults(handler=_db_upgrade)
+
+    ledger_parser = commands.add_parser("ledger", help="ledger audits")
+    ledger_commands = ledger_parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True
+    )
+    verify = ledger_commands.add_parser(
+        "verify", help="recompute every balance from its entries; exit 1 on any disagreement"
+    )
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
+    if settings.has_chat_platform:
+        _fail(
+            EXIT_USAGE,
+            "DISCORD_TOKEN or SLACK_BOT_TOKEN is set, but this version has no Discord or Slack "
+            "adapter yet; unset them to use the console chat.",
+        )
+    return await _console(settings, arguments)
+
+
+async def _console(settings: Settings, arguments: argparse.Namespace) -> int:
+    account = parse_account(arguments.account) if arguments.account else CONSOLE_OWNER
+    is_owner = arguments.account is None
+    async with open_service(
+        settings, extra_admins=frozenset({CONSOLE_OWNER}) if is_owner else frozenset()
+    ) as service:
+        chat = ConsoleChat(
+            service,
+            account,
+            output_dir=settings.output_dir,
+            read_line=stdin_reader(interactive=sys.stdin.isatty()),
+            write=print,
+            welcome_credits=settings.console_welcome_credits if is_owner else 0,
+        )
+        await chat.run()
+    return 0
+
+
+async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
+    if arguments.file:
+        settings = settings.model_copy(update={"models_file": arguments.file})
+    if arguments.check:
+        registry = load_models(settings)
+        print(f"{registry.path}: {len(registry.models)} models, no problems found.")
+        return 0
+    catalog, providers = load_catalog(settings)
+    await providers.aclose()
+    print(
+        messages.models_table(
+            [(model, catalog.reason_unavailable(model)) for model in catalog.registry]
+        )
+    )
+    return 0
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def _grant(settings: Settings, arguments: argparse.Namespace) -> int:
+    actor = _cli_actor()
+    async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
+        balance = await credits.grant(actor, arguments.account, arguments.amount, arguments.reason)
+        print(messages.granted(balance.account, parse_amount(arguments.amount), balance.available))
+    return 0
+
+
+async def _revoke(settings: Settings, arguments: argparse.Namespace) -> int:
+    actor = _cli_actor()
+    async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
+        balance = await credits.revoke(actor, arguments.account, arguments.amount, arguments.reason)
+        print(messages.revoked(balance.account, parse_amount(arguments.amount), balance.available))
+    return 0
+
+
+async def _balance(settings: Settings, arguments: argparse.Namespace) -> int:
+    async with open_credits(settings) as credits:
+        balance = await credits.existing_balance(arguments.account)
+        print(f"{balance.account}: {messages.balance_line(balance.available, balance.held)}")
+    return 0
+
+
+async def _history(settings: Settings, arguments: argparse.Namespace) -> int:
+    async with open_credits(settings) as credits:
+        balance = await credits.existing_balance(arguments.account)
+        recent = await credits.history(balance.account, limit=arguments.limit)
+        print("\n".join(map(messages.history_line, recent)) if recent else messages.NO_HISTORY)
+    return 0
+
+
+async def _db_upgrade(settings: Settings, _arguments: argparse.Namespace) -> int:
+    async with open_ledger(settings) as ledger:
+        revision = await migrate.current_revision(ledger.engine)
+    print(f"Database is at revision {revision} (latest).")
+    return 0
+
+
+async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
+    async with open_ledger(settings) as ledger:
+        discrepancies = await ledger.verify()
+    for found in discrepancies:
+        print(
+            f"{found.account}: stored {found.stored_available} available / {found.stored_held} held, "
+            f"entries add up to {found.entries_available} / {found.entries_held}, "
+            f"running generations hold {found.running_holds}"
+        )
+    if discrepancies:
+        return EXIT_REFUSED
+    print("Every balance agrees with its ledger entries.")
+    return 0
+
+
+def _describe_settings_error(error: ValidationError) -> str:
+    lines = ["The settings are not valid:"]
+    for problem in error.errors():
+        variable = "_".join(str(part) for part in problem["loc"]).upper()
+        lines.append(f"  {variable}: {problem['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,231 @@
+"""The terminal chat: the same commands the platforms get, typed at a prompt or piped in.
+
+Like the Discord and Slack adapters it only translates: lines in, the shared
+flow's answers out, and images saved to ``OUTPUT_DIR`` instead of posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from bot import messages
+from bot.credits import parse_amount
+from bot.errors import ImagineError, RequestError
+from bot.flow import DeliveryFailed, ImagineService
+from bot.parsing import parse_imagine
+from bot.progress import ProgressEvent
+from ledger import Generation
+from providers.base import GeneratedImage
+
+ReadLine = Callable[[str], Awaitable[str | None]]
+"""Shows a prompt and returns the next line typed, or ``None`` at end of input."""
+Write = Callable[[str], None]
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+class ConsoleChat:
+    """One person chatting as ``account``."""
+
+    def __init__(
+        self,
+        service: ImagineService,
+        account: str,
+        *,
+        output_dir: Path,
+        read_line: ReadLine,
+        write: Write,
+        welcome_credits: int = 0,
+    ) -> None:
+        self.service = service
+        self.account = account
+        self.output_dir = output_dir
+        self.read_line = read_line
+        self.write = write
+        self.welcome_credits = welcome_credits
+
+    async def run(self) -> None:
+        """Greet, then answer lines until /quit or the end of input."""
+        balance = await self.service.credits.open_account(
+            self.account, welcome_credits=self.welcome_credits
+        )
+        self.write(
+            messages.console_greeting(
+                self.account, self.service.credits.is_admin(self.account), balance.available
+            )
+        )
+        while (line := await self.read_line("you> ")) is not None:
+            if not await self.handle(line):
+                break
+
+    async def handle(self, line: str) -> bool:
+        """Answer one line; returns False when the user asked to leave."""
+        text = line.strip()
+        if not text or text.startswith("#"):
+            return True
+        if not text.startswith("/"):
+            self.write(messages.NOT_A_COMMAND)
+            return True
+        command, _, arguments = text[1:].partition(" ")
+        command = command.lower()
+        if command in ("quit", "exit"):
+            return False
+        handler = self._commands().get(command)
+        if handler is None:
+            self.write(messages.unknown_command(command))
+            return True
+        try:
+            await handler(arguments.strip())
+        except ImagineError as error:
+            self.write(error.message)
+        return True
+
+    def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
+        return {
+            "imagine": self.imagine,
+            "credits": self.show_credits,
+            "balance": self.show_credits,
+            "models": self.show_models,
+            "help": self.show_help,
+            "grant": self.grant,
+            "revoke": self.revoke,
+        }
+
+    async def imagine(self, text: str) -> None:
+        request = parse_imagine(text, self.service.catalog)
+        quote = await self.service.quote(self.account, request, channel="console")
+        self.write(
+            messages.quote_summary(
+                request.model.display_name,
+                request.count,
+                request.resolution,
+                request.aspect_ratio,
+                quote.price,
+                quote.balance.available,
+            )
+        )
+        answer = await self.read_line(
+            f"{messages.generate_button(request.count, quote.price)}? [y/N] "
+        )
+        if (answer or "").strip().lower() not in ("y", "yes"):
+            await self.service.cancel(quote.id, self.account)
+            self.write(messages.CANCELLED)
+            return
+        delivery = _SaveToFolder(self.output_dir, self.write)
+        outcome = await self.service.confirm(quote.id, self.account, delivery)
+        self.write(outcome.message)
+        self.write(messages.balance_line(outcome.balance.available, outcome.balance.held))
+
+    async def show_credits(self, _arguments: str) -> None:
+        balance = await self.service.credits.balance(self.account)
+        self.write(messages.balance_line(balance.available, balance.held))
+        recent = await self.service.credits.history(self.account)
+        self.write("\n".join(map(messages.history_line, recent)) if recent else messages.NO_HISTORY)
+
+    async def show_models(self, _arguments: str) -> None:
+        catalog = self.service.catalog
+        rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
+        self.write(messages.models_table(rows))
+
+    async def show_help(self, _arguments: str) -> None:
+        usable = self.service.catalog.usable()
+        self.write(
+            messages.help_text(
+                is_admin=self.service.credits.is_admin(self.account),
+                default_model=usable[0].id if usable else None,
+            )
+        )
+
+    async def grant(self, arguments: str) -> None:
+        target, amount, reason = _admin_arguments("grant", arguments)
+        balance = await self.service.credits.grant(self.account, target, amount, reason)
+        self.write(messages.granted(balance.account, parse_amount(amount), balance.available))
+
+    async def revoke(self, arguments: str) -> None:
+        target, amount, reason = _admin_arguments("revoke", arguments)
+        balance = await self.service.credits.revoke(self.account, target, amount, reason)
+        self.write(messages.revoked(balance.account, parse_amount(amount), balance.available))
+
+
+class _SaveToFolder:
+    """Delivery for the console: progress as lines, images as files."""
+
+    def __init__(self, output_dir: Path, write: Write) -> None:
+        self.output_dir = output_dir
+        self.write = write
+
+    async def progress(self, event: ProgressEvent) -> None:
+        self.write(f"  {messages.progress(event)}")
+
+    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+        try:
+            paths = await asyncio.to_thread(self._save, images, generation.id)
+        except OSError as error:
+            raise DeliveryFailed(
+                f"could not write to {self.output_dir}: {error.strerror}"
+            ) from error
+        for path in paths:
+            self.write(messages.saved_to(str(path)))
+        return len(paths)
+
+    def _save(self, images: Sequence[GeneratedImage], generation_id: str) -> list[Path]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for number, image in enumerate(images, start=1):
+            extension = _EXTENSIONS.get(image.mime_type, "bin")
+            path = self.output_dir / f"{generation_id}-{number}.{extension}"
+            path.write_bytes(image.data)
+            paths.append(path)
+        return paths
+
+
+def _admin_arguments(command: str, arguments: str) -> tuple[str, str, str]:
+    try:
+        words = shlex.split(arguments)
+    except ValueError:
+        words = []
+    if len(words) < 2:
+        raise RequestError(messages.admin_usage(command))
+    return words[0], words[1], " ".join(words[2:])
+
+
+def stdin_reader(interactive: bool) -> ReadLine:
+    """Lines from standard input without blocking the event loop.
+
+    A daemon thread does the blocking reads, so Ctrl-C or the end of the
+    program is never held up by a read in progress.
+    """
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    wanted = threading.Semaphore(0)
+
+    def pump() -> None:
+        while True:
+            wanted.acquire()
+            line = sys.stdin.readline()
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n") if line else None)
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+
+    finished = False
+
+    async def read_line(prompt: str) -> str | None:
+        nonlocal finished
+        if finished:
+            return None
+        if interactive:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+        wanted.release()
+        line = await lines.get()
+        finished = line is None
+        return line
+
+    return read_line

@@ -1,0 +1,106 @@
+"""Accounts and credits as chat sees them: balances, history, and admin grants and revokes."""
+
+from __future__ import annotations
+
+import uuid
+
+import ledger
+from bot.accounts import parse_account
+from bot.errors import InvalidAmount, NotAdmin, RevokeExceedsBalance, UnknownAccount
+from ledger import Balance, Generation, Ledger
+
+MAX_GRANT = 1_000_000_000
+
+
+class Credits:
+    """Every credit rule that is not part of generating: who may grant, and what a grant is."""
+
+    def __init__(
+        self, ledger: Ledger, *, admins: frozenset[str] = frozenset(), starting_credits: int = 0
+    ) -> None:
+        self.ledger = ledger
+        self.admins = admins
+        self.starting_credits = starting_credits
+
+    def is_admin(self, account: str) -> bool:
+        return account in self.admins
+
+    async def open_account(self, account: str, *, welcome_credits: int = 0) -> Balance:
+        """Make sure the account exists (with its starting credits); grant a one-time welcome."""
+        balance = await self.ledger.ensure_account(account, starting_credits=self.starting_credits)
+        if welcome_credits > 0:
+            balance = await self.ledger.grant(
+                account,
+                welcome_credits,
+                actor="system",
+                reason="welcome credits",
+                idempotency_key=f"welcome:{account}",
+            )
+        return balance
+
+    async def balance(self, account: str) -> Balance:
+        return await self.open_account(account)
+
+    async def history(self, account: str, limit: int = 5) -> list[Generation]:
+        return await self.ledger.history(account, limit=limit)
+
+    async def existing_balance(self, account: str) -> Balance:
+        """The balance of an account that must already exist (admin look-ups)."""
+        try:
+            return await self.ledger.balance(parse_account(account))
+        except ledger.AccountNotFound:
+            raise UnknownAccount(account) from None
+
+    async def grant(
+        self,
+        actor: str,
+        target: str,
+        amount: int | str,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> Balance:
+        """Add credits to ``target`` (creating the account if new); only admins may."""
+        account, credits = self._admin_arguments(actor, target, amount)
+        return await self.ledger.grant(
+            account,
+            credits,
+            actor=actor,
+            reason=reason or "granted by an admin",
+            idempotency_key=idempotency_key or f"grant:{uuid.uuid4()}",
+        )
+
+    async def revoke(
+        self,
+        actor: str,
+        target: str,
+        amount: int | str,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> Balance:
+        """Take available credits back from ``target``; only admins may."""
+        account, credits = self._admin_arguments(actor, target, amount)
+        try:
+            return await self.ledger.revoke(
+                account,
+                credits,
+                actor=actor,
+                reason=reason or "revoked by an admin",
+                idempotency_key=idempotency_key or f"revoke:{uuid.uuid4()}",
+            )
+        except ledger.AccountNotFound:
+            raise UnknownAccount(account) from None
+        except ledger.InsufficientFunds as refusal:
+            raise RevokeExceedsBalance(credits, refusal.available) from None
+
+    def _admin_arguments(self, actor: str, target: str, amount: int | str) -> tuple[str, int]:
+        if not self.is_admin(actor):
+            raise NotAdmin()
+        return parse_account(target), parse_amount(amount)
+
+
+def parse_amount(amount: int | str) -> int:
+    """A positive whole number of credits, from what a user typed."""
+    text = str(amount).strip().replace("_", "").replace(",", "")
+    if not text.isdigit() or not 0 < int(text) <= MAX_GRANT:
+        raise InvalidAmount(str(amount))
+    return int(text)

@@ -1,0 +1,113 @@
+"""Every error the bot shows a user, in one hierarchy.
+
+Each carries the one sentence an adapter shows (``message``, written in
+``bot.messages``). ``RequestError`` and its subclasses mean the input was bad
+and nothing changed.
+
+    ImagineError
+    ├── RequestError            bad input: unknown model, bad option, empty prompt, bad account…
+    ├── InsufficientCredits     the price is more than the available balance
+    ├── QuoteNotFound           no such request id
+    ├── QuoteExpired            the Generate button was pressed too late
+    ├── NotYourRequest          someone else pressed the button
+    ├── AlreadyHandled          the request was already confirmed or cancelled
+    ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
+    ├── UnknownAccount          an admin command named an account that never used the bot
+    ├── RevokeExceedsBalance    a revoke of more than the account has available
+    └── RegistryUnusable        the models file failed validation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot import messages
+
+
+class ImagineError(Exception):
+    """Something the user must be told, in one sentence."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(ImagineError, ValueError):
+    """The input was not valid; nothing was changed."""
+
+
+class InvalidAccount(RequestError):
+    def __init__(self, text: str) -> None:
+        super().__init__(messages.invalid_account(text))
+        self.text = text
+
+
+class InvalidAmount(RequestError):
+    def __init__(self, text: str) -> None:
+        super().__init__(messages.invalid_amount(text))
+
+
+class UnknownModel(RequestError):
+    def __init__(self, model_id: str, suggestions: Sequence[str]) -> None:
+        super().__init__(messages.unknown_model(model_id, suggestions))
+        self.model_id = model_id
+        self.suggestions = tuple(suggestions)
+
+
+class ModelUnavailable(RequestError):
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(messages.model_unavailable(model_id, reason))
+        self.model_id = model_id
+        self.reason = reason
+
+
+class InsufficientCredits(ImagineError):
+    def __init__(self, need: int, have: int) -> None:
+        super().__init__(messages.insufficient_credits(need, have))
+        self.need = need
+        self.have = have
+
+
+class QuoteNotFound(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.QUOTE_NOT_FOUND)
+
+
+class QuoteExpired(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.QUOTE_EXPIRED)
+
+
+class NotYourRequest(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.NOT_YOUR_REQUEST)
+
+
+class AlreadyHandled(ImagineError):
+    def __init__(self, status: str) -> None:
+        super().__init__(messages.already_handled(status))
+        self.status = status
+
+
+class NotAdmin(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.NOT_ADMIN)
+
+
+class UnknownAccount(ImagineError):
+    def __init__(self, account: str) -> None:
+        super().__init__(messages.unknown_account(account))
+        self.account = account
+
+
+class RevokeExceedsBalance(ImagineError):
+    def __init__(self, amount: int, available: int) -> None:
+        super().__init__(messages.revoke_exceeds_balance(amount, available))
+        self.amount = amount
+        self.available = available
+
+
+class RegistryUnusable(ImagineError):
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(messages.registry_unusable(problems))
+        self.problems = tuple(problems)

@@ -1,0 +1,297 @@
+"""The imagine flow, the same for every platform: quote → confirm → generate → deliver → settle.
+
+Adapters translate their platform's events into calls on ``ImagineService`` and
+render what comes back; no credit or validation rule lives in an adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import ledger
+from bot import messages
+from bot.catalog import ModelCatalog, ProviderPool
+from bot.credits import Credits
+from bot.errors import (
+    AlreadyHandled,
+    ImagineError,
+    InsufficientCredits,
+    NotYourRequest,
+    QuoteExpired,
+    QuoteNotFound,
+)
+from bot.parsing import ImagineRequest
+from bot.progress import Delivering, Generating, ProgressEvent, Queued
+from ledger import Balance, Generation, NewGeneration
+from providers.base import GeneratedImage, ImageRequest, ReferenceImage
+from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class DeliveryFailed(Exception):
+    """The adapter could not post the images; the hold is released."""
+
+
+class Delivery(Protocol):
+    """What an adapter gives the flow so it can show progress and hand over images."""
+
+    async def progress(self, event: ProgressEvent) -> None: ...
+
+    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+        """Post the images; return how many reached the user, or raise ``DeliveryFailed``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A priced request waiting for its Generate button."""
+
+    generation: Generation
+    request: ImagineRequest
+    balance: Balance
+
+    @property
+    def id(self) -> str:
+        return self.generation.id
+
+    @property
+    def price(self) -> int:
+        return self.generation.price
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a confirmed generation ended: the settled record, the images delivered, the new balance."""
+
+    generation: Generation
+    images: tuple[GeneratedImage, ...]
+    balance: Balance
+    message: str
+    """One sentence for the user: what happened and what it cost."""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.generation.images_delivered > 0
+
+
+class ImagineService:
+    """The service layer every adapter calls."""
+
+    def __init__(
+        self,
+        *,
+        catalog: ModelCatalog,
+        providers: ProviderPool,
+        credits: Credits,
+        quote_ttl: timedelta = timedelta(minutes=10),
+        generation_timeout: timedelta = timedelta(minutes=3),
+        provider_concurrency: int = 4,
+        clock: Clock = ledger.utc_now,
+    ) -> None:
+        self.catalog = catalog
+        self.providers = providers
+        self.credits = credits
+        self.ledger = credits.ledger
+        self.quote_ttl = quote_ttl
+        self.generation_timeout = generation_timeout
+        self._clock = clock
+        self._slots = {name: ProviderSlots(provider_concurrency) for name in providers.providers}
+        # Reference images are too large for the quote row; they wait here for the click.
+        self._reference_images: dict[str, tuple[ReferenceImage, ...]] = {}
+
+    async def quote(
+        self, account: str, request: ImagineRequest, *, channel: str | None = None
+    ) -> Quote:
+        """Price a validated request against the balance; refuses before any button if it cannot be paid."""
+        balance = await self.credits.open_account(account)
+        if request.price > balance.available:
+            raise InsufficientCredits(request.price, balance.available)
+        generation = await self.ledger.create_quote(
+            NewGeneration(
+                id=new_request_id(),
+                account_id=account,
+                model_id=request.model.id,
+                provider=request.model.provider,
+                provider_model=request.model.provider_model,
+                prompt=request.prompt,
+                options={
+                    "resolution": request.resolution,
+                    "aspect_ratio": request.aspect_ratio,
+                    "reference_images": len(request.reference_images),
+                    "model_name": request.model.display_name,
+                },
+                images_requested=request.count,
+                credits_per_image=request.credits_per_image,
+                expires_at=self._clock() + self.quote_ttl,
+                channel=channel,
+            )
+        )
+        if request.reference_images:
+            self._reference_images[generation.id] = request.reference_images
+        return Quote(generation, request, balance)
+
+    async def cancel(self, generation_id: str, account: str) -> Generation:
+        try:
+            generation = await self.ledger.cancel(generation_id, account)
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
+        self._reference_images.pop(generation_id, None)
+        return generation
+
+    async def confirm(self, generation_id: str, account: str, delivery: Delivery) -> Outcome:
+        """Hold the credits, generate, deliver and settle; exactly once per request.
+
+        A second confirm of the same request (double click, redelivery) raises
+        ``AlreadyHandled`` and changes nothing.
+        """
+        references = self._reference_images.get(generation_id, ())
+        try:
+            generation = await self.ledger.hold(generation_id, account)
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
+        self._reference_images.pop(generation_id, None)
+        try:
+            return await self._run(generation, references, delivery)
+        except BaseException:
+            # Cancelled at shutdown: the hold must not outlive the generation.
+            await asyncio.shield(self._release(generation, "interrupted"))
+            raise
+
+    async def _run(
+        self,
+        generation: Generation,
+        references: tuple[ReferenceImage, ...],
+        delivery: Delivery,
+    ) -> Outcome:
+        provider = self.providers.providers.get(generation.provider)
+        if provider is None:
+            return await self._release(generation, "not_configured")
+        if generation.options.get("reference_images", 0) > len(references):
+            return await self._release(generation, "unavailable", "the reference images were lost")
+        model_name = str(generation.options.get("model_name", generation.model_id))
+        request = ImageRequest(
+            provider_model=generation.provider_model,
+            prompt=generation.prompt,
+            count=generation.images_requested,
+            resolution=str(generation.options["resolution"]),
+            aspect_ratio=str(generation.options["aspect_ratio"]),
+            reference_images=references,
+        )
+
+        async def queued(position: int) -> None:
+            await _report(delivery, Queued(position))
+
+        async def image_done(finished: int, total: int) -> None:
+            await _report(delivery, Generating(model_name, finished, total))
+
+        try:
+            async with (
+                self._slots[generation.provider].acquire(queued),
+                asyncio.timeout(self.generation_timeout.total_seconds()),
+            ):
+                await _report(delivery, Generating(model_name, 0, generation.images_requested))
+                result = await provider.generate(request, image_done)
+        except TimeoutError:
+            return await self._release(generation, ProviderTimeout.code)
+        except ProviderError as error:
+            return await self._release(generation, error.code, error.detail)
+        except Exception:
+            logger.exception("provider %s failed unexpectedly on %s", provider.name, generation.id)
+            return await self._release(generation, "internal")
+
+        images = result.images[: generation.images_requested]
+        partial_failure = result.failures[0] if result.failures else None
+        if not images:
+            failure = partial_failure or ProviderUnavailable("the provider returned no image")
+            return await self._release(generation, failure.code, failure.detail)
+
+        await _report(delivery, Delivering(len(images)))
+        try:
+            delivered = min(await delivery.deliver(images, generation), len(images))
+        except DeliveryFailed as failure:
+            logger.warning("delivery of %s failed: %s", generation.id, failure)
+            return await self._release(generation, "delivery_failed", str(failure))
+        except Exception:
+            logger.exception("delivery of %s failed unexpectedly", generation.id)
+            return await self._release(generation, "delivery_failed")
+        if delivered <= 0:
+            return await self._release(generation, "delivery_failed")
+        settled = await self.ledger.capture(generation.id, delivered)
+        balance = await self.ledger.balance(settled.account_id)
+        sentence = messages.outcome(settled, partial_failure)
+        return Outcome(settled, tuple(images[:delivered]), balance, sentence)
+
+    async def _release(self, generation: Generation, code: str, detail: str = "") -> Outcome:
+        sentence = messages.failure(code, detail)
+        settled = await self.ledger.release(generation.id, error_code=code, error_message=sentence)
+        balance = await self.ledger.balance(settled.account_id)
+        return Outcome(settled, (), balance, sentence)
+
+    async def recover(self) -> list[Generation]:
+        """Release the holds of generations that cannot still be running (after a crash)."""
+        cutoff = self._clock() - self.generation_timeout - timedelta(minutes=1)
+        released = await self.ledger.release_stale_holds(
+            cutoff, reason=messages.INTERRUPTED_RELEASED
+        )
+        await self.ledger.expire_quotes()
+        return released
+
+
+class ProviderSlots:
+    """A provider's concurrency limit; callers that must wait are told their place in the queue."""
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, on_queued: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:
+        if self._semaphore.locked():
+            self._waiting += 1
+            try:
+                await on_queued(self._waiting)
+                await self._semaphore.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._semaphore.acquire()
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def _report(delivery: Delivery, event: ProgressEvent) -> None:
+    """Show progress; a message that fails to update must not stop the generation."""
+    try:
+        await delivery.progress(event)
+    except Exception:
+        logger.warning("progress update %s failed", event, exc_info=True)
+
+
+def _translate(refusal: ledger.LedgerError) -> ImagineError:
+    if isinstance(refusal, ledger.GenerationNotFound):
+        return QuoteNotFound()
+    if isinstance(refusal, ledger.WrongAccount):
+        return NotYourRequest()
+    if isinstance(refusal, ledger.QuoteExpired):
+        return QuoteExpired()
+    if isinstance(refusal, ledger.InvalidTransition):
+        return AlreadyHandled(refusal.status)
+    if isinstance(refusal, ledger.InsufficientFunds):
+        return InsufficientCredits(refusal.need, refusal.available)
+    raise refusal

@@ -1,0 +1,329 @@
+"""Every sentence the bot says to a user, in one module.
+
+Adapters format these for their platform (bold, code spans, Block Kit) but do
+not write their own wording, so the same situation reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from bot.progress import Delivering, Generating, ProgressEvent, Queued
+
+if TYPE_CHECKING:
+    from bot.registry import ModelSpec
+    from ledger import Generation
+    from providers.errors import ProviderError
+
+PROMPT_MAX_CHARS = 2000
+"""The longest prompt accepted, in characters (documented in the README)."""
+
+OPTION_NAMES = ("model", "count", "resolution", "aspect", "prompt")
+
+QUOTE_NOT_FOUND = "That request no longer exists; start again with /imagine."
+QUOTE_EXPIRED = (
+    "This quote has expired and nothing was charged; run /imagine again for a fresh one."
+)
+NOT_YOUR_REQUEST = "This isn't your request; run /imagine to make your own."
+NOT_ADMIN = "Only bot admins can grant or revoke credits (ADMIN_ACCOUNTS lists them)."
+EMPTY_PROMPT = "Tell me what to draw, for example: /imagine a lighthouse at dusk"
+NO_MODEL_AVAILABLE = (
+    "No model is available right now; an admin can run `imagine-bot models` to see why."
+)
+CANCELLED = "Cancelled; nothing was charged."
+
+
+def invalid_account(text: str) -> str:
+    return (
+        f"'{text}' is not an account; use discord:<user id>, slack:<team id>:<user id> "
+        "or console:<name>."
+    )
+
+
+def invalid_amount(text: str) -> str:
+    return f"'{text}' is not an amount; give a whole number of credits greater than 0."
+
+
+def unknown_model(model_id: str, suggestions: Sequence[str]) -> str:
+    hint = f" Did you mean {_either(suggestions)}?" if suggestions else ""
+    return f"There is no model called '{model_id}'.{hint} /models lists them all."
+
+
+def model_unavailable(model_id: str, reason: str) -> str:
+    return f"{model_id} is unavailable: {reason}. /models lists the ones you can use."
+
+
+def unknown_option(key: str) -> str:
+    return (
+        f"'{key}:' is not an option; the options are {', '.join(o + ':' for o in OPTION_NAMES)}. "
+        f'If it is part of your prompt, quote the prompt: prompt:"..."'
+    )
+
+
+def repeated_option(key: str) -> str:
+    return f"{key}: is given more than once; give each option once."
+
+
+def empty_option(key: str) -> str:
+    return f"{key}: has no value; write it like {key}:value with no space after the colon."
+
+
+def unclosed_quote(key: str) -> str:
+    return f'The quote after {key}: is never closed; end it with another ".'
+
+
+def prompt_given_twice() -> str:
+    return 'The prompt is given twice: use prompt:"..." or plain text after the options, not both.'
+
+
+def bad_count(text: str, max_images: int, model_id: str) -> str:
+    return f"count must be a whole number from 1 to {max_images} for {model_id}, not '{text}'."
+
+
+def unsupported_resolution(resolution: str, model_id: str, supported: Sequence[str]) -> str:
+    return f"{model_id} does not make {resolution} images; it supports {_either(supported)}."
+
+
+def unsupported_aspect(aspect: str, model_id: str, supported: Sequence[str]) -> str:
+    return f"{model_id} does not make {aspect} images; it supports {_either(supported)}."
+
+
+def prompt_too_long(length: int) -> str:
+    return (
+        f"The prompt is {length} characters long; the limit is {PROMPT_MAX_CHARS}. "
+        "Shorten it and try again."
+    )
+
+
+def reference_images_not_accepted(model_id: str) -> str:
+    return f"{model_id} does not accept reference images; choose another model or drop them."
+
+
+def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
+    return f"{model_id} accepts at most {limit} reference images, not {count}."
+
+
+def insufficient_credits(need: int, have: int) -> str:
+    return (
+        f"Insufficient credits: need {need}, you have {have}. "
+        "Ask an admin for more, or choose fewer images or a cheaper model."
+    )
+
+
+def already_handled(status: str) -> str:
+    if status == "cancelled":
+        return "This request was cancelled; run /imagine to start a new one."
+    if status == "expired":
+        return QUOTE_EXPIRED
+    return "This request was already confirmed; it is generating or done."
+
+
+def unknown_account(account: str) -> str:
+    return f"{account} has never used the bot, so it has no balance or history."
+
+
+def revoke_exceeds_balance(amount: int, available: int) -> str:
+    return (
+        f"Cannot revoke {amount} credits: only {available} are available "
+        "(credits held for running generations cannot be revoked)."
+    )
+
+
+def registry_unusable(problems: Sequence[str]) -> str:
+    return "The models file has problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def credits(amount: int) -> str:
+    return f"{amount} credit" if amount == 1 else f"{amount} credits"
+
+
+def images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
+def _either(values: Sequence[str]) -> str:
+    values = list(values)
+    if len(values) <= 1:
+        return "".join(values)
+    return ", ".join(values[:-1]) + f" or {values[-1]}"
+
+
+# -- generation outcomes ------------------------------------------------------
+
+INTERRUPTED_RELEASED = (
+    "The bot stopped while this generation was running; the held credits were returned."
+)
+
+_FAILURES = {
+    "blocked": "The provider's safety filter blocked this request{detail}",
+    "rate_limited": "The provider is rate-limiting us right now; wait a minute and try again",
+    "unavailable": "The provider is unavailable right now{detail}; try again in a few minutes",
+    "bad_request": "The provider rejected the request{detail}",
+    "timeout": "The provider took too long to answer; try again, perhaps with fewer images",
+    "not_configured": "This model's provider is not configured{detail}",
+    "delivery_failed": "The images were made but could not be posted here{detail}",
+    "interrupted": "The bot stopped while this was generating",
+}
+
+
+def failure(code: str, detail: str = "") -> str:
+    """One sentence for a generation that delivered nothing; always says nothing was charged."""
+    template = _FAILURES.get(code, "Something went wrong while generating{detail}")
+    shown = f" ({detail.rstrip('.')})" if detail and detail != code else ""
+    return template.format(detail=shown) + "; no credits were charged."
+
+
+def outcome(generation: Generation, partial_failure: ProviderError | None = None) -> str:
+    delivered, requested = generation.images_delivered, generation.images_requested
+    charged = credits(generation.credits_charged)
+    if delivered == requested:
+        return f"Done: {images(delivered)} for {charged}."
+    why = ""
+    if partial_failure is not None:
+        why = f" ({failure(partial_failure.code, partial_failure.detail).split(';')[0].lower()})"
+    return (
+        f"Only {delivered} of {requested} images could be made{why}; "
+        f"you were charged {charged} for those and the rest was returned."
+    )
+
+
+def progress(event: ProgressEvent) -> str:
+    if isinstance(event, Queued):
+        return f"Queued: {event.position} ahead of you…"
+    if isinstance(event, Generating):
+        if event.finished == 0:
+            return f"Generating {images(event.total)} with {event.model_name}…"
+        return f"Generating with {event.model_name}: {event.finished} of {event.total} done…"
+    if isinstance(event, Delivering):
+        return f"Posting {images(event.count)}…"
+    raise TypeError(event)
+
+
+# -- quotes, balances, history ------------------------------------------------
+
+
+def generate_button(count: int, price: int) -> str:
+    return f"Generate {images(count)} · {credits(price)}"
+
+
+CANCEL_BUTTON = "Cancel"
+
+
+def quote_summary(
+    model_name: str, count: int, resolution: str, aspect_ratio: str, price: int, available: int
+) -> str:
+    return (
+        f"{model_name} · {images(count)} · {resolution} · {aspect_ratio}\n"
+        f"Price: {credits(price)} · your balance: {credits(available)}"
+    )
+
+
+def balance_line(available: int, held: int) -> str:
+    line = f"Balance: {credits(available)} available"
+    return line + (f", {held} held for running generations." if held else ".")
+
+
+def history_line(generation: Generation) -> str:
+    when = generation.created_at.strftime("%Y-%m-%d %H:%M")
+    status = str(generation.status)
+    return (
+        f"{when}  {generation.model_id}  {generation.images_delivered}/{generation.images_requested} "
+        f"images  {credits(generation.credits_charged)}  {status}  “{_shorten(generation.prompt, 50)}”"
+    )
+
+
+NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
+
+
+def granted(account: str, amount: int, available: int) -> str:
+    return f"Granted {credits(amount)} to {account}; their balance is now {credits(available)}."
+
+
+def revoked(account: str, amount: int, available: int) -> str:
+    return f"Revoked {credits(amount)} from {account}; their balance is now {credits(available)}."
+
+
+def delivered_caption(account: str, prompt: str, model_name: str, charged: int) -> str:
+    return f"{account} asked for “{_shorten(prompt, 300)}” · {model_name} · {credits(charged)}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- help and listings --------------------------------------------------------
+
+
+def help_text(*, is_admin: bool, default_model: str | None) -> str:
+    default = f" (default {default_model})" if default_model else ""
+    lines = [
+        "Commands:",
+        "  /imagine <prompt> [model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>]",
+        f"      make images{default}; you see the price and confirm before anything is charged",
+        '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
+        "  /credits          your balance and recent generations",
+        "  /models           the models, their prices and what they support",
+        "  /help             this help",
+    ]
+    if is_admin:
+        lines += [
+            "Admin:",
+            "  /grant <account> <amount> [reason]    add credits, e.g. /grant discord:1234 50 welcome",
+            "  /revoke <account> <amount> [reason]   take available credits back",
+        ]
+    return "\n".join(lines)
+
+
+def admin_usage(command: str) -> str:
+    return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 contest prize"
+
+
+def models_table(rows: Sequence[tuple[ModelSpec, str | None]]) -> str:
+    """One line per model: id, name, provider, price, resolutions, aspect ratios, availability."""
+    header = ("model", "name", "provider", "credits", "resolutions", "aspect ratios", "status")
+    table = [header]
+    for model, unavailable in rows:
+        prices = [f"{model.credits_for(r)}@{r}" for r in model.resolutions]
+        price = (
+            str(model.credits_per_image)
+            if len({model.credits_for(r) for r in model.resolutions}) == 1
+            else " ".join(prices)
+        )
+        table.append(
+            (
+                model.id,
+                model.display_name,
+                model.provider,
+                price,
+                ",".join(model.resolutions),
+                ",".join(model.aspect_ratios),
+                "available" if unavailable is None else f"unavailable: {unavailable}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+        + "  "
+        + row[-1]
+        for row in table
+    )
+
+
+def console_greeting(account: str, is_admin: bool, available: int) -> str:
+    role = " (admin)" if is_admin else ""
+    return (
+        f"Imagine console · chatting as {account}{role} · {credits(available)} available.\n"
+        "Type /help for commands, /quit to leave."
+    )
+
+
+NOT_A_COMMAND = "Commands start with a slash; to draw that, type /imagine followed by your prompt."
+
+
+def unknown_command(command: str) -> str:
+    return f"There is no /{command} command; /help lists them."
+
+
+def saved_to(path: str) -> str:
+    return f"  saved {path}"

@@ -1,0 +1,179 @@
+"""The /imagine request: the text form parsed, and every form validated by one set of rules.
+
+Text form (Slack, the console)::
+
+    model:gemini-3-pro count:2 resolution:2K aspect:16:9 a fox in snow
+
+Options are ``key:value`` words in any order; a value may be quoted
+(``prompt:"a fox: in snow"``, straight or curly quotes); every other word is the
+prompt. Discord passes the same options natively and shares ``validate_request``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot import messages
+from bot.catalog import ModelCatalog
+from bot.errors import RequestError
+from bot.registry import ModelSpec
+from providers.base import ReferenceImage
+
+_OPTION_ALIASES = {
+    "model": "model",
+    "m": "model",
+    "count": "count",
+    "n": "count",
+    "resolution": "resolution",
+    "res": "resolution",
+    "size": "resolution",
+    "aspect": "aspect",
+    "ar": "aspect",
+    "aspect_ratio": "aspect",
+    "ratio": "aspect",
+    "prompt": "prompt",
+}
+
+# An option is a word of letters and underscores directly followed by a colon,
+# at the start of the text or after whitespace. Its value runs to the next
+# whitespace, or to the closing quote when it opens with one.
+_OPTION = re.compile(
+    r"""(?<!\S)(?P<key>[A-Za-z_]+):(?:"(?P<straight>[^"]*)"|“(?P<curly>[^”]*)”|(?P<bare>[^\s"“]\S*)?)"""
+)
+_UNCLOSED_QUOTE = re.compile(r"""(?<!\S)(?P<key>[A-Za-z_]+):["“]""")
+
+
+@dataclass(frozen=True)
+class ImagineOptions:
+    """What the user typed, before validation; ``None`` means "use the default"."""
+
+    prompt: str | None = None
+    model: str | None = None
+    count: str | int | None = None
+    resolution: str | None = None
+    aspect: str | None = None
+    reference_images: tuple[ReferenceImage, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImagineRequest:
+    """A request every rule has accepted: ready to be quoted."""
+
+    model: ModelSpec
+    prompt: str
+    count: int
+    resolution: str
+    aspect_ratio: str
+    reference_images: tuple[ReferenceImage, ...] = ()
+
+    @property
+    def credits_per_image(self) -> int:
+        return self.model.credits_for(self.resolution)
+
+    @property
+    def price(self) -> int:
+        return self.model.price(self.resolution, self.count)
+
+
+def parse_imagine_text(text: str) -> ImagineOptions:
+    """Split the text form into options and prompt; raises ``RequestError`` on malformed options."""
+    values: dict[str, str] = {}
+    for match in _OPTION.finditer(text):
+        key = match.group("key").lower()
+        option = _OPTION_ALIASES.get(key)
+        if option is None:
+            raise RequestError(messages.unknown_option(match.group("key")))
+        if option in values:
+            raise RequestError(messages.repeated_option(option))
+        value = next(
+            (
+                v
+                for v in (match.group("straight"), match.group("curly"), match.group("bare"))
+                if v is not None
+            ),
+            None,
+        )
+        if value is None:
+            unclosed = _UNCLOSED_QUOTE.match(text, match.start())
+            raise RequestError(
+                messages.unclosed_quote(option) if unclosed else messages.empty_option(option)
+            )
+        values[option] = value.strip()
+
+    rest = " ".join(_OPTION.sub(" ", text).split())
+    if "prompt" in values and rest:
+        raise RequestError(messages.prompt_given_twice())
+    prompt = values.pop("prompt", rest)
+    return ImagineOptions(prompt=prompt, **values)
+
+
+def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineRequest:
+    """Apply every rule and the registry's defaults; raises ``RequestError`` with what to fix."""
+    model = catalog.require(options.model) if options.model else catalog.default_model()
+
+    prompt = " ".join((options.prompt or "").split())
+    if not prompt:
+        raise RequestError(messages.EMPTY_PROMPT)
+    if len(prompt) > messages.PROMPT_MAX_CHARS:
+        raise RequestError(messages.prompt_too_long(len(prompt)))
+
+    count = _count(options.count, model)
+    resolution = _pick(
+        options.resolution,
+        model.resolutions,
+        model.default_resolution,
+        str.upper,
+        lambda value: messages.unsupported_resolution(value, model.id, model.resolutions),
+    )
+    aspect_ratio = _pick(
+        options.aspect,
+        model.aspect_ratios,
+        model.default_aspect_ratio,
+        _normalise_aspect,
+        lambda value: messages.unsupported_aspect(value, model.id, model.aspect_ratios),
+    )
+
+    references = options.reference_images
+    if references and not model.accepts_reference_images:
+        raise RequestError(messages.reference_images_not_accepted(model.id))
+    if len(references) > model.max_reference_images:
+        raise RequestError(
+            messages.too_many_reference_images(
+                len(references), model.id, model.max_reference_images
+            )
+        )
+    return ImagineRequest(model, prompt, count, resolution, aspect_ratio, references)
+
+
+def parse_imagine(text: str, catalog: ModelCatalog) -> ImagineRequest:
+    return validate_request(parse_imagine_text(text), catalog)
+
+
+def _count(value: str | int | None, model: ModelSpec) -> int:
+    if value is None:
+        return 1
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not 1 <= int(text) <= model.max_images:
+        raise RequestError(messages.bad_count(text, model.max_images, model.id))
+    return int(text)
+
+
+def _pick(
+    value: str | None,
+    supported: tuple[str, ...],
+    default: str,
+    normalise: Callable[[str], str],
+    complaint: Callable[[str], str],
+) -> str:
+    if value is None or not value.strip():
+        return default
+    wanted = normalise(value.strip())
+    if wanted not in supported:
+        raise RequestError(complaint(value.strip()))
+    return wanted
+
+
+def _normalise_aspect(value: str) -> str:
+    return re.sub(r"\s*[x×/]\s*", ":", value.lower())

@@ -1,0 +1,226 @@
+"""The model registry: ``config/models.toml`` loaded, validated and frozen.
+
+Every problem is reported with the file, the model id and the key at fault, so a
+bad deployment fails at start-up instead of at generation time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RESOLUTION_PATTERN = r"^[1-9][0-9]*K$"
+ASPECT_RATIO_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
+MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
+
+Resolution = Annotated[str, Field(pattern=RESOLUTION_PATTERN)]
+AspectRatio = Annotated[str, Field(pattern=ASPECT_RATIO_PATTERN)]
+
+
+class RegistryError(Exception):
+    """The registry file cannot be used; ``problems`` lists every fault found."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One image model as users see it and as its provider is asked for it."""
+
+    id: str
+    provider: str
+    provider_model: str
+    display_name: str
+    description: str
+    credits_per_image: int
+    resolution_credits: Mapping[str, int]
+    active: bool
+    resolutions: tuple[str, ...]
+    aspect_ratios: tuple[str, ...]
+    max_images: int
+    max_reference_images: int
+
+    def credits_for(self, resolution: str) -> int:
+        """Credits one image costs at ``resolution``."""
+        return self.resolution_credits.get(resolution, self.credits_per_image)
+
+    def price(self, resolution: str, count: int) -> int:
+        return self.credits_for(resolution) * count
+
+    @property
+    def accepts_reference_images(self) -> bool:
+        return self.max_reference_images > 0
+
+    @property
+    def default_resolution(self) -> str:
+        return self.resolutions[0]
+
+    @property
+    def default_aspect_ratio(self) -> str:
+        return self.aspect_ratios[0]
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every configured model, in file order."""
+
+    path: Path
+    models: tuple[ModelSpec, ...]
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self.models)
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        wanted = model_id.strip().lower()
+        return next((model for model in self.models if model.id == wanted), None)
+
+    def closest_ids(self, model_id: str, limit: int = 3) -> list[str]:
+        """Ids that look like a mistyped ``model_id``, best first."""
+        ids = [model.id for model in self.models if model.active]
+        return difflib.get_close_matches(model_id.strip().lower(), ids, n=limit, cutoff=0.5)
+
+    @property
+    def max_images(self) -> int:
+        return max((model.max_images for model in self.models if model.active), default=1)
+
+
+class _ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    provider: str = Field(min_length=1)
+    provider_model: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=80)
+    description: str = Field(default="", max_length=300)
+    credits_per_image: int = Field(ge=1, le=1_000_000)
+    resolution_credits: dict[str, Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
+    active: bool = True
+    resolutions: list[Resolution] = Field(min_length=1)
+    aspect_ratios: list[AspectRatio] = Field(min_length=1)
+    max_images: int = Field(ge=1, le=10)
+    max_reference_images: int = Field(default=0, ge=0, le=16)
+
+    @field_validator("resolutions", "aspect_ratios")
+    @classmethod
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return values
+
+    @model_validator(mode="after")
+    def _priced_resolutions_are_offered(self) -> _ModelEntry:
+        unknown = sorted(set(self.resolution_credits) - set(self.resolutions))
+        if unknown:
+            raise ValueError(
+                f"resolution_credits prices {', '.join(unknown)}, which is not in resolutions"
+            )
+        return self
+
+
+def load_registry(path: Path, known_providers: Collection[str]) -> Registry:
+    """Read and validate a registry file, raising ``RegistryError`` with every problem found."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(
+            path, [f"{path}: file not found (set MODELS_FILE to use another)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RegistryError(path, [f"{path}: cannot be read: {error}"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise RegistryError(path, [f"{path}: not valid TOML: {error}"]) from None
+
+    problems: list[str] = []
+    unexpected = sorted(set(document) - {"models"})
+    for key in unexpected:
+        problems.append(f"{path}: unknown top-level key '{key}' (models go under [models.<id>])")
+    entries = document.get("models")
+    if not isinstance(entries, dict) or not entries:
+        problems.append(f"{path}: no models: add at least one [models.<id>] table")
+        raise RegistryError(path, problems)
+
+    models: list[ModelSpec] = []
+    seen_ids: set[str] = set()
+    for raw_id, raw_entry in entries.items():
+        model_id = raw_id.lower()
+        where = f"{path}: model '{raw_id}'"
+        if not re.match(MODEL_ID_PATTERN, raw_id):
+            problems.append(
+                f"{where}: the id must be lowercase letters, digits, '.' and '-', "
+                "starting with a letter or digit"
+            )
+            continue
+        if model_id in seen_ids:
+            problems.append(f"{where}: defined more than once")
+            continue
+        seen_ids.add(model_id)
+        if not isinstance(raw_entry, dict):
+            problems.append(f"{where}: must be a table of keys, not {type(raw_entry).__name__}")
+            continue
+        try:
+            entry = _ModelEntry.model_validate(raw_entry)
+        except ValidationError as error:
+            problems.extend(f"{where}: {_describe(problem)}" for problem in error.errors())
+            continue
+        if entry.provider not in known_providers:
+            problems.append(
+                f"{where}: key 'provider': unknown provider '{entry.provider}' "
+                f"(known: {', '.join(sorted(known_providers))})"
+            )
+            continue
+        models.append(_to_spec(model_id, entry))
+
+    if not problems and not any(model.active for model in models):
+        problems.append(f"{path}: no model is active: set active = true on at least one")
+    if problems:
+        raise RegistryError(path, problems)
+    return Registry(path=path, models=tuple(models))
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    location = [str(part) for part in problem["loc"]]
+    message = str(problem["msg"])
+    if problem["type"] == "extra_forbidden":
+        return f"key '{location[0]}': unknown key (allowed: {', '.join(_ModelEntry.model_fields)})"
+    if problem["type"] == "missing":
+        return f"key '{location[0]}': required but missing"
+    if problem["type"] == "string_pattern_mismatch" and location and location[0] == "resolutions":
+        message = f"'{problem['input']}' is not a resolution like 1K, 2K or 4K"
+    elif (
+        problem["type"] == "string_pattern_mismatch" and location and location[0] == "aspect_ratios"
+    ):
+        message = f"'{problem['input']}' is not an aspect ratio like 16:9"
+    message = message.removeprefix("Value error, ")
+    if not location:
+        return message
+    key = location[0] if len(location) == 1 else f"{location[0]}[{']['.join(location[1:])}]"
+    return f"key '{key}': {message}"
+
+
+def _to_spec(model_id: str, entry: _ModelEntry) -> ModelSpec:
+    return ModelSpec(
+        id=model_id,
+        provider=entry.provider,
+        provider_model=entry.provider_model,
+        display_name=entry.name,
+        description=entry.description,
+        credits_per_image=entry.credits_per_image,
+        resolution_credits=dict(entry.resolution_credits),
+        active=entry.active,
+        resolutions=tuple(entry.resolutions),
+        aspect_ratios=tuple(entry.aspect_ratios),
+        max_images=entry.max_images,
+        max_reference_images=entry.max_reference_images,
+    )

@@ -1,0 +1,76 @@
+"""The one settings object: every option from the environment or a ``.env`` file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.accounts import parse_account
+
+
+class Settings(BaseSettings):
+    """Names are the contract in ``DESIGN.md``; each field reads the upper-cased variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./imagine.db"
+    models_file: Path = Path("config/models.toml")
+    admin_accounts: Annotated[tuple[str, ...], NoDecode] = ()
+    starting_credits: int = Field(default=0, ge=0)
+    output_dir: Path = Path("./imagine-out")
+
+    console_welcome_credits: int = Field(default=100, ge=0)
+    """The one-time grant ``console:local`` receives so the quick start can generate."""
+    quote_ttl_seconds: float = Field(default=600, gt=0)
+    """How long a quote's Generate button stays valid."""
+    generation_timeout_seconds: float = Field(default=180, gt=0)
+    """Deadline for one whole generation at the provider."""
+    provider_concurrency: int = Field(default=4, ge=1, le=256)
+    """Generations one provider runs at once; the rest wait in a queue and are told their place."""
+
+    discord_token: str | None = None
+    discord_guild_ids: str | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_http_host: str = "0.0.0.0"
+    slack_http_port: int = 3000
+    slack_api_base_url: str | None = None
+    gemini_api_key: str | None = None
+    google_api_key: str | None = None
+    gemini_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+
+    @field_validator("admin_accounts", mode="before")
+    @classmethod
+    def _split_accounts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("admin_accounts")
+    @classmethod
+    def _accounts_are_well_formed(cls, accounts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(parse_account(account) for account in accounts)
+
+    def environment_value(self, name: str) -> str | None:
+        """The value of a setting by its variable name, for provider keys named by the provider.
+
+        Declared settings come from here (and so from ``.env``); any other name
+        is read from the process environment, so a new provider needs no new field.
+        """
+        field_name = name.lower()
+        if field_name in type(self).model_fields:
+            value = getattr(self, field_name)
+            return None if value is None else str(value)
+        return os.environ.get(name) or None
+
+    @property
+    def has_chat_platform(self) -> bool:
+        return bool(self.discord_token or self.slack_bot_token)

@@ -1,0 +1,122 @@
+"""The ledger's tables. Changes to them go through an Alembic migration in ``ledger/migrations``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite has no 64-bit autoincrement other than INTEGER PRIMARY KEY.
+EntryId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite would otherwise hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("ledger timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(120), primary_key=True),
+    Column("available", BigInteger, nullable=False, default=0),
+    Column("held", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("available >= 0", name="available_not_negative"),
+    CheckConstraint("held >= 0", name="held_not_negative"),
+)
+
+generations = Table(
+    "generations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(120), ForeignKey("accounts.id"), nullable=False),
+    Column("model_id", String(100), nullable=False),
+    Column("provider", String(50), nullable=False),
+    Column("provider_model", String(200), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("channel", String(200), nullable=True),
+    Column("images_requested", Integer, nullable=False),
+    Column("images_delivered", Integer, nullable=False, default=0),
+    Column("credits_per_image", BigInteger, nullable=False),
+    Column("credits_held", BigInteger, nullable=False, default=0),
+    Column("credits_charged", BigInteger, nullable=False, default=0),
+    Column("status", String(20), nullable=False),
+    Column("error_code", String(40), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    CheckConstraint("images_requested > 0", name="images_requested_positive"),
+    CheckConstraint(
+        "images_delivered >= 0 AND images_delivered <= images_requested",
+        name="images_delivered_in_range",
+    ),
+    CheckConstraint("credits_charged >= 0 AND credits_held >= 0", name="credits_not_negative"),
+    Index("ix_generations_account_created", "account_id", "created_at"),
+    Index("ix_generations_status", "status"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", EntryId, primary_key=True, autoincrement=True),
+    Column("account_id", String(120), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("available_delta", BigInteger, nullable=False),
+    Column("held_delta", BigInteger, nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("generation_id", String(64), ForeignKey("generations.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release')", name="known_kind"
+    ),
+    Index("ix_ledger_entries_account_id", "account_id", "id"),
+)

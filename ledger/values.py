@@ -1,0 +1,122 @@
+"""The values the ledger hands out: frozen snapshots, never live rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class EntryKind(StrEnum):
+    GRANT = "grant"
+    ADJUSTMENT = "adjustment"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+
+
+class GenerationStatus(StrEnum):
+    """Where a generation is in its life.
+
+    quoted ─┬─> cancelled
+            ├─> expired
+            └─> running ─┬─> completed   every image delivered and charged
+                         ├─> partial     some delivered and charged, the rest released
+                         └─> failed      nothing delivered, everything released
+    """
+
+    QUOTED = "quoted"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (GenerationStatus.QUOTED, GenerationStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Balance:
+    account: str
+    available: int
+    held: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    account_id: str
+    kind: EntryKind
+    amount: int
+    available_delta: int
+    held_delta: int
+    actor: str
+    reason: str
+    idempotency_key: str
+    generation_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """A quote to record: what was asked and what it will cost."""
+
+    id: str
+    account_id: str
+    model_id: str
+    provider: str
+    provider_model: str
+    prompt: str
+    options: dict[str, Any]
+    images_requested: int
+    credits_per_image: int
+    expires_at: datetime
+    channel: str | None = None
+
+    @property
+    def price(self) -> int:
+        return self.images_requested * self.credits_per_image
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    account_id: str
+    model_id: str
+    provider: str
+    provider_model: str
+    prompt: str
+    options: dict[str, Any]
+    channel: str | None
+    images_requested: int
+    images_delivered: int
+    credits_per_image: int
+    credits_held: int
+    credits_charged: int
+    status: GenerationStatus
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    expires_at: datetime
+    confirmed_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def price(self) -> int:
+        return self.images_requested * self.credits_per_image
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """An account whose stored balance disagrees with what its entries add up to."""
+
+    account: str
+    stored_available: int
+    stored_held: int
+    entries_available: int
+    entries_held: int
+    running_holds: int

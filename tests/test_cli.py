@@ -1,0 +1,149 @@
+"""`imagine-bot` as a user runs it: a real subprocess, a fresh database, scripted standard input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = REPO / "config" / "models.toml"
+
+
+def imagine_bot(
+    cwd: Path, *arguments: str, stdin: str = "", **environment: str
+) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("imagine-bot")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DISCORD_", "SLACK_", "GEMINI_", "GOOGLE_", "OPENAI_"))
+    }
+    env.update(
+        DATABASE_URL=f"sqlite+aiosqlite:///{cwd / 'imagine.db'}",
+        MODELS_FILE=str(SHIPPED_MODELS),
+        OUTPUT_DIR=str(cwd / "out"),
+        ADMIN_ACCOUNTS="",
+    )
+    env.update(environment)
+    return subprocess.run(
+        [*command, *arguments],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_console_generates_saves_and_charges(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path,
+        "console",
+        stdin="/imagine model:local-sketch count:2 aspect:16:9 a fox in snow\ny\n/credits\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chatting as console:local (admin) · 100 credits available" in result.stdout
+    assert "Done: 2 images for 2 credits." in result.stdout
+    assert "Balance: 98 credits available." in result.stdout
+    saved = sorted((tmp_path / "out").iterdir())
+    assert len(saved) == 2
+    with Image.open(saved[0]) as image:
+        assert image.size == (1024, 576)
+
+
+def test_run_without_chat_tokens_is_the_console(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "run", stdin="/models\n")
+    assert result.returncode == 0, result.stderr
+    assert "local-sketch" in result.stdout
+    assert "unavailable: no API key is configured (set GEMINI_API_KEY)" in result.stdout
+
+
+def test_another_account_in_the_console_has_only_its_own_rights(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path, "console", "--as", "console:alice", stdin="/grant console:alice 500\n/credits\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Only bot admins can grant or revoke credits" in result.stdout
+    assert "Balance: 0 credits available." in result.stdout
+
+
+def test_grant_balance_history_and_revoke_from_the_command_line(tmp_path: Path) -> None:
+    granted = imagine_bot(tmp_path, "grant", "discord:42", "50", "--reason", "launch party")
+    assert granted.returncode == 0, granted.stderr
+    assert "Granted 50 credits to discord:42" in granted.stdout
+    revoked = imagine_bot(tmp_path, "revoke", "discord:42", "20")
+    assert revoked.returncode == 0, revoked.stderr
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 30 credits available." in balance.stdout
+    history = imagine_bot(tmp_path, "history", "discord:42")
+    assert "No generations yet" in history.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "exit_code", "says"),
+    [
+        (("balance", "discord:7"), 1, "discord:7 has never used the bot"),
+        (("revoke", "discord:7", "5"), 1, "discord:7 has never used the bot"),
+        (("grant", "discord:7", "0"), 2, "'0' is not an amount"),
+        (("grant", "discord:7", "ten"), 2, "'ten' is not an amount"),
+        (("grant", "bob", "10"), 2, "'bob' is not an account"),
+    ],
+)
+def test_admin_commands_refuse_bad_input_with_an_exit_code(
+    tmp_path: Path, arguments: tuple[str, ...], exit_code: int, says: str
+) -> None:
+    result = imagine_bot(tmp_path, *arguments)
+    assert result.returncode == exit_code
+    assert says in result.stderr
+
+
+def test_revoking_more_than_the_balance_is_refused(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "5")
+    result = imagine_bot(tmp_path, "revoke", "discord:42", "6")
+    assert result.returncode == 1
+    assert "Cannot revoke 6 credits: only 5 are available" in result.stderr
+
+
+def test_models_check_accepts_the_shipped_registry(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "models", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "no problems found" in result.stdout
+
+
+def test_models_check_names_every_problem_and_fails(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        '[models.bad]\nprovider = "nowhere"\nprovider_model = "x"\nname = "Bad"\n'
+        'credits_per_image = 0\nresolutions = []\naspect_ratios = ["1:1"]\nmax_images = 1\n'
+    )
+    result = imagine_bot(tmp_path, "models", "--check", "--file", str(broken))
+    assert result.returncode == 1
+    assert f"{broken}: model 'bad': key 'credits_per_image'" in result.stderr
+    assert f"{broken}: model 'bad': key 'resolutions'" in result.stderr
+
+
+def test_db_upgrade_migrates_a_fresh_database(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "latest" in result.stdout
+    assert (tmp_path / "imagine.db").exists()
+
+
+def test_ledger_verify_passes_on_a_consistent_ledger(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "console", stdin="/imagine model:local-sketch a fox\ny\n")
+    result = imagine_bot(tmp_path, "ledger", "verify")
+    assert result.returncode == 0, result.stderr
+    assert "Every balance agrees" in result.stdout
+
+
+def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "models", STARTING_CREDITS="-3")
+    assert result.returncode == 2
+    assert "STARTING_CREDITS" in result.stderr

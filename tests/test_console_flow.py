@@ -1,0 +1,476 @@
+"""The imagine flow end to end through the console adapter, on both databases.
+
+A scripted console types the lines and answers the confirm question; the
+local provider and a scripted test provider make real images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot import messages
+from bot.app import open_service
+from bot.console import ConsoleChat
+from bot.errors import AlreadyHandled, NotYourRequest
+from bot.flow import ImagineService
+from bot.parsing import parse_imagine
+from bot.progress import Delivering, Generating, ProgressEvent, Queued
+from bot.settings import Settings
+from ledger import Generation, GenerationStatus
+from providers.base import GeneratedImage
+from providers.errors import ContentBlocked, RateLimited
+from tests.conftest import FakeClock
+from tests.fakes import Script, ScriptedProvider
+
+OWNER = "console:local"
+GUEST = "console:guest"
+
+MODELS = """
+[models.local-sketch]
+provider = "local"
+provider_model = "procedural-v1"
+name = "Local Sketch"
+credits_per_image = 1
+resolutions = ["1K"]
+aspect_ratios = ["1:1", "16:9"]
+max_images = 4
+
+[models.scripted]
+provider = "scripted"
+provider_model = "scripted-v1"
+name = "Scripted"
+credits_per_image = 10
+resolution_credits = { "2K" = 15 }
+resolutions = ["1K", "2K"]
+aspect_ratios = ["1:1"]
+max_images = 4
+"""
+
+
+class ScriptedConsole:
+    """Types lines into a ConsoleChat and answers its questions from a queue."""
+
+    def __init__(self, service: ImagineService, account: str, output_dir: Path) -> None:
+        self.printed: list[str] = []
+        self.questions: list[str] = []
+        self.answers: deque[str | Callable[[], str]] = deque()
+        self.chat = ConsoleChat(
+            service,
+            account,
+            output_dir=output_dir,
+            read_line=self._read_line,
+            write=self.printed.append,
+        )
+
+    async def _read_line(self, prompt: str) -> str | None:
+        self.questions.append(prompt)
+        if not self.answers:
+            return None
+        answer = self.answers.popleft()
+        return answer() if callable(answer) else answer
+
+    async def say(self, line: str, *answers: str | Callable[[], str]) -> str:
+        """Type ``line``, answer any question with ``answers``; returns what the bot printed."""
+        self.answers.extend(answers)
+        start = len(self.printed)
+        await self.chat.handle(line)
+        return "\n".join(self.printed[start:])
+
+
+@pytest.fixture
+def models_file(tmp_path: Path) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(MODELS)
+    return path
+
+
+@pytest.fixture
+def settings(database_url: str, models_file: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        models_file=models_file,
+        output_dir=tmp_path / "out",
+        generation_timeout_seconds=5,
+        provider_concurrency=1,
+    )
+
+
+@pytest.fixture
+async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[ImagineService]:
+    async with open_service(settings, extra_admins=frozenset({OWNER}), clock=clock) as service:
+        await service.credits.open_account(OWNER, welcome_credits=100)
+        yield service
+
+
+@pytest.fixture
+def scripted(service: ImagineService) -> ScriptedProvider:
+    provider = service.providers.providers["scripted"]
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+@pytest.fixture
+def console(service: ImagineService, settings: Settings) -> ScriptedConsole:
+    return ScriptedConsole(service, OWNER, settings.output_dir)
+
+
+class RecordingDelivery:
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+        self.delivered: list[GeneratedImage] = []
+        self.reported = asyncio.Event()
+
+    async def progress(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+        self.reported.set()
+
+    async def deliver(self, images: list[GeneratedImage], generation: Generation) -> int:
+        self.delivered.extend(images)
+        return len(images)
+
+
+async def available(service: ImagineService, account: str = OWNER) -> int:
+    return (await service.credits.balance(account)).available
+
+
+async def last_generation(service: ImagineService, account: str = OWNER) -> Generation:
+    [generation] = await service.ledger.history(account, limit=1, include_unconfirmed=True)
+    return generation
+
+
+async def test_imagine_saves_real_images_and_charges_for_them(
+    console: ScriptedConsole, service: ImagineService, settings: Settings
+) -> None:
+    said = await console.say("/imagine model:local-sketch count:2 aspect:16:9 a lighthouse", "y")
+    assert "Local Sketch · 2 images · 1K · 16:9" in said
+    assert "Generate 2 images · 2 credits? [y/N] " in console.questions
+    assert "Done: 2 images for 2 credits." in said
+    saved = sorted(settings.output_dir.iterdir())
+    assert len(saved) == 2
+    for path in saved:
+        with Image.open(path) as image:
+            assert (image.format, image.size) == ("PNG", (1024, 576))
+        assert f"saved {path}" in said
+    assert await available(service) == 98
+    generation = await last_generation(service)
+    assert (generation.status, generation.model_id, generation.credits_charged) == (
+        GenerationStatus.COMPLETED,
+        "local-sketch",
+        2,
+    )
+    assert await service.ledger.verify() == []
+
+
+async def test_the_quote_shows_price_and_balance_before_anything_is_charged(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/imagine model:scripted count:3 resolution:2K a fox", "n")
+    assert "Price: 45 credits · your balance: 100 credits" in said
+    assert await available(service) == 100
+
+
+async def test_insufficient_credits_are_refused_before_the_question(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await service.credits.revoke(OWNER, OWNER, 95)
+    said = await console.say("/imagine model:scripted a fox")
+    assert said == messages.insufficient_credits(10, 5)
+    assert console.questions == []
+    assert await service.ledger.history(OWNER, include_unconfirmed=True) == []
+
+
+async def test_answering_no_cancels_and_charges_nothing(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    said = await console.say("/imagine model:scripted a fox", "n")
+    assert messages.CANCELLED in said
+    assert (await last_generation(service)).status == GenerationStatus.CANCELLED
+    assert await available(service) == 100
+    assert scripted.requests == []
+
+
+async def test_a_quote_confirmed_after_it_expired_charges_nothing(
+    console: ScriptedConsole, service: ImagineService, clock: FakeClock, scripted: ScriptedProvider
+) -> None:
+    def answer_too_late() -> str:
+        clock.advance(seconds=service.quote_ttl.total_seconds() + 1)
+        return "y"
+
+    said = await console.say("/imagine model:scripted a fox", answer_too_late)
+    assert messages.QUOTE_EXPIRED in said
+    assert (await last_generation(service)).status == GenerationStatus.EXPIRED
+    assert await available(service) == 100
+    assert scripted.requests == []
+
+
+async def test_a_double_confirm_generates_and_charges_once(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    request = parse_imagine("model:scripted count:2 a fox", service.catalog)
+    quote = await service.quote(OWNER, request)
+    results = await asyncio.gather(
+        service.confirm(quote.id, OWNER, RecordingDelivery()),
+        service.confirm(quote.id, OWNER, RecordingDelivery()),
+        return_exceptions=True,
+    )
+    outcomes = [result for result in results if not isinstance(result, BaseException)]
+    assert len(outcomes) == 1
+    assert [type(r) for r in results if isinstance(r, BaseException)] == [AlreadyHandled]
+    assert len(scripted.requests) == 1
+    assert await available(service) == 80
+
+
+async def test_a_confirm_after_the_generation_finished_changes_nothing(
+    service: ImagineService,
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.confirm(quote.id, OWNER, RecordingDelivery())
+    with pytest.raises(AlreadyHandled):
+        await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert await available(service) == 90
+
+
+async def test_another_account_cannot_confirm_a_request(service: ImagineService) -> None:
+    await service.credits.open_account(GUEST)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    with pytest.raises(NotYourRequest):
+        await service.confirm(quote.id, GUEST, RecordingDelivery())
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.generation.status == GenerationStatus.COMPLETED
+
+
+async def test_a_provider_failure_releases_everything_and_says_so(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(images=0, error=RateLimited("429 quota"))
+    said = await console.say("/imagine model:scripted count:2 a fox", "y")
+    assert "rate-limiting" in said
+    assert "no credits were charged" in said
+    generation = await last_generation(service)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "rate_limited")
+    assert await available(service) == 100
+    assert await service.ledger.verify() == []
+
+
+async def test_a_safety_block_charges_nothing_and_names_the_filter(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(images=0, error=ContentBlocked("the prompt mentions violence"))
+    said = await console.say("/imagine model:scripted a fox", "y")
+    assert "safety filter blocked this request (the prompt mentions violence)" in said
+    assert (await last_generation(service)).error_code == "blocked"
+    assert await available(service) == 100
+
+
+async def test_a_partial_result_charges_only_the_delivered_images(
+    console: ScriptedConsole,
+    service: ImagineService,
+    scripted: ScriptedProvider,
+    settings: Settings,
+) -> None:
+    scripted.script = Script(images=1, error=ContentBlocked("IMAGE_SAFETY"))
+    said = await console.say("/imagine model:scripted count:3 a fox", "y")
+    assert "Only 1 of 3 images could be made" in said
+    assert "charged 10 credits" in said
+    assert len(list(settings.output_dir.iterdir())) == 1
+    generation = await last_generation(service)
+    assert (generation.status, generation.images_delivered, generation.credits_charged) == (
+        GenerationStatus.PARTIAL,
+        1,
+        10,
+    )
+    assert await available(service) == 90
+
+
+async def test_a_provider_that_never_answers_times_out_and_charges_nothing(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    service.generation_timeout = timedelta(milliseconds=50)
+    scripted.script = Script(hang=True)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.message == messages.failure("timeout")
+    assert outcome.generation.error_code == "timeout"
+    assert await available(service) == 100
+
+
+async def test_images_that_cannot_be_saved_are_not_charged(
+    service: ImagineService, tmp_path: Path
+) -> None:
+    blocked_folder = tmp_path / "not-a-folder"
+    blocked_folder.write_text("a file where the output folder should be")
+    console = ScriptedConsole(service, OWNER, blocked_folder)
+    said = await console.say("/imagine model:scripted a fox", "y")
+    assert "could not be posted here" in said
+    assert (await last_generation(service)).error_code == "delivery_failed"
+    assert await available(service) == 100
+
+
+async def test_progress_is_reported_image_by_image_then_delivery(service: ImagineService) -> None:
+    quote = await service.quote(
+        OWNER, parse_imagine("model:scripted count:2 a fox", service.catalog)
+    )
+    delivery = RecordingDelivery()
+    await service.confirm(quote.id, OWNER, delivery)
+    assert delivery.events == [
+        Generating("Scripted", 0, 2),
+        Generating("Scripted", 1, 2),
+        Generating("Scripted", 2, 2),
+        Delivering(2),
+    ]
+
+
+async def test_a_request_waiting_for_the_provider_is_told_its_place(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.release = asyncio.Event()
+    first = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    second = await service.quote(OWNER, parse_imagine("model:scripted a cat", service.catalog))
+    waiting = RecordingDelivery()
+    running = asyncio.create_task(service.confirm(first.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    queued = asyncio.create_task(service.confirm(second.id, OWNER, waiting))
+    await waiting.reported.wait()
+    assert waiting.events == [Queued(1)]
+    scripted.release.set()
+    await asyncio.gather(running, queued)
+    assert await available(service) == 80
+
+
+async def test_a_generation_cancelled_midway_releases_its_hold(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(hang=True)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    task = asyncio.create_task(service.confirm(quote.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    generation = await service.ledger.generation(quote.id)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "interrupted")
+    balance = await service.credits.balance(OWNER)
+    assert (balance.available, balance.held) == (100, 0)
+
+
+async def test_holds_left_by_a_crash_are_released_at_start_up(
+    service: ImagineService, clock: FakeClock
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.ledger.hold(quote.id, OWNER)
+    clock.advance(hours=1)
+    [released] = await service.recover()
+    assert released.error_message == messages.INTERRUPTED_RELEASED
+    assert await available(service) == 100
+
+
+async def test_credits_shows_the_balance_and_recent_generations(
+    console: ScriptedConsole,
+) -> None:
+    await console.say("/imagine model:local-sketch a lighthouse at dusk", "y")
+    said = await console.say("/credits")
+    assert "Balance: 99 credits available." in said
+    assert "local-sketch  1/1 images  1 credit  completed  “a lighthouse at dusk”" in said
+
+
+async def test_credits_with_no_history_suggests_a_first_command(
+    service: ImagineService, settings: Settings
+) -> None:
+    console = ScriptedConsole(service, GUEST, settings.output_dir)
+    said = await console.say("/credits")
+    assert messages.NO_HISTORY in said
+
+
+async def test_models_lists_every_active_model_with_its_price(console: ScriptedConsole) -> None:
+    said = await console.say("/models")
+    assert "local-sketch" in said
+    assert "10@1K 15@2K" in said
+
+
+async def test_help_lists_admin_commands_only_to_admins(
+    console: ScriptedConsole, service: ImagineService, settings: Settings
+) -> None:
+    assert "/grant" in await console.say("/help")
+    guest = ScriptedConsole(service, GUEST, settings.output_dir)
+    guest_help = await guest.say("/help")
+    assert "/imagine" in guest_help
+    assert "/grant" not in guest_help
+
+
+async def test_an_admin_grant_adds_credits_and_is_recorded(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/grant console:guest 50 contest prize")
+    assert said == messages.granted(GUEST, 50, 50)
+    [entry] = await service.ledger.entries(GUEST)
+    assert (entry.actor, entry.reason) == (OWNER, "contest prize")
+
+
+async def test_a_grant_by_a_non_admin_is_refused(
+    service: ImagineService, settings: Settings
+) -> None:
+    guest = ScriptedConsole(service, GUEST, settings.output_dir)
+    said = await guest.say(f"/grant {GUEST} 1000")
+    assert said == messages.NOT_ADMIN
+    assert await available(service, GUEST) == 0
+
+
+async def test_a_revoke_beyond_the_available_balance_is_refused(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/grant console:guest 5")
+    said = await console.say("/revoke console:guest 6")
+    assert said == messages.revoke_exceeds_balance(6, 5)
+    assert await available(service, GUEST) == 5
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("/grant console:guest", messages.admin_usage("grant")),
+        ("/grant console:guest -5", messages.invalid_amount("-5")),
+        ("/grant bob 5", messages.invalid_account("bob")),
+        ("/revoke console:nobody 5", messages.unknown_account("console:nobody")),
+    ],
+)
+async def test_bad_admin_commands_are_explained(
+    console: ScriptedConsole, line: str, expected: str
+) -> None:
+    assert await console.say(line) == expected
+
+
+async def test_a_bad_request_is_explained_and_changes_nothing(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/imagine model:scripted count:9 a fox")
+    assert said == messages.bad_count("9", 4, "scripted")
+    assert await service.ledger.history(OWNER, include_unconfirmed=True) == []
+
+
+async def test_text_without_a_slash_points_to_imagine(console: ScriptedConsole) -> None:
+    assert await console.say("a fox in the snow") == messages.NOT_A_COMMAND
+
+
+async def test_an_unknown_command_points_to_help(console: ScriptedConsole) -> None:
+    assert await console.say("/paint a fox") == messages.unknown_command("paint")
+
+
+async def test_the_welcome_grant_is_given_once(service: ImagineService) -> None:
+    await service.credits.open_account(OWNER, welcome_credits=100)
+    assert await available(service) == 100
+
+
+async def test_new_accounts_receive_the_starting_credits(
+    settings: Settings, clock: FakeClock
+) -> None:
+    generous = settings.model_copy(update={"starting_credits": 7})
+    async with open_service(generous, clock=clock) as service:
+        assert await available(service, GUEST) == 7

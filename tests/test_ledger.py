@@ -1,0 +1,379 @@
+"""The ledger's operations and refusals, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from ledger import (
+    AccountNotFound,
+    EntryKind,
+    GenerationStatus,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidTransition,
+    Ledger,
+    NewGeneration,
+    QuoteExpired,
+    WrongAccount,
+)
+from ledger.schema import accounts
+from tests.conftest import FakeClock
+
+ALICE = "discord:1001"
+BOB = "discord:1002"
+
+
+async def funded(ledger: Ledger, account: str = ALICE, credits: int = 100) -> None:
+    await ledger.grant(
+        account, credits, actor="test", reason="funding", idempotency_key=f"fund:{account}"
+    )
+
+
+async def quoted(
+    ledger: Ledger,
+    clock: FakeClock,
+    generation_id: str = "g1",
+    account: str = ALICE,
+    images: int = 2,
+    credits_per_image: int = 10,
+) -> None:
+    await ledger.create_quote(
+        NewGeneration(
+            id=generation_id,
+            account_id=account,
+            model_id="local-sketch",
+            provider="local",
+            provider_model="procedural-v1",
+            prompt="a lighthouse at dusk",
+            options={"resolution": "1K", "aspect_ratio": "1:1"},
+            images_requested=images,
+            credits_per_image=credits_per_image,
+            expires_at=clock.now + timedelta(minutes=10),
+        )
+    )
+
+
+async def test_new_account_receives_starting_credits_once(ledger: Ledger) -> None:
+    await ledger.ensure_account(ALICE, starting_credits=25)
+    balance = await ledger.ensure_account(ALICE, starting_credits=25)
+    assert (balance.available, balance.held) == (25, 0)
+
+
+async def test_grant_creates_the_account_and_records_an_entry(ledger: Ledger) -> None:
+    balance = await ledger.grant(ALICE, 40, actor="admin", reason="prize", idempotency_key="k1")
+    assert balance.available == 40
+    [entry] = await ledger.entries(ALICE)
+    assert (entry.kind, entry.amount, entry.actor, entry.reason) == (
+        EntryKind.GRANT,
+        40,
+        "admin",
+        "prize",
+    )
+
+
+async def test_grant_replayed_with_the_same_key_applies_once(ledger: Ledger) -> None:
+    first = await ledger.grant(ALICE, 40, actor="admin", reason="prize", idempotency_key="k1")
+    second = await ledger.grant(ALICE, 40, actor="admin", reason="prize", idempotency_key="k1")
+    assert first == second
+    assert len(await ledger.entries(ALICE)) == 1
+
+
+async def test_grant_key_reused_with_another_amount_is_refused(ledger: Ledger) -> None:
+    await ledger.grant(ALICE, 40, actor="admin", reason="prize", idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict):
+        await ledger.grant(ALICE, 41, actor="admin", reason="prize", idempotency_key="k1")
+    assert (await ledger.balance(ALICE)).available == 40
+
+
+@pytest.mark.parametrize("amount", [0, -5])
+async def test_grant_of_a_non_positive_amount_is_refused(ledger: Ledger, amount: int) -> None:
+    with pytest.raises(InvalidAmount):
+        await ledger.grant(ALICE, amount, actor="admin", reason="", idempotency_key="k")
+    assert not await ledger.account_exists(ALICE)
+
+
+async def test_revoke_takes_available_credits(ledger: Ledger) -> None:
+    await funded(ledger)
+    balance = await ledger.revoke(ALICE, 30, actor="admin", reason="refund", idempotency_key="r1")
+    assert balance.available == 70
+    assert (await ledger.entries(ALICE, limit=1))[0].available_delta == -30
+
+
+async def test_revoke_beyond_the_available_balance_is_refused(ledger: Ledger) -> None:
+    await funded(ledger, credits=20)
+    with pytest.raises(InsufficientFunds) as refusal:
+        await ledger.revoke(ALICE, 21, actor="admin", reason="", idempotency_key="r1")
+    assert refusal.value.available == 20
+    assert (await ledger.balance(ALICE)).available == 20
+
+
+async def test_revoke_of_an_unknown_account_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(AccountNotFound):
+        await ledger.revoke(ALICE, 1, actor="admin", reason="", idempotency_key="r1")
+
+
+async def test_balance_of_an_unknown_account_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(AccountNotFound):
+        await ledger.balance(ALICE)
+
+
+async def test_hold_moves_the_price_from_available_to_held(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    generation = await ledger.hold("g1", ALICE)
+    assert generation.status == GenerationStatus.RUNNING
+    assert generation.credits_held == 20
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (80, 20)
+
+
+async def test_hold_without_enough_credits_is_refused_and_the_quote_stays(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger, credits=15)
+    await quoted(ledger, clock)
+    with pytest.raises(InsufficientFunds) as refusal:
+        await ledger.hold("g1", ALICE)
+    assert (refusal.value.need, refusal.value.available) == (20, 15)
+    assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
+    assert (await ledger.balance(ALICE)).available == 15
+
+
+async def test_hold_by_another_account_is_refused(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await funded(ledger, BOB)
+    await quoted(ledger, clock)
+    with pytest.raises(WrongAccount):
+        await ledger.hold("g1", BOB)
+    assert (await ledger.balance(BOB)).held == 0
+
+
+async def test_hold_after_expiry_is_refused_and_marks_the_quote_expired(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    clock.advance(minutes=11)
+    with pytest.raises(QuoteExpired):
+        await ledger.hold("g1", ALICE)
+    assert (await ledger.generation("g1")).status == GenerationStatus.EXPIRED
+    assert (await ledger.balance(ALICE)).available == 100
+
+
+async def test_second_hold_of_the_same_quote_is_refused(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    with pytest.raises(InvalidTransition) as refusal:
+        await ledger.hold("g1", ALICE)
+    assert refusal.value.status == GenerationStatus.RUNNING
+    assert (await ledger.balance(ALICE)).held == 20
+
+
+async def test_cancelled_quote_cannot_be_held(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.cancel("g1", ALICE)
+    with pytest.raises(InvalidTransition):
+        await ledger.hold("g1", ALICE)
+
+
+async def test_capture_charges_delivered_images_and_releases_the_rest(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock, images=3)
+    await ledger.hold("g1", ALICE)
+    generation = await ledger.capture("g1", 1)
+    assert (generation.status, generation.images_delivered, generation.credits_charged) == (
+        GenerationStatus.PARTIAL,
+        1,
+        10,
+    )
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (90, 0)
+    kinds = [entry.kind for entry in await ledger.entries(ALICE)]
+    assert kinds == [EntryKind.RELEASE, EntryKind.CAPTURE, EntryKind.HOLD, EntryKind.GRANT]
+
+
+async def test_capture_of_every_image_completes_the_generation(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    generation = await ledger.capture("g1", 2)
+    assert generation.status == GenerationStatus.COMPLETED
+    assert (await ledger.balance(ALICE)).available == 80
+
+
+async def test_release_returns_the_whole_hold_and_records_why(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    generation = await ledger.release("g1", error_code="blocked", error_message="Blocked.")
+    assert (generation.status, generation.error_code, generation.credits_charged) == (
+        GenerationStatus.FAILED,
+        "blocked",
+        0,
+    )
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (100, 0)
+
+
+async def test_settling_twice_keeps_the_first_settlement(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    first = await ledger.capture("g1", 2)
+    again = await ledger.release("g1", error_code="timeout", error_message="late")
+    assert again == first
+    assert (await ledger.balance(ALICE)).available == 80
+
+
+async def test_settling_a_quote_that_was_never_held_is_refused(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    with pytest.raises(InvalidTransition):
+        await ledger.capture("g1", 2)
+
+
+async def test_concurrent_confirms_hold_only_what_the_balance_covers(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger, credits=50)
+    for number in range(20):
+        await quoted(ledger, clock, generation_id=f"g{number}", images=1)
+    results = await asyncio.gather(
+        *(ledger.hold(f"g{number}", ALICE) for number in range(20)), return_exceptions=True
+    )
+    held = [result for result in results if not isinstance(result, Exception)]
+    refused = [result for result in results if isinstance(result, InsufficientFunds)]
+    assert (len(held), len(refused)) == (5, 15)
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (0, 50)
+    assert await ledger.verify() == []
+
+
+async def test_concurrent_confirms_of_one_quote_hold_once(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    results = await asyncio.gather(
+        *(ledger.hold("g1", ALICE) for _ in range(10)), return_exceptions=True
+    )
+    assert sum(not isinstance(result, Exception) for result in results) == 1
+    assert all(isinstance(r, InvalidTransition) for r in results if isinstance(r, Exception))
+    assert (await ledger.balance(ALICE)).held == 20
+
+
+async def test_concurrent_capture_and_release_of_one_hold_apply_once(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    capture, release = await asyncio.gather(
+        ledger.capture("g1", 2), ledger.release("g1", error_code="timeout", error_message="late")
+    )
+    assert capture == release
+    balance = await ledger.balance(ALICE)
+    assert balance.held == 0
+    assert balance.available in (80, 100)
+    assert await ledger.verify() == []
+
+
+async def test_concurrent_grants_add_up_exactly(ledger: Ledger) -> None:
+    await asyncio.gather(
+        *(
+            ledger.grant(ALICE, 3, actor="admin", reason="", idempotency_key=f"k{number}")
+            for number in range(25)
+        )
+    )
+    assert (await ledger.balance(ALICE)).available == 75
+
+
+async def test_history_lists_confirmed_generations_newest_first(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    for generation_id in ("g1", "g2", "g3"):
+        await quoted(ledger, clock, generation_id=generation_id)
+    await ledger.hold("g1", ALICE)
+    await ledger.hold("g3", ALICE)
+    assert [g.id for g in await ledger.history(ALICE)] == ["g3", "g1"]
+    assert [g.id for g in await ledger.history(ALICE, include_unconfirmed=True)] == [
+        "g3",
+        "g2",
+        "g1",
+    ]
+
+
+async def test_stale_holds_are_released_with_a_reason(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    clock.advance(hours=1)
+    [released] = await ledger.release_stale_holds(clock.now, reason="The bot restarted.")
+    assert (released.status, released.error_code, released.error_message) == (
+        GenerationStatus.FAILED,
+        "interrupted",
+        "The bot restarted.",
+    )
+    assert (await ledger.balance(ALICE)).available == 100
+
+
+async def test_recent_holds_are_not_swept(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    assert await ledger.release_stale_holds(clock.now - timedelta(minutes=5), reason="") == []
+    assert (await ledger.balance(ALICE)).held == 20
+
+
+async def test_expired_quotes_are_marked_expired(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    clock.advance(minutes=11)
+    assert await ledger.expire_quotes() == 1
+    assert (await ledger.generation("g1")).status == GenerationStatus.EXPIRED
+
+
+async def test_verify_is_clean_after_every_kind_of_operation(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await ledger.revoke(ALICE, 5, actor="admin", reason="", idempotency_key="r1")
+    await quoted(ledger, clock, generation_id="g1")
+    await quoted(ledger, clock, generation_id="g2")
+    await ledger.hold("g1", ALICE)
+    await ledger.hold("g2", ALICE)
+    await ledger.capture("g1", 1)
+    assert await ledger.verify() == []
+
+
+async def test_verify_names_an_account_whose_balance_was_tampered_with(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await funded(ledger, BOB)
+    async with ledger.engine.begin() as connection:
+        await connection.execute(
+            update(accounts).where(accounts.c.id == BOB).values(available=1_000)
+        )
+    [discrepancy] = await ledger.verify()
+    assert (discrepancy.account, discrepancy.stored_available, discrepancy.entries_available) == (
+        BOB,
+        1_000,
+        100,
+    )
