@@ -12,6 +12,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -144,7 +145,7 @@ async def _console(settings: Settings, arguments: argparse.Namespace) -> int:
 
 async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
     if arguments.file:
-        settings = settings.model_copy(update={"models_file": arguments.file})
+        settings = settings.model_copy(update={"models_file": Path(arguments.file)})
     if arguments.check:
         registry = load_models(settings)
         print(f"{registry.path}: {len(registry.models)} models, no problems found.")
