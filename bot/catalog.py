@@ -106,4 +106,9 @@ def _provider_config(spec: ProviderSpec, settings: Settings) -> tuple[ProviderCo
     if spec.api_key_env and api_key is None:
         return ProviderConfig(), f"no API key is configured (set {spec.api_key_env[0]})"
     base_url = settings.environment_value(spec.base_url_env) if spec.base_url_env else None
-    return ProviderConfig(api_key=api_key, base_url=base_url), None
+    options = {
+        option: value
+        for option, variable in spec.option_env
+        if (value := settings.environment_value(variable)) is not None
+    }
+    return ProviderConfig(api_key=api_key, base_url=base_url, options=options), None

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import getpass
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bot import messages
 from bot.accounts import CONSOLE_OWNER, parse_account
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(EXIT_USAGE, error.message)
     except ImagineError as error:
         _fail(EXIT_REFUSED, error.message)
+    except (DBAPIError, OSError) as error:
+        _fail(EXIT_REFUSED, messages.database_unreachable(_safe_url(settings.database_url), error))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
@@ -126,6 +133,35 @@ async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 async def _console(settings: Settings, arguments: argparse.Namespace) -> int:
+    with _stop_on_sigterm() as stopping:
+        try:
+            return await _chat_in_console(settings, arguments)
+        except asyncio.CancelledError:
+            if not stopping.is_set():
+                raise
+            return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[asyncio.Event]:
+    """SIGTERM cancels the running command; a generation in flight releases its hold on the way out."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        if task is not None:
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        yield stopping
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _chat_in_console(settings: Settings, arguments: argparse.Namespace) -> int:
     account = parse_account(arguments.account) if arguments.account else CONSOLE_OWNER
     is_owner = arguments.account is None
     async with open_service(
@@ -136,7 +172,7 @@ async def _console(settings: Settings, arguments: argparse.Namespace) -> int:
             account,
             output_dir=settings.output_dir,
             read_line=stdin_reader(interactive=sys.stdin.isatty()),
-            write=print,
+            write=functools.partial(print, flush=True),
             welcome_credits=settings.console_welcome_credits if is_owner else 0,
         )
         await chat.run()
@@ -223,6 +259,13 @@ def _describe_settings_error(error: ValidationError) -> str:
         variable = "_".join(str(part) for part in problem["loc"]).upper()
         lines.append(f"  {variable}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+def _safe_url(database_url: str) -> str:
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 def _fail(code: int, message: str) -> NoReturn:

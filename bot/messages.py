@@ -327,3 +327,11 @@ def unknown_command(command: str) -> str:
 
 def saved_to(path: str) -> str:
     return f"  saved {path}"
+
+
+def database_unreachable(url: str, error: BaseException) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"Cannot use the database at {url}: {first_line}. "
+        "Check DATABASE_URL and that the database server is running."
+    )

@@ -8,8 +8,13 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.accounts import parse_account
+
+_ASYNC_DRIVERS_BY_BACKEND = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_ASYNC_DRIVERS = frozenset(_ASYNC_DRIVERS_BY_BACKEND.values())
 
 
 class Settings(BaseSettings):
@@ -46,6 +51,23 @@ class Settings(BaseSettings):
     gemini_base_url: str | None = None
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; use e.g. sqlite+aiosqlite:///./imagine.db "
+                "or postgresql+asyncpg://user@host/dbname"
+            ) from None
+        if url.drivername not in _ASYNC_DRIVERS:
+            backend = url.get_backend_name()
+            wanted = _ASYNC_DRIVERS_BY_BACKEND.get(backend)
+            hint = f"use {wanted}://…" if wanted else "use sqlite+aiosqlite or postgresql+asyncpg"
+            raise ValueError(f"{url.drivername} is not supported; {hint}")
+        return value
 
     @field_validator("admin_accounts", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ class ProviderSpec:
     api_key_env: tuple[str, ...] = ()
     """Environment variables that may hold its API key, first set wins; empty if it needs none."""
     base_url_env: str | None = None
+    option_env: tuple[tuple[str, str], ...] = ()
+    """``(option, VARIABLE)`` pairs: settings passed in ``ProviderConfig.options`` when set."""
 
     def build(self, config: ProviderConfig) -> ImageProvider:
         module_name, _, attribute = self.factory.partition(":")
@@ -38,7 +40,13 @@ def register(spec: ProviderSpec) -> None:
     PROVIDERS[spec.name] = spec
 
 
-register(ProviderSpec("local", "providers.local:LocalProvider"))
+register(
+    ProviderSpec(
+        "local",
+        "providers.local:LocalProvider",
+        option_env=(("delay_seconds", "LOCAL_DELAY_SECONDS"),),
+    )
+)
 register(
     ProviderSpec(
         "google",

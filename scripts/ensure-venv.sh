@@ -25,12 +25,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.install-stamp${extras:+-$extras}"
-wanted="$(cat "$root/pyproject.toml" | cksum)"
+wanted="$(cksum <"$root/pyproject.toml")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-    echo "Installing dependencies into $venv…" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    echo "Installing dependencies into $venv (first run only; the log is $venv/install.log)…" >&2
     target="$root"
     [ -n "$extras" ] && target="$root[$extras]"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target"
+    if ! { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+        "$venv/bin/python" -m pip install --disable-pip-version-check -e "$target"; } \
+        >"$venv/install.log" 2>&1; then
+        tail -n 30 "$venv/install.log" >&2
+        echo "Installing the dependencies failed; the whole log is $venv/install.log." >&2
+        exit 1
+    fi
     echo "$wanted" >"$stamp"
 fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = REPO / "config" / "models.toml"
 
 
-def imagine_bot(
-    cwd: Path, *arguments: str, stdin: str = "", **environment: str
-) -> subprocess.CompletedProcess[str]:
+def command_and_environment(
+    cwd: Path, environment: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
     script = Path(sys.executable).with_name("imagine-bot")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
     env = {
@@ -31,6 +32,13 @@ def imagine_bot(
         ADMIN_ACCOUNTS="",
     )
     env.update(environment)
+    return command, env
+
+
+def imagine_bot(
+    cwd: Path, *arguments: str, stdin: str = "", **environment: str
+) -> subprocess.CompletedProcess[str]:
+    command, env = command_and_environment(cwd, environment)
     return subprocess.run(
         [*command, *arguments],
         cwd=cwd,
@@ -147,3 +155,33 @@ def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
     result = imagine_bot(tmp_path, "models", STARTING_CREDITS="-3")
     assert result.returncode == 2
     assert "STARTING_CREDITS" in result.stderr
+
+
+def test_sigterm_during_a_generation_releases_the_hold_and_exits_cleanly(tmp_path: Path) -> None:
+    command, env = command_and_environment(tmp_path, {"LOCAL_DELAY_SECONDS": "60"})
+    console = subprocess.Popen(
+        [*command, "console"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert console.stdin is not None and console.stdout is not None
+    console.stdin.write("/imagine model:local-sketch count:3 a slow fox\ny\n")
+    console.stdin.flush()
+    for line in console.stdout:
+        if "Generating 3 images" in line:
+            break
+    console.send_signal(signal.SIGTERM)
+    assert console.wait(timeout=30) == 0
+    console.stdin.close()
+    console.stdout.close()
+    assert console.stderr is not None
+    console.stderr.close()
+
+    balance = imagine_bot(tmp_path, "balance", "console:local")
+    assert "Balance: 100 credits available." in balance.stdout
+    history = imagine_bot(tmp_path, "history", "console:local")
+    assert "0/3 images  0 credits  failed" in history.stdout
