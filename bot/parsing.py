@@ -78,31 +78,43 @@ class ImagineRequest:
 
 
 def parse_imagine_text(text: str) -> ImagineOptions:
-    """Split the text form into options and prompt; raises ``RequestError`` on malformed options."""
+    """Split the text form into options and prompt; raises ``RequestError`` on malformed options.
+
+    A word ending in a colon with a space after it ("the words: hello") is prose
+    unless it names an option; an unknown ``key:value`` is an error, since it is
+    most likely a mistyped option.
+    """
     values: dict[str, str] = {}
+    prompt_parts: list[str] = []
+    position = 0
     for match in _OPTION.finditer(text):
         key = match.group("key").lower()
-        option = _OPTION_ALIASES.get(key)
-        if option is None:
-            raise RequestError(messages.unknown_option(match.group("key")))
-        if option in values:
-            raise RequestError(messages.repeated_option(option))
         value = next(
             (
-                v
-                for v in (match.group("straight"), match.group("curly"), match.group("bare"))
-                if v is not None
+                group
+                for group in (match.group("straight"), match.group("curly"), match.group("bare"))
+                if group is not None
             ),
             None,
         )
+        option = _OPTION_ALIASES.get(key)
+        if option is None:
+            if value is None and not _UNCLOSED_QUOTE.match(text, match.start()):
+                continue
+            raise RequestError(messages.unknown_option(match.group("key")))
+        if option in values:
+            raise RequestError(messages.repeated_option(option))
         if value is None:
             unclosed = _UNCLOSED_QUOTE.match(text, match.start())
             raise RequestError(
                 messages.unclosed_quote(option) if unclosed else messages.empty_option(option)
             )
         values[option] = value.strip()
+        prompt_parts.append(text[position : match.start()])
+        position = match.end()
+    prompt_parts.append(text[position:])
 
-    rest = " ".join(_OPTION.sub(" ", text).split())
+    rest = _unquote(" ".join(" ".join(prompt_parts).split()))
     if "prompt" in values and rest:
         raise RequestError(messages.prompt_given_twice())
     prompt = values.pop("prompt", rest)
@@ -173,6 +185,15 @@ def _pick(
     if wanted not in supported:
         raise RequestError(complaint(value.strip()))
     return wanted
+
+
+def _unquote(text: str) -> str:
+    """A prompt typed wholly in quotes means the words inside them."""
+    for opening, closing in (('"', '"'), ("“", "”")):
+        inner = text[1:-1]
+        if len(text) >= 2 and text[0] == opening and text[-1] == closing and opening not in inner:
+            return inner.strip()
+    return text
 
 
 def _normalise_aspect(value: str) -> str:
