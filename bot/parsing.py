@@ -197,4 +197,4 @@ def _unquote(text: str) -> str:
 
 
 def _normalise_aspect(value: str) -> str:
-    return re.sub(r"\s*[x×/]\s*", ":", value.lower())
+    return re.sub(r"\s*[x×/:]\s*", ":", value.lower())
