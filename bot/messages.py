@@ -179,13 +179,21 @@ def outcome(generation: Generation, partial_failure: ProviderError | None = None
     charged = credits(generation.credits_charged)
     if delivered == requested:
         return f"Done: {images(delivered)} for {charged}."
-    why = ""
-    if partial_failure is not None:
-        why = f" ({failure(partial_failure.code, partial_failure.detail).split(';')[0].lower()})"
+    code = partial_failure.code if partial_failure is not None else ""
+    why = _PARTIAL_REASONS.get(code, "the provider could not make the others")
     return (
-        f"Only {delivered} of {requested} images could be made{why}; "
-        f"you were charged {charged} for those and the rest was returned."
+        f"Only {delivered} of {requested} images could be made ({why}); "
+        f"you were charged {charged} for {'it' if delivered == 1 else 'those'} "
+        "and the rest was returned."
     )
+
+
+_PARTIAL_REASONS = {
+    "blocked": "the provider's safety filter blocked the others",
+    "rate_limited": "the provider rate-limited the others",
+    "timeout": "the others took too long",
+    "unavailable": "the provider failed on the others",
+}
 
 
 def progress(event: ProgressEvent) -> str:
@@ -227,6 +235,8 @@ def balance_line(available: int, held: int) -> str:
 def history_line(generation: Generation) -> str:
     when = generation.created_at.strftime("%Y-%m-%d %H:%M")
     status = str(generation.status)
+    if generation.error_code:
+        status += f" ({generation.error_code.replace('_', ' ')})"
     return (
         f"{when}  {generation.model_id}  {generation.images_delivered}/{generation.images_requested} "
         f"images  {credits(generation.credits_charged)}  {status}  “{_shorten(generation.prompt, 50)}”"
