@@ -79,10 +79,6 @@ class Outcome:
     message: str
     """One sentence for the user: what happened and what it cost."""
 
-    @property
-    def succeeded(self) -> bool:
-        return self.generation.images_delivered > 0
-
 
 class ImagineService:
     """The service layer every adapter calls."""
@@ -106,8 +102,9 @@ class ImagineService:
         self.generation_timeout = generation_timeout
         self._clock = clock
         self._slots = {name: ProviderSlots(provider_concurrency) for name in providers.providers}
-        # Reference images are too large for the quote row; they wait here for the click.
-        self._reference_images: dict[str, tuple[ReferenceImage, ...]] = {}
+        # Reference images are too large for the quote row; they wait here for the click,
+        # until their quote expires.
+        self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
 
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None
@@ -136,8 +133,14 @@ class ImagineService:
                 channel=channel,
             )
         )
+        now = self._clock()
+        for expired in [key for key, (until, _) in self._reference_images.items() if until <= now]:
+            del self._reference_images[expired]
         if request.reference_images:
-            self._reference_images[generation.id] = request.reference_images
+            self._reference_images[generation.id] = (
+                generation.expires_at,
+                request.reference_images,
+            )
         return Quote(generation, request, balance)
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
@@ -154,7 +157,7 @@ class ImagineService:
         A second confirm of the same request (double click, redelivery) raises
         ``AlreadyHandled`` and changes nothing.
         """
-        references = self._reference_images.get(generation_id, ())
+        _, references = self._reference_images.get(generation_id, (None, ()))
         try:
             generation = await self.ledger.hold(generation_id, account)
         except ledger.LedgerError as refusal:
@@ -177,7 +180,7 @@ class ImagineService:
         if provider is None:
             return await self._release(generation, "not_configured")
         if generation.options.get("reference_images", 0) > len(references):
-            return await self._release(generation, "unavailable", "the reference images were lost")
+            return await self._release(generation, "references_lost")
         model_name = str(generation.options.get("model_name", generation.model_id))
         request = ImageRequest(
             provider_model=generation.provider_model,

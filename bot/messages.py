@@ -164,6 +164,7 @@ _FAILURES = {
     "not_configured": "This model's provider is not configured{detail}",
     "delivery_failed": "The images were made but could not be posted here{detail}",
     "interrupted": "The bot stopped while this was generating",
+    "references_lost": "The bot restarted and lost this request's reference images; run /imagine again with them",
 }
 
 

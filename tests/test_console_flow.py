@@ -20,14 +20,14 @@ from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.errors import AlreadyHandled, NotYourRequest
 from bot.flow import ImagineService
-from bot.parsing import parse_imagine
+from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
 from ledger import Generation, GenerationStatus
-from providers.base import GeneratedImage
+from providers.base import GeneratedImage, ReferenceImage
 from providers.errors import ContentBlocked, RateLimited
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider
+from tests.fakes import Script, ScriptedProvider, tiny_png
 
 OWNER = "console:local"
 GUEST = "console:guest"
@@ -51,6 +51,7 @@ resolution_credits = { "2K" = 15 }
 resolutions = ["1K", "2K"]
 aspect_ratios = ["1:1"]
 max_images = 4
+max_reference_images = 2
 """
 
 
@@ -474,3 +475,32 @@ async def test_new_accounts_receive_the_starting_credits(
     generous = settings.model_copy(update={"starting_credits": 7})
     async with open_service(generous, clock=clock) as service:
         assert await available(service, GUEST) == 7
+
+
+async def test_reference_images_reach_the_provider(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    reference = ReferenceImage(tiny_png(), "image/png")
+    options = ImagineOptions(
+        prompt="a fox like this", model="scripted", reference_images=(reference,)
+    )
+    quote = await service.quote(OWNER, validate_request(options, service.catalog))
+    await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert scripted.requests[0].reference_images == (reference,)
+
+
+async def test_reference_images_lost_to_a_restart_release_the_hold(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    reference = ReferenceImage(tiny_png(), "image/png")
+    options = ImagineOptions(
+        prompt="a fox like this", model="scripted", reference_images=(reference,)
+    )
+    quote = await service.quote(OWNER, validate_request(options, service.catalog))
+    restarted = ImagineService(
+        catalog=service.catalog, providers=service.providers, credits=service.credits
+    )
+    outcome = await restarted.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.message == messages.failure("references_lost")
+    assert scripted.requests == []
+    assert await available(service) == 100
