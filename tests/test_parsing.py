@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from bot import messages
 from bot.catalog import ModelCatalog
@@ -240,3 +242,28 @@ def test_a_catalog_with_nothing_usable_says_so(tmp_path: Path) -> None:
     registry = load_registry(path, {"google", "openai"})
     nothing = ModelCatalog(registry, {model.id: "no key" for model in registry})
     assert refusal(nothing, "a fox").message == messages.NO_MODEL_AVAILABLE
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_any_text_either_parses_or_is_refused_with_a_sentence(text: str) -> None:
+    try:
+        options = parse_imagine_text(text)
+    except RequestError as error:
+        assert error.message.strip()
+    else:
+        assert options.prompt is not None
+        assert options.prompt == options.prompt.strip()
+
+
+@given(
+    prompt=st.text(alphabet=st.characters(categories=("L", "N", "Zs")), min_size=1, max_size=80),
+    count=st.integers(min_value=1, max_value=4),
+    aspect=st.sampled_from(["1:1", "16:9", "9:16"]),
+)
+@settings(max_examples=100, deadline=None)
+def test_options_survive_any_plain_prompt(prompt: str, count: int, aspect: str) -> None:
+    words = " ".join(prompt.split())
+    assume(words)
+    options = parse_imagine_text(f"count:{count} {words} aspect:{aspect}")
+    assert (options.prompt, options.count, options.aspect) == (words, str(count), aspect)
