@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -72,7 +73,15 @@ async def open_service(
                 clock=clock,
             )
             await service.recover()
-            yield service
+            sweeper = asyncio.create_task(
+                service.sweep_periodically(timedelta(seconds=settings.sweep_interval_seconds))
+            )
+            try:
+                yield service
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
     finally:
         await providers.aclose()
 

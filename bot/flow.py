@@ -105,6 +105,7 @@ class ImagineService:
         # Reference images are too large for the quote row; they wait here for the click,
         # until their quote expires.
         self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
+        self._in_flight: set[str] = set()
 
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None
@@ -163,12 +164,15 @@ class ImagineService:
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
         self._reference_images.pop(generation_id, None)
+        self._in_flight.add(generation_id)
         try:
             return await self._run(generation, references, delivery)
         except BaseException:
             # Cancelled at shutdown: the hold must not outlive the generation.
             await asyncio.shield(self._release(generation, "interrupted"))
             raise
+        finally:
+            self._in_flight.discard(generation_id)
 
     async def _run(
         self,
@@ -241,13 +245,29 @@ class ImagineService:
         return Outcome(settled, (), balance, sentence)
 
     async def recover(self) -> list[Generation]:
-        """Release the holds of generations that cannot still be running (after a crash)."""
+        """Release holds whose generation cannot still be running, and expire stale quotes.
+
+        Run at start-up (after a crash) and periodically by ``sweep_periodically``.
+        A generation this process is still working on is never touched.
+        """
         cutoff = self._clock() - self.generation_timeout - timedelta(minutes=1)
         released = await self.ledger.release_stale_holds(
-            cutoff, reason=messages.INTERRUPTED_RELEASED
+            cutoff, reason=messages.INTERRUPTED_RELEASED, keep=frozenset(self._in_flight)
         )
         await self.ledger.expire_quotes()
         return released
+
+    async def sweep_periodically(self, interval: timedelta = timedelta(minutes=1)) -> None:
+        """``recover`` forever; run it as a background task for as long as the bot runs."""
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                released = await self.recover()
+            except Exception:
+                logger.exception("the periodic sweep of stale holds failed; trying again later")
+                continue
+            for generation in released:
+                logger.warning("released the stale hold of generation %s", generation.id)
 
 
 class ProviderSlots:

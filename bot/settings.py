@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     """How long a quote's Generate button stays valid."""
     generation_timeout_seconds: float = Field(default=180, gt=0)
     """Deadline for one whole generation at the provider."""
+    sweep_interval_seconds: float = Field(default=60, gt=0)
+    """How often stale holds and quotes are swept while the bot runs."""
     provider_concurrency: int = Field(default=4, ge=1, le=256)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
 

@@ -366,9 +366,9 @@ class Ledger:
             return await self._generation(connection, generation_id)
 
     async def release_stale_holds(
-        self, started_before: datetime, *, reason: str
+        self, started_before: datetime, *, reason: str, keep: frozenset[str] = frozenset()
     ) -> list[Generation]:
-        """Release every running generation confirmed before ``started_before`` (crash recovery)."""
+        """Release every running generation confirmed before ``started_before``, except ``keep``."""
         async with self._read() as connection:
             rows = await connection.execute(
                 select(generations.c.id).where(
@@ -376,7 +376,7 @@ class Ledger:
                     generations.c.confirmed_at < started_before,
                 )
             )
-            stale_ids = [row.id for row in rows]
+            stale_ids = [row.id for row in rows if row.id not in keep]
         released = []
         for generation_id in stale_ids:
             with contextlib.suppress(InvalidTransition):

@@ -504,3 +504,36 @@ async def test_reference_images_lost_to_a_restart_release_the_hold(
     assert outcome.message == messages.failure("references_lost")
     assert scripted.requests == []
     assert await available(service) == 100
+
+
+async def test_the_sweep_leaves_a_generation_this_process_is_running(
+    service: ImagineService, scripted: ScriptedProvider, clock: FakeClock
+) -> None:
+    scripted.release = asyncio.Event()
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    running = asyncio.create_task(service.confirm(quote.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    clock.advance(hours=1)
+    assert await service.recover() == []
+    scripted.release.set()
+    outcome = await running
+    assert outcome.generation.status == GenerationStatus.COMPLETED
+    assert await available(service) == 90
+
+
+async def test_the_periodic_sweep_releases_stale_holds(
+    service: ImagineService, clock: FakeClock
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.ledger.hold(quote.id, OWNER)
+    clock.advance(hours=1)
+    sweeper = asyncio.create_task(service.sweep_periodically(timedelta(milliseconds=1)))
+    try:
+        for _ in range(500):
+            if (await service.ledger.generation(quote.id)).status != GenerationStatus.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sweeper.cancel()
+    assert (await service.ledger.generation(quote.id)).error_code == "interrupted"
+    assert await available(service) == 100
