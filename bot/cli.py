@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         description="AI image generation for Discord, Slack and the terminal, paid with credits.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.set_defaults(handler=_run)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -194,6 +196,13 @@ async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("imagine-bot")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _cli_actor() -> str:

@@ -61,6 +61,7 @@ class Credits:
     ) -> Balance:
         """Add credits to ``target`` (creating the account if new); only admins may."""
         account, credits = self._admin_arguments(actor, target, amount)
+        await self.open_account(account)
         return await self.ledger.grant(
             account,
             credits,

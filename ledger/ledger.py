@@ -109,6 +109,8 @@ class Ledger:
 
     async def ensure_account(self, account: str, *, starting_credits: int = 0) -> Balance:
         """Create the account if it is new, granting ``starting_credits`` once."""
+        with contextlib.suppress(AccountNotFound):
+            return await self.balance(account)
         async with self._write() as connection:
             created = await self._insert_account(connection, account)
             if created and starting_credits > 0:

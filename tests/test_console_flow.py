@@ -469,6 +469,16 @@ async def test_the_welcome_grant_is_given_once(service: ImagineService) -> None:
     assert await available(service) == 100
 
 
+async def test_an_account_created_by_a_grant_also_receives_the_starting_credits(
+    settings: Settings, clock: FakeClock
+) -> None:
+    generous = settings.model_copy(update={"starting_credits": 7})
+    async with open_service(generous, extra_admins=frozenset({OWNER}), clock=clock) as service:
+        balance = await service.credits.grant(OWNER, GUEST, 10)
+        assert balance.available == 17
+        assert await available(service, GUEST) == 17
+
+
 async def test_new_accounts_receive_the_starting_credits(
     settings: Settings, clock: FakeClock
 ) -> None:
