@@ -19,7 +19,7 @@ from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.errors import AlreadyHandled, NotYourRequest
-from bot.flow import ImagineService
+from bot.flow import ImagineService, Quote
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
@@ -487,26 +487,28 @@ async def test_new_accounts_receive_the_starting_credits(
         assert await available(service, GUEST) == 7
 
 
+REFERENCE = ReferenceImage(tiny_png(), "image/png")
+
+
+async def quote_with_a_reference(service: ImagineService) -> Quote:
+    options = ImagineOptions(
+        prompt="a fox like this", model="scripted", reference_images=(REFERENCE,)
+    )
+    return await service.quote(OWNER, validate_request(options, service.catalog))
+
+
 async def test_reference_images_reach_the_provider(
     service: ImagineService, scripted: ScriptedProvider
 ) -> None:
-    reference = ReferenceImage(tiny_png(), "image/png")
-    options = ImagineOptions(
-        prompt="a fox like this", model="scripted", reference_images=(reference,)
-    )
-    quote = await service.quote(OWNER, validate_request(options, service.catalog))
+    quote = await quote_with_a_reference(service)
     await service.confirm(quote.id, OWNER, RecordingDelivery())
-    assert scripted.requests[0].reference_images == (reference,)
+    assert scripted.requests[0].reference_images == (REFERENCE,)
 
 
 async def test_reference_images_lost_to_a_restart_release_the_hold(
     service: ImagineService, scripted: ScriptedProvider
 ) -> None:
-    reference = ReferenceImage(tiny_png(), "image/png")
-    options = ImagineOptions(
-        prompt="a fox like this", model="scripted", reference_images=(reference,)
-    )
-    quote = await service.quote(OWNER, validate_request(options, service.catalog))
+    quote = await quote_with_a_reference(service)
     restarted = ImagineService(
         catalog=service.catalog, providers=service.providers, credits=service.credits
     )
