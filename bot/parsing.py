@@ -109,6 +109,8 @@ def parse_imagine_text(text: str) -> ImagineOptions:
             raise RequestError(
                 messages.unclosed_quote(option) if unclosed else messages.empty_option(option)
             )
+        if not value.strip():
+            raise RequestError(messages.empty_option(option))
         values[option] = value.strip()
         prompt_parts.append(text[position : match.start()])
         position = match.end()

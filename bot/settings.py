@@ -88,11 +88,12 @@ class Settings(BaseSettings):
 
         Declared settings come from here (and so from ``.env``); any other name
         is read from the process environment, so a new provider needs no new field.
+        An empty value counts as unset either way.
         """
         field_name = name.lower()
         if field_name in type(self).model_fields:
             value = getattr(self, field_name)
-            return None if value is None else str(value)
+            return None if value is None else (str(value) or None)
         return os.environ.get(name) or None
 
     @property

@@ -12,10 +12,31 @@ from bot import messages
 from bot.catalog import ModelCatalog
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
 from bot.parsing import ImagineOptions, parse_imagine, parse_imagine_text, validate_request
-from bot.registry import load_registry
+from bot.registry import Registry, load_registry
 from providers.base import ReferenceImage
 
+# In file order: an inactive model and an unavailable one come first, so the
+# default has to skip both to reach "pro".
 MODELS = """
+[models.retired]
+provider = "google"
+provider_model = "old-image"
+name = "Retired"
+credits_per_image = 1
+active = false
+resolutions = ["1K"]
+aspect_ratios = ["1:1"]
+max_images = 1
+
+[models.keyless]
+provider = "openai"
+provider_model = "gpt-image"
+name = "Keyless"
+credits_per_image = 3
+resolutions = ["1K"]
+aspect_ratios = ["1:1"]
+max_images = 1
+
 [models.pro]
 provider = "google"
 provider_model = "pro-image"
@@ -35,83 +56,211 @@ credits_per_image = 5
 resolutions = ["1K"]
 aspect_ratios = ["1:1", "16:9"]
 max_images = 2
-
-[models.retired]
-provider = "google"
-provider_model = "old-image"
-name = "Retired"
-credits_per_image = 1
-active = false
-resolutions = ["1K"]
-aspect_ratios = ["1:1"]
-max_images = 1
-
-[models.keyless]
-provider = "openai"
-provider_model = "gpt-image"
-name = "Keyless"
-credits_per_image = 3
-resolutions = ["1K"]
-aspect_ratios = ["1:1"]
-max_images = 1
 """
 
-REFERENCE = ReferenceImage(b"\x89PNG", "image/png")
+KEYLESS_REASON = "no API key is configured (set OPENAI_API_KEY)"
+REFERENCE = ReferenceImage(b"x", "image/png")
+
+
+def load_models(folder: Path) -> Registry:
+    path = folder / "models.toml"
+    path.write_text(MODELS, encoding="utf-8")
+    return load_registry(path, {"google", "openai"})
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> ModelCatalog:
-    path: Path = tmp_path_factory.mktemp("registry") / "models.toml"
-    path.write_text(MODELS)
-    registry = load_registry(path, {"google", "openai"})
-    return ModelCatalog(registry, {"keyless": "no API key is configured (set OPENAI_API_KEY)"})
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    return load_models(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="module")
+def catalog(registry: Registry) -> ModelCatalog:
+    return ModelCatalog(registry, unavailable={"keyless": KEYLESS_REASON})
+
+
+def refusal(catalog: ModelCatalog, typed: ImagineOptions | str) -> RequestError:
+    """The error a request is refused with, from the text form or from options."""
+    with pytest.raises(RequestError) as raised:
+        if isinstance(typed, str):
+            parse_imagine(typed, catalog)
+        else:
+            validate_request(typed, catalog)
+    return raised.value
+
+
+def text_refusal(text: str) -> str:
+    with pytest.raises(RequestError) as raised:
+        parse_imagine_text(text)
+    return raised.value.message
+
+
+# -- the text form: options and prompt -----------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a fox in snow", ImagineOptions(prompt="a fox in snow")),
-        (
+        pytest.param("a fox in snow", ImagineOptions(prompt="a fox in snow"), id="prompt-only"),
+        pytest.param(
             "model:pro count:2 resolution:2K aspect:16:9 a fox in snow",
             ImagineOptions("a fox in snow", "pro", "2", "2K", "16:9"),
+            id="options-first",
         ),
-        ("a fox count:2 in snow model:pro", ImagineOptions("a fox in snow", "pro", "2")),
-        ('prompt:"a fox: in snow" count:3', ImagineOptions("a fox: in snow", count="3")),
-        ("prompt:“a curly fox” n:2", ImagineOptions("a curly fox", count="2")),
-        ('model:"pro" a fox', ImagineOptions("a fox", "pro")),
-        ("a fox's tail", ImagineOptions("a fox's tail")),
-        ("a clock showing 10:30 ar:9:16", ImagineOptions("a clock showing 10:30", aspect="9:16")),
-        ("m:flash n:1 res:1K ar:1:1 a fox", ImagineOptions("a fox", "flash", "1", "1K", "1:1")),
-        ("MODEL:pro Count:2 a fox", ImagineOptions("a fox", "pro", "2")),
-        ("  a   fox \n in  snow  ", ImagineOptions("a fox in snow")),
-        ("a poster that says: open late", ImagineOptions("a poster that says: open late")),
-        ('model:pro "a lighthouse at dusk"', ImagineOptions("a lighthouse at dusk", "pro")),
-        ("size:4K ratio:16:9 a fox", ImagineOptions("a fox", resolution="4K", aspect="16:9")),
+        pytest.param(
+            "aspect:16:9 resolution:2K count:2 model:pro a fox in snow",
+            ImagineOptions("a fox in snow", "pro", "2", "2K", "16:9"),
+            id="options-in-another-order",
+        ),
+        pytest.param(
+            "a fox in snow model:pro count:2",
+            ImagineOptions("a fox in snow", "pro", "2"),
+            id="options-after-the-prompt",
+        ),
+        pytest.param(
+            "a fox count:2 in snow model:pro",
+            ImagineOptions("a fox in snow", "pro", "2"),
+            id="options-between-prompt-words",
+        ),
+        pytest.param(
+            'prompt:"a fox in snow" model:pro',
+            ImagineOptions("a fox in snow", "pro"),
+            id="prompt-option",
+        ),
+        pytest.param(
+            'prompt:"a fox: in snow" count:3',
+            ImagineOptions("a fox: in snow", count="3"),
+            id="straight-quoted-prompt-with-a-colon",
+        ),
+        pytest.param(
+            "prompt:“a curly fox” n:2",
+            ImagineOptions("a curly fox", count="2"),
+            id="curly-quoted-prompt",
+        ),
+        pytest.param(
+            'model:"pro" aspect:“16:9” a fox',
+            ImagineOptions("a fox", "pro", aspect="16:9"),
+            id="quoted-option-values",
+        ),
+        pytest.param("a fox's tail", ImagineOptions("a fox's tail"), id="apostrophe"),
+        pytest.param(
+            "a fox's tail, the fox's den model:pro",
+            ImagineOptions("a fox's tail, the fox's den", "pro"),
+            id="apostrophes-with-an-option",
+        ),
+        pytest.param(
+            "a clock showing 10:30 ar:9:16",
+            ImagineOptions("a clock showing 10:30", aspect="9:16"),
+            id="time-in-the-prompt",
+        ),
+        pytest.param(
+            "a 3:2 photo print", ImagineOptions("a 3:2 photo print"), id="ratio-in-the-prompt"
+        ),
+        pytest.param(
+            "a smiley :) on a wall", ImagineOptions("a smiley :) on a wall"), id="bare-colon"
+        ),
+        pytest.param(
+            "a poster that says: open late",
+            ImagineOptions("a poster that says: open late"),
+            id="prose-colon-before-a-space",
+        ),
+        pytest.param(
+            "the end of a fox's tail:", ImagineOptions("the end of a fox's tail:"), id="last-colon"
+        ),
+        pytest.param(
+            "m:flash n:1 res:1K ar:1:1 a fox",
+            ImagineOptions("a fox", "flash", "1", "1K", "1:1"),
+            id="short-aliases",
+        ),
+        pytest.param(
+            "size:4K ratio:16:9 a fox",
+            ImagineOptions("a fox", resolution="4K", aspect="16:9"),
+            id="long-aliases",
+        ),
+        pytest.param(
+            "aspect_ratio:9:16 a fox", ImagineOptions("a fox", aspect="9:16"), id="aspect_ratio"
+        ),
+        pytest.param(
+            "MODEL:pro Count:2 RES:2k a fox",
+            ImagineOptions("a fox", "pro", "2", "2k"),
+            id="keys-in-any-case",
+        ),
+        pytest.param(
+            "  a   fox \n\t in  snow  ", ImagineOptions("a fox in snow"), id="whitespace-collapsed"
+        ),
+        pytest.param(
+            'model:pro "a lighthouse at dusk"',
+            ImagineOptions("a lighthouse at dusk", "pro"),
+            id="wholly-quoted-prompt",
+        ),
+        pytest.param(
+            "“a lighthouse at dusk”",
+            ImagineOptions("a lighthouse at dusk"),
+            id="wholly-curly-quoted-prompt",
+        ),
+        pytest.param(
+            'a sign saying "open" at night',
+            ImagineOptions('a sign saying "open" at night'),
+            id="quotes-inside-the-prompt-stay",
+        ),
     ],
 )
 def test_text_form_splits_options_from_prompt(text: str, expected: ImagineOptions) -> None:
     assert parse_imagine_text(text) == expected
 
 
+# -- the text form: malformed options ------------------------------------------
+
+
+def test_an_unknown_option_lists_the_options_and_hints_at_quoting_the_prompt() -> None:
+    message = text_refusal("style:anime a fox")
+    assert message.startswith("'style:' is not an option")
+    assert "model:, count:, resolution:, aspect:, prompt:" in message
+    assert 'quote the prompt: prompt:"..."' in message
+
+
+@pytest.mark.parametrize("text", ["count:1 count:2 a fox", "n:1 count:2 a fox", "m:pro model:pro"])
+def test_a_repeated_option_says_to_give_it_once(text: str) -> None:
+    message = text_refusal(text)
+    assert "is given more than once; give each option once" in message
+
+
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("style:anime a fox", messages.unknown_option("style")),
-        ("count:1 count:2 a fox", messages.repeated_option("count")),
-        ("n:1 count:2 a fox", messages.repeated_option("count")),
-        ("a fox count:", messages.empty_option("count")),
-        ("a fox count: 2", messages.empty_option("count")),
-        ('prompt:"a fox', messages.unclosed_quote("prompt")),
-        ('prompt:"a fox" in snow', messages.prompt_given_twice()),
-    ],
+    ("text", "option"),
+    [("a fox count:", "count"), ("a fox count: 2", "count"), ("a fox res:", "resolution")],
 )
-def test_malformed_options_are_explained(text: str, expected: str) -> None:
-    with pytest.raises(RequestError) as refusal:
-        parse_imagine_text(text)
-    assert refusal.value.message == expected
+def test_an_option_without_a_value_shows_how_to_write_it(text: str, option: str) -> None:
+    assert text_refusal(text) == (
+        f"{option}: has no value; write it like {option}:value with no space after the colon."
+    )
 
 
-def test_defaults_come_from_the_registry(catalog: ModelCatalog) -> None:
+@pytest.mark.parametrize(
+    ("text", "option"), [('model:"" a fox', "model"), ("res:“ ” a fox", "resolution")]
+)
+def test_an_empty_quoted_value_is_refused_rather_than_taken_as_the_default(
+    text: str, option: str
+) -> None:
+    assert text_refusal(text) == messages.empty_option(option)
+
+
+@pytest.mark.parametrize("text", ['prompt:"a fox', "prompt:“a fox", 'count:2 prompt:"a fox in'])
+def test_an_unclosed_quote_says_to_close_it(text: str) -> None:
+    assert text_refusal(text) == messages.unclosed_quote("prompt")
+    assert "never closed" in text_refusal(text)
+
+
+def test_a_prompt_given_as_option_and_as_text_says_to_pick_one() -> None:
+    message = text_refusal('prompt:"a fox" in snow')
+    assert message.startswith("The prompt is given twice")
+    assert 'use prompt:"..." or plain text' in message
+
+
+# -- validation: defaults and accepted values ----------------------------------
+
+
+def test_defaults_are_the_first_usable_model_one_image_and_its_first_offers(
+    catalog: ModelCatalog,
+) -> None:
     request = parse_imagine("a fox", catalog)
     assert (request.model.id, request.count, request.resolution, request.aspect_ratio) == (
         "pro",
@@ -121,89 +270,128 @@ def test_defaults_come_from_the_registry(catalog: ModelCatalog) -> None:
     )
 
 
-def test_the_default_model_is_the_first_usable_one(tmp_path: Path) -> None:
-    path = tmp_path / "models.toml"
-    path.write_text(MODELS)
-    registry = load_registry(path, {"google", "openai"})
-    catalog = ModelCatalog(registry, {"pro": "no API key is configured (set GEMINI_API_KEY)"})
+def test_the_default_model_skips_models_that_are_unavailable(tmp_path: Path) -> None:
+    catalog = ModelCatalog(
+        load_models(tmp_path),
+        unavailable={"keyless": KEYLESS_REASON, "pro": "no API key is configured"},
+    )
     assert parse_imagine("a fox", catalog).model.id == "flash"
 
 
 def test_every_option_is_applied(catalog: ModelCatalog) -> None:
-    request = parse_imagine("model:pro count:3 resolution:4K aspect:9:16 a fox", catalog)
+    request = parse_imagine("model:pro count:3 resolution:2K aspect:9:16 a fox", catalog)
     assert (request.model.id, request.count, request.resolution, request.aspect_ratio) == (
         "pro",
         3,
-        "4K",
+        "2K",
         "9:16",
     )
-    assert (request.credits_per_image, request.price) == (20, 60)
 
 
-@pytest.mark.parametrize(("typed", "meant"), [("2k", "2K"), (" 4K ", "4K")])
+def test_the_price_uses_the_price_at_the_chosen_resolution(catalog: ModelCatalog) -> None:
+    at_1k = parse_imagine("model:pro count:3 res:1K a fox", catalog)
+    at_4k = parse_imagine("model:pro count:3 res:4K a fox", catalog)
+    assert (at_1k.credits_per_image, at_1k.price) == (10, 30)
+    assert (at_4k.credits_per_image, at_4k.price) == (20, 60)
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("2k", "2K"), (" 4K ", "4K"), ("1k", "1K")])
 def test_resolution_is_read_in_any_case(catalog: ModelCatalog, typed: str, meant: str) -> None:
-    options = ImagineOptions(prompt="a fox", resolution=typed)
+    options = ImagineOptions(prompt="a fox", model="pro", resolution=typed)
     assert validate_request(options, catalog).resolution == meant
 
 
-@pytest.mark.parametrize("typed", ["16x9", "16X9", "16/9", "16 : 9"])
+@pytest.mark.parametrize("typed", ["16x9", "16X9", "16×9", "16/9", "16 : 9"])
 def test_aspect_ratio_accepts_common_spellings(catalog: ModelCatalog, typed: str) -> None:
     options = ImagineOptions(prompt="a fox", aspect=typed)
     assert validate_request(options, catalog).aspect_ratio == "16:9"
 
 
-def test_model_ids_are_read_in_any_case(catalog: ModelCatalog) -> None:
-    assert parse_imagine("model:FLASH a fox", catalog).model.id == "flash"
+def test_an_aspect_typed_with_an_x_in_the_text_form_is_normalised(catalog: ModelCatalog) -> None:
+    assert parse_imagine("ar:16x9 a fox", catalog).aspect_ratio == "16:9"
 
 
-def test_a_prompt_at_the_limit_is_accepted(catalog: ModelCatalog) -> None:
+@pytest.mark.parametrize("typed", ["FLASH", "Flash", " flash "])
+def test_model_ids_are_read_in_any_case(catalog: ModelCatalog, typed: str) -> None:
+    options = ImagineOptions(prompt="a fox", model=typed)
+    assert validate_request(options, catalog).model.id == "flash"
+
+
+def test_a_count_given_as_a_number_is_accepted(catalog: ModelCatalog) -> None:
+    options = ImagineOptions(prompt="a fox", model="pro", count=4)
+    assert validate_request(options, catalog).count == 4
+
+
+def test_whitespace_in_a_prompt_from_options_is_collapsed(catalog: ModelCatalog) -> None:
+    options = ImagineOptions(prompt="  a   fox\n\tin snow ")
+    assert validate_request(options, catalog).prompt == "a fox in snow"
+
+
+def test_a_prompt_exactly_at_the_limit_is_accepted(catalog: ModelCatalog) -> None:
     prompt = "x" * messages.PROMPT_MAX_CHARS
     assert parse_imagine(prompt, catalog).prompt == prompt
 
 
-def test_reference_images_go_to_models_that_take_them(catalog: ModelCatalog) -> None:
+def test_collapsed_whitespace_does_not_count_towards_the_limit(catalog: ModelCatalog) -> None:
+    half = "x" * (messages.PROMPT_MAX_CHARS // 2 - 1)
+    prompt = validate_request(ImagineOptions(prompt=f"{half}     {half}"), catalog).prompt
+    assert len(prompt) == messages.PROMPT_MAX_CHARS - 1
+
+
+def test_reference_images_up_to_the_models_limit_are_kept(catalog: ModelCatalog) -> None:
     options = ImagineOptions(prompt="a fox", model="pro", reference_images=(REFERENCE, REFERENCE))
     assert validate_request(options, catalog).reference_images == (REFERENCE, REFERENCE)
 
 
-def refusal(catalog: ModelCatalog, options: ImagineOptions | str) -> RequestError:
-    with pytest.raises(RequestError) as raised:
-        if isinstance(options, str):
-            parse_imagine(options, catalog)
-        else:
-            validate_request(options, catalog)
-    return raised.value
+# -- validation: refusals that say what to do ----------------------------------
 
 
-def test_an_unknown_model_suggests_close_ids(catalog: ModelCatalog) -> None:
+def test_an_unknown_model_suggests_the_closest_id(catalog: ModelCatalog) -> None:
     error = refusal(catalog, "model:flsh a fox")
     assert isinstance(error, UnknownModel)
-    assert error.message == messages.unknown_model("flsh", ["flash"])
-    assert "Did you mean flash?" in error.message
+    assert error.message == (
+        "There is no model called 'flsh'. Did you mean flash? /models lists them all."
+    )
 
 
-def test_an_unknown_model_without_a_close_id_points_to_models(catalog: ModelCatalog) -> None:
-    assert "/models lists them all" in refusal(catalog, "model:zzzzzz a fox").message
+def test_an_unknown_model_without_a_close_id_points_to_the_model_list(
+    catalog: ModelCatalog,
+) -> None:
+    error = refusal(catalog, "model:zzzzzz a fox")
+    assert isinstance(error, UnknownModel)
+    assert "Did you mean" not in error.message
+    assert "/models lists them all" in error.message
 
 
-def test_an_inactive_model_is_refused(catalog: ModelCatalog) -> None:
+def test_an_inactive_model_is_refused_as_switched_off(catalog: ModelCatalog) -> None:
     error = refusal(catalog, "model:retired a fox")
     assert isinstance(error, ModelUnavailable)
-    assert "switched off" in error.message
+    assert error.message == (
+        "retired is unavailable: it is switched off in the models file. "
+        "/models lists the ones you can use."
+    )
 
 
-def test_a_model_without_its_key_says_what_to_set(catalog: ModelCatalog) -> None:
+def test_an_unavailable_model_gives_the_reason(catalog: ModelCatalog) -> None:
     error = refusal(catalog, "model:keyless a fox")
-    assert error.message == messages.model_unavailable(
-        "keyless", "no API key is configured (set OPENAI_API_KEY)"
+    assert isinstance(error, ModelUnavailable)
+    assert error.message == (
+        "keyless is unavailable: no API key is configured (set OPENAI_API_KEY). "
+        "/models lists the ones you can use."
     )
 
 
 @pytest.mark.parametrize("count", ["0", "5", "two", "-1", "1.5", "9999"])
-def test_count_must_be_within_the_models_limit(catalog: ModelCatalog, count: str) -> None:
-    assert refusal(catalog, f"model:pro count:{count} a fox").message == messages.bad_count(
-        count, 4, "pro"
-    )
+def test_a_count_outside_the_models_range_gives_the_range(
+    catalog: ModelCatalog, count: str
+) -> None:
+    message = refusal(catalog, f"model:pro count:{count} a fox").message
+    assert message == f"count must be a whole number from 1 to 4 for pro, not '{count}'."
+
+
+def test_the_count_limit_is_the_chosen_models(catalog: ModelCatalog) -> None:
+    message = refusal(catalog, "model:flash count:3 a fox").message
+    assert "from 1 to 2 for flash" in message
 
 
 def test_an_unsupported_resolution_lists_the_supported_ones(catalog: ModelCatalog) -> None:
@@ -211,37 +399,51 @@ def test_an_unsupported_resolution_lists_the_supported_ones(catalog: ModelCatalo
     assert message == "flash does not make 2K images; it supports 1K."
 
 
+def test_a_malformed_resolution_lists_the_supported_ones(catalog: ModelCatalog) -> None:
+    message = refusal(catalog, "model:pro res:1080p a fox").message
+    assert message == "pro does not make 1080p images; it supports 1K, 2K or 4K."
+
+
 def test_an_unsupported_aspect_ratio_lists_the_supported_ones(catalog: ModelCatalog) -> None:
     message = refusal(catalog, "model:pro aspect:4:3 a fox").message
     assert message == "pro does not make 4:3 images; it supports 1:1, 16:9 or 9:16."
 
 
-@pytest.mark.parametrize("text", ["", "   ", "model:pro", "model:pro count:2  "])
-def test_an_empty_prompt_says_what_to_type(catalog: ModelCatalog, text: str) -> None:
-    assert refusal(catalog, text).message == messages.EMPTY_PROMPT
+@pytest.mark.parametrize("text", ["", "   ", " \n\t ", "model:pro", "model:pro count:2  "])
+def test_an_empty_prompt_gives_an_example(catalog: ModelCatalog, text: str) -> None:
+    message = refusal(catalog, text).message
+    assert message == "Tell me what to draw, for example: /imagine a lighthouse at dusk"
 
 
-def test_a_prompt_over_the_limit_is_refused_with_its_length(catalog: ModelCatalog) -> None:
+def test_a_prompt_one_over_the_limit_gives_its_length_and_the_limit(
+    catalog: ModelCatalog,
+) -> None:
     prompt = "x" * (messages.PROMPT_MAX_CHARS + 1)
-    assert refusal(catalog, prompt).message == messages.prompt_too_long(len(prompt))
+    message = refusal(catalog, prompt).message
+    assert message == (
+        f"The prompt is {messages.PROMPT_MAX_CHARS + 1} characters long; "
+        f"the limit is {messages.PROMPT_MAX_CHARS}. Shorten it and try again."
+    )
 
 
-def test_reference_images_are_refused_by_models_that_take_none(catalog: ModelCatalog) -> None:
+def test_reference_images_on_a_model_that_takes_none_are_refused(catalog: ModelCatalog) -> None:
     options = ImagineOptions(prompt="a fox", model="flash", reference_images=(REFERENCE,))
-    assert refusal(catalog, options).message == messages.reference_images_not_accepted("flash")
+    assert refusal(catalog, options).message == (
+        "flash does not accept reference images; choose another model or drop them."
+    )
 
 
-def test_too_many_reference_images_are_refused(catalog: ModelCatalog) -> None:
+def test_too_many_reference_images_give_the_models_limit(catalog: ModelCatalog) -> None:
     options = ImagineOptions(prompt="a fox", model="pro", reference_images=(REFERENCE,) * 3)
-    assert refusal(catalog, options).message == messages.too_many_reference_images(3, "pro", 2)
+    assert refusal(catalog, options).message == ("pro accepts at most 2 reference images, not 3.")
 
 
-def test_a_catalog_with_nothing_usable_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "models.toml"
-    path.write_text(MODELS)
-    registry = load_registry(path, {"google", "openai"})
+def test_a_catalog_with_nothing_usable_says_so(registry: Registry) -> None:
     nothing = ModelCatalog(registry, {model.id: "no key" for model in registry})
     assert refusal(nothing, "a fox").message == messages.NO_MODEL_AVAILABLE
+
+
+# -- properties -----------------------------------------------------------------
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))

@@ -1,4 +1,4 @@
-"""Settings: the contract's names and defaults, and errors that name the variable."""
+"""Settings and account ids: the contract's names and defaults, and errors that name the variable."""
 
 from __future__ import annotations
 
@@ -35,43 +35,103 @@ CONTRACT_VARIABLES = [
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for variable in CONTRACT_VARIABLES:
+    """No setting comes from the machine running the tests, nor from a .env beside them."""
+    for variable in {*CONTRACT_VARIABLES, *(field.upper() for field in Settings.model_fields)}:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
 
 
-def test_defaults_are_the_contracts() -> None:
-    settings = Settings()
-    assert settings.database_url == "sqlite+aiosqlite:///./imagine.db"
-    assert settings.models_file == Path("config/models.toml")
-    assert settings.admin_accounts == ()
-    assert settings.starting_credits == 0
-    assert settings.output_dir == Path("./imagine-out")
-    assert settings.discord_api_base == "https://discord.com/api/v10"
-    assert (settings.slack_http_host, settings.slack_http_port) == ("0.0.0.0", 3000)
+def validation_problems(**environment: str) -> list[tuple[str, str]]:
+    """``(VARIABLE, message)`` for each problem ``Settings`` reports, as the CLI names them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        with pytest.raises(ValidationError) as refusal:
+            Settings(_env_file=None)
+    return [
+        ("_".join(str(part) for part in problem["loc"]).upper(), problem["msg"])
+        for problem in refusal.value.errors()
+    ]
+
+
+# -- defaults -------------------------------------------------------------------
 
 
 def test_every_contract_variable_is_a_setting() -> None:
     assert {name.lower() for name in CONTRACT_VARIABLES} <= set(Settings.model_fields)
 
 
+def test_database_url_defaults_to_a_sqlite_file_in_the_working_folder() -> None:
+    assert Settings(_env_file=None).database_url == "sqlite+aiosqlite:///./imagine.db"
+
+
+def test_models_file_defaults_to_the_shipped_registry() -> None:
+    assert Settings(_env_file=None).models_file == Path("config/models.toml")
+
+
+def test_there_are_no_admins_by_default() -> None:
+    assert Settings(_env_file=None).admin_accounts == ()
+
+
+def test_new_accounts_start_with_no_credits_by_default() -> None:
+    assert Settings(_env_file=None).starting_credits == 0
+
+
+def test_output_dir_defaults_to_imagine_out() -> None:
+    assert Settings(_env_file=None).output_dir == Path("./imagine-out")
+
+
+def test_discord_api_base_defaults_to_discords_v10_api() -> None:
+    assert Settings(_env_file=None).discord_api_base == "https://discord.com/api/v10"
+
+
+def test_slack_http_mode_listens_on_every_interface_at_port_3000_by_default() -> None:
+    settings = Settings(_env_file=None)
+    assert (settings.slack_http_host, settings.slack_http_port) == ("0.0.0.0", 3000)
+
+
+def test_platform_tokens_and_provider_keys_are_unset_by_default() -> None:
+    settings = Settings(_env_file=None)
+    unset = ("discord_token", "slack_bot_token", "slack_app_token", "gemini_api_key")
+    assert [getattr(settings, name) for name in unset] == [None] * len(unset)
+    assert settings.openai_api_key is None
+
+
+# -- values from the environment --------------------------------------------------
+
+
+def test_each_setting_reads_its_upper_cased_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STARTING_CREDITS", "7")
+    monkeypatch.setenv("SLACK_HTTP_PORT", "8080")
+    monkeypatch.setenv("OUTPUT_DIR", "/srv/images")
+    settings = Settings(_env_file=None)
+    assert (settings.starting_credits, settings.slack_http_port, settings.output_dir) == (
+        7,
+        8080,
+        Path("/srv/images"),
+    )
+
+
 def test_admin_accounts_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ADMIN_ACCOUNTS", "discord:123, slack:T1:U2,,")
-    assert Settings().admin_accounts == ("discord:123", "slack:T1:U2")
+    monkeypatch.setenv("ADMIN_ACCOUNTS", "discord:123, slack:T1:U2")
+    assert Settings(_env_file=None).admin_accounts == ("discord:123", "slack:T1:U2")
 
 
-def test_a_malformed_admin_account_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ADMIN_ACCOUNTS", "discord:123,alice")
-    with pytest.raises(ValidationError) as refusal:
-        Settings()
-    assert "admin_accounts" in str(refusal.value)
-    assert "'alice' is not an account" in str(refusal.value)
+def test_empty_entries_in_admin_accounts_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_ACCOUNTS", " ,discord:123,, ")
+    assert Settings(_env_file=None).admin_accounts == ("discord:123",)
 
 
-def test_negative_starting_credits_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STARTING_CREDITS", "-1")
-    with pytest.raises(ValidationError):
-        Settings()
+def test_a_malformed_admin_account_names_the_variable_and_the_account() -> None:
+    [(variable, message)] = validation_problems(ADMIN_ACCOUNTS="discord:123,alice")
+    assert variable == "ADMIN_ACCOUNTS"
+    assert "'alice' is not an account" in message
+
+
+def test_negative_starting_credits_are_refused() -> None:
+    [(variable, message)] = validation_problems(STARTING_CREDITS="-1")
+    assert variable == "STARTING_CREDITS"
+    assert "greater than or equal to 0" in message
 
 
 @pytest.mark.parametrize(
@@ -82,35 +142,88 @@ def test_negative_starting_credits_are_refused(monkeypatch: pytest.MonkeyPatch) 
         ("not a url", "not a database URL"),
     ],
 )
-def test_a_database_url_without_an_async_driver_says_which_to_use(
-    monkeypatch: pytest.MonkeyPatch, url: str, says: str
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", url)
-    with pytest.raises(ValidationError) as refusal:
-        Settings()
-    assert says in str(refusal.value)
+def test_a_database_url_without_an_async_driver_says_which_to_use(url: str, says: str) -> None:
+    [(variable, message)] = validation_problems(DATABASE_URL=url)
+    assert variable == "DATABASE_URL"
+    assert says in message
 
 
 def test_a_dotenv_file_in_the_working_folder_is_read(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("STARTING_CREDITS=25\nGEMINI_API_KEY=from-dotenv\n")
+    (tmp_path / ".env").write_text("STARTING_CREDITS=25\nMODELS_FILE=other.toml\n")
     settings = Settings()
-    assert settings.starting_credits == 25
-    assert settings.environment_value("GEMINI_API_KEY") == "from-dotenv"
+    assert (settings.starting_credits, settings.models_file) == (25, Path("other.toml"))
 
 
-def test_an_undeclared_provider_variable_is_read_from_the_environment(
+def test_the_environment_overrides_the_dotenv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("STARTING_CREDITS=25\n")
+    monkeypatch.setenv("STARTING_CREDITS", "3")
+    assert Settings().starting_credits == 3
+
+
+# -- environment_value: provider variables by name --------------------------------
+
+
+def test_environment_value_reads_a_declared_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-key")
+    assert Settings(_env_file=None).environment_value("GEMINI_API_KEY") == "gemini-key"
+
+
+def test_environment_value_reads_a_declared_setting_from_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("GEMINI_API_KEY=from-dotenv\n")
+    assert Settings().environment_value("GEMINI_API_KEY") == "from-dotenv"
+
+
+def test_environment_value_falls_back_to_the_process_environment_for_undeclared_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ACME_API_KEY", "acme-key")
-    assert Settings().environment_value("ACME_API_KEY") == "acme-key"
+    assert Settings(_env_file=None).environment_value("ACME_API_KEY") == "acme-key"
+
+
+def test_environment_value_of_an_unset_variable_is_none() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.environment_value("GEMINI_API_KEY") is None
+    assert settings.environment_value("ACME_API_KEY") is None
+
+
+@pytest.mark.parametrize("name", ["GEMINI_BASE_URL", "ACME_BASE_URL"])
+def test_environment_value_treats_an_empty_variable_as_unset(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """``GEMINI_BASE_URL=`` in a .env template must not send requests to an empty host."""
+    monkeypatch.setenv(name, "")
+    assert Settings(_env_file=None).environment_value(name) is None
+
+
+def test_environment_value_gives_non_string_settings_as_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLACK_HTTP_PORT", "8080")
+    assert Settings(_env_file=None).environment_value("SLACK_HTTP_PORT") == "8080"
+
+
+# -- account ids ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("account", ["discord:123", "slack:T01ABC:U02DEF", "console:alice"])
 def test_well_formed_accounts_are_accepted(account: str) -> None:
-    assert parse_account(f"  {account} ") == account
+    assert parse_account(account) == account
 
 
-@pytest.mark.parametrize("text", ["bob", "discord:abc", "slack:T1", "telegram:1", "console:"])
+def test_surrounding_spaces_are_dropped_from_an_account() -> None:
+    assert parse_account("  discord:123 ") == "discord:123"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["bob", "discord:abc", "slack:T1", "telegram:1", "console:", "discord:", "", "discord:1 2"],
+)
 def test_malformed_accounts_are_refused(text: str) -> None:
-    with pytest.raises(InvalidAccount):
+    with pytest.raises(InvalidAccount) as refusal:
         parse_account(text)
+    assert refusal.value.message == (
+        f"'{text}' is not an account; use discord:<user id>, slack:<team id>:<user id> "
+        "or console:<name>."
+    )
