@@ -80,6 +80,9 @@ class Outcome:
     """One sentence for the user: what happened and what it cost."""
 
 
+_PROVIDER_GRACE_SECONDS = 5.0
+
+
 class ImagineService:
     """The service layer every adapter calls."""
 
@@ -186,6 +189,8 @@ class ImagineService:
         if generation.options.get("reference_images", 0) > len(references):
             return await self._release(generation, "references_lost")
         model_name = str(generation.options.get("model_name", generation.model_id))
+        model = self.catalog.registry.get(generation.model_id)
+        time_limit = self.generation_timeout.total_seconds()
         request = ImageRequest(
             provider_model=generation.provider_model,
             prompt=generation.prompt,
@@ -193,6 +198,8 @@ class ImagineService:
             resolution=str(generation.options["resolution"]),
             aspect_ratio=str(generation.options["aspect_ratio"]),
             reference_images=references,
+            options=model.provider_options if model is not None else {},
+            time_limit_seconds=time_limit,
         )
 
         async def queued(position: int) -> None:
@@ -204,7 +211,9 @@ class ImagineService:
         try:
             async with (
                 self._slots[generation.provider].acquire(queued),
-                asyncio.timeout(self.generation_timeout.total_seconds()),
+                # The provider keeps the finished images at the time limit; this only
+                # stops one that ignores it.
+                asyncio.timeout(time_limit + min(_PROVIDER_GRACE_SECONDS, time_limit / 10)),
             ):
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 result = await provider.generate(request, image_done)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from providers import ProviderSpec
+from providers.base import OptionValue
 
 RESOLUTION_PATTERN = r"^[1-9][0-9]*K$"
 ASPECT_RATIO_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
@@ -49,6 +52,14 @@ class ModelSpec:
     aspect_ratios: tuple[str, ...]
     max_images: int
     max_reference_images: int
+    cost_per_image_usd: float | None = None
+    """The provider's list price of one image, when recorded."""
+    resolution_cost_usd: Mapping[str, float] = field(default_factory=dict)
+    provider_options: Mapping[str, OptionValue] = field(default_factory=dict)
+
+    def cost_for(self, resolution: str) -> float | None:
+        """What the provider charges us for one image at ``resolution``, if recorded."""
+        return self.resolution_cost_usd.get(resolution, self.cost_per_image_usd)
 
     def credits_for(self, resolution: str) -> int:
         """Credits one image costs at ``resolution``."""
@@ -110,6 +121,11 @@ class _ModelEntry(BaseModel):
     aspect_ratios: list[AspectRatio] = Field(min_length=1)
     max_images: int = Field(ge=1, le=10)
     max_reference_images: int = Field(default=0, ge=0, le=16)
+    cost_per_image_usd: Annotated[float, Field(ge=0, le=1_000)] | None = None
+    resolution_cost_usd: dict[str, Annotated[float, Field(ge=0, le=1_000)]] = Field(
+        default_factory=dict
+    )
+    provider_options: dict[str, OptionValue] = Field(default_factory=dict)
 
     @field_validator("resolutions", "aspect_ratios")
     @classmethod
@@ -121,15 +137,21 @@ class _ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _priced_resolutions_are_offered(self) -> _ModelEntry:
-        unknown = sorted(set(self.resolution_credits) - set(self.resolutions))
-        if unknown:
+        for key, priced in (
+            ("resolution_credits", self.resolution_credits),
+            ("resolution_cost_usd", self.resolution_cost_usd),
+        ):
+            unknown = sorted(set(priced) - set(self.resolutions))
+            if unknown:
+                raise ValueError(f"{key} prices {', '.join(unknown)}, which is not in resolutions")
+        if self.resolution_cost_usd and self.cost_per_image_usd is None:
             raise ValueError(
-                f"resolution_credits prices {', '.join(unknown)}, which is not in resolutions"
+                "resolution_cost_usd needs cost_per_image_usd for the other resolutions"
             )
         return self
 
 
-def load_registry(path: Path, known_providers: Collection[str]) -> Registry:
+def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry:
     """Read and validate a registry file, raising ``RegistryError`` with every problem found."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -174,11 +196,16 @@ def load_registry(path: Path, known_providers: Collection[str]) -> Registry:
         except ValidationError as error:
             problems.extend(f"{where}: {_describe(problem)}" for problem in error.errors())
             continue
-        if entry.provider not in known_providers:
+        spec = providers.get(entry.provider)
+        if spec is None:
             problems.append(
                 f"{where}: key 'provider': unknown provider '{entry.provider}' "
-                f"(known: {', '.join(sorted(known_providers))})"
+                f"(known: {', '.join(sorted(providers))})"
             )
+            continue
+        option_problems = _option_problems(spec, entry.provider_options)
+        if option_problems:
+            problems.extend(f"{where}: key 'provider_options': {p}" for p in option_problems)
             continue
         models.append(_to_spec(model_id, entry))
 
@@ -187,6 +214,21 @@ def load_registry(path: Path, known_providers: Collection[str]) -> Registry:
     if problems:
         raise RegistryError(path, problems)
     return Registry(path=path, models=tuple(models))
+
+
+def _option_problems(spec: ProviderSpec, options: Mapping[str, OptionValue]) -> list[str]:
+    declared = {option.name: option for option in spec.model_options}
+    problems: list[str] = []
+    for name, value in options.items():
+        option = declared.get(name)
+        if option is None:
+            allowed = ", ".join(declared) or "none"
+            problems.append(
+                f"unknown option '{name}' for the {spec.name} provider (allowed: {allowed})"
+            )
+        elif (problem := option.problem(value)) is not None:
+            problems.append(problem)
+    return problems
 
 
 def _describe(problem: Mapping[str, Any]) -> str:
@@ -223,4 +265,7 @@ def _to_spec(model_id: str, entry: _ModelEntry) -> ModelSpec:
         aspect_ratios=tuple(entry.aspect_ratios),
         max_images=entry.max_images,
         max_reference_images=entry.max_reference_images,
+        cost_per_image_usd=entry.cost_per_image_usd,
+        resolution_cost_usd=dict(entry.resolution_cost_usd),
+        provider_options=dict(entry.provider_options),
     )

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     """How often stale holds and quotes are swept while the bot runs."""
     provider_concurrency: int = Field(default=4, ge=1, le=256)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
+    credit_value_usd: float = Field(default=0.02, gt=0)
+    """What one credit is worth; ``models --check`` warns where a price is below the provider's cost."""
 
     discord_token: str | None = None
     discord_guild_ids: str | None = None
@@ -51,8 +53,11 @@ class Settings(BaseSettings):
     gemini_api_key: str | None = None
     google_api_key: str | None = None
     gemini_base_url: str | None = None
+    gemini_api_version: str | None = None
+    gemini_concurrency: int | None = Field(default=None, ge=1, le=256)
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    openai_concurrency: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("database_url")
     @classmethod

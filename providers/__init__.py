@@ -10,7 +10,29 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from providers.base import ImageProvider, ProviderConfig
+from providers.base import ImageProvider, OptionValue, ProviderConfig
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A per-model setting a provider accepts under ``provider_options`` in the models file."""
+
+    name: str
+    kind: type[bool] | type[int] | type[float] | type[str]
+    choices: tuple[OptionValue, ...] = ()
+    """The values allowed, when only some are."""
+    help: str = ""
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` cannot be this option's value, or None if it can."""
+        # bool is an int in Python, and TOML integers are fine where a float is wanted.
+        fits = type(value) is self.kind or (self.kind is float and type(value) is int)
+        if not fits:
+            return f"option '{self.name}' must be a {self.kind.__name__}, not {value!r}"
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(str(choice) for choice in self.choices)
+            return f"option '{self.name}' must be one of {allowed}, not {value!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,8 @@ class ProviderSpec:
     base_url_env: str | None = None
     option_env: tuple[tuple[str, str], ...] = ()
     """``(option, VARIABLE)`` pairs: settings passed in ``ProviderConfig.options`` when set."""
+    model_options: tuple[ModelOption, ...] = ()
+    """What a model of this provider may set under ``provider_options``; anything else is refused."""
 
     def build(self, config: ProviderConfig) -> ImageProvider:
         module_name, _, attribute = self.factory.partition(":")
@@ -53,6 +77,20 @@ register(
         "providers.google:GoogleProvider",
         api_key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         base_url_env="GEMINI_BASE_URL",
+        option_env=(
+            ("api_version", "GEMINI_API_VERSION"),
+            ("concurrency", "GEMINI_CONCURRENCY"),
+        ),
+        model_options=(
+            ModelOption(
+                "image_size",
+                bool,
+                help="send the resolution as image_config.image_size (false for 1K-only models)",
+            ),
+            ModelOption(
+                "aspect_ratio", bool, help="send the aspect ratio as image_config.aspect_ratio"
+            ),
+        ),
     )
 )
 register(
@@ -61,5 +99,14 @@ register(
         "providers.openai_images:OpenAIProvider",
         api_key_env=("OPENAI_API_KEY",),
         base_url_env="OPENAI_BASE_URL",
+        option_env=(("concurrency", "OPENAI_CONCURRENCY"),),
+        model_options=(
+            ModelOption(
+                "quality",
+                str,
+                choices=("low", "medium", "high", "auto"),
+                help="the quality tier the price was set for",
+            ),
+        ),
     )
 )

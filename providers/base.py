@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from providers.errors import ProviderError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from providers.errors import ProviderError, ProviderTimeout
+
+logger = logging.getLogger(__name__)
+
+OptionValue = bool | int | float | str
 
 _RESOLUTION = re.compile(r"^(\d+)K$")
 _ASPECT = re.compile(r"^(\d+):(\d+)$")
@@ -32,6 +42,10 @@ class ImageRequest:
     resolution: str
     aspect_ratio: str
     reference_images: tuple[ReferenceImage, ...] = ()
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+    """The model's ``provider_options`` from the registry, already checked against the provider's."""
+    time_limit_seconds: float | None = None
+    """How long the whole generation may take; images not done by then fail as timeouts."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,90 @@ class ImageProvider(ABC):
     async def generate(self, request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
         """Make ``request.count`` images."""
 
+    async def missing_models(self, provider_models: Sequence[str]) -> dict[str, str]:
+        """Ask the provider which of these model ids it does not offer, each with the reason.
+
+        Raises ``ProviderError`` when the provider cannot be asked. Providers with
+        nothing to ask (the offline one) report nothing missing.
+        """
+        return {}
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; called once when the bot stops."""
+
+
+class ProviderOptions(BaseModel):
+    """Base of a provider's typed settings: unknown or mistyped options are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+OptionsT = TypeVar("OptionsT", bound=ProviderOptions)
+
+
+def read_options(options_type: type[OptionsT], config: ProviderConfig, provider: str) -> OptionsT:
+    """``config.options`` as ``options_type``, or a ``ValueError`` naming every bad option."""
+    try:
+        return options_type.model_validate(dict(config.options))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise ValueError(f"bad {provider} provider settings: {problems}") from None
+
+
+MakeImage = Callable[[int], Awaitable[GeneratedImage]]
+"""Makes the image with the given index (0-based) of a request, or raises ``ProviderError``."""
+
+
+async def generate_each(
+    request: ImageRequest,
+    make_image: MakeImage,
+    on_image_done: ImageDone,
+    limit: asyncio.Semaphore | None = None,
+) -> GenerationResult:
+    """Make a request's images one call each, concurrently, keeping every per-image outcome.
+
+    At most ``limit`` calls run at once (shared by every generation of the
+    provider). Waiting for the limit counts against ``request.time_limit_seconds``;
+    an image still unfinished at that deadline fails as a timeout while the
+    finished ones are kept. Raises the first image's error when none succeeded.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = (
+        None if request.time_limit_seconds is None else loop.time() + request.time_limit_seconds
+    )
+    finished = 0
+
+    async def outcome_of(index: int) -> GeneratedImage | ProviderError:
+        try:
+            async with asyncio.timeout_at(deadline), limit or contextlib.nullcontext():
+                return await make_image(index)
+        except TimeoutError:
+            return ProviderTimeout("the image was not ready before the deadline")
+        except ProviderError as error:
+            return error
+        except Exception as error:
+            # One image's surprise must not cost the user the images that worked.
+            logger.exception(
+                "image %d of %s failed unexpectedly", index + 1, request.provider_model
+            )
+            return ProviderError(f"unexpected {type(error).__name__}")
+
+    async def attempt(index: int) -> GeneratedImage | ProviderError:
+        nonlocal finished
+        outcome = await outcome_of(index)
+        finished += 1
+        await on_image_done(finished, request.count)
+        return outcome
+
+    outcomes = await asyncio.gather(*(attempt(index) for index in range(request.count)))
+    images = tuple(outcome for outcome in outcomes if isinstance(outcome, GeneratedImage))
+    failures = tuple(outcome for outcome in outcomes if isinstance(outcome, ProviderError))
+    if not images:
+        raise failures[0]
+    return GenerationResult(images, failures)
 
 
 def pixel_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from bot.catalog import ModelCatalog
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
 from bot.parsing import ImagineOptions, parse_imagine, parse_imagine_text, validate_request
 from bot.registry import Registry, load_registry
+from providers import PROVIDERS
 from providers.base import ReferenceImage
 
 # In file order: an inactive model and an unavailable one come first, so the
@@ -65,7 +66,7 @@ REFERENCE = ReferenceImage(b"x", "image/png")
 def load_models(folder: Path) -> Registry:
     path = folder / "models.toml"
     path.write_text(MODELS, encoding="utf-8")
-    return load_registry(path, {"google", "openai"})
+    return load_registry(path, PROVIDERS)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from providers import PROVIDERS
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "models.toml"
-KNOWN = {"local", "google", "openai"}
+KNOWN = {name: PROVIDERS[name] for name in ("local", "google", "openai")}
 
 VALID = """
 [models.sketch]
