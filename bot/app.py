@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from bot.catalog import ModelCatalog, ProviderPool, build_catalog
+from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
 from bot.errors import RegistryUnusable
 from bot.flow import Clock, ImagineService
@@ -57,11 +57,21 @@ async def open_credits(
 
 @contextlib.asynccontextmanager
 async def open_service(
-    settings: Settings, *, extra_admins: frozenset[str] = frozenset(), clock: Clock = utc_now
+    settings: Settings,
+    *,
+    extra_admins: frozenset[str] = frozenset(),
+    clock: Clock = utc_now,
+    check_online: bool = False,
 ) -> AsyncIterator[ImagineService]:
-    """Everything the imagine flow needs: models, providers, and the ledger."""
+    """Everything the imagine flow needs: models, providers, and the ledger.
+
+    ``check_online`` first asks each provider with a key whether the configured
+    model ids exist, and disables those that do not (a network failure keeps them).
+    """
     catalog, providers = load_catalog(settings)
     try:
+        if check_online:
+            catalog = (await check_models_online(catalog, providers)).catalog
         async with open_credits(settings, extra_admins=extra_admins, clock=clock) as credits:
             service = ImagineService(
                 catalog=catalog,

@@ -6,9 +6,10 @@ set, adapter importable). Providers are built once, at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
@@ -16,6 +17,7 @@ from bot.registry import ModelSpec, Registry
 from bot.settings import Settings
 from providers import PROVIDERS, ProviderSpec
 from providers.base import ImageProvider, ProviderConfig
+from providers.errors import ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,53 @@ class ProviderPool:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+
+
+@dataclass(frozen=True)
+class OnlineCheck:
+    """What asking the providers found: models they do not offer, and providers that could not be asked."""
+
+    catalog: ModelCatalog
+    """The catalog with the missing models made unavailable."""
+    missing: Mapping[str, str]
+    """Model id → why it was disabled."""
+    unreachable: Mapping[str, str]
+    """Provider name → why it could not be asked (its models stay as they were)."""
+
+
+async def check_models_online(
+    catalog: ModelCatalog, pool: ProviderPool, timeout_seconds: float = 20
+) -> OnlineCheck:
+    """Ask every built provider whether the usable models' ids exist; disable those that do not."""
+    by_provider: dict[str, list[ModelSpec]] = {}
+    for model in catalog.usable():
+        if model.provider in pool.providers:
+            by_provider.setdefault(model.provider, []).append(model)
+
+    async def ask(name: str, models: list[ModelSpec]) -> dict[str, str] | str:
+        ids = list(dict.fromkeys(model.provider_model for model in models))
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                return await pool.providers[name].missing_models(ids)
+        except TimeoutError:
+            return f"no answer within {timeout_seconds:g} seconds"
+        except ProviderError as error:
+            return str(error)
+
+    answers = await asyncio.gather(*(ask(name, models) for name, models in by_provider.items()))
+    missing: dict[str, str] = {}
+    unreachable: dict[str, str] = {}
+    for (name, models), answer in zip(by_provider.items(), answers, strict=True):
+        if isinstance(answer, str):
+            logger.warning("could not ask the %s provider which models it offers: %s", name, answer)
+            unreachable[name] = answer
+            continue
+        for model in models:
+            if model.provider_model in answer:
+                missing[model.id] = answer[model.provider_model]
+                logger.warning("model %s disabled: %s", model.id, missing[model.id])
+    checked = replace(catalog, unavailable={**catalog.unavailable, **missing})
+    return OnlineCheck(checked, missing, unreachable)
 
 
 def build_catalog(

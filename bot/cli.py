@@ -26,9 +26,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from bot import messages
 from bot.accounts import CONSOLE_OWNER, parse_account
 from bot.app import load_catalog, load_models, open_credits, open_ledger, open_service
+from bot.catalog import check_models_online
 from bot.console import ConsoleChat, stdin_reader
 from bot.credits import parse_amount
 from bot.errors import ImagineError, RequestError
+from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate
 
@@ -85,7 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     console.set_defaults(handler=_console)
 
     models = commands.add_parser("models", help="list the models in the registry")
-    models.add_argument("--check", action="store_true", help="only validate the models file")
+    models.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the models file and warn where a price is below the provider's cost",
+    )
+    models.add_argument(
+        "--online",
+        action="store_true",
+        help="with --check: ask each provider whose key is set whether every model id exists",
+    )
     models.add_argument("--file", help="the registry file to read (default: MODELS_FILE)")
     models.set_defaults(handler=_models)
 
@@ -167,7 +178,9 @@ async def _chat_in_console(settings: Settings, arguments: argparse.Namespace) ->
     account = parse_account(arguments.account) if arguments.account else CONSOLE_OWNER
     is_owner = arguments.account is None
     async with open_service(
-        settings, extra_admins=frozenset({CONSOLE_OWNER}) if is_owner else frozenset()
+        settings,
+        extra_admins=frozenset({CONSOLE_OWNER}) if is_owner else frozenset(),
+        check_online=True,
     ) as service:
         chat = ConsoleChat(
             service,
@@ -184,10 +197,10 @@ async def _chat_in_console(settings: Settings, arguments: argparse.Namespace) ->
 async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
     if arguments.file:
         settings = settings.model_copy(update={"models_file": Path(arguments.file)})
+    if arguments.online and not arguments.check:
+        _fail(EXIT_USAGE, "--online goes with --check: imagine-bot models --check --online")
     if arguments.check:
-        registry = load_models(settings)
-        print(f"{registry.path}: {len(registry.models)} models, no problems found.")
-        return 0
+        return await _check_models(settings, online=arguments.online)
     catalog, providers = load_catalog(settings)
     await providers.aclose()
     print(
@@ -196,6 +209,31 @@ async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+async def _check_models(settings: Settings, *, online: bool) -> int:
+    registry = load_models(settings)
+    print(f"{registry.path}: {len(registry.models)} models, no problems found.")
+    for warning in price_warnings(registry, settings.credit_value_usd):
+        print(f"warning: {warning}", file=sys.stderr)
+    if not online:
+        return 0
+    catalog, providers = load_catalog(settings)
+    try:
+        check = await check_models_online(catalog, providers)
+    finally:
+        await providers.aclose()
+    for model in catalog.listed():
+        reason = check.catalog.reason_unavailable(model)
+        if model.id in check.missing:
+            print(f"disabled {model.id}: {reason}")
+        elif model.provider in check.unreachable:
+            print(f"not checked {model.id}: {model.provider}: {check.unreachable[model.provider]}")
+        elif reason is not None:
+            print(f"skipped {model.id}: {reason}")
+        else:
+            print(f"ok {model.id}: {model.provider} offers '{model.provider_model}'")
+    return EXIT_REFUSED if check.missing or check.unreachable else 0
 
 
 def _version() -> str:

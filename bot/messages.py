@@ -160,6 +160,7 @@ _FAILURES = {
     "rate_limited": "The provider is rate-limiting us right now; wait a minute and try again",
     "unavailable": "The provider is unavailable right now{detail}; try again in a few minutes",
     "bad_request": "The provider rejected the request{detail}",
+    "no_image": "The model answered without an image{detail}; try describing the picture you want more plainly",
     "timeout": "The provider took too long to answer; try again, perhaps with fewer images",
     "not_configured": "This model's provider is not configured{detail}",
     "delivery_failed": "The images were made but could not be posted here{detail}",
@@ -194,6 +195,7 @@ _PARTIAL_REASONS = {
     "rate_limited": "the provider rate-limited the others",
     "timeout": "the others took too long",
     "unavailable": "the provider failed on the others",
+    "no_image": "the model answered the others without an image",
 }
 
 

@@ -191,6 +191,19 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
         if not isinstance(raw_entry, dict):
             problems.append(f"{where}: must be a table of keys, not {type(raw_entry).__name__}")
             continue
+        dotted = [
+            f"{raw_id}.{key}"
+            for key, value in raw_entry.items()
+            if isinstance(value, dict) and key not in _ModelEntry.model_fields
+        ]
+        if dotted:
+            # TOML reads [models.gemini-3.1-flash] as a table "1-flash" inside "gemini-3".
+            problems.extend(
+                f"{path}: model '{full_id}': an id with a dot must be quoted, "
+                f'as in [models."{full_id}"]'
+                for full_id in dotted
+            )
+            continue
         try:
             entry = _ModelEntry.model_validate(raw_entry)
         except ValidationError as error:
@@ -269,3 +282,26 @@ def _to_spec(model_id: str, entry: _ModelEntry) -> ModelSpec:
         resolution_cost_usd=dict(entry.resolution_cost_usd),
         provider_options=dict(entry.provider_options),
     )
+
+
+def price_warnings(registry: Registry, credit_value_usd: float) -> list[str]:
+    """One line per active model and resolution whose credit price is below the provider's cost."""
+    warnings: list[str] = []
+    for model in registry:
+        if not model.active:
+            continue
+        for resolution in model.resolutions:
+            cost = model.cost_for(resolution)
+            if cost is None:
+                continue
+            earned = model.credits_for(resolution) * credit_value_usd
+            # A hundredth of a cent of slack: prices in cents are not exact in binary.
+            if earned + 1e-4 < cost:
+                price = model.credits_for(resolution)
+                warnings.append(
+                    f"{registry.path}: model '{model.id}' at {resolution}: the price, "
+                    f"{price} credit{'' if price == 1 else 's'}, is ${earned:.3f} "
+                    f"at CREDIT_VALUE_USD={credit_value_usd:g}, below the provider's "
+                    f"cost of ${cost:.3f} per image"
+                )
+    return warnings

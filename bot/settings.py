@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     gemini_base_url: str | None = None
     gemini_api_version: str | None = None
     gemini_concurrency: int | None = Field(default=None, ge=1, le=256)
+    gemini_max_attempts: int | None = Field(default=None, ge=1, le=10)
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     openai_concurrency: int | None = Field(default=None, ge=1, le=256)

@@ -80,6 +80,7 @@ register(
         option_env=(
             ("api_version", "GEMINI_API_VERSION"),
             ("concurrency", "GEMINI_CONCURRENCY"),
+            ("max_attempts", "GEMINI_MAX_ATTEMPTS"),
         ),
         model_options=(
             ModelOption(

@@ -28,6 +28,12 @@ class ContentBlocked(ProviderError):
         self.reason = reason
 
 
+class NoImageReturned(ProviderError):
+    """The provider answered, but with no image (text only, or an empty answer)."""
+
+    code = "no_image"
+
+
 class RateLimited(ProviderError):
     """The provider asked us to slow down (HTTP 429 or a quota)."""
 
