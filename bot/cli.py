@@ -15,7 +15,7 @@ import importlib.metadata
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,6 +30,7 @@ from bot.catalog import check_models_online
 from bot.console import ConsoleChat, stdin_reader
 from bot.credits import parse_amount
 from bot.errors import ImagineError, RequestError
+from bot.flow import ImagineService
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate
@@ -136,13 +137,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
-    if settings.has_chat_platform:
-        _fail(
-            EXIT_USAGE,
-            "DISCORD_TOKEN or SLACK_BOT_TOKEN is set, but this version has no Discord or Slack "
-            "adapter yet; unset them to use the console chat.",
-        )
-    return await _console(settings, arguments)
+    if not settings.has_chat_platform:
+        return await _console(settings, arguments)
+    servers = _chat_platforms(settings)
+    with _stop_on_sigterm() as stopping:
+        try:
+            async with open_service(settings, check_online=True) as service:
+                await asyncio.gather(*(serve(service, settings) for serve in servers))
+        except asyncio.CancelledError:
+            if not stopping.is_set():
+                raise
+    return 0
+
+
+PlatformServer = Callable[[ImagineService, Settings], Awaitable[None]]
+
+
+def _chat_platforms(settings: Settings) -> list[PlatformServer]:
+    """The adapters whose tokens are set; each serves until cancelled, then closes its connections."""
+    servers: list[PlatformServer] = []
+    if settings.discord_token:
+        from bot.discord_adapter import serve_discord
+
+        servers.append(serve_discord)
+    if settings.slack_bot_token:
+        from bot.slack_adapter import serve_slack
+
+        servers.append(serve_slack)
+    return servers
 
 
 async def _console(settings: Settings, arguments: argparse.Namespace) -> int:

@@ -348,3 +348,11 @@ def database_unreachable(url: str, error: BaseException) -> str:
         f"Cannot use the database at {url}: {first_line}. "
         "Check DATABASE_URL and that the database server is running."
     )
+
+
+# -- Discord --------------------------------------------------------------------
+# Sentences only the Discord adapter shows.
+
+
+# -- Slack ----------------------------------------------------------------------
+# Sentences only the Slack adapter shows.
