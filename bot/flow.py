@@ -70,6 +70,14 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class HeldGeneration:
+    """A confirmed request whose credits are held, ready to generate."""
+
+    generation: Generation
+    reference_images: tuple[ReferenceImage, ...] = ()
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a confirmed generation ended: the settled record, the images delivered, the new balance."""
 
@@ -161,6 +169,15 @@ class ImagineService:
         A second confirm of the same request (double click, redelivery) raises
         ``AlreadyHandled`` and changes nothing.
         """
+        return await self.generate(await self.hold(generation_id, account), delivery)
+
+    async def hold(self, generation_id: str, account: str) -> HeldGeneration:
+        """The first half of ``confirm``: hold the credits, or raise why not. Takes milliseconds.
+
+        For platforms that must answer a click within seconds: hold, answer,
+        then call ``generate`` straight away (until then the hold is this
+        process's and no sweep releases it).
+        """
         _, references = self._reference_images.get(generation_id, (None, ()))
         try:
             generation = await self.ledger.hold(generation_id, account)
@@ -168,14 +185,19 @@ class ImagineService:
             raise _translate(refusal) from None
         self._reference_images.pop(generation_id, None)
         self._in_flight.add(generation_id)
+        return HeldGeneration(generation, references)
+
+    async def generate(self, held: HeldGeneration, delivery: Delivery) -> Outcome:
+        """The second half of ``confirm``: generate, deliver and settle a held request."""
+        generation = held.generation
         try:
-            return await self._run(generation, references, delivery)
+            return await self._run(generation, held.reference_images, delivery)
         except BaseException:
             # Cancelled at shutdown: the hold must not outlive the generation.
             await asyncio.shield(self._release(generation, "interrupted"))
             raise
         finally:
-            self._in_flight.discard(generation_id)
+            self._in_flight.discard(generation.id)
 
     async def _run(
         self,

@@ -32,7 +32,7 @@ from ledger.errors import (
     QuoteExpired,
     WrongAccount,
 )
-from ledger.schema import accounts, generations, ledger_entries
+from ledger.schema import accounts, bot_state, generations, ledger_entries
 from ledger.values import (
     Balance,
     Discrepancy,
@@ -401,6 +401,23 @@ class Ledger:
                 .values(status=GenerationStatus.EXPIRED, finished_at=now)
             )
             return result.rowcount
+
+    async def read_state(self, key: str) -> str | None:
+        """A value the bot remembered with ``write_state``, or None."""
+        async with self._read() as connection:
+            return await connection.scalar(select(bot_state.c.value).where(bot_state.c.key == key))
+
+    async def write_state(self, key: str, value: str) -> None:
+        """Remember ``value`` under ``key``, replacing what was there."""
+        dialect_insert = sqlite_insert if self._is_sqlite else postgresql_insert
+        now = self._clock()
+        statement = dialect_insert(bot_state).values(key=key, value=value, updated_at=now)
+        async with self._write() as connection:
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["key"], set_={"value": value, "updated_at": now}
+                )
+            )
 
     async def history(
         self, account: str, *, limit: int = 10, include_unconfirmed: bool = False

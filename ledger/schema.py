@@ -120,3 +120,12 @@ ledger_entries = Table(
     ),
     Index("ix_ledger_entries_account_id", "account_id", "id"),
 )
+
+bot_state = Table(
+    "bot_state",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Small facts the bot must remember across restarts and processes, e.g. what it last synced."""

@@ -377,3 +377,14 @@ async def test_verify_names_an_account_whose_balance_was_tampered_with(
         1_000,
         100,
     )
+
+
+async def test_state_reads_none_until_written(ledger: Ledger) -> None:
+    assert await ledger.read_state("discord:commands") is None
+
+
+async def test_state_keeps_the_last_value_written(ledger: Ledger) -> None:
+    await ledger.write_state("discord:commands", "first")
+    await ledger.write_state("discord:commands", "second")
+
+    assert await ledger.read_state("discord:commands") == "second"
