@@ -100,6 +100,17 @@ def reference_images_not_accepted(model_id: str) -> str:
     return f"{model_id} does not accept reference images; choose another model or drop them."
 
 
+def reference_not_an_image(filename: str) -> str:
+    return f"{filename} is not a PNG, JPEG or WebP image; attach one of those as the reference."
+
+
+def reference_too_large(filename: str, size: int, limit: int) -> str:
+    return (
+        f"{filename} is {size / 1_048_576:.1f} MB; reference images may be up to "
+        f"{limit // 1_048_576} MB, so attach a smaller one."
+    )
+
+
 def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
     return f"{model_id} accepts at most {limit} reference images, not {count}."
 
@@ -352,6 +363,47 @@ def database_unreachable(url: str, error: BaseException) -> str:
 
 # -- Discord --------------------------------------------------------------------
 # Sentences only the Discord adapter shows.
+
+DISCORD_QUOTE_EXPIRED_BUTTONS = "This quote expired; nothing was charged. Run /imagine again."
+DISCORD_STARTING = "Starting…"
+DISCORD_SOMETHING_WENT_WRONG = (
+    "Something went wrong on our side and nothing was charged; please try again in a minute."
+)
+DISCORD_GRANT_USAGE = (
+    "Pick a user and an amount: /credits action:grant user:@someone amount:50 reason:contest prize"
+)
+DISCORD_REVOKE_USAGE = (
+    "Pick a user and an amount: /credits action:revoke user:@someone amount:50 reason:refund"
+)
+DISCORD_MODEL_DESCRIPTION = "Which model draws it (default: the first one listed)"
+DISCORD_RESOLUTION_DESCRIPTION = "Image size; the choices follow the model you picked"
+DISCORD_ASPECT_DESCRIPTION = "Width:height; the choices follow the model you picked"
+DISCORD_REFERENCE_DESCRIPTION = "An image for the model to work from (PNG, JPEG or WebP)"
+
+
+def discord_model_choice(model_name: str, price: int) -> str:
+    return _shorten(f"{model_name} · {credits(price)}/image", 100)
+
+
+def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) -> str:
+    default = f" (default **{default_model}**)" if default_model else ""
+    lines = [
+        "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`",
+        f"Make up to {images(max_images)}{default}. You see the price and press "
+        "**Generate** before anything is charged; the images are posted in the channel.",
+        "**/credits**: your balance and recent generations.",
+        "**/models**: the models, their prices and what they support.",
+    ]
+    if is_admin:
+        lines.append(
+            "**/credits** `action:grant|revoke` `user` `amount` `[reason]`: "
+            "add or take back credits (bot admins only)."
+        )
+    return "\n".join(lines)
+
+
+def discord_account_name(user_id: int) -> str:
+    return f"<@{user_id}>"
 
 
 # -- Slack ----------------------------------------------------------------------
