@@ -133,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="recompute every balance from its entries; exit 1 on any disagreement"
     )
     verify.set_defaults(handler=_verify)
+
+    discord_parser = commands.add_parser("discord", help="Discord maintenance")
+    discord_commands = discord_parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True
+    )
+    sync = discord_commands.add_parser(
+        "sync",
+        help="register the slash commands with Discord now (DISCORD_GUILD_IDS, or globally)",
+    )
+    sync.set_defaults(handler=_discord_sync)
     return parser
 
 
@@ -319,6 +329,17 @@ async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
     if discrepancies:
         return EXIT_REFUSED
     print("Every balance agrees with its ledger entries.")
+    return 0
+
+
+async def _discord_sync(settings: Settings, _arguments: argparse.Namespace) -> int:
+    if not settings.discord_token:
+        _fail(EXIT_USAGE, "Set DISCORD_TOKEN to the bot token from the Discord developer portal.")
+    from bot.discord_adapter import sync_discord_commands
+
+    async with open_service(settings) as service:
+        scopes = await sync_discord_commands(service, settings)
+    print(f"Synced the slash commands ({', '.join(scopes)}).")
     return 0
 
 

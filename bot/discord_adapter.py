@@ -1,0 +1,558 @@
+"""The Discord adapter: slash commands and buttons in, the shared flow's answers out.
+
+It only translates. ``/imagine``'s native options become ``ImagineOptions`` for
+``validate_request``; the quote is an ephemeral message with Generate and
+Cancel buttons whose ids carry the request id, so they work after a restart;
+a click holds the credits (milliseconds), answers, and generates in the
+background while the message shows progress; the images are posted publicly
+as a follow-up; the ephemeral message ends with the outcome and the balance.
+
+Commands are synced only when their definitions changed since the last sync
+recorded in the database (or on ``imagine-bot discord sync``), to the guilds
+in ``DISCORD_GUILD_IDS`` or globally.
+"""
+
+# No ``from __future__ import annotations`` here: discord.py reads the command
+# callbacks' annotations, and /imagine's count range comes from the registry.
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import discord
+from discord import app_commands
+
+from bot import messages
+from bot.errors import (
+    AlreadyHandled,
+    ImagineError,
+    NotYourRequest,
+    QuoteExpired,
+    QuoteNotFound,
+    RequestError,
+)
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
+from bot.images import TooLargeToSend, fit_within
+from bot.parsing import ImagineOptions, check_reference_image, validate_request
+from bot.progress import ProgressEvent
+from bot.settings import Settings
+from bot.tasks import BackgroundTasks
+from ledger import Generation, GenerationStatus
+from providers.base import GeneratedImage, ReferenceImage
+
+logger = logging.getLogger(__name__)
+
+_ATTACHMENTS_PER_MESSAGE = 10
+_CHOICES_LIMIT = 25
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# An interaction token lives 15 minutes; an expiry edit after that would fail.
+_LONGEST_EDITABLE_SECONDS = 14 * 60
+
+
+def discord_account(user: discord.abc.User) -> str:
+    return f"discord:{user.id}"
+
+
+class ImagineBot(discord.AutoShardedClient):
+    """The bot: a sharded client (shard count from ``GET /gateway/bot``) with the commands."""
+
+    def __init__(
+        self,
+        service: ImagineService,
+        settings: Settings,
+        *,
+        sync_on_start: bool = True,
+        guild_ready_timeout: float = 2.0,
+    ) -> None:
+        # Slash commands and buttons arrive without any privileged intent;
+        # ``guilds`` only keeps channel objects at hand.
+        super().__init__(
+            intents=discord.Intents(guilds=True), guild_ready_timeout=guild_ready_timeout
+        )
+        self.service = service
+        self.settings = settings
+        self.sync_on_start = sync_on_start
+        self.tree = app_commands.CommandTree(self)
+        self.tree.on_error = self._on_command_error
+        self.background = BackgroundTasks()
+        self._expiry_timers: dict[str, asyncio.Task[None]] = {}
+        for command in build_commands(self):
+            self.tree.add_command(command)
+
+    @property
+    def guild_ids(self) -> list[int]:
+        raw = self.settings.discord_guild_ids or ""
+        return [int(part) for part in re.split(r"[,\s]+", raw) if part]
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(GenerateButton, CancelButton)
+        if self.sync_on_start:
+            await self.sync_commands()
+
+    async def sync_commands(self, *, force: bool = False) -> list[str]:
+        """Sync where the definitions changed since the last recorded sync; returns the scopes synced."""
+        scopes: list[discord.Object | None] = [discord.Object(id) for id in self.guild_ids] or [
+            None
+        ]
+        synced: list[str] = []
+        for guild in scopes:
+            if guild is not None:
+                self.tree.copy_global_to(guild=guild)
+            scope = "global" if guild is None else f"guild {guild.id}"
+            definitions = [
+                command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)
+            ]
+            fingerprint = hashlib.sha256(
+                json.dumps(definitions, sort_keys=True).encode()
+            ).hexdigest()
+            key = f"discord:commands:{self.application_id}:{scope}"
+            if not force and await self.service.ledger.read_state(key) == fingerprint:
+                logger.info("Discord commands (%s) unchanged since the last sync", scope)
+                continue
+            await self.tree.sync(guild=guild)
+            await self.service.ledger.write_state(key, fingerprint)
+            logger.info("synced %d Discord commands (%s)", len(definitions), scope)
+            synced.append(scope)
+        return synced
+
+    async def close(self) -> None:
+        for timer in self._expiry_timers.values():
+            timer.cancel()
+        # Generations still running are cancelled; the flow releases their holds.
+        await self.background.aclose()
+        await super().close()
+
+    # -- commands -------------------------------------------------------------
+
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        options: ImagineOptions,
+        reference: discord.Attachment | None,
+    ) -> None:
+        account = discord_account(interaction.user)
+        if reference is not None:
+            # Downloading can take longer than Discord's three seconds.
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            if reference is not None:
+                mime_type = check_reference_image(
+                    reference.filename, reference.content_type, reference.size
+                )
+                data = await reference.read()
+                options = _with_reference(options, ReferenceImage(data, mime_type))
+            request = validate_request(options, self.service.catalog)
+            quote = await self.service.quote(
+                account, request, channel=f"discord:{interaction.channel_id}"
+            )
+        except ImagineError as refusal:
+            await _answer(interaction, refusal.message)
+            return
+        summary = messages.quote_summary(
+            request.model.display_name,
+            request.count,
+            request.resolution,
+            request.aspect_ratio,
+            quote.price,
+            quote.balance.available,
+        )
+        view = quote_view(quote.id, request.count, quote.price)
+        await _answer(interaction, summary, view=view)
+        ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)
+        self._expiry_timers[quote.id] = asyncio.create_task(
+            self._expire_buttons(interaction, quote.id, ttl)
+        )
+
+    async def _expire_buttons(
+        self, interaction: discord.Interaction, generation_id: str, after_seconds: float
+    ) -> None:
+        try:
+            await asyncio.sleep(after_seconds)
+            generation = await self.service.ledger.generation(generation_id)
+            if generation.status in (
+                GenerationStatus.QUOTED,
+                GenerationStatus.EXPIRED,
+            ):
+                await interaction.edit_original_response(
+                    content=messages.DISCORD_QUOTE_EXPIRED_BUTTONS,
+                    view=quote_view(generation_id, 0, 0, disabled=True),
+                )
+        except discord.HTTPException:
+            logger.info("could not mark quote %s expired on Discord", generation_id)
+        finally:
+            self._expiry_timers.pop(generation_id, None)
+
+    async def generate_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        account = discord_account(interaction.user)
+        try:
+            held = await self.service.hold(generation_id, account)
+        except (NotYourRequest, AlreadyHandled) as refusal:
+            # Refuse in a message of its own: the requester's quote stays as it is.
+            await interaction.response.send_message(refusal.message, ephemeral=True)
+            return
+        except (QuoteExpired, QuoteNotFound) as refusal:
+            await interaction.response.edit_message(content=refusal.message, view=None)
+            return
+        if timer := self._expiry_timers.pop(generation_id, None):
+            timer.cancel()
+        await interaction.response.edit_message(content=messages.DISCORD_STARTING, view=None)
+        self.background.spawn(
+            self._generate(interaction, held), name=f"discord generation {generation_id}"
+        )
+
+    async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
+        outcome = await self.service.generate(held, _PostToChannel(interaction))
+        final = f"{outcome.message}\n{messages.balance_line(outcome.balance.available, outcome.balance.held)}"
+        try:
+            await interaction.edit_original_response(content=final)
+        except discord.HTTPException:
+            logger.warning("could not show the outcome of %s", held.generation.id)
+
+    async def cancel_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        try:
+            await self.service.cancel(generation_id, discord_account(interaction.user))
+        except (NotYourRequest, AlreadyHandled) as refusal:
+            await interaction.response.send_message(refusal.message, ephemeral=True)
+            return
+        except (QuoteExpired, QuoteNotFound) as refusal:
+            await interaction.response.edit_message(content=refusal.message, view=None)
+            return
+        if timer := self._expiry_timers.pop(generation_id, None):
+            timer.cancel()
+        await interaction.response.edit_message(content=messages.CANCELLED, view=None)
+
+    async def show_credits(
+        self,
+        interaction: discord.Interaction,
+        action: str | None,
+        user: discord.User | discord.Member | None,
+        amount: int | None,
+        reason: str | None,
+    ) -> None:
+        account = discord_account(interaction.user)
+        credits = self.service.credits
+        try:
+            if action in ("grant", "revoke"):
+                if user is None or amount is None:
+                    raise RequestError(
+                        messages.DISCORD_GRANT_USAGE
+                        if action == "grant"
+                        else messages.DISCORD_REVOKE_USAGE
+                    )
+                change = credits.grant if action == "grant" else credits.revoke
+                balance = await change(account, discord_account(user), amount, reason or "")
+                report = messages.granted if action == "grant" else messages.revoked
+                text = report(messages.discord_account_name(user.id), amount, balance.available)
+            else:
+                await credits.open_account(account)
+                balance = await credits.balance(account)
+                recent = await credits.history(account)
+                history = "\n".join(map(messages.history_line, recent)) or messages.NO_HISTORY
+                text = f"{messages.balance_line(balance.available, balance.held)}\n{history}"
+        except ImagineError as refusal:
+            text = refusal.message
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def show_models(self, interaction: discord.Interaction) -> None:
+        catalog = self.service.catalog
+        rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
+        table = messages.models_table(rows)
+        await interaction.response.send_message(f"```\n{table[:1900]}\n```", ephemeral=True)
+
+    async def show_help(self, interaction: discord.Interaction) -> None:
+        usable = self.service.catalog.usable()
+        text = messages.discord_help(
+            is_admin=self.service.credits.is_admin(discord_account(interaction.user)),
+            default_model=usable[0].id if usable else None,
+            max_images=self.service.catalog.registry.max_images,
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    def choices_for(
+        self, interaction: discord.Interaction, current: str, field: str
+    ) -> list[app_commands.Choice[str]]:
+        """Resolutions or aspect ratios of the model chosen so far in the same command."""
+        chosen = getattr(interaction.namespace, "model", None)
+        catalog = self.service.catalog
+        model = catalog.registry.get(chosen) if chosen else None
+        if model is None:
+            usable = catalog.usable()
+            model = usable[0] if usable else None
+        if model is None:
+            return []
+        values = model.resolutions if field == "resolution" else model.aspect_ratios
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(name=value, value=value)
+            for value in values
+            if typed in value.lower()
+        ][:_CHOICES_LIMIT]
+
+    async def _on_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        logger.error("Discord command failed", exc_info=error)
+        await _answer(interaction, messages.DISCORD_SOMETHING_WENT_WRONG)
+
+
+def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]:
+    """The slash commands, with /imagine's model choices and count range taken from the registry."""
+    catalog = bot.service.catalog
+    usable = catalog.usable()
+    most = catalog.registry.max_images
+    model_choices = [
+        app_commands.Choice(
+            name=messages.discord_model_choice(model.display_name, model.credits_per_image),
+            value=model.id,
+        )
+        for model in usable[:_CHOICES_LIMIT]
+    ]
+
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, messages.PROMPT_MAX_CHARS],
+        model: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
+        count: Optional[app_commands.Range[int, 1, most]] = None,  # noqa: UP045
+        resolution: Optional[str] = None,  # noqa: UP045
+        aspect: Optional[str] = None,  # noqa: UP045
+        reference: Optional[discord.Attachment] = None,  # noqa: UP045
+    ) -> None:
+        options = ImagineOptions(
+            prompt=prompt, model=model, count=count, resolution=resolution, aspect=aspect
+        )
+        await bot.imagine(interaction, options, reference)
+
+    async def resolution_choices(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return bot.choices_for(interaction, current, "resolution")
+
+    async def aspect_choices(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return bot.choices_for(interaction, current, "aspect")
+
+    imagine = app_commands.describe(
+        prompt="What to draw",
+        model=messages.DISCORD_MODEL_DESCRIPTION,
+        count=f"How many images (1-{most})",
+        resolution=messages.DISCORD_RESOLUTION_DESCRIPTION,
+        aspect=messages.DISCORD_ASPECT_DESCRIPTION,
+        reference=messages.DISCORD_REFERENCE_DESCRIPTION,
+    )(imagine)
+    if model_choices:
+        imagine = app_commands.choices(model=model_choices)(imagine)
+    imagine = app_commands.autocomplete(resolution=resolution_choices, aspect=aspect_choices)(
+        imagine
+    )
+
+    @app_commands.describe(
+        action="Admins: grant or revoke credits",
+        user="Whose credits to change",
+        amount="How many credits",
+        reason="Recorded in the ledger",
+    )
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="show my balance", value="show"),
+            app_commands.Choice(name="grant (admins)", value="grant"),
+            app_commands.Choice(name="revoke (admins)", value="revoke"),
+        ]
+    )
+    async def credits(
+        interaction: discord.Interaction,
+        action: Optional[str] = None,  # noqa: UP045
+        user: Optional[discord.User] = None,  # noqa: UP045
+        amount: Optional[app_commands.Range[int, 1, 1_000_000]] = None,  # noqa: UP045
+        reason: Optional[app_commands.Range[str, 0, 200]] = None,  # noqa: UP045
+    ) -> None:
+        await bot.show_credits(interaction, action, user, amount, reason)
+
+    async def models(interaction: discord.Interaction) -> None:
+        await bot.show_models(interaction)
+
+    async def help_command(interaction: discord.Interaction) -> None:
+        await bot.show_help(interaction)
+
+    return [
+        app_commands.Command(
+            name="imagine", description="Make images from a prompt", callback=imagine
+        ),
+        app_commands.Command(
+            name="credits", description="Your credits; admins grant and revoke", callback=credits
+        ),
+        app_commands.Command(
+            name="models", description="The models, prices and what they support", callback=models
+        ),
+        app_commands.Command(name="help", description="How to use the bot", callback=help_command),
+    ]
+
+
+def quote_view(
+    generation_id: str, count: int, price: int, *, disabled: bool = False
+) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    generate = GenerateButton(generation_id, count, price)
+    cancel = CancelButton(generation_id)
+    generate.item.disabled = cancel.item.disabled = disabled
+    view.add_item(generate)
+    view.add_item(cancel)
+    return view
+
+
+class GenerateButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:generate:(?P<id>[0-9a-f]+)"
+):
+    """Pressing it confirms the quote; its id carries the request, so it outlives a restart."""
+
+    def __init__(self, generation_id: str, count: int = 0, price: int = 0) -> None:
+        label = messages.generate_button(count, price) if count else "Generate"
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=discord.ButtonStyle.primary,
+                custom_id=f"imagine:generate:{generation_id}",
+            )
+        )
+        self.generation_id = generation_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "GenerateButton":
+        return cls(match["id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        await interaction.client.generate_clicked(interaction, self.generation_id)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:cancel:(?P<id>[0-9a-f]+)"
+):
+    def __init__(self, generation_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=messages.CANCEL_BUTTON,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"imagine:cancel:{generation_id}",
+            )
+        )
+        self.generation_id = generation_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "CancelButton":
+        return cls(match["id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        await interaction.client.cancel_clicked(interaction, self.generation_id)
+
+
+class _PostToChannel:
+    """Delivery on Discord: progress in the ephemeral message, images as public follow-ups."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+
+    async def progress(self, event: ProgressEvent) -> None:
+        await self.interaction.edit_original_response(content=messages.progress(event))
+
+    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+        limit = self.interaction.filesize_limit
+        try:
+            fitted = [await fit_within(image, limit) for image in images]
+        except TooLargeToSend as error:
+            raise DeliveryFailed(str(error)) from error
+        caption = messages.delivered_caption(
+            messages.discord_account_name(self.interaction.user.id),
+            generation.prompt,
+            str(generation.options.get("model_name", generation.model_id)),
+            generation.credits_per_image * len(fitted),
+        )
+        posted = 0
+        for start in range(0, len(fitted), _ATTACHMENTS_PER_MESSAGE):
+            batch = fitted[start : start + _ATTACHMENTS_PER_MESSAGE]
+            files = [
+                discord.File(
+                    io.BytesIO(image.data),
+                    filename=f"{generation.id}-{start + number}.{_EXTENSIONS.get(image.mime_type, 'png')}",
+                )
+                for number, image in enumerate(batch, start=1)
+            ]
+            try:
+                await self.interaction.followup.send(
+                    content=caption if start == 0 else discord.utils.MISSING,
+                    files=files,
+                    ephemeral=False,
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+            except discord.HTTPException as error:
+                if posted:
+                    return posted
+                raise DeliveryFailed(f"Discord refused the upload ({error.status})") from error
+            posted += len(batch)
+        return posted
+
+
+def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> ImagineOptions:
+    return ImagineOptions(
+        prompt=options.prompt,
+        model=options.model,
+        count=options.count,
+        resolution=options.resolution,
+        aspect=options.aspect,
+        reference_images=(reference,),
+    )
+
+
+async def _answer(
+    interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
+) -> None:
+    """Answer ephemerally whether or not the interaction was deferred."""
+    if interaction.response.is_done():
+        if view is None:
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.followup.send(text, view=view, ephemeral=True)
+    elif view is None:
+        await interaction.response.send_message(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, view=view, ephemeral=True)
+
+
+async def serve_discord(service: ImagineService, settings: Settings) -> None:
+    """Run the Discord bot until cancelled, then close it (running generations release their holds)."""
+    if not settings.discord_token:
+        raise ValueError("DISCORD_TOKEN is not set")
+    point_at(settings.discord_api_base)
+    bot = ImagineBot(service, settings)
+    try:
+        await bot.start(settings.discord_token)
+    finally:
+        await bot.close()
+
+
+async def sync_discord_commands(service: ImagineService, settings: Settings) -> list[str]:
+    """``imagine-bot discord sync``: log in over HTTP only and sync the commands now."""
+    if not settings.discord_token:
+        raise ValueError("DISCORD_TOKEN is not set")
+    point_at(settings.discord_api_base)
+    bot = ImagineBot(service, settings, sync_on_start=False)
+    try:
+        await bot.login(settings.discord_token)
+        return await bot.sync_commands(force=True)
+    finally:
+        await bot.close()
+
+
+def point_at(api_base: str) -> None:
+    """Send every REST call of the client to ``api_base`` (a rate-limit proxy, or a test's fake)."""
+    discord.http.Route.BASE = api_base.rstrip("/")

@@ -1,0 +1,615 @@
+"""A loopback fake of Discord's REST API and gateway, for driving the real discord.py client.
+
+One aiohttp server on 127.0.0.1 plays Discord: the REST routes a slash-command
+bot uses under ``/api/v10`` and a gateway websocket speaking plain JSON text
+frames (HELLO, IDENTIFY, READY, GUILD_CREATE, heartbeats). A test sends
+interactions (slash commands, autocomplete, button clicks) as
+INTERACTION_CREATE events and reads back everything the bot did with each
+interaction's token: its callback, the edits of its original message and its
+follow-ups, with uploaded files as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import BodyPartReader, WSMsgType, web
+
+TOKEN = "fake-discord-bot-token"
+APPLICATION_ID = 900_000_000_000_000_001
+GUILD_ID = 900_000_000_000_000_002
+CHANNEL_ID = 900_000_000_000_000_003
+EPHEMERAL = 64
+DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
+# How long a test waits for the bot before failing; generous for shared, noisy machines.
+_PATIENCE_SECONDS = 10
+
+# Interaction callback types (Discord's numbers).
+CHANNEL_MESSAGE = 4
+DEFERRED_CHANNEL_MESSAGE = 5
+DEFERRED_UPDATE = 6
+UPDATE_MESSAGE = 7
+AUTOCOMPLETE_RESULT = 8
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "username": self.name,
+            "global_name": self.name.title(),
+            "discriminator": "0",
+            "avatar": None,
+            "bot": False,
+        }
+
+
+BOT = User(APPLICATION_ID, "imagine")
+ALICE = User(900_000_000_000_000_101, "alice")
+BOB = User(900_000_000_000_000_102, "bob")
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Message:
+    """A message the bot posted or edited, with every version of its content kept."""
+
+    id: int
+    channel_id: int
+    content: str
+    flags: int
+    components: list[dict[str, Any]]
+    files: list[UploadedFile]
+    versions: list[str] = field(default_factory=list)
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & EPHEMERAL)
+
+    @property
+    def buttons(self) -> list[dict[str, Any]]:
+        return [
+            component
+            for row in self.components
+            for component in row.get("components", [])
+            if component.get("type") == 2
+        ]
+
+    def button(self, label_start: str) -> dict[str, Any]:
+        [found] = [b for b in self.buttons if b.get("label", "").startswith(label_start)]
+        return found
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "channel_id": str(self.channel_id),
+            "guild_id": str(GUILD_ID),
+            "author": BOT.payload() | {"bot": True},
+            "content": self.content,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [
+                {
+                    "id": str(self.id * 100 + number),
+                    "filename": upload.filename,
+                    "size": len(upload.data),
+                    "url": f"https://cdn.example/{self.id}/{upload.filename}",
+                    "proxy_url": f"https://cdn.example/{self.id}/{upload.filename}",
+                    "content_type": upload.content_type,
+                }
+                for number, upload in enumerate(self.files)
+            ],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": self.flags,
+            "components": self.components,
+            "webhook_id": str(APPLICATION_ID),
+            "application_id": str(APPLICATION_ID),
+        }
+
+
+@dataclass
+class Interaction:
+    """One interaction sent to the bot, and what the bot answered with its token."""
+
+    id: int
+    token: str
+    user: User
+    callbacks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    original_id: int | None = None
+    followup_ids: list[int] = field(default_factory=list)
+
+    @property
+    def callback_type(self) -> int | None:
+        return self.callbacks[0][0] if self.callbacks else None
+
+
+class LoopbackDiscord:
+    """Start with ``async with LoopbackDiscord() as discord_fake``; point the client at ``api_base``."""
+
+    def __init__(self) -> None:
+        self.api_base = ""
+        self.gateway_url = ""
+        self.commands: dict[str, list[dict[str, Any]]] = {}
+        """Commands as last PUT, by scope: "global" or the guild id."""
+        self.sync_calls: list[tuple[str, list[dict[str, Any]]]] = []
+        self.messages: dict[int, Message] = {}
+        self.interactions: dict[str, Interaction] = {}
+        self.downloads: dict[str, bytes] = {}
+        self.attachment_limit = DEFAULT_ATTACHMENT_LIMIT
+        """The per-file upload limit every interaction announces."""
+        self.fail_followups_with: int | None = None
+        """An HTTP status to refuse follow-ups with, to test failed uploads."""
+        self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
+        self._sequence = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._sockets: list[web.WebSocketResponse] = []
+        self._ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    # -- running --------------------------------------------------------------
+
+    async def __aenter__(self) -> LoopbackDiscord:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/files/{name}", self._download)
+        routes = [
+            ("GET", "/users/@me", self._me),
+            ("GET", "/oauth2/applications/@me", self._application),
+            ("GET", "/gateway/bot", self._gateway_bot),
+            ("GET", "/applications/{app}/commands", self._get_commands),
+            ("PUT", "/applications/{app}/commands", self._put_commands),
+            ("GET", "/applications/{app}/guilds/{guild}/commands", self._get_commands),
+            ("PUT", "/applications/{app}/guilds/{guild}/commands", self._put_commands),
+            ("POST", "/interactions/{id}/{token}/callback", self._callback),
+            ("GET", "/webhooks/{app}/{token}/messages/{message}", self._get_webhook_message),
+            ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
+            ("POST", "/webhooks/{app}/{token}", self._followup),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, "/api/v10" + path, self._authorised(handler))
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        port = self._runner.addresses[0][1]
+        self.api_base = f"http://127.0.0.1:{port}/api/v10"
+        self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
+        self.files_base = f"http://127.0.0.1:{port}/files"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        for socket in self._sockets:
+            await socket.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def wait_until_ready(self) -> None:
+        async with asyncio.timeout(_PATIENCE_SECONDS):
+            await self._ready.wait()
+
+    async def wait_for(self, condition: Callable[[], object]) -> None:
+        """Wait until ``condition()`` holds; it is re-checked after every change the bot makes."""
+        async with asyncio.timeout(_PATIENCE_SECONDS), self._changed:
+            await self._changed.wait_for(condition)
+
+    # -- what a test does -----------------------------------------------------
+
+    async def slash(
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: User = ALICE,
+        attachment: tuple[str, str, bytes] | None = None,
+    ) -> Interaction:
+        """Run ``/name`` with ``options``; ``attachment`` is ``(filename, type, bytes)`` for its attachment option."""
+        command, scope = self._command(name)
+        typed = {option["name"]: option for option in command.get("options", [])}
+        values = []
+        resolved: dict[str, Any] = {}
+        for key, value in (options or {}).items():
+            kind = typed[key]["type"]
+            if kind == 6:
+                assert isinstance(value, User)
+                resolved.setdefault("users", {})[str(value.id)] = value.payload()
+                resolved.setdefault("members", {})[str(value.id)] = _member(value, with_user=False)
+                value = str(value.id)
+            values.append({"name": key, "type": kind, "value": value})
+        if attachment is not None:
+            filename, content_type, data = attachment
+            attachment_id = next(self._ids)
+            self.downloads[f"{attachment_id}-{filename}"] = data
+            [option] = [o for o in command["options"] if o["type"] == 11]
+            values.append({"name": option["name"], "type": 11, "value": str(attachment_id)})
+            resolved["attachments"] = {
+                str(attachment_id): {
+                    "id": str(attachment_id),
+                    "filename": filename,
+                    "size": len(data),
+                    "content_type": content_type,
+                    "url": f"{self.files_base}/{attachment_id}-{filename}",
+                    "proxy_url": f"{self.files_base}/{attachment_id}-{filename}",
+                }
+            }
+        data = {"id": command["id"], "name": name, "type": 1, "options": values}
+        if scope != "global":
+            data["guild_id"] = scope
+        if resolved:
+            data["resolved"] = resolved
+        return await self._send(2, data, user)
+
+    async def autocomplete(
+        self, name: str, options: dict[str, str], focused: str, *, user: User = ALICE
+    ) -> list[dict[str, Any]]:
+        """The choices the bot offers for option ``focused`` while ``options`` are typed."""
+        command, scope = self._command(name)
+        typed = {option["name"]: option for option in command.get("options", [])}
+        values = [
+            {"name": key, "type": typed[key]["type"], "value": value}
+            | ({"focused": True} if key == focused else {})
+            for key, value in options.items()
+        ]
+        data = {"id": command["id"], "name": name, "type": 1, "options": values}
+        if scope != "global":
+            data["guild_id"] = scope
+        interaction = await self._send(4, data, user)
+        await self.wait_for(lambda: interaction.callbacks)
+        callback_type, body = interaction.callbacks[0]
+        assert callback_type == AUTOCOMPLETE_RESULT
+        return list(body["choices"])
+
+    async def click(
+        self, message: Message, button: dict[str, Any], *, user: User = ALICE
+    ) -> Interaction:
+        """Press ``button`` on ``message`` as ``user``."""
+        data = {"custom_id": button["custom_id"], "component_type": 2}
+        return await self._send(3, data, user, message=message)
+
+    def original(self, interaction: Interaction) -> Message:
+        assert interaction.original_id is not None, "the bot has not answered this interaction"
+        return self.messages[interaction.original_id]
+
+    def followups(self, interaction: Interaction) -> list[Message]:
+        return [self.messages[message_id] for message_id in interaction.followup_ids]
+
+    # -- INTERACTION_CREATE ---------------------------------------------------
+
+    async def _send(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        user: User,
+        *,
+        message: Message | None = None,
+    ) -> Interaction:
+        interaction = Interaction(next(self._ids), f"token-{next(self._ids)}", user)
+        if message is not None:
+            # A component's original response is the message it sits on.
+            interaction.original_id = message.id
+        self.interactions[interaction.token] = interaction
+        payload: dict[str, Any] = {
+            "id": str(interaction.id),
+            "application_id": str(APPLICATION_ID),
+            "type": kind,
+            "data": data,
+            "guild_id": str(GUILD_ID),
+            "channel_id": str(CHANNEL_ID),
+            "channel": _channel(),
+            "member": _member(user, with_user=True),
+            "token": interaction.token,
+            "version": 1,
+            "app_permissions": "51200",
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "context": 0,
+            "attachment_size_limit": self.attachment_limit,
+        }
+        if message is not None:
+            payload["message"] = message.payload()
+        await self._dispatch("INTERACTION_CREATE", payload)
+        return interaction
+
+    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
+        await self.wait_until_ready()
+        frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
+        await self._sockets[-1].send_str(json.dumps(frame))
+
+    def _command(self, name: str) -> tuple[dict[str, Any], str]:
+        for scope, commands in self.commands.items():
+            for command in commands:
+                if command["name"] == name:
+                    return command, scope
+        raise AssertionError(f"/{name} was never synced; synced: {self.commands}")
+
+    # -- gateway --------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._ready.clear()
+        self._sockets.append(socket)
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45_000}})
+        async for frame in socket:
+            if frame.type != WSMsgType.TEXT:
+                continue
+            message = json.loads(frame.data)
+            if message["op"] == 1:
+                await socket.send_json({"op": 11})
+            elif message["op"] == 2:
+                await self._identify(socket)
+        return socket
+
+    async def _identify(self, socket: web.WebSocketResponse) -> None:
+        ready = {
+            "v": 10,
+            "user": BOT.payload() | {"bot": True},
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+            "session_id": "fake-session",
+            "resume_gateway_url": self.gateway_url,
+            "shard": [0, 1],
+            "application": {"id": str(APPLICATION_ID), "flags": 0},
+        }
+        await socket.send_json({"op": 0, "t": "READY", "s": next(self._sequence), "d": ready})
+        guild = {
+            "id": str(GUILD_ID),
+            "name": "Test Server",
+            "unavailable": False,
+            "member_count": 3,
+            "channels": [_channel()],
+            "roles": [
+                {
+                    "id": str(GUILD_ID),
+                    "name": "@everyone",
+                    "permissions": "104324673",
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                }
+            ],
+            "members": [],
+            "threads": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "owner_id": str(ALICE.id),
+        }
+        await socket.send_json(
+            {"op": 0, "t": "GUILD_CREATE", "s": next(self._sequence), "d": guild}
+        )
+        self._ready.set()
+
+    # -- REST -----------------------------------------------------------------
+
+    def _authorised(self, handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        async def checked(request: web.Request) -> web.Response:
+            # Interaction callbacks and webhooks are authorised by their token instead.
+            tokened = "token" in request.match_info
+            if not tokened and request.headers.get("Authorization") != f"Bot {TOKEN}":
+                return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+            response: web.Response = await handler(request)
+            async with self._changed:
+                self._changed.notify_all()
+            return response
+
+        return checked
+
+    async def _me(self, _request: web.Request) -> web.Response:
+        return _json(BOT.payload() | {"bot": True})
+
+    async def _application(self, _request: web.Request) -> web.Response:
+        return _json(
+            {
+                "id": str(APPLICATION_ID),
+                "name": "Imagine",
+                "icon": None,
+                "description": "",
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": "0" * 64,
+                "owner": ALICE.payload(),
+                "flags": 0,
+            }
+        )
+
+    async def _gateway_bot(self, _request: web.Request) -> web.Response:
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 1000,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        )
+
+    async def _get_commands(self, request: web.Request) -> web.Response:
+        return _json(self.commands.get(request.match_info.get("guild", "global"), []))
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        scope = request.match_info.get("guild", "global")
+        payload = await request.json()
+        self.sync_calls.append((scope, payload))
+        self.commands[scope] = [
+            command
+            | {
+                "id": str(next(self._ids)),
+                "application_id": str(APPLICATION_ID),
+                "version": str(next(self._ids)),
+                "type": command.get("type", 1),
+            }
+            | ({"guild_id": scope} if scope != "global" else {})
+            for command in payload
+        ]
+        return _json(self.commands[scope])
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        interaction = self.interactions[request.match_info["token"]]
+        body, files = await _read_body(request)
+        kind = body["type"]
+        data = body.get("data") or {}
+        interaction.callbacks.append((kind, data))
+        if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
+            message = self._post(data, files, default_flags=data.get("flags", 0))
+            interaction.original_id = message.id
+        elif kind == UPDATE_MESSAGE:
+            self._edit(self.messages[interaction.original_id or 0], data, files)
+        response: dict[str, Any] = {
+            "interaction": {
+                "id": str(interaction.id),
+                "type": kind,
+                "response_message_loading": kind == DEFERRED_CHANNEL_MESSAGE,
+                "response_message_ephemeral": bool(data.get("flags", 0) & EPHEMERAL),
+            }
+        }
+        if interaction.original_id is not None and kind != AUTOCOMPLETE_RESULT:
+            response["interaction"]["response_message_id"] = str(interaction.original_id)
+            response["resource"] = {
+                "type": kind,
+                "message": self.messages[interaction.original_id].payload(),
+            }
+        return _json(response)
+
+    async def _get_webhook_message(self, request: web.Request) -> web.Response:
+        return _json(self._webhook_message(request).payload())
+
+    async def _edit_webhook_message(self, request: web.Request) -> web.Response:
+        message = self._webhook_message(request)
+        body, files = await _read_body(request)
+        self._edit(message, body, files)
+        return _json(message.payload())
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        interaction = self.interactions[request.match_info["token"]]
+        if self.fail_followups_with is not None:
+            status = self.fail_followups_with
+            return _json({"message": "Request entity too large", "code": 40005}, status=status)
+        body, files = await _read_body(request)
+        message = self._post(body, files, default_flags=body.get("flags", 0))
+        interaction.followup_ids.append(message.id)
+        return _json(message.payload())
+
+    async def _download(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.downloads[request.match_info["name"]])
+
+    def _webhook_message(self, request: web.Request) -> Message:
+        interaction = self.interactions[request.match_info["token"]]
+        target = request.match_info["message"]
+        message_id = interaction.original_id if target == "@original" else int(target)
+        return self.messages[message_id or 0]
+
+    def _post(self, body: dict[str, Any], files: list[UploadedFile], default_flags: int) -> Message:
+        content = body.get("content") or ""
+        message = Message(
+            id=next(self._ids),
+            channel_id=CHANNEL_ID,
+            content=content,
+            flags=default_flags,
+            components=list(body.get("components") or []),
+            files=files,
+            versions=[content],
+        )
+        self.messages[message.id] = message
+        return message
+
+    def _edit(self, message: Message, body: dict[str, Any], files: list[UploadedFile]) -> None:
+        if "content" in body:
+            message.content = body["content"] or ""
+            message.versions.append(message.content)
+        if "components" in body:
+            message.components = list(body["components"] or [])
+        if files:
+            message.files = files
+
+
+async def _read_body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
+    """The JSON of a request, from its body or its ``payload_json`` part, and any uploaded files."""
+    if not request.content_type.startswith("multipart/"):
+        return (await request.json() if request.can_read_body else {}), []
+    body: dict[str, Any] = {}
+    files: list[UploadedFile] = []
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        data = await part.read()
+        if part.name == "payload_json":
+            body = json.loads(data)
+        else:
+            files.append(
+                UploadedFile(
+                    part.filename or "",
+                    part.headers.get("Content-Type", "application/octet-stream"),
+                    bytes(data),
+                )
+            )
+    return body, files
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    # discord.py only parses bodies whose Content-Type is exactly application/json.
+    return web.Response(
+        body=json.dumps(payload).encode(), status=status, content_type="application/json"
+    )
+
+
+def _channel() -> dict[str, Any]:
+    return {
+        "id": str(CHANNEL_ID),
+        "type": 0,
+        "guild_id": str(GUILD_ID),
+        "name": "general",
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+        "topic": None,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+    }
+
+
+def _member(user: User, *, with_user: bool) -> dict[str, Any]:
+    member: dict[str, Any] = {
+        "roles": [],
+        "joined_at": "2026-01-01T00:00:00+00:00",
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+        "pending": False,
+        "permissions": "2147483647",
+        "nick": None,
+        "avatar": None,
+    }
+    if with_user:
+        member["user"] = user.payload()
+    return member

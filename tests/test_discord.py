@@ -1,0 +1,585 @@
+"""The Discord adapter end to end: the real discord.py client against a loopback Discord.
+
+Each test starts the bot, which connects to the fake's gateway, syncs its
+commands and answers interactions the test sends, on both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import discord
+import pytest
+from PIL import Image
+
+from bot import messages
+from bot.app import open_service
+from bot.discord_adapter import ImagineBot, point_at
+from bot.flow import ImagineService
+from bot.settings import Settings
+from ledger import GenerationStatus
+from providers.errors import ProviderUnavailable
+from tests.conftest import FakeClock
+from tests.fakes import Script, ScriptedProvider
+from tests.loopback_discord import (
+    ALICE,
+    BOB,
+    CHANNEL_MESSAGE,
+    GUILD_ID,
+    TOKEN,
+    UPDATE_MESSAGE,
+    Interaction,
+    LoopbackDiscord,
+    Message,
+    User,
+)
+
+ADMIN = User(900_000_000_000_000_199, "admin")
+ALICE_ACCOUNT = f"discord:{ALICE.id}"
+BOB_ACCOUNT = f"discord:{BOB.id}"
+
+MODELS = """
+[models.local-sketch]
+provider = "local"
+provider_model = "procedural-v1"
+name = "Local Sketch"
+credits_per_image = 1
+resolutions = ["1K", "2K"]
+aspect_ratios = ["1:1", "16:9"]
+max_images = 4
+
+[models.scripted]
+provider = "scripted"
+provider_model = "scripted-v1"
+name = "Scripted"
+credits_per_image = 10
+resolutions = ["1K"]
+aspect_ratios = ["1:1", "3:2", "2:3"]
+max_images = 2
+max_reference_images = 1
+"""
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(MODELS)
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        models_file=models_file,
+        admin_accounts=(f"discord:{ADMIN.id}",),
+        discord_token=TOKEN,
+        discord_guild_ids=str(GUILD_ID),
+        starting_credits=50,
+    )
+
+
+@pytest.fixture
+async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[ImagineService]:
+    async with open_service(settings, clock=clock) as service:
+        yield service
+
+
+@pytest.fixture
+async def discord_fake() -> AsyncIterator[LoopbackDiscord]:
+    async with LoopbackDiscord() as fake:
+        yield fake
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> AsyncIterator[ImagineBot]:
+    original_base = discord.http.Route.BASE
+    point_at(discord_fake.api_base)
+    bot = ImagineBot(service, settings, guild_ready_timeout=0.1)
+    running = asyncio.create_task(bot.start(TOKEN))
+    try:
+        async with asyncio.timeout(10):
+            # The client's ready event exists only once it has logged in.
+            while not bot.is_ready():
+                if running.done():
+                    await running
+                await asyncio.sleep(0.01)
+        yield bot
+    finally:
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        discord.http.Route.BASE = original_base
+
+
+@pytest.fixture
+async def bot(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> AsyncIterator[ImagineBot]:
+    async with running_bot(service, settings, discord_fake) as running:
+        yield running
+
+
+@pytest.fixture
+def scripted(service: ImagineService) -> ScriptedProvider:
+    provider = service.providers.providers["scripted"]
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+async def quote(
+    discord_fake: LoopbackDiscord, options: dict[str, object], user: User = ALICE
+) -> tuple[Interaction, Message]:
+    interaction = await discord_fake.slash("imagine", options, user=user)
+    await discord_fake.wait_for(lambda: interaction.original_id is not None)
+    return interaction, discord_fake.original(interaction)
+
+
+async def available(service: ImagineService, account: str = ALICE_ACCOUNT) -> int:
+    return (await service.credits.balance(account)).available
+
+
+# -- command sync -------------------------------------------------------------
+
+
+async def test_commands_are_synced_to_the_configured_guild_with_registry_choices(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    [(scope, commands)] = discord_fake.sync_calls
+    assert scope == str(GUILD_ID)
+    assert {command["name"] for command in commands} == {"imagine", "credits", "models", "help"}
+    [imagine] = [command for command in commands if command["name"] == "imagine"]
+    options = {option["name"]: option for option in imagine["options"]}
+    assert [choice["value"] for choice in options["model"]["choices"]] == [
+        "local-sketch",
+        "scripted",
+    ]
+    assert options["model"]["choices"][1]["name"] == "Scripted · 10 credits/image"
+    assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
+    assert options["resolution"]["autocomplete"] is True
+    assert options["aspect"]["autocomplete"] is True
+    assert options["reference"]["type"] == 11
+    assert options["prompt"]["required"] is True
+
+
+async def test_an_unchanged_command_set_is_not_synced_again_on_restart(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        pass
+    async with running_bot(service, settings, discord_fake):
+        pass
+
+    assert len(discord_fake.sync_calls) == 1
+
+
+async def test_a_changed_command_set_is_synced_again(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord, tmp_path: Path
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        pass
+    cheaper = MODELS.replace("credits_per_image = 10", "credits_per_image = 8")
+    settings.models_file.write_text(cheaper)
+    async with open_service(settings) as repriced, running_bot(repriced, settings, discord_fake):
+        pass
+
+    assert len(discord_fake.sync_calls) == 2
+
+
+async def test_without_guild_ids_the_commands_are_synced_globally(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    global_settings = settings.model_copy(update={"discord_guild_ids": None})
+    async with running_bot(service, global_settings, discord_fake):
+        pass
+
+    assert [scope for scope, _ in discord_fake.sync_calls] == ["global"]
+
+
+# -- /imagine -----------------------------------------------------------------
+
+
+async def test_imagine_answers_privately_with_the_price_and_two_buttons(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    interaction, message = await quote(
+        discord_fake, {"prompt": "a lighthouse", "count": 2, "aspect": "16:9"}
+    )
+
+    assert interaction.callback_type == CHANNEL_MESSAGE
+    assert message.ephemeral
+    assert message.content == (
+        "Local Sketch · 2 images · 1K · 16:9\nPrice: 2 credits · your balance: 50 credits"
+    )
+    assert [button["label"] for button in message.buttons] == [
+        "Generate 2 images · 2 credits",
+        "Cancel",
+    ]
+
+
+async def test_generate_posts_real_images_in_the_channel_and_charges_for_them(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2, "aspect": "16:9"})
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert click.callback_type == UPDATE_MESSAGE
+    [posted] = discord_fake.followups(click)
+    assert not posted.ephemeral
+    assert posted.content == f"<@{ALICE.id}> asked for “a lighthouse” · Local Sketch · 2 credits"
+    assert len(posted.files) == 2
+    for upload in posted.files:
+        with Image.open(io.BytesIO(upload.data)) as image:
+            assert (image.format, image.size) == ("PNG", (1024, 576))
+    assert message.content == "Done: 2 images for 2 credits.\nBalance: 48 credits available."
+    assert message.buttons == []
+    assert await available(service) == 48
+    assert await service.ledger.verify() == []
+
+
+async def test_progress_is_shown_in_the_private_message_before_the_outcome(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2})
+
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert "Generating 2 images with Local Sketch…" in message.versions
+    assert "Posting 2 images…" in message.versions
+
+
+async def test_another_user_pressing_generate_is_told_and_nothing_changes(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+
+    click = await discord_fake.click(message, message.button("Generate"), user=BOB)
+    await discord_fake.wait_for(lambda: click.original_id != message.id or click.callbacks)
+
+    assert click.callback_type == CHANNEL_MESSAGE
+    assert click.callbacks[0][1]["content"] == messages.NOT_YOUR_REQUEST
+    assert click.callbacks[0][1]["flags"] & 64
+    assert len(message.buttons) == 2
+    assert await available(service) == 50
+
+
+async def test_cancel_withdraws_the_quote_and_charges_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+
+    await discord_fake.click(message, message.button("Cancel"))
+    await discord_fake.wait_for(lambda: message.content == messages.CANCELLED)
+
+    assert message.buttons == []
+    [generation] = await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True)
+    assert generation.status == GenerationStatus.CANCELLED
+    assert await available(service) == 50
+
+
+async def test_a_second_press_generates_and_charges_once(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2})
+    generate = message.button("Generate")
+
+    first = await discord_fake.click(message, generate)
+    second = await discord_fake.click(message, generate)
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+    await discord_fake.wait_for(lambda: second.callbacks)
+
+    assert len(discord_fake.followups(first)) == 1
+    assert discord_fake.followups(second) == []
+    assert second.callbacks[0][1]["content"].startswith("This request was already")
+    assert await available(service) == 48
+
+
+async def test_an_expired_quote_disables_its_buttons_and_says_so(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    service.quote_ttl = service.quote_ttl.__class__(seconds=0.2)
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+        await discord_fake.wait_for(
+            lambda: message.content == messages.DISCORD_QUOTE_EXPIRED_BUTTONS
+        )
+
+    assert [button["disabled"] for button in message.buttons] == [True, True]
+
+
+async def test_pressing_generate_after_expiry_charges_nothing_and_says_so(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService, clock: FakeClock
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    clock.advance(seconds=service.quote_ttl.total_seconds() + 1)
+
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content == messages.QUOTE_EXPIRED)
+
+    assert await available(service) == 50
+
+
+async def test_a_button_pressed_after_a_restart_still_works(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    async with running_bot(service, settings, discord_fake):
+        click = await discord_fake.click(message, message.button("Generate"))
+        await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert len(discord_fake.followups(click)) == 1
+    assert await available(service) == 49
+
+
+async def test_a_request_beyond_the_balance_is_refused_before_any_button(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.credits.open_account(ALICE_ACCOUNT)
+    await service.credits.revoke(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 45)
+
+    _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+
+    assert message.content == messages.insufficient_credits(10, 5)
+    assert message.buttons == []
+
+
+async def test_an_unsupported_option_is_refused_with_what_the_model_supports(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    _, message = await quote(
+        discord_fake, {"prompt": "a fox", "model": "scripted", "resolution": "4K"}
+    )
+
+    assert message.content == messages.unsupported_resolution("4K", "scripted", ["1K"])
+    assert message.ephemeral
+
+
+async def test_a_provider_failure_charges_nothing_and_says_so(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    scripted: ScriptedProvider,
+) -> None:
+    scripted.script = Script(images=0, error=ProviderUnavailable("overloaded"))
+    _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: "no credits were charged" in message.content)
+
+    assert discord_fake.followups(click) == []
+    assert message.content.startswith(messages.failure("unavailable", "overloaded"))
+    assert await available(service) == 50
+
+
+async def test_a_failed_upload_releases_the_hold_and_says_so(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    discord_fake.fail_followups_with = 413
+    _, message = await quote(discord_fake, {"prompt": "a fox"})
+
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: "no credits were charged" in message.content)
+
+    assert "could not be posted here" in message.content
+    assert await available(service) == 50
+    assert (await service.credits.balance(ALICE_ACCOUNT)).held == 0
+
+
+async def test_images_over_the_upload_limit_are_re_encoded_to_fit(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    discord_fake.attachment_limit = 200_000
+    _, message = await quote(discord_fake, {"prompt": "a fox", "resolution": "2K"})
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    [posted] = discord_fake.followups(click)
+    [upload] = posted.files
+    assert len(upload.data) <= 200_000
+    assert upload.filename.endswith(".jpg")
+
+
+async def test_a_reference_image_reaches_the_provider(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, scripted: ScriptedProvider
+) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(picture, "PNG")
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "this, but blue", "model": "scripted"},
+        attachment=("red.png", "image/png", picture.getvalue()),
+    )
+    await discord_fake.wait_for(
+        lambda: (
+            (interaction.original_id is not None and discord_fake.original(interaction).buttons)
+            or bool(discord_fake.followups(interaction))
+        )
+    )
+    [message] = discord_fake.followups(interaction) or [discord_fake.original(interaction)]
+
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: scripted.requests)
+
+    [reference] = scripted.requests[0].reference_images
+    assert (reference.mime_type, reference.data) == ("image/png", picture.getvalue())
+
+
+async def test_a_reference_that_is_not_an_image_is_refused(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "this, but blue", "model": "scripted"},
+        attachment=("notes.pdf", "application/pdf", b"%PDF-1.7"),
+    )
+    await discord_fake.wait_for(lambda: discord_fake.followups(interaction))
+
+    [answer] = discord_fake.followups(interaction)
+    assert answer.content == messages.reference_not_an_image("notes.pdf")
+    assert answer.ephemeral
+
+
+# -- autocomplete ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "expected"),
+    [
+        ("local-sketch", "resolution", ["1K", "2K"]),
+        ("scripted", "resolution", ["1K"]),
+        ("local-sketch", "aspect", ["1:1", "16:9"]),
+        ("scripted", "aspect", ["1:1", "3:2", "2:3"]),
+    ],
+)
+async def test_autocomplete_offers_only_what_the_chosen_model_supports(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, model: str, field: str, expected: list[str]
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "imagine", {"prompt": "a fox", "model": model, field: ""}, focused=field
+    )
+
+    assert [choice["value"] for choice in choices] == expected
+
+
+async def test_autocomplete_without_a_model_follows_the_default_model(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "imagine", {"prompt": "a fox", "resolution": "2"}, focused="resolution"
+    )
+
+    assert [choice["value"] for choice in choices] == ["2K"]
+
+
+# -- /credits, /models, /help -----------------------------------------------------
+
+
+async def answer_to(
+    discord_fake: LoopbackDiscord, name: str, options: dict[str, object], user: User
+) -> str:
+    interaction = await discord_fake.slash(name, options, user=user)
+    await discord_fake.wait_for(lambda: interaction.original_id is not None)
+    message = discord_fake.original(interaction)
+    assert message.ephemeral
+    return message.content
+
+
+async def test_credits_shows_the_balance_and_recent_generations(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    said = await answer_to(discord_fake, "credits", {}, ALICE)
+
+    assert said == f"{messages.balance_line(50, 0)}\n{messages.NO_HISTORY}"
+
+
+async def test_a_non_admin_cannot_grant(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake, "credits", {"action": "grant", "user": BOB, "amount": 100}, ALICE
+    )
+
+    assert said == messages.NOT_ADMIN
+    assert await service.ledger.account_exists(BOB_ACCOUNT) is False
+
+
+async def test_an_admin_grant_is_recorded_and_reports_the_new_balance(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "credits",
+        {"action": "grant", "user": BOB, "amount": 100, "reason": "contest prize"},
+        ADMIN,
+    )
+
+    assert said == messages.granted(f"<@{BOB.id}>", 100, 150)
+    [entry, *_] = await service.ledger.entries(BOB_ACCOUNT)
+    assert (entry.actor, entry.reason) == (f"discord:{ADMIN.id}", "contest prize")
+
+
+async def test_an_admin_revoke_takes_credits_back(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.credits.open_account(BOB_ACCOUNT)
+
+    said = await answer_to(
+        discord_fake, "credits", {"action": "revoke", "user": BOB, "amount": 20}, ADMIN
+    )
+
+    assert said == messages.revoked(f"<@{BOB.id}>", 20, 30)
+
+
+async def test_a_grant_without_a_user_says_how_to_grant(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    said = await answer_to(discord_fake, "credits", {"action": "grant", "amount": 5}, ADMIN)
+
+    assert said == messages.DISCORD_GRANT_USAGE
+
+
+async def test_models_lists_the_models_with_prices(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    said = await answer_to(discord_fake, "models", {}, ALICE)
+
+    assert "local-sketch" in said
+    assert "scripted" in said
+    assert said.startswith("```")
+
+
+async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    for_alice = await answer_to(discord_fake, "help", {}, ALICE)
+    for_admin = await answer_to(discord_fake, "help", {}, ADMIN)
+
+    assert "/imagine" in for_alice
+    assert "grant" not in for_alice
+    assert "grant" in for_admin
+
+
+async def test_stopping_the_bot_mid_generation_releases_the_hold(
+    service: ImagineService,
+    settings: Settings,
+    discord_fake: LoopbackDiscord,
+    scripted: ScriptedProvider,
+) -> None:
+    scripted.script = Script(hang=True)
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+        await discord_fake.click(message, message.button("Generate"))
+        async with asyncio.timeout(10):
+            await scripted.started.wait()
+
+    balance = await service.credits.balance(ALICE_ACCOUNT)
+    assert (balance.available, balance.held) == (50, 0)
+    [generation] = await service.ledger.history(ALICE_ACCOUNT)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "interrupted")
