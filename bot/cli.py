@@ -171,7 +171,7 @@ def _chat_platforms(settings: Settings) -> list[PlatformServer]:
 
         servers.append(serve_discord)
     if settings.slack_bot_token:
-        from bot.slack_adapter import serve_slack
+        from bot.slack_app import serve_slack
 
         servers.append(serve_slack)
     return servers

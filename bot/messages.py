@@ -408,3 +408,35 @@ def discord_account_name(user_id: int) -> str:
 
 # -- Slack ----------------------------------------------------------------------
 # Sentences only the Slack adapter shows.
+
+SLACK_NO_SIGNING_SECRET = (
+    "SLACK_SIGNING_SECRET is not set: copy the Signing Secret from the app's Basic Information "
+    "page, or set SLACK_APP_TOKEN to use Socket Mode instead."
+)
+SLACK_STARTING = "Starting…"
+SLACK_INVITE_ME = (
+    "I am not in this channel, so I cannot post the images here; invite me with "
+    "/invite @Imagine and try again"
+)
+
+
+def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) -> str:
+    default = f" (default `{default_model}`)" if default_model else ""
+    lines = [
+        "*/imagine* `[model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>] <prompt>`",
+        f"Make images{default}. You see the price and press *Generate* before anything is "
+        "charged; the images are posted in the channel.",
+        "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
+        "*/credits*: your balance and recent generations.",
+    ]
+    if is_admin:
+        lines.append(
+            "*/credits grant @someone 50 reason* and *revoke*: change someone's credits "
+            "(bot admins only)."
+        )
+    lines.append(f"```{models_table}```")
+    return "\n".join(lines)
+
+
+def slack_admin_usage(action: str) -> str:
+    return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 contest prize"

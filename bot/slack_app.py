@@ -1,0 +1,378 @@
+"""The Slack adapter: slash commands and button clicks in, the shared flow's answers out.
+
+It only translates, with slack-bolt's async app. ``/imagine`` takes the same
+text form as the console (``parse_imagine``); the quote is acknowledged at
+once as an ephemeral Block Kit message with Generate and Cancel buttons
+carrying the request id; a click holds the credits, and the generation runs in
+the background while the ephemeral message shows progress; the images are
+uploaded to the channel (``files_upload_v2``), and the ephemeral message ends
+with the outcome and the balance.
+
+Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
+``SLACK_HTTP_HOST:SLACK_HTTP_PORT`` at ``/slack/events`` with signature
+verification. The web framework only appears in two small translators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages
+from bot.errors import (
+    AlreadyHandled,
+    ImagineError,
+    NotYourRequest,
+    QuoteExpired,
+    QuoteNotFound,
+    RequestError,
+)
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
+from bot.parsing import parse_imagine
+from bot.progress import Generating, ProgressEvent
+from bot.settings import Settings
+from bot.tasks import BackgroundTasks
+from ledger import Generation
+from providers.base import GeneratedImage
+
+logger = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+GENERATE_ACTION = "imagine_generate"
+CANCEL_ACTION = "imagine_cancel"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
+_NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
+
+Respond = Callable[..., Awaitable[Any]]
+
+
+def slack_account(team_id: str, user_id: str) -> str:
+    return f"slack:{team_id}:{user_id}"
+
+
+class SlackImagine:
+    """The bolt app with the bot's commands and buttons, over one ``ImagineService``."""
+
+    def __init__(
+        self, service: ImagineService, settings: Settings, client: AsyncWebClient | None = None
+    ) -> None:
+        self.service = service
+        self.background = BackgroundTasks()
+        socket_mode = bool(settings.slack_app_token)
+        if not socket_mode and not settings.slack_signing_secret:
+            raise ValueError(messages.SLACK_NO_SIGNING_SECRET)
+        self.client = client or AsyncWebClient(
+            token=settings.slack_bot_token,
+            base_url=_with_trailing_slash(settings.slack_api_base_url),
+        )
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=settings.slack_signing_secret or "",
+            # Socket Mode connections are authenticated by the app token instead.
+            request_verification_enabled=not socket_mode,
+        )
+        self.app.middleware(self._skip_redeliveries)
+        self.app.command("/imagine")(self._imagine)
+        self.app.command("/credits")(self._credits)
+        self.app.action(GENERATE_ACTION)(self._generate)
+        self.app.action(CANCEL_ACTION)(self._cancel)
+
+    async def aclose(self) -> None:
+        # Generations still running are cancelled; the flow releases their holds.
+        await self.background.aclose()
+
+    # -- middleware -----------------------------------------------------------
+
+    async def _skip_redeliveries(
+        self,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse:
+        # Slack retries a delivery it thinks timed out; the first one is being handled.
+        if req.headers.get("x-slack-retry-num"):
+            logger.info("ignoring Slack redelivery %s", req.headers["x-slack-retry-num"])
+            return BoltResponse(status=200, body="")
+        return await next()
+
+    # -- /imagine -------------------------------------------------------------
+
+    async def _imagine(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        text = command.get("text", "").strip()
+        account = slack_account(command["team_id"], command["user_id"])
+        if text.lower() in ("", "help"):
+            await ack(response_type="ephemeral", text=self._help(account))
+            return
+        try:
+            request = parse_imagine(text, self.service.catalog)
+            quote = await self.service.quote(
+                account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
+            )
+        except ImagineError as refusal:
+            await ack(response_type="ephemeral", text=refusal.message)
+            return
+        summary = messages.quote_summary(
+            request.model.display_name,
+            request.count,
+            request.resolution,
+            request.aspect_ratio,
+            quote.price,
+            quote.balance.available,
+        )
+        await ack(
+            response_type="ephemeral",
+            text=summary,
+            blocks=quote_blocks(summary, quote.id, request.count, quote.price),
+        )
+
+    def _help(self, account: str) -> str:
+        catalog = self.service.catalog
+        usable = catalog.usable()
+        rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
+        return messages.slack_help(
+            is_admin=self.service.credits.is_admin(account),
+            default_model=usable[0].id if usable else None,
+            models_table=messages.models_table(rows),
+        )
+
+    async def _generate(
+        self,
+        ack: Callable[..., Awaitable[None]],
+        body: dict[str, Any],
+        respond: Respond,
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        generation_id = body["actions"][0]["value"]
+        try:
+            held = await self.service.hold(generation_id, _clicker(body))
+        except (NotYourRequest, AlreadyHandled) as refusal:
+            # Said to the one who clicked, leaving the requester's message as it is.
+            await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
+            return
+        except (QuoteExpired, QuoteNotFound) as refusal:
+            await respond(text=refusal.message, replace_original=True)
+            return
+        await respond(text=messages.SLACK_STARTING, replace_original=True)
+        delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
+        self.background.spawn(
+            self._run(held, delivery, respond), name=f"slack generation {generation_id}"
+        )
+
+    async def _run(
+        self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond
+    ) -> None:
+        outcome = await self.service.generate(held, delivery)
+        balance = messages.balance_line(outcome.balance.available, outcome.balance.held)
+        with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
+            await respond(text=f"{outcome.message}\n{balance}", replace_original=True)
+
+    async def _cancel(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        await ack()
+        try:
+            await self.service.cancel(body["actions"][0]["value"], _clicker(body))
+        except (NotYourRequest, AlreadyHandled) as refusal:
+            await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
+            return
+        except (QuoteExpired, QuoteNotFound) as refusal:
+            await respond(text=refusal.message, replace_original=True)
+            return
+        await respond(text=messages.CANCELLED, replace_original=True)
+
+    # -- /credits -------------------------------------------------------------
+
+    async def _credits(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        team = command["team_id"]
+        account = slack_account(team, command["user_id"])
+        words = command.get("text", "").split()
+        credits = self.service.credits
+        try:
+            if words and words[0].lower() in ("grant", "revoke"):
+                action = words[0].lower()
+                if len(words) < 3:
+                    raise RequestError(messages.slack_admin_usage(action))
+                mention = _MENTION.match(words[1])
+                if mention is None:
+                    raise RequestError(messages.slack_admin_usage(action))
+                target = slack_account(team, mention.group(1))
+                reason = " ".join(words[3:])
+                change = credits.grant if action == "grant" else credits.revoke
+                balance = await change(account, target, words[2], reason)
+                report = messages.granted if action == "grant" else messages.revoked
+                text = report(f"<@{mention.group(1)}>", int(words[2]), balance.available)
+            else:
+                await credits.open_account(account)
+                balance = await credits.balance(account)
+                recent = await credits.history(account)
+                history = "\n".join(map(messages.history_line, recent)) or messages.NO_HISTORY
+                text = f"{messages.balance_line(balance.available, balance.held)}\n{history}"
+        except ImagineError as refusal:
+            text = refusal.message
+        await ack(response_type="ephemeral", text=text)
+
+
+class _UploadToChannel:
+    """Delivery on Slack: progress in the ephemeral message, images uploaded to the channel."""
+
+    def __init__(self, client: AsyncWebClient, respond: Respond, channel: str, user: str) -> None:
+        self.client = client
+        self.respond = respond
+        self.channel = channel
+        self.user = user
+        self._shown: type[ProgressEvent] | None = None
+
+    async def progress(self, event: ProgressEvent) -> None:
+        # A response_url takes five messages; one per kind of step keeps room for the outcome.
+        if type(event) is self._shown or (isinstance(event, Generating) and event.finished):
+            return
+        self._shown = type(event)
+        await self.respond(text=messages.progress(event), replace_original=True)
+
+    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+        caption = messages.delivered_caption(
+            f"<@{self.user}>",
+            generation.prompt,
+            str(generation.options.get("model_name", generation.model_id)),
+            generation.credits_per_image * len(images),
+        )
+        uploads = [
+            {
+                "file": image.data,
+                "filename": f"{generation.id}-{number}.{_EXTENSIONS.get(image.mime_type, 'png')}",
+                "title": f"{generation.prompt[:60]} ({number})",
+            }
+            for number, image in enumerate(images, start=1)
+        ]
+        try:
+            await self._upload(uploads, caption)
+        except SlackApiError as error:
+            code = _error_code(error.response.data if error.response else {})
+            if code not in _NOT_A_MEMBER:
+                raise DeliveryFailed(f"Slack refused the upload ({code})") from error
+            await self._join()
+            try:
+                await self._upload(uploads, caption)
+            except SlackApiError as again:
+                raise DeliveryFailed(
+                    f"Slack refused the upload ({again.response['error']})"
+                ) from again
+        except SlackRequestError as error:
+            raise DeliveryFailed("the upload to Slack failed") from error
+        return len(images)
+
+    async def _upload(self, uploads: list[dict[str, Any]], caption: str) -> None:
+        await self.client.files_upload_v2(
+            channel=self.channel, file_uploads=uploads, initial_comment=caption
+        )
+
+    async def _join(self) -> None:
+        """Join a public channel, or explain how to invite the bot to a private one."""
+        try:
+            await self.client.conversations_join(channel=self.channel)
+        except SlackApiError as error:
+            raise DeliveryFailed(messages.SLACK_INVITE_ME) from error
+
+
+def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> list[dict[str, Any]]:
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
+        {
+            "type": "actions",
+            "block_id": "imagine_quote",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": GENERATE_ACTION,
+                    "style": "primary",
+                    "text": {"type": "plain_text", "text": messages.generate_button(count, price)},
+                    "value": generation_id,
+                },
+                {
+                    "type": "button",
+                    "action_id": CANCEL_ACTION,
+                    "text": {"type": "plain_text", "text": messages.CANCEL_BUTTON},
+                    "value": generation_id,
+                },
+            ],
+        },
+    ]
+
+
+def _clicker(body: Mapping[str, Any]) -> str:
+    user = body["user"]
+    team = user.get("team_id") or body["team"]["id"]
+    return slack_account(team, user["id"])
+
+
+def _error_code(data: object) -> str:
+    return str(data.get("error", "unknown")) if isinstance(data, Mapping) else "unknown"
+
+
+def _with_trailing_slash(base_url: str | None) -> str:
+    # The Web API client joins method names onto the base URL as they are.
+    if not base_url:
+        return AsyncWebClient.BASE_URL
+    return base_url if base_url.endswith("/") else base_url + "/"
+
+
+# -- transports -------------------------------------------------------------------
+
+
+def events_application(slack: SlackImagine) -> web.Application:
+    """The HTTP-mode web application: one route, two translators around bolt."""
+
+    async def events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(
+            await slack.app.async_dispatch(await to_bolt_request(request))
+        )
+
+    application = web.Application()
+    application.router.add_post(EVENTS_PATH, events)
+    return application
+
+
+async def serve_slack(service: ImagineService, settings: Settings) -> None:
+    """Run the Slack app until cancelled (Socket Mode or HTTP), then close it."""
+    slack = SlackImagine(service, settings)
+    try:
+        if settings.slack_app_token:
+            handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token)
+            await handler.connect_async()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await handler.close_async()
+        else:
+            runner = web.AppRunner(events_application(slack))
+            await runner.setup()
+            try:
+                await web.TCPSite(
+                    runner, settings.slack_http_host, settings.slack_http_port
+                ).start()
+                logger.info(
+                    "Slack events at http://%s:%d%s",
+                    settings.slack_http_host,
+                    settings.slack_http_port,
+                    EVENTS_PATH,
+                )
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+    finally:
+        await slack.aclose()

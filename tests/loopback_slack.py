@@ -1,0 +1,304 @@
+"""A loopback fake of Slack's Web API, and a driver that sends signed requests to the bot.
+
+The fake serves the Web API methods the bot calls (``auth.test``,
+``conversations.join``/``info``, the three steps of ``files_upload_v2``, the
+``chat`` methods), the upload URLs it hands out, and ``response_url``s; it
+records every call. The driver signs slash commands and button clicks as
+Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
+bot's ``/slack/events`` over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+BOT_TOKEN = "xoxb-fake-token"
+APP_TOKEN = "xapp-fake-token"
+SIGNING_SECRET = "fake-signing-secret"
+TEAM = "T0TEAM"
+CHANNEL = "C0GENERAL"
+PRIVATE_CHANNEL = "G0SECRET"
+_PATIENCE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Files completed into a channel by one ``files.completeUploadExternal``."""
+
+    channel: str
+    initial_comment: str
+    files: list[tuple[str, bytes]]
+
+
+@dataclass
+class LoopbackSlack:
+    """Start with ``async with LoopbackSlack() as slack``; give the bot ``base_url``."""
+
+    base_url: str = ""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    uploads: list[Upload] = field(default_factory=list)
+    member_of: set[str] = field(default_factory=lambda: {CHANNEL})
+    private: set[str] = field(default_factory=lambda: {PRIVATE_CHANNEL})
+    _bytes: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _runner: web.AppRunner | None = None
+    _root: str = ""
+    _socket: web.WebSocketResponse | None = None
+    _socket_open: asyncio.Event = field(default_factory=asyncio.Event)
+    socket_replies: list[dict[str, Any]] = field(default_factory=list)
+    """What the bot sent back over the Socket Mode connection (acknowledgements)."""
+
+    async def __aenter__(self) -> LoopbackSlack:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_post("/respond/{response_id}", self._respond)
+        app.router.add_get("/socket", self._socket_mode)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self._root = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.base_url = f"{self._root}/api/"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Deliver an event over Socket Mode as Slack does; returns its envelope id."""
+        async with asyncio.timeout(_PATIENCE_SECONDS):
+            await self._socket_open.wait()
+        assert self._socket is not None
+        envelope_id = f"envelope-{next(self._ids)}"
+        await self._socket.send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": True,
+            }
+        )
+        return envelope_id
+
+    def socket_reply(self, envelope_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.socket_replies if r.get("envelope_id") == envelope_id), None)
+
+    def response_url(self) -> str:
+        response_id = f"r{next(self._ids)}"
+        self.responses[response_id] = []
+        return f"{self._root}/respond/{response_id}"
+
+    def responded(self, response_url: str) -> list[dict[str, Any]]:
+        """What the bot posted to ``response_url``, in order."""
+        return self.responses[response_url.rsplit("/", 1)[1]]
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == method]
+
+    async def wait_for(self, condition: Callable[[], object]) -> None:
+        async with asyncio.timeout(_PATIENCE_SECONDS), self._changed:
+            await self._changed.wait_for(condition)
+
+    async def _changed_now(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        token = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        # The SDK sends some methods' arguments in the query string, others in the body.
+        params: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            params.update(await request.json())
+        else:
+            params.update(await request.post())
+        self.calls.append((method, params))
+        answer = self._answer(method, params)
+        await self._changed_now()
+        return web.json_response(answer)
+
+    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": "https://fake.slack.example/",
+                "team": "Fake",
+                "user": "imagine",
+                "team_id": TEAM,
+                "user_id": "U0BOT",
+                "bot_id": "B0BOT",
+            }
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self._root.replace("http", "ws") + "/socket"}
+        if method == "conversations.join":
+            channel = str(params["channel"])
+            if channel in self.private:
+                return {"ok": False, "error": "method_not_supported_for_channel_type"}
+            self.member_of.add(channel)
+            return {"ok": True, "channel": {"id": channel}}
+        if method == "conversations.info":
+            channel = str(params["channel"])
+            return {
+                "ok": True,
+                "channel": {
+                    "id": channel,
+                    "is_private": channel in self.private,
+                    "is_member": channel in self.member_of,
+                },
+            }
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{next(self._ids)}"
+            self._bytes[file_id] = (str(params["filename"]), b"")
+            return {"ok": True, "file_id": file_id, "upload_url": f"{self._root}/upload/{file_id}"}
+        if method == "files.completeUploadExternal":
+            channel = str(params.get("channel_id", ""))
+            if channel not in self.member_of:
+                return {"ok": False, "error": "not_in_channel"}
+            files = json.loads(params["files"])
+            self.uploads.append(
+                Upload(
+                    channel,
+                    str(params.get("initial_comment", "")),
+                    [self._bytes[entry["id"]] for entry in files],
+                )
+            )
+            return {"ok": True, "files": [{"id": entry["id"]} for entry in files]}
+        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+            return {"ok": True, "channel": params.get("channel"), "ts": f"{time.time():.6f}"}
+        return {"ok": False, "error": "unknown_method"}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        filename, _ = self._bytes[file_id]
+        self._bytes[file_id] = (filename, await request.read())
+        await self._changed_now()
+        return web.Response(text=f"OK - {len(self._bytes[file_id][1])}")
+
+    async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._socket = socket
+        await socket.send_json(
+            {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0APP"}}
+        )
+        self._socket_open.set()
+        async for frame in socket:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                self.socket_replies.append(json.loads(frame.data))
+                await self._changed_now()
+        return socket
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        self.responses[request.match_info["response_id"]].append(await request.json())
+        await self._changed_now()
+        return web.Response(text="ok")
+
+
+@dataclass
+class SlackDriver:
+    """Sends what Slack would send to the bot's events URL, signed with the signing secret."""
+
+    events_url: str
+    slack: LoopbackSlack
+    session: aiohttp.ClientSession
+    secret: str = SIGNING_SECRET
+
+    async def command(
+        self,
+        command: str,
+        text: str,
+        *,
+        user: str = "U0ALICE",
+        channel: str = CHANNEL,
+        headers: dict[str, str] | None = None,
+        timestamp: int | None = None,
+    ) -> tuple[int, dict[str, Any], str]:
+        """Run a slash command; returns the status, the acknowledgement's JSON and the response_url."""
+        response_url = self.slack.response_url()
+        form = {
+            "token": "legacy-token",
+            "team_id": TEAM,
+            "team_domain": "fake",
+            "channel_id": channel,
+            "channel_name": "general",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0APP",
+            "is_enterprise_install": "false",
+            "response_url": response_url,
+            "trigger_id": f"trigger-{time.time_ns()}",
+        }
+        status, body = await self._post(urllib.parse.urlencode(form), headers, timestamp)
+        return status, (json.loads(body) if body.startswith("{") else {}), response_url
+
+    async def click(
+        self,
+        action_id: str,
+        value: str,
+        *,
+        user: str = "U0ALICE",
+        channel: str = CHANNEL,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """Press a button; returns the status and the response_url the bot answers on."""
+        response_url = self.slack.response_url()
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "team_id": TEAM, "username": user.lower()},
+            "api_app_id": "A0APP",
+            "token": "legacy-token",
+            "container": {"type": "message", "is_ephemeral": True, "channel_id": channel},
+            "trigger_id": f"trigger-{time.time_ns()}",
+            "team": {"id": TEAM, "domain": "fake"},
+            "channel": {"id": channel, "name": "general"},
+            "response_url": response_url,
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": "imagine_quote",
+                    "value": value,
+                    "type": "button",
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+        status, _ = await self._post(body, headers, None)
+        return status, response_url
+
+    async def _post(
+        self, body: str, headers: dict[str, str] | None, timestamp: int | None
+    ) -> tuple[int, str]:
+        stamp = str(timestamp if timestamp is not None else int(time.time()))
+        digest = hmac.new(
+            self.secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256
+        ).hexdigest()
+        sent = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": f"v0={digest}",
+            **(headers or {}),
+        }
+        async with self.session.post(self.events_url, data=body, headers=sent) as response:
+            return response.status, await response.text()

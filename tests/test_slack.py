@@ -1,0 +1,461 @@
+"""The Slack adapter end to end: the real slack-bolt app over HTTP, signed requests, a loopback Web API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from bot import messages
+from bot.app import open_service
+from bot.flow import ImagineService
+from bot.settings import Settings
+from bot.slack_app import (
+    CANCEL_ACTION,
+    EVENTS_PATH,
+    GENERATE_ACTION,
+    SlackImagine,
+    events_application,
+    serve_slack,
+)
+from ledger import GenerationStatus
+from providers.errors import ProviderUnavailable
+from tests.conftest import FakeClock
+from tests.fakes import Script, ScriptedProvider
+from tests.loopback_slack import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    PRIVATE_CHANNEL,
+    SIGNING_SECRET,
+    TEAM,
+    LoopbackSlack,
+    SlackDriver,
+)
+
+ALICE = f"slack:{TEAM}:U0ALICE"
+BOB = "U0BOB"
+ADMIN = "U0ADMIN"
+
+MODELS = """
+[models.local-sketch]
+provider = "local"
+provider_model = "procedural-v1"
+name = "Local Sketch"
+credits_per_image = 1
+resolutions = ["1K"]
+aspect_ratios = ["1:1", "16:9"]
+max_images = 4
+
+[models.scripted]
+provider = "scripted"
+provider_model = "scripted-v1"
+name = "Scripted"
+credits_per_image = 10
+resolutions = ["1K"]
+aspect_ratios = ["1:1"]
+max_images = 2
+"""
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[LoopbackSlack]:
+    async with LoopbackSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, slack: LoopbackSlack) -> Settings:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(MODELS)
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        models_file=models_file,
+        admin_accounts=(f"slack:{TEAM}:{ADMIN}",),
+        starting_credits=50,
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_base_url=slack.base_url,
+    )
+
+
+@pytest.fixture
+async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[ImagineService]:
+    async with open_service(settings, clock=clock) as service:
+        yield service
+
+
+@pytest.fixture
+async def driver(
+    service: ImagineService, settings: Settings, slack: LoopbackSlack
+) -> AsyncIterator[SlackDriver]:
+    bot = SlackImagine(service, settings)
+    runner = web.AppRunner(events_application(bot))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield SlackDriver(f"http://127.0.0.1:{port}{EVENTS_PATH}", slack, session)
+    finally:
+        await bot.aclose()
+        await runner.cleanup()
+
+
+@pytest.fixture
+def scripted(service: ImagineService) -> ScriptedProvider:
+    provider = service.providers.providers["scripted"]
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+def buttons(acknowledgement: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        element["action_id"]: element
+        for block in acknowledgement.get("blocks", [])
+        if block["type"] == "actions"
+        for element in block["elements"]
+    }
+
+
+async def quote_id(driver: SlackDriver, text: str, user: str = "U0ALICE") -> str:
+    status, acknowledgement, _ = await driver.command("/imagine", text, user=user)
+    assert status == 200
+    return str(buttons(acknowledgement)[GENERATE_ACTION]["value"])
+
+
+async def final_text(driver: SlackDriver, response_url: str, ending: str) -> str:
+    def last() -> str:
+        posted = driver.slack.responded(response_url)
+        return posted[-1]["text"] if posted else ""
+
+    await driver.slack.wait_for(lambda: ending in last())
+    return last()
+
+
+async def available(service: ImagineService, account: str = ALICE) -> int:
+    return (await service.credits.balance(account)).available
+
+
+# -- /imagine -------------------------------------------------------------------
+
+
+async def test_imagine_is_acknowledged_with_the_price_and_two_buttons(driver: SlackDriver) -> None:
+    status, acknowledgement, _ = await driver.command(
+        "/imagine", "model:local-sketch count:2 aspect:16:9 a lighthouse"
+    )
+
+    assert status == 200
+    assert acknowledgement["response_type"] == "ephemeral"
+    assert acknowledgement["text"] == (
+        "Local Sketch · 2 images · 1K · 16:9\nPrice: 2 credits · your balance: 50 credits"
+    )
+    found = buttons(acknowledgement)
+    assert found[GENERATE_ACTION]["text"]["text"] == "Generate 2 images · 2 credits"
+    assert found[CANCEL_ACTION]["text"]["text"] == "Cancel"
+
+
+async def test_generate_uploads_real_images_to_the_channel_and_charges(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "count:2 aspect:16:9 a lighthouse")
+
+    status, response_url = await driver.click(GENERATE_ACTION, generation)
+    said = await final_text(driver, response_url, "Balance")
+
+    assert status == 200
+    assert said == "Done: 2 images for 2 credits.\nBalance: 48 credits available."
+    [upload] = slack.uploads
+    assert (
+        upload.initial_comment == "<@U0ALICE> asked for “a lighthouse” · Local Sketch · 2 credits"
+    )
+    assert len(upload.files) == 2
+    for _, data in upload.files:
+        with Image.open(io.BytesIO(data)) as image:
+            assert (image.format, image.size) == ("PNG", (1024, 576))
+    assert await available(service) == 48
+    assert await service.ledger.verify() == []
+
+
+async def test_progress_replaces_the_quote_before_the_outcome(
+    driver: SlackDriver, slack: LoopbackSlack
+) -> None:
+    generation = await quote_id(driver, "count:2 a lighthouse")
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    posted = slack.responded(response_url)
+    assert all(message["replace_original"] for message in posted)
+    assert [message["text"] for message in posted][:3] == [
+        messages.SLACK_STARTING,
+        "Generating 2 images with Local Sketch…",
+        "Posting 2 images…",
+    ]
+    assert len(posted) <= 5
+
+
+async def test_help_and_a_bare_imagine_show_usage_with_the_models(driver: SlackDriver) -> None:
+    for text in ("", "help"):
+        _, acknowledgement, _ = await driver.command("/imagine", text)
+
+        assert "*/imagine*" in acknowledgement["text"]
+        assert "local-sketch" in acknowledgement["text"]
+
+
+async def test_a_parse_error_is_specific_and_nothing_is_quoted(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command("/imagine", "model:scripted resolution:4K a fox")
+
+    assert acknowledgement["text"] == messages.unsupported_resolution("4K", "scripted", ["1K"])
+    assert "blocks" not in acknowledgement
+    assert await service.ledger.history(ALICE, include_unconfirmed=True) == []
+
+
+async def test_insufficient_credits_offer_no_button_and_say_the_shortfall(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command("/imagine", "model:scripted count:2 a fox")
+    await service.credits.revoke(f"slack:{TEAM}:{ADMIN}", ALICE, 40)
+
+    _, refused, _ = await driver.command("/imagine", "model:scripted count:2 a fox")
+
+    assert buttons(acknowledgement)
+    assert refused["text"] == messages.insufficient_credits(20, 10)
+    assert buttons(refused) == {}
+
+
+async def test_another_users_click_is_refused_and_changes_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation, user=BOB)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert answer["text"] == messages.NOT_YOUR_REQUEST
+    assert answer["replace_original"] is False
+    assert slack.uploads == []
+    assert await available(service) == 50
+
+
+async def test_cancel_charges_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+
+    _, response_url = await driver.click(CANCEL_ACTION, generation)
+    said = await final_text(driver, response_url, messages.CANCELLED)
+
+    assert said == messages.CANCELLED
+    [record] = await service.ledger.history(ALICE, include_unconfirmed=True)
+    assert record.status == GenerationStatus.CANCELLED
+    assert await available(service) == 50
+
+
+async def test_a_click_after_expiry_charges_nothing_and_says_so(
+    driver: SlackDriver, service: ImagineService, clock: FakeClock
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+    clock.advance(seconds=service.quote_ttl.total_seconds() + 1)
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    said = await final_text(driver, response_url, "expired")
+
+    assert said == messages.QUOTE_EXPIRED
+    assert await available(service) == 50
+
+
+async def test_a_double_click_generates_and_charges_once(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "count:2 a lighthouse")
+
+    _, first = await driver.click(GENERATE_ACTION, generation)
+    _, second = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, first, "Balance")
+    await slack.wait_for(lambda: slack.responded(second))
+
+    assert slack.responded(second)[0]["text"].startswith("This request was already")
+    assert len(slack.uploads) == 1
+    assert await available(service) == 48
+
+
+async def test_a_redelivered_click_does_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+
+    status, response_url = await driver.click(
+        GENERATE_ACTION, generation, headers={"X-Slack-Retry-Num": "1"}
+    )
+
+    assert status == 200
+    assert slack.responded(response_url) == []
+    [record] = await service.ledger.history(ALICE, include_unconfirmed=True)
+    assert record.status == GenerationStatus.QUOTED
+
+
+async def test_a_bad_signature_is_refused_and_does_nothing(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    driver.secret = "not-the-secret"
+
+    status, _, _ = await driver.command("/imagine", "a lighthouse")
+
+    assert status == 401
+    assert await service.ledger.history(ALICE, include_unconfirmed=True) == []
+
+
+async def test_a_stale_timestamp_is_refused_and_does_nothing(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    status, _, _ = await driver.command(
+        "/imagine", "a lighthouse", timestamp=int(time.time()) - 10 * 60
+    )
+
+    assert status == 401
+    assert await service.ledger.history(ALICE, include_unconfirmed=True) == []
+
+
+async def test_a_provider_failure_charges_nothing_and_says_so(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(images=0, error=ProviderUnavailable("overloaded"))
+    generation = await quote_id(driver, "model:scripted a fox")
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    said = await final_text(driver, response_url, "Balance")
+
+    assert said.startswith(messages.failure("unavailable", "overloaded"))
+    assert slack.uploads == []
+    assert await available(service) == 50
+
+
+async def test_a_public_channel_it_is_not_in_is_joined_before_the_upload(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    slack.member_of.clear()
+    _, acknowledgement, _ = await driver.command("/imagine", "a lighthouse", channel="C0OTHER")
+    generation = buttons(acknowledgement)[GENERATE_ACTION]["value"]
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation, channel="C0OTHER")
+    said = await final_text(driver, response_url, "Balance")
+
+    assert said.startswith("Done: 1 image for 1 credit.")
+    assert [call["channel"] for call in slack.called("conversations.join")] == ["C0OTHER"]
+    assert [upload.channel for upload in slack.uploads] == ["C0OTHER"]
+    assert await available(service) == 49
+
+
+async def test_a_private_channel_it_is_not_in_explains_the_invite_and_charges_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/imagine", "a lighthouse", channel=PRIVATE_CHANNEL
+    )
+    generation = buttons(acknowledgement)[GENERATE_ACTION]["value"]
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation, channel=PRIVATE_CHANNEL)
+    said = await final_text(driver, response_url, "Balance")
+
+    assert "/invite @Imagine" in said
+    assert "no credits were charged" in said
+    assert slack.uploads == []
+    assert await available(service) == 50
+
+
+# -- /credits ---------------------------------------------------------------------
+
+
+async def test_credits_shows_the_balance_and_history(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", "")
+
+    assert acknowledgement["text"] == f"{messages.balance_line(50, 0)}\n{messages.NO_HISTORY}"
+    assert acknowledgement["response_type"] == "ephemeral"
+
+
+async def test_a_non_admin_cannot_grant(driver: SlackDriver, service: ImagineService) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", f"grant <@{BOB}|bob> 100 please")
+
+    assert acknowledgement["text"] == messages.NOT_ADMIN
+    assert await service.ledger.account_exists(f"slack:{TEAM}:{BOB}") is False
+
+
+async def test_an_admin_grant_is_recorded_with_actor_and_reason(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/credits", f"grant <@{BOB}|bob> 100 contest prize", user=ADMIN
+    )
+
+    assert acknowledgement["text"] == messages.granted(f"<@{BOB}>", 100, 150)
+    [entry, *_] = await service.ledger.entries(f"slack:{TEAM}:{BOB}")
+    assert (entry.actor, entry.reason) == (f"slack:{TEAM}:{ADMIN}", "contest prize")
+
+
+async def test_an_admin_revoke_takes_credits_back(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await service.credits.open_account(f"slack:{TEAM}:{BOB}")
+
+    _, acknowledgement, _ = await driver.command("/credits", f"revoke <@{BOB}> 20", user=ADMIN)
+
+    assert acknowledgement["text"] == messages.revoked(f"<@{BOB}>", 20, 30)
+
+
+async def test_a_grant_without_a_mention_says_how_to_grant(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", "grant bob 100", user=ADMIN)
+
+    assert acknowledgement["text"] == messages.slack_admin_usage("grant")
+
+
+def test_http_mode_without_a_signing_secret_says_what_to_set(
+    settings: Settings, service: ImagineService
+) -> None:
+    with pytest.raises(ValueError, match="SLACK_SIGNING_SECRET"):
+        SlackImagine(service, settings.model_copy(update={"slack_signing_secret": None}))
+
+
+async def test_socket_mode_answers_a_slash_command_over_the_connection(
+    settings: Settings, service: ImagineService, slack: LoopbackSlack
+) -> None:
+    socket_settings = settings.model_copy(
+        update={"slack_app_token": APP_TOKEN, "slack_signing_secret": None}
+    )
+    serving = asyncio.create_task(serve_slack(service, socket_settings))
+    try:
+        envelope = await slack.send_envelope(
+            "slash_commands",
+            {
+                "team_id": TEAM,
+                "channel_id": "C0GENERAL",
+                "user_id": "U0ALICE",
+                "command": "/imagine",
+                "text": "count:2 a lighthouse",
+                "api_app_id": "A0APP",
+                "response_url": slack.response_url(),
+                "trigger_id": "trigger-1",
+            },
+        )
+        await slack.wait_for(lambda: slack.socket_reply(envelope))
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+    reply = slack.socket_reply(envelope)
+    assert reply is not None
+    assert reply["payload"]["text"].startswith("Local Sketch · 2 images · 1K · 1:1")
+    assert GENERATE_ACTION in buttons(reply["payload"])
