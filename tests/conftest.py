@@ -22,6 +22,7 @@ POSTGRES_ADMIN_DSN = os.environ.get(
 
 # Test providers go through the same registration line a real provider uses.
 providers.register(ProviderSpec("scripted", "tests.fakes:ScriptedProvider"))
+providers.register(ProviderSpec("chaos", "tests.fakes:ChaosProvider"))
 
 
 class FakeClock:

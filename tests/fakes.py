@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -15,8 +16,9 @@ from providers.base import (
     ImageProvider,
     ImageRequest,
     ProviderConfig,
+    generate_each,
 )
-from providers.errors import ProviderError
+from providers.errors import ContentBlocked, ProviderError, ProviderUnavailable, RateLimited
 
 
 def tiny_png(shade: int = 0) -> bytes:
@@ -62,3 +64,36 @@ class ScriptedProvider(ImageProvider):
             self.script.error or ProviderError("missing") for _ in range(request.count - made)
         )
         return GenerationResult(tuple(images), failures)
+
+
+@dataclass
+class ChaosProvider(ImageProvider):
+    """A provider whose every image independently succeeds, fails, is blocked or hangs.
+
+    Seeded, so a failing run can be replayed. Hanging images outlast the
+    request's time limit, as a provider that never answers would.
+    """
+
+    config: ProviderConfig
+    seed: int = 20261125
+    name: str = "chaos"
+    _random: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(int(self.config.options.get("seed", self.seed)))
+
+    async def generate(self, request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
+        async def make_image(index: int) -> GeneratedImage:
+            roll = self._random.random()
+            await asyncio.sleep(self._random.random() / 100)
+            if roll < 0.15:
+                raise ProviderUnavailable("chaos: unavailable")
+            if roll < 0.25:
+                raise ContentBlocked("chaos: blocked")
+            if roll < 0.30:
+                raise RateLimited("chaos: slow down")
+            if roll < 0.34:
+                await asyncio.Event().wait()
+            return GeneratedImage(tiny_png(index), "image/png", 8, 8)
+
+        return await generate_each(request, make_image, on_image_done)
