@@ -1,0 +1,203 @@
+"""Random sequences of ledger operations, checked against a model after every step (Hypothesis).
+
+Grants, revokes, quotes, holds, captures and releases in any order, with
+replayed idempotency keys and operations that must be refused mixed in. After
+every step: no balance is negative, every account matches the model, and
+granted − revoked = available + held + captured, per account and in total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    MultipleResults,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
+
+from ledger import GenerationStatus, Ledger, LedgerError, NewGeneration, create_engine, migrate
+from tests.conftest import FakeClock
+
+ACCOUNTS = ("discord:1", "discord:2", "slack:T1:U3")
+T = TypeVar("T")
+Quote = tuple[str, str, int, int]
+"""A quote as the machine keeps it: generation id, account, images, credits per image."""
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """The real ledger on a fresh SQLite file per run, and a plain-Python model of what it should hold."""
+
+    quotes = Bundle("quotes")
+    holds = Bundle("holds")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.folder = tempfile.TemporaryDirectory()
+        self.clock = FakeClock(datetime(2026, 11, 25, tzinfo=UTC))
+        self.engine = create_engine(f"sqlite+aiosqlite:///{Path(self.folder.name) / 'l.db'}")
+        self.run(migrate.upgrade(self.engine))
+        self.ledger = Ledger(self.engine, self.clock)
+        self.granted = dict.fromkeys(ACCOUNTS, 0)
+        self.revoked = dict.fromkeys(ACCOUNTS, 0)
+        self.available = dict.fromkeys(ACCOUNTS, 0)
+        self.held = dict.fromkeys(ACCOUNTS, 0)
+        self.captured = dict.fromkeys(ACCOUNTS, 0)
+        self.grant_keys: dict[str, tuple[str, int]] = {}
+        self.quote_count = 0
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(work)
+
+    def teardown(self) -> None:
+        self.run(self.engine.dispose())
+        self.loop.close()
+        self.folder.cleanup()
+
+    @initialize()
+    def open_accounts(self) -> None:
+        for account in ACCOUNTS:
+            self.run(self.ledger.ensure_account(account))
+
+    @rule(account=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500), key=st.integers(0, 5))
+    def grant(self, account: str, amount: int, key: int) -> None:
+        idempotency_key = f"grant:{key}"
+        first = self.grant_keys.get(idempotency_key)
+        try:
+            self.run(
+                self.ledger.grant(
+                    account, amount, actor="test", reason="", idempotency_key=idempotency_key
+                )
+            )
+        except LedgerError:
+            # A key reused with other parameters is refused and changes nothing.
+            assert first is not None and first != (account, amount)
+            return
+        if first is None:
+            self.grant_keys[idempotency_key] = (account, amount)
+            self.granted[account] += amount
+            self.available[account] += amount
+        else:
+            assert first == (account, amount)
+
+    @rule(account=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500))
+    def revoke(self, account: str, amount: int) -> None:
+        self.quote_count += 1
+        try:
+            self.run(
+                self.ledger.revoke(
+                    account, amount, actor="test", reason="", idempotency_key=f"r{self.quote_count}"
+                )
+            )
+        except LedgerError:
+            assert amount > self.available[account]
+            return
+        assert amount <= self.available[account]
+        self.revoked[account] += amount
+        self.available[account] -= amount
+
+    @rule(
+        target=quotes,
+        account=st.sampled_from(ACCOUNTS),
+        images=st.integers(1, 4),
+        price=st.integers(1, 60),
+    )
+    def quote(self, account: str, images: int, price: int) -> Quote:
+        self.quote_count += 1
+        generation_id = f"q{self.quote_count}"
+        self.run(
+            self.ledger.create_quote(
+                NewGeneration(
+                    id=generation_id,
+                    account_id=account,
+                    model_id="m",
+                    provider="local",
+                    provider_model="p",
+                    prompt="p",
+                    options={},
+                    images_requested=images,
+                    credits_per_image=price,
+                    expires_at=self.clock.now + timedelta(hours=1),
+                )
+            )
+        )
+        return generation_id, account, images, price
+
+    @rule(target=holds, quote=consumes(quotes))
+    def hold(self, quote: Quote) -> Quote | MultipleResults[Quote]:
+        generation_id, account, images, price = quote
+        try:
+            self.run(self.ledger.hold(generation_id, account))
+        except LedgerError:
+            assert images * price > self.available[account]
+            return multiple()
+        assert images * price <= self.available[account]
+        self.available[account] -= images * price
+        self.held[account] += images * price
+        return quote
+
+    @rule(quote=quotes)
+    def hold_as_someone_else(self, quote: Quote) -> None:
+        generation_id, account, _, _ = quote
+        stranger = next(other for other in ACCOUNTS if other != account)
+        try:
+            self.run(self.ledger.hold(generation_id, stranger))
+        except LedgerError:
+            return
+        raise AssertionError("another account held someone's quote")
+
+    @rule(held=consumes(holds), data=st.data())
+    def capture(self, held: Quote, data: st.DataObject) -> None:
+        generation_id, account, images, price = held
+        delivered = data.draw(st.integers(0, images))
+        settled = self.run(self.ledger.capture(generation_id, delivered))
+        self.held[account] -= images * price
+        self.captured[account] += delivered * price
+        self.available[account] += (images - delivered) * price
+        assert settled.credits_charged == delivered * price
+        again = self.run(self.ledger.release(generation_id, error_code="x", error_message="x"))
+        assert again.credits_charged == settled.credits_charged, "settling twice changed it"
+
+    @rule(held=consumes(holds))
+    def release(self, held: Quote) -> None:
+        generation_id, account, images, price = held
+        settled = self.run(self.ledger.release(generation_id, error_code="x", error_message="x"))
+        assert settled.status == GenerationStatus.FAILED
+        self.held[account] -= images * price
+        self.available[account] += images * price
+
+    @invariant()
+    def balances_match_the_model_and_add_up(self) -> None:
+        for account in ACCOUNTS:
+            balance = self.run(self.ledger.balance(account))
+            assert balance.available >= 0
+            assert balance.held >= 0
+            assert (balance.available, balance.held) == (
+                self.available[account],
+                self.held[account],
+            )
+            assert (
+                self.granted[account] - self.revoked[account]
+                == balance.available + balance.held + self.captured[account]
+            )
+
+    @invariant()
+    def entries_recompute_every_balance(self) -> None:
+        assert self.run(self.ledger.verify()) == []
+
+
+LedgerMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestLedgerStateMachine = LedgerMachine.TestCase
