@@ -80,12 +80,11 @@ async def open_service(
                 quote_ttl=timedelta(seconds=settings.quote_ttl_seconds),
                 generation_timeout=timedelta(seconds=settings.generation_timeout_seconds),
                 provider_concurrency=settings.provider_concurrency,
+                heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
                 clock=clock,
             )
             await service.recover()
-            sweeper = asyncio.create_task(
-                service.sweep_periodically(timedelta(seconds=settings.sweep_interval_seconds))
-            )
+            sweeper = asyncio.create_task(service.sweep_periodically())
             try:
                 yield service
             finally:

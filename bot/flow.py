@@ -89,6 +89,8 @@ class Outcome:
 
 
 _PROVIDER_GRACE_SECONDS = 5.0
+# Heartbeats missed before a running generation counts as abandoned by a dead process.
+_MISSED_HEARTBEATS = 3
 
 
 class ImagineService:
@@ -103,6 +105,7 @@ class ImagineService:
         quote_ttl: timedelta = timedelta(minutes=10),
         generation_timeout: timedelta = timedelta(minutes=3),
         provider_concurrency: int = 4,
+        heartbeat_interval: timedelta = timedelta(minutes=1),
         clock: Clock = ledger.utc_now,
     ) -> None:
         self.catalog = catalog
@@ -111,6 +114,7 @@ class ImagineService:
         self.ledger = credits.ledger
         self.quote_ttl = quote_ttl
         self.generation_timeout = generation_timeout
+        self.heartbeat_interval = heartbeat_interval
         self._clock = clock
         self._slots = {name: ProviderSlots(provider_concurrency) for name in providers.providers}
         # Reference images are too large for the quote row; they wait here for the click,
@@ -264,6 +268,7 @@ class ImagineService:
             return await self._release(generation, "delivery_failed")
         if delivered <= 0:
             return await self._release(generation, "delivery_failed")
+        await self.ledger.mark_posted(generation.id, delivered)
         settled = await self.ledger.capture(generation.id, delivered)
         balance = await self.ledger.balance(settled.account_id)
         sentence = messages.outcome(settled, partial_failure)
@@ -276,23 +281,31 @@ class ImagineService:
         return Outcome(settled, (), balance, sentence)
 
     async def recover(self) -> list[Generation]:
-        """Release holds whose generation cannot still be running, and expire stale quotes.
+        """Settle holds no live process is working on any more, and expire stale quotes.
 
-        Run at start-up (after a crash) and periodically by ``sweep_periodically``.
-        A generation this process is still working on is never touched.
+        A running generation's process beats its heart every ``heartbeat_interval``
+        (``sweep_periodically``); one silent for three beats belongs to a process
+        that died. Its hold is released, or captured for the images already
+        posted. Run at start-up and by every sweep; this process's own
+        generations are never touched, and neither are those of other live
+        processes sharing the database.
         """
-        cutoff = self._clock() - self.generation_timeout - timedelta(minutes=1)
+        silent_since = self._clock() - _MISSED_HEARTBEATS * self.heartbeat_interval
         released = await self.ledger.release_stale_holds(
-            cutoff, reason=messages.INTERRUPTED_RELEASED, keep=frozenset(self._in_flight)
+            silent_since,
+            reason=messages.INTERRUPTED_RELEASED,
+            posted_reason=messages.INTERRUPTED_AFTER_POSTING,
+            keep=frozenset(self._in_flight),
         )
         await self.ledger.expire_quotes()
         return released
 
-    async def sweep_periodically(self, interval: timedelta = timedelta(minutes=1)) -> None:
-        """``recover`` forever; run it as a background task for as long as the bot runs."""
+    async def sweep_periodically(self) -> None:
+        """Heartbeat this process's generations, then ``recover``, forever, as a background task."""
         while True:
-            await asyncio.sleep(interval.total_seconds())
+            await asyncio.sleep(self.heartbeat_interval.total_seconds())
             try:
+                await self.ledger.heartbeat(frozenset(self._in_flight))
                 released = await self.recover()
             except Exception:
                 logger.exception("the periodic sweep of stale holds failed; trying again later")

@@ -165,6 +165,9 @@ def _either(values: Sequence[str]) -> str:
 INTERRUPTED_RELEASED = (
     "The bot stopped while this generation was running; the held credits were returned."
 )
+INTERRUPTED_AFTER_POSTING = (
+    "The bot stopped just after posting the images; they were charged and the rest returned."
+)
 
 _FAILURES = {
     "blocked": "The provider's safety filter blocked this request{detail}",

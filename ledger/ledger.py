@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -260,7 +260,12 @@ class Ledger:
                 await connection.execute(
                     update(generations)
                     .where(generations.c.id == generation_id)
-                    .values(status=GenerationStatus.RUNNING, credits_held=price, confirmed_at=now)
+                    .values(
+                        status=GenerationStatus.RUNNING,
+                        credits_held=price,
+                        confirmed_at=now,
+                        heartbeat_at=now,
+                    )
                 )
         if expired:
             raise QuoteExpired(generation_id)
@@ -367,27 +372,71 @@ class Ledger:
             )
             return await self._generation(connection, generation_id)
 
+    async def heartbeat(self, generation_ids: Collection[str]) -> None:
+        """Say these running generations are still being worked on by a live process."""
+        if not generation_ids:
+            return
+        async with self._write() as connection:
+            await connection.execute(
+                update(generations)
+                .where(
+                    generations.c.id.in_(list(generation_ids)),
+                    generations.c.status == GenerationStatus.RUNNING,
+                )
+                .values(heartbeat_at=self._clock())
+            )
+
+    async def mark_posted(self, generation_id: str, images: int) -> None:
+        """Record that the platform took ``images`` images, before they are captured.
+
+        If the process dies between the post and the capture, recovery charges
+        for what the user received instead of giving it away.
+        """
+        async with self._write() as connection:
+            await connection.execute(
+                update(generations)
+                .where(
+                    generations.c.id == generation_id,
+                    generations.c.status == GenerationStatus.RUNNING,
+                )
+                .values(images_posted=images)
+            )
+
     async def release_stale_holds(
-        self, started_before: datetime, *, reason: str, keep: frozenset[str] = frozenset()
+        self,
+        silent_since: datetime,
+        *,
+        reason: str,
+        posted_reason: str = "",
+        keep: frozenset[str] = frozenset(),
     ) -> list[Generation]:
-        """Release every running generation confirmed before ``started_before``, except ``keep``."""
+        """Settle every running generation not heard from since ``silent_since``, except ``keep``.
+
+        One whose images were already posted is captured for them, recorded with
+        ``posted_reason``; the rest are released, recorded with ``reason``.
+        """
+        last_heard = func.coalesce(generations.c.heartbeat_at, generations.c.confirmed_at)
         async with self._read() as connection:
             rows = await connection.execute(
-                select(generations.c.id).where(
-                    generations.c.status == GenerationStatus.RUNNING,
-                    generations.c.confirmed_at < started_before,
+                select(generations.c.id, generations.c.images_posted).where(
+                    generations.c.status == GenerationStatus.RUNNING, last_heard < silent_since
                 )
             )
-            stale_ids = [row.id for row in rows if row.id not in keep]
-        released = []
-        for generation_id in stale_ids:
+            stale = [(row.id, row.images_posted) for row in rows if row.id not in keep]
+        settled = []
+        for generation_id, posted in stale:
             with contextlib.suppress(InvalidTransition):
-                released.append(
-                    await self.release(
-                        generation_id, error_code="interrupted", error_message=reason
+                if posted:
+                    settled.append(
+                        await self._settle(generation_id, posted, None, posted_reason or None)
                     )
-                )
-        return released
+                else:
+                    settled.append(
+                        await self.release(
+                            generation_id, error_code="interrupted", error_message=reason
+                        )
+                    )
+        return settled
 
     async def expire_quotes(self) -> int:
         """Mark quotes past their expiry as expired; returns how many."""

@@ -90,6 +90,8 @@ generations = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    Column("heartbeat_at", UTCDateTime, nullable=True),
+    Column("images_posted", Integer, nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",

@@ -104,6 +104,10 @@ class Generation:
     expires_at: datetime
     confirmed_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = None
+    """Last time the process running it said it still was; a crashed process stops saying so."""
+    images_posted: int | None = None
+    """Images the platform confirmed posted, recorded before the capture in case of a crash."""
 
     @property
     def price(self) -> int:

@@ -539,7 +539,8 @@ async def test_the_periodic_sweep_releases_stale_holds(
     quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
     await service.ledger.hold(quote.id, OWNER)
     clock.advance(hours=1)
-    sweeper = asyncio.create_task(service.sweep_periodically(timedelta(milliseconds=1)))
+    service.heartbeat_interval = timedelta(milliseconds=1)
+    sweeper = asyncio.create_task(service.sweep_periodically())
     try:
         for _ in range(500):
             if (await service.ledger.generation(quote.id)).status != GenerationStatus.RUNNING:

@@ -388,3 +388,39 @@ async def test_state_keeps_the_last_value_written(ledger: Ledger) -> None:
     await ledger.write_state("discord:commands", "second")
 
     assert await ledger.read_state("discord:commands") == "second"
+
+
+async def test_a_generation_still_heard_from_is_not_settled_however_old(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    clock.advance(hours=1)
+
+    await ledger.heartbeat({"g1"})
+
+    assert await ledger.release_stale_holds(clock.now - timedelta(minutes=3), reason="") == []
+
+
+async def test_a_silent_generation_whose_images_were_posted_is_captured_for_them(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock, images=2, credits_per_image=10)
+    await ledger.hold("g1", ALICE)
+    await ledger.mark_posted("g1", 1)
+    clock.advance(minutes=10)
+
+    [settled] = await ledger.release_stale_holds(
+        clock.now, reason="released", posted_reason="charged for what was posted"
+    )
+
+    assert (settled.status, settled.credits_charged, settled.error_message) == (
+        GenerationStatus.PARTIAL,
+        10,
+        "charged for what was posted",
+    )
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (90, 0)
+    assert await ledger.verify() == []
