@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,7 +34,8 @@ from bot.errors import ImagineError, RequestError
 from bot.flow import ImagineService
 from bot.registry import price_warnings
 from bot.settings import Settings
-from ledger import migrate
+from ledger import migrate, utc_now
+from ledger.report import build_report
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -133,6 +135,19 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="recompute every balance from its entries; exit 1 on any disagreement"
     )
     verify.set_defaults(handler=_verify)
+
+    report = commands.add_parser(
+        "report", help="generations, credits and failures per model, provider, day and user"
+    )
+    report.add_argument("--days", type=int, help="only the last N days (default: everything)")
+    report.add_argument("--top", type=int, default=10, help="how many top users (default 10)")
+    report.add_argument(
+        "--table",
+        choices=("models", "providers", "daily", "top_users"),
+        help="only this table",
+    )
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.set_defaults(handler=_report)
 
     discord_parser = commands.add_parser("discord", help="Discord maintenance")
     discord_commands = discord_parser.add_subparsers(
@@ -329,6 +344,19 @@ async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
     if discrepancies:
         return EXIT_REFUSED
     print("Every balance agrees with its ledger entries.")
+    return 0
+
+
+async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
+    if arguments.days is not None and arguments.days < 1:
+        _fail(EXIT_USAGE, "--days must be 1 or more")
+    since = utc_now() - timedelta(days=arguments.days) if arguments.days else None
+    async with open_ledger(settings) as ledger:
+        built = await build_report(ledger.engine, since=since, top=arguments.top)
+    tables = built.tables()
+    if arguments.table:
+        tables = {arguments.table: tables[arguments.table]}
+    print(messages.report(tables, arguments.format), end="")
     return 0
 
 

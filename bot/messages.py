@@ -6,7 +6,10 @@ not write their own wording, so the same situation reads the same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
@@ -362,6 +365,40 @@ def database_unreachable(url: str, error: BaseException) -> str:
         f"Cannot use the database at {url}: {first_line}. "
         "Check DATABASE_URL and that the database server is running."
     )
+
+
+# -- report -------------------------------------------------------------------
+
+
+def report(tables: Mapping[str, Sequence[Mapping[str, object]]], output: str) -> str:
+    """``imagine-bot report`` as aligned text, CSV (one block per table) or JSON."""
+    if output == "json":
+        return json.dumps(tables, indent=2) + "\n"
+    if output == "csv":
+        blocks = []
+        for name, rows in tables.items():
+            buffer = io.StringIO()
+            columns = ["table", *(rows[0] if rows else [])]
+            writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({"table": name, **row} for row in rows)
+            blocks.append(buffer.getvalue())
+        return "\n".join(blocks)
+    sections = []
+    for name, rows in tables.items():
+        title = name.replace("_", " ").capitalize()
+        if not rows:
+            sections.append(f"{title}: nothing yet\n")
+            continue
+        columns = list(rows[0])
+        cells = [columns, *([str(row[column]) for column in columns] for row in rows)]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+            for line in cells
+        ]
+        sections.append(f"{title}\n" + "\n".join(lines) + "\n")
+    return "\n".join(sections)
 
 
 # -- Discord --------------------------------------------------------------------

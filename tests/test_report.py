@@ -1,0 +1,156 @@
+"""`imagine-bot report`: generations, credits and failures per model, provider, day and user."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot import messages
+from bot.app import open_service
+from bot.flow import ImagineService
+from bot.parsing import parse_imagine
+from bot.settings import Settings
+from ledger.report import Report, build_report
+from providers.errors import ContentBlocked, ProviderUnavailable
+from tests.conftest import FakeClock
+from tests.fakes import Script, ScriptedProvider
+from tests.test_cli import imagine_bot
+from tests.test_console_flow import MODELS, RecordingDelivery
+
+ANA, BEN = "console:ana", "console:ben"
+
+
+@pytest.fixture
+async def service(
+    database_url: str, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[ImagineService]:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(MODELS)
+    settings = Settings(_env_file=None, database_url=database_url, models_file=models_file)
+    async with open_service(settings, extra_admins=frozenset({"console:bank"}), clock=clock) as svc:
+        for account in (ANA, BEN):
+            await svc.credits.grant("console:bank", account, 500, "report test")
+        yield svc
+
+
+async def generate(service: ImagineService, account: str, text: str, script: Script) -> None:
+    provider = service.providers.providers["scripted"]
+    assert isinstance(provider, ScriptedProvider)
+    provider.script = script
+    quote = await service.quote(account, parse_imagine(text, service.catalog))
+    await service.confirm(quote.id, account, RecordingDelivery())
+
+
+@pytest.fixture
+async def report(service: ImagineService, clock: FakeClock) -> Report:
+    await generate(service, ANA, "model:scripted count:2 a fox", Script())
+    await generate(service, ANA, "model:scripted count:2 a fox", Script(images=1))
+    await generate(service, BEN, "model:scripted a fox", Script(images=0, error=ContentBlocked()))
+    clock.advance(days=1)
+    await generate(service, BEN, "model:local-sketch count:3 a fox", Script())
+    await generate(
+        service, BEN, "model:scripted a fox", Script(images=0, error=ProviderUnavailable())
+    )
+    cancelled = await service.quote(BEN, parse_imagine("model:scripted a fox", service.catalog))
+    await service.cancel(cancelled.id, BEN)
+    return await build_report(service.ledger.engine, since=None)
+
+
+async def test_models_count_generations_images_credits_and_failures(report: Report) -> None:
+    usage = {model.model_id: model for model in report.models}
+
+    scripted = usage["scripted"]
+    assert (scripted.generations, scripted.images_delivered, scripted.credits_charged) == (4, 3, 30)
+    assert (scripted.partial, scripted.failed, scripted.failure_rate) == (1, 2, 0.5)
+    local = usage["local-sketch"]
+    assert (local.generations, local.images_delivered, local.credits_charged) == (1, 3, 3)
+
+
+async def test_providers_show_failure_rates_and_reasons(report: Report) -> None:
+    by_name = {provider.provider: provider for provider in report.providers}
+
+    assert by_name["scripted"].failures_by_reason == {"blocked": 1, "unavailable": 1}
+    assert by_name["scripted"].failure_rate == 0.5
+    assert by_name["local"].failed == 0
+
+
+async def test_credits_are_counted_per_day_and_model(report: Report) -> None:
+    daily = [
+        (entry.day.isoformat(), entry.model_id, entry.credits_charged) for entry in report.daily
+    ]
+
+    assert daily == [
+        ("2026-11-24", "scripted", 30),
+        ("2026-11-25", "local-sketch", 3),
+        ("2026-11-25", "scripted", 0),
+    ]
+
+
+async def test_top_users_are_ordered_by_credits_spent(report: Report) -> None:
+    assert [(user.account, user.credits_charged) for user in report.top_users] == [
+        (ANA, 30),
+        (BEN, 3),
+    ]
+
+
+async def test_since_leaves_out_older_generations(
+    report: Report, service: ImagineService, clock: FakeClock
+) -> None:
+    recent = await build_report(service.ledger.engine, since=clock.now.replace(hour=0, minute=0))
+
+    assert {model.model_id: model.generations for model in recent.models} == {
+        "local-sketch": 1,
+        "scripted": 1,
+    }
+
+
+async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) -> None:
+    text = messages.report(report.tables(), "csv")
+
+    blocks = [list(csv.DictReader(io.StringIO(block))) for block in text.split("\n\n")]
+    assert [rows[0]["table"] for rows in blocks] == ["models", "providers", "daily", "top_users"]
+    assert blocks[3][0] == {
+        "table": "top_users",
+        "account": ANA,
+        "generations": "2",
+        "images_delivered": "3",
+        "credits_charged": "30",
+    }
+
+
+async def test_json_export_holds_every_table(report: Report) -> None:
+    exported = json.loads(messages.report(report.tables(), "json"))
+
+    assert set(exported) == {"models", "providers", "daily", "top_users"}
+    assert exported["providers"][1]["failures_by_reason"] == "blocked=1;unavailable=1"
+
+
+async def test_the_table_output_titles_each_section(report: Report) -> None:
+    text = messages.report(report.tables(), "table")
+
+    assert text.startswith("Models\nmodel_id")
+    assert "\nTop users\naccount" in text
+
+
+def test_the_command_exports_json_from_a_fresh_database(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "report", "--format", "json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "models": [],
+        "providers": [],
+        "daily": [],
+        "top_users": [],
+    }
+
+
+def test_the_command_refuses_a_window_of_no_days(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "report", "--days", "0")
+
+    assert result.returncode == 2
+    assert "--days must be 1 or more" in result.stderr
