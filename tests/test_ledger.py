@@ -20,6 +20,8 @@ from ledger import (
     NewGeneration,
     QuoteExpired,
     WrongAccount,
+    create_engine,
+    migrate,
 )
 from ledger.schema import accounts
 from tests.conftest import FakeClock
@@ -423,4 +425,51 @@ async def test_a_silent_generation_whose_images_were_posted_is_captured_for_them
     )
     balance = await ledger.balance(ALICE)
     assert (balance.available, balance.held) == (90, 0)
+    assert await ledger.verify() == []
+
+
+async def test_many_engines_racing_like_separate_processes_hold_only_what_is_covered(
+    database_url: str, clock: FakeClock
+) -> None:
+    engines = [create_engine(database_url) for _ in range(4)]
+    try:
+        await migrate.upgrade(engines[0])
+        ledgers = [Ledger(engine, clock) for engine in engines]
+        k = 5
+        await funded(ledgers[0], credits=10 * k)
+        for number in range(20 * k):
+            await quoted(ledgers[0], clock, generation_id=f"g{number}", images=1)
+        results = await asyncio.gather(
+            *(ledgers[number % 4].hold(f"g{number}", ALICE) for number in range(20 * k)),
+            return_exceptions=True,
+        )
+        held = [result for result in results if not isinstance(result, BaseException)]
+        others = {type(result) for result in results if isinstance(result, BaseException)}
+        assert len(held) == k
+        assert others == {InsufficientFunds}
+        balance = await ledgers[1].balance(ALICE)
+        assert (balance.available, balance.held) == (0, 10 * k)
+        assert await ledgers[2].verify() == []
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_concurrent_grants_and_holds_on_one_account_keep_the_sum_exact(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger, credits=10)
+    for number in range(30):
+        await quoted(ledger, clock, generation_id=f"g{number}", images=1, credits_per_image=5)
+    grants = [
+        ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key=f"top-up{number}")
+        for number in range(30)
+    ]
+    holds = [ledger.hold(f"g{number}", ALICE) for number in range(30)]
+    results = await asyncio.gather(*grants, *holds, return_exceptions=True)
+
+    held = sum(1 for result in results[30:] if not isinstance(result, BaseException))
+    balance = await ledger.balance(ALICE)
+    assert balance.available >= 0
+    assert (balance.available + balance.held, balance.held) == (10 + 30 * 5, held * 5)
     assert await ledger.verify() == []
