@@ -80,6 +80,8 @@ async def open_service(
                 quote_ttl=timedelta(seconds=settings.quote_ttl_seconds),
                 generation_timeout=timedelta(seconds=settings.generation_timeout_seconds),
                 provider_concurrency=settings.provider_concurrency,
+                provider_limits=settings.provider_limits,
+                user_concurrency=settings.user_concurrency,
                 heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
                 clock=clock,
             )

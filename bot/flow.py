@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -105,6 +106,8 @@ class ImagineService:
         quote_ttl: timedelta = timedelta(minutes=10),
         generation_timeout: timedelta = timedelta(minutes=3),
         provider_concurrency: int = 4,
+        provider_limits: Mapping[str, int] | None = None,
+        user_concurrency: int = 2,
         heartbeat_interval: timedelta = timedelta(minutes=1),
         clock: Clock = ledger.utc_now,
     ) -> None:
@@ -116,7 +119,15 @@ class ImagineService:
         self.generation_timeout = generation_timeout
         self.heartbeat_interval = heartbeat_interval
         self._clock = clock
-        self._slots = {name: ProviderSlots(provider_concurrency) for name in providers.providers}
+        limits = provider_limits or {}
+        self._slots = {
+            name: ProviderSlots(limits.get(name, provider_concurrency))
+            for name in providers.providers
+        }
+        # One heavy user must not take every provider slot: each has a few of their own.
+        self._user_slots: defaultdict[str, ProviderSlots] = defaultdict(
+            lambda: ProviderSlots(user_concurrency)
+        )
         # Reference images are too large for the quote row; they wait here for the click,
         # until their quote expires.
         self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
@@ -236,6 +247,7 @@ class ImagineService:
 
         try:
             async with (
+                self._user_slots[generation.account_id].acquire(queued),
                 self._slots[generation.provider].acquire(queued),
                 # The provider keeps the finished images at the time limit; this only
                 # stops one that ignores it.
@@ -315,7 +327,7 @@ class ImagineService:
 
 
 class ProviderSlots:
-    """A provider's concurrency limit; callers that must wait are told their place in the queue."""
+    """A concurrency limit (a provider's, or one user's); callers that must wait are told their place."""
 
     def __init__(self, limit: int) -> None:
         self._semaphore = asyncio.Semaphore(limit)

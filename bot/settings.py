@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,14 @@ from bot.accounts import parse_account
 
 _ASYNC_DRIVERS_BY_BACKEND = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _ASYNC_DRIVERS = frozenset(_ASYNC_DRIVERS_BY_BACKEND.values())
+
+
+_SECRET = re.compile(r"(token|secret|api_key|password)")
+
+
+def _mask(value: str) -> str:
+    """Enough to tell two keys apart, never enough to use one."""
+    return "set (…" + value[-4:] + ")" if len(value) >= 16 else "set"
 
 
 class Settings(BaseSettings):
@@ -38,6 +47,18 @@ class Settings(BaseSettings):
     """How often stale holds and quotes are swept while the bot runs."""
     provider_concurrency: int = Field(default=4, ge=1, le=256)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
+    user_concurrency: int = Field(default=2, ge=1, le=64)
+    """Generations one user may run at once; more wait their turn and are told their place."""
+    provider_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    """Per-provider overrides of PROVIDER_CONCURRENCY, as ``google=8,openai=2``."""
+    shutdown_grace_seconds: float = Field(default=30, ge=0)
+    """On SIGTERM, how long running generations may go on before they are stopped and released."""
+    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
+    """``json`` lines for log collectors, ``text`` for people; ``auto`` is JSON unless on a terminal."""
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """When set, ``/healthz`` and Prometheus ``/metrics`` are served on this port."""
+    metrics_host: str = "0.0.0.0"
     credit_value_usd: float = Field(default=0.02, gt=0)
     """What one credit is worth; ``models --check`` warns where a price is below the provider's cost."""
 
@@ -77,6 +98,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{url.drivername} is not supported; {hint}")
         return value
 
+    @field_validator("provider_limits", mode="before")
+    @classmethod
+    def _parse_limits(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, int] = {}
+        for part in filter(None, (piece.strip() for piece in value.split(","))):
+            name, equals, number = part.partition("=")
+            if not equals or not number.strip().isdigit() or int(number) < 1:
+                raise ValueError(f"{part!r} is not provider=number, e.g. google=8,openai=2")
+            limits[name.strip()] = int(number)
+        return limits
+
     @field_validator("admin_accounts", mode="before")
     @classmethod
     def _split_accounts(cls, value: object) -> object:
@@ -101,6 +135,27 @@ class Settings(BaseSettings):
             value = getattr(self, field_name)
             return None if value is None else (str(value) or None)
         return os.environ.get(name) or None
+
+    def concurrency_for(self, provider: str) -> int:
+        return self.provider_limits.get(provider, self.provider_concurrency)
+
+    def described(self) -> list[tuple[str, str]]:
+        """Every setting as ``(VARIABLE, value)``, secrets masked, for ``imagine-bot config``."""
+        rows = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                shown = make_url(value).render_as_string(hide_password=True)
+            elif value is not None and _SECRET.search(name):
+                shown = _mask(str(value))
+            elif isinstance(value, dict):
+                shown = ",".join(f"{key}={number}" for key, number in value.items())
+            elif isinstance(value, tuple):
+                shown = ",".join(value)
+            else:
+                shown = "" if value is None else str(value)
+            rows.append((name.upper(), shown))
+        return rows
 
     @property
     def has_chat_platform(self) -> bool:

@@ -42,6 +42,7 @@ class ScriptedProvider(ImageProvider):
     script: Script = field(default_factory=Script)
     requests: list[ImageRequest] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     release: asyncio.Event | None = None
     """When set, each generation waits for it before answering."""
     name: str = "scripted"
@@ -49,6 +50,8 @@ class ScriptedProvider(ImageProvider):
     async def generate(self, request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
         self.requests.append(request)
         self.started.set()
+        async with self.arrived:
+            self.arrived.notify_all()
         if self.script.hang:
             await asyncio.Event().wait()
         if self.release is not None:
@@ -64,6 +67,10 @@ class ScriptedProvider(ImageProvider):
             self.script.error or ProviderError("missing") for _ in range(request.count - made)
         )
         return GenerationResult(tuple(images), failures)
+
+    async def wait_for_requests(self, count: int) -> None:
+        async with asyncio.timeout(10), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.requests) >= count)
 
 
 @dataclass
