@@ -136,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(handler=_verify)
 
+    config = commands.add_parser(
+        "config", help="print the effective settings, secrets masked, and check them"
+    )
+    config.set_defaults(handler=_config)
+
     report = commands.add_parser(
         "report", help="generations, credits and failures per model, provider, day and user"
     )
@@ -344,6 +349,14 @@ async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
     if discrepancies:
         return EXIT_REFUSED
     print("Every balance agrees with its ledger entries.")
+    return 0
+
+
+async def _config(settings: Settings, _arguments: argparse.Namespace) -> int:
+    rows = settings.described()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
     return 0
 
 

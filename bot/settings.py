@@ -29,7 +29,10 @@ def _mask(value: str) -> str:
 class Settings(BaseSettings):
     """Names are the contract in ``DESIGN.md``; each field reads the upper-cased variable."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty variable means "not set", as in .env.example, where most lines are empty.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     database_url: str = "sqlite+aiosqlite:///./imagine.db"
     models_file: Path = Path("config/models.toml")
@@ -59,6 +62,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """When set, ``/healthz`` and Prometheus ``/metrics`` are served on this port."""
     metrics_host: str = "0.0.0.0"
+    local_delay_seconds: float | None = Field(default=None, ge=0)
+    """A pause before each ``local`` image, to try progress and shutdown with a slow provider."""
     credit_value_usd: float = Field(default=0.02, gt=0)
     """What one credit is worth; ``models --check`` warns where a price is below the provider's cost."""
 

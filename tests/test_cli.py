@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,3 +186,19 @@ def test_sigterm_during_a_generation_releases_the_hold_and_exits_cleanly(tmp_pat
     assert "Balance: 100 credits available." in balance.stdout
     history = imagine_bot(tmp_path, "history", "console:local")
     assert "0/3 images  0 credits  failed" in history.stdout
+
+
+def test_config_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path,
+        "config",
+        DISCORD_TOKEN="discord-token-that-must-not-show-1234",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}",
+        OPENAI_API_KEY="sk-a-key-that-must-not-show-5678",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "discord-token-that-must-not-show" not in result.stdout
+    assert "sk-a-key-that-must-not-show" not in result.stdout
+    assert re.search(r"^DISCORD_TOKEN\s+set \(…1234\)$", result.stdout, re.MULTILINE)
+    assert re.search(r"^USER_CONCURRENCY\s+2$", result.stdout, re.MULTILINE)

@@ -227,3 +227,11 @@ def test_malformed_accounts_are_refused(text: str) -> None:
         f"'{text}' is not an account; use discord:<user id>, slack:<team id>:<user id> "
         "or console:<name>."
     )
+
+
+def test_described_settings_hide_the_database_password() -> None:
+    settings = Settings(_env_file=None, database_url="postgresql+asyncpg://bot:hunter2@db/imagine")
+
+    shown = dict(settings.described())
+
+    assert shown["DATABASE_URL"] == "postgresql+asyncpg://bot:***@db/imagine"
