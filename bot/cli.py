@@ -170,12 +170,13 @@ async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
     if not settings.has_chat_platform:
         return await _console(settings, arguments)
     servers = _chat_platforms(settings)
-    with _stop_on_sigterm() as stopping:
+    with _stop_on_sigterm(settings.shutdown_grace_seconds) as shutdown:
         try:
             async with open_service(settings, check_online=True) as service:
+                shutdown.service = service
                 await asyncio.gather(*(serve(service, settings) for serve in servers))
         except asyncio.CancelledError:
-            if not stopping.is_set():
+            if not shutdown.requested:
                 raise
     return 0
 
@@ -198,35 +199,64 @@ def _chat_platforms(settings: Settings) -> list[PlatformServer]:
 
 
 async def _console(settings: Settings, arguments: argparse.Namespace) -> int:
-    with _stop_on_sigterm() as stopping:
+    with _stop_on_sigterm(settings.shutdown_grace_seconds) as shutdown:
         try:
-            return await _chat_in_console(settings, arguments)
+            return await _chat_in_console(settings, arguments, shutdown)
         except asyncio.CancelledError:
-            if not stopping.is_set():
+            if not shutdown.requested:
                 raise
             return 0
 
 
+class _Shutdown:
+    """SIGTERM: take no new requests, let running generations finish for a grace period, then stop.
+
+    Stopping cancels the command; a generation still running then releases its
+    hold on the way out, so nothing is charged for it.
+    """
+
+    def __init__(self, grace_seconds: float) -> None:
+        self.grace_seconds = grace_seconds
+        self.service: ImagineService | None = None
+        self.requested = False
+        self._task = asyncio.current_task()
+        self._winding_down: asyncio.Task[None] | None = None
+
+    def on_signal(self) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        self._winding_down = asyncio.get_running_loop().create_task(self._wind_down())
+
+    async def _wind_down(self) -> None:
+        if self.service is not None:
+            self.service.stop_accepting()
+            running = self.service.in_flight
+            if running:
+                logging.getLogger(__name__).info(
+                    "stopping: waiting up to %gs for %d running generations",
+                    self.grace_seconds,
+                    running,
+                )
+            await self.service.drain(self.grace_seconds)
+        if self._task is not None:
+            self._task.cancel()
+
+
 @contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[asyncio.Event]:
-    """SIGTERM cancels the running command; a generation in flight releases its hold on the way out."""
+def _stop_on_sigterm(grace_seconds: float) -> Iterator[_Shutdown]:
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    stopping = asyncio.Event()
-
-    def stop() -> None:
-        stopping.set()
-        if task is not None:
-            task.cancel()
-
-    loop.add_signal_handler(signal.SIGTERM, stop)
+    shutdown = _Shutdown(grace_seconds)
+    loop.add_signal_handler(signal.SIGTERM, shutdown.on_signal)
     try:
-        yield stopping
+        yield shutdown
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _chat_in_console(settings: Settings, arguments: argparse.Namespace) -> int:
+async def _chat_in_console(
+    settings: Settings, arguments: argparse.Namespace, shutdown: _Shutdown
+) -> int:
     account = parse_account(arguments.account) if arguments.account else CONSOLE_OWNER
     is_owner = arguments.account is None
     async with open_service(
@@ -234,6 +264,7 @@ async def _chat_in_console(settings: Settings, arguments: argparse.Namespace) ->
         extra_admins=frozenset({CONSOLE_OWNER}) if is_owner else frozenset(),
         check_online=True,
     ) as service:
+        shutdown.service = service
         chat = ConsoleChat(
             service,
             account,

@@ -11,6 +11,7 @@ and nothing changed.
     ├── QuoteExpired            the Generate button was pressed too late
     ├── NotYourRequest          someone else pressed the button
     ├── AlreadyHandled          the request was already confirmed or cancelled
+    ├── ShuttingDown            the bot is stopping and takes no new requests
     ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
     ├── UnknownAccount          an admin command named an account that never used the bot
     ├── RevokeExceedsBalance    a revoke of more than the account has available
@@ -87,6 +88,11 @@ class AlreadyHandled(ImagineError):
     def __init__(self, status: str) -> None:
         super().__init__(messages.already_handled(status))
         self.status = status
+
+
+class ShuttingDown(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.SHUTTING_DOWN)
 
 
 class NotAdmin(ImagineError):

@@ -27,6 +27,7 @@ from bot.errors import (
     NotYourRequest,
     QuoteExpired,
     QuoteNotFound,
+    ShuttingDown,
 )
 from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
@@ -132,11 +133,16 @@ class ImagineService:
         # until their quote expires.
         self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
         self._in_flight: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.accepting = True
 
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None
     ) -> Quote:
         """Price a validated request against the balance; refuses before any button if it cannot be paid."""
+        if not self.accepting:
+            raise ShuttingDown()
         balance = await self.credits.open_account(account)
         if request.price > balance.available:
             raise InsufficientCredits(request.price, balance.available)
@@ -193,6 +199,8 @@ class ImagineService:
         then call ``generate`` straight away (until then the hold is this
         process's and no sweep releases it).
         """
+        if not self.accepting:
+            raise ShuttingDown()
         _, references = self._reference_images.get(generation_id, (None, ()))
         try:
             generation = await self.ledger.hold(generation_id, account)
@@ -200,6 +208,7 @@ class ImagineService:
             raise _translate(refusal) from None
         self._reference_images.pop(generation_id, None)
         self._in_flight.add(generation_id)
+        self._idle.clear()
         return HeldGeneration(generation, references)
 
     async def generate(self, held: HeldGeneration, delivery: Delivery) -> Outcome:
@@ -213,6 +222,25 @@ class ImagineService:
             raise
         finally:
             self._in_flight.discard(generation.id)
+            if not self._in_flight:
+                self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stop_accepting(self) -> None:
+        """Refuse new quotes and clicks (with a sentence saying why); running generations go on."""
+        self.accepting = False
+
+    async def drain(self, grace_seconds: float) -> bool:
+        """Wait up to ``grace_seconds`` for running generations to end; True if they all did."""
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _run(
         self,

@@ -35,6 +35,7 @@ NO_MODEL_AVAILABLE = (
     "No model is available right now; an admin can run `imagine-bot models` to see why."
 )
 CANCELLED = "Cancelled; nothing was charged."
+SHUTTING_DOWN = "The bot is restarting; nothing was charged, so try again in a minute."
 
 
 def invalid_account(text: str) -> str:

@@ -158,8 +158,10 @@ def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
     assert "STARTING_CREDITS" in result.stderr
 
 
-def test_sigterm_during_a_generation_releases_the_hold_and_exits_cleanly(tmp_path: Path) -> None:
-    command, env = command_and_environment(tmp_path, {"LOCAL_DELAY_SECONDS": "60"})
+def test_sigterm_past_the_grace_period_releases_the_hold_and_exits_cleanly(tmp_path: Path) -> None:
+    command, env = command_and_environment(
+        tmp_path, {"LOCAL_DELAY_SECONDS": "60", "SHUTDOWN_GRACE_SECONDS": "0.2"}
+    )
     console = subprocess.Popen(
         [*command, "console"],
         cwd=tmp_path,
@@ -202,3 +204,37 @@ def test_config_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None
     assert "sk-a-key-that-must-not-show" not in result.stdout
     assert re.search(r"^DISCORD_TOKEN\s+set \(…1234\)$", result.stdout, re.MULTILINE)
     assert re.search(r"^USER_CONCURRENCY\s+2$", result.stdout, re.MULTILINE)
+
+
+def test_sigterm_lets_a_running_generation_finish_within_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    command, env = command_and_environment(
+        tmp_path, {"LOCAL_DELAY_SECONDS": "0.5", "SHUTDOWN_GRACE_SECONDS": "30"}
+    )
+    console = subprocess.Popen(
+        [*command, "console"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert console.stdin is not None and console.stdout is not None
+    console.stdin.write("/imagine model:local-sketch count:2 a patient fox\ny\n")
+    console.stdin.flush()
+    for line in console.stdout:
+        if "Generating 2 images" in line:
+            break
+    console.send_signal(signal.SIGTERM)
+    rest = console.stdout.read()
+    assert console.wait(timeout=30) == 0
+    console.stdin.close()
+    console.stdout.close()
+    assert console.stderr is not None
+    console.stderr.close()
+
+    assert "Done: 2 images for 2 credits." in rest
+    balance = imagine_bot(tmp_path, "balance", "console:local")
+    assert "Balance: 98 credits available." in balance.stdout
