@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
 from bot.errors import RegistryUnusable
 from bot.flow import Clock, ImagineService
+from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
 from ledger import Ledger, create_engine, migrate, utc_now
@@ -87,14 +89,30 @@ async def open_service(
             )
             await service.recover()
             sweeper = asyncio.create_task(service.sweep_periodically())
+            health = await _start_health_server(settings, service)
             try:
                 yield service
             finally:
+                if health is not None:
+                    await health.cleanup()
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
     finally:
         await providers.aclose()
+
+
+async def _start_health_server(settings: Settings, service: ImagineService) -> web.AppRunner | None:
+    """``/healthz`` and ``/metrics`` on ``METRICS_PORT``, when it is set."""
+    if settings.metrics_port is None:
+        return None
+    runner = web.AppRunner(
+        health_application(service.metrics, service.ledger.ping, service.platform_checks),
+        access_log=None,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    return runner
 
 
 def _create_sqlite_folder(database_url: str) -> None:

@@ -32,6 +32,7 @@ from bot.console import ConsoleChat, stdin_reader
 from bot.credits import parse_amount
 from bot.errors import ImagineError, RequestError
 from bot.flow import ImagineService
+from bot.observability import configure_logging
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate, utc_now
@@ -44,14 +45,17 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = _parser()
     arguments = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if arguments.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING)
     try:
         settings = Settings()
     except ValidationError as error:
         _fail(EXIT_USAGE, _describe_settings_error(error))
+    # A serving bot logs at LOG_LEVEL for its operators; a command at a terminal stays quiet.
+    serving = arguments.handler is _run and settings.has_chat_platform
+    configure_logging(
+        settings,
+        level="DEBUG" if arguments.verbose else settings.log_level if serving else "WARNING",
+    )
     try:
         code = asyncio.run(arguments.handler(settings, arguments))
     except RequestError as error:

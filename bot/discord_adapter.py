@@ -83,6 +83,7 @@ class ImagineBot(discord.AutoShardedClient):
         self._expiry_timers: dict[str, asyncio.Task[None]] = {}
         for command in build_commands(self):
             self.tree.add_command(command)
+        service.platform_checks["discord"] = lambda: self.is_ready() and not self.is_closed()
 
     @property
     def guild_ids(self) -> list[int]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from bot.errors import (
     QuoteNotFound,
     ShuttingDown,
 )
+from bot.observability import HealthCheck, Metrics
 from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger import Balance, Generation, NewGeneration
@@ -136,6 +138,12 @@ class ImagineService:
         self._idle = asyncio.Event()
         self._idle.set()
         self.accepting = True
+        self.metrics = Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self._in_flight))
+        for name, slots in self._slots.items():
+            self.metrics.queue_depth.labels(name).set_function(lambda slots=slots: slots.waiting)
+        self.platform_checks: dict[str, HealthCheck] = {}
+        """Adapters add ``name → is connected`` here for ``/healthz``."""
 
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None
@@ -214,8 +222,11 @@ class ImagineService:
     async def generate(self, held: HeldGeneration, delivery: Delivery) -> Outcome:
         """The second half of ``confirm``: generate, deliver and settle a held request."""
         generation = held.generation
+        started = time.monotonic()
         try:
-            return await self._run(generation, held.reference_images, delivery)
+            outcome = await self._run(generation, held.reference_images, delivery)
+            self._record(outcome, time.monotonic() - started)
+            return outcome
         except BaseException:
             # Cancelled at shutdown: the hold must not outlive the generation.
             await asyncio.shield(self._release(generation, "interrupted"))
@@ -224,6 +235,28 @@ class ImagineService:
             self._in_flight.discard(generation.id)
             if not self._in_flight:
                 self._idle.set()
+
+    def _record(self, outcome: Outcome, seconds: float) -> None:
+        settled = outcome.generation
+        self.metrics.generations.labels(settled.model_id, str(settled.status)).inc()
+        self.metrics.credits_charged.labels(settled.model_id).inc(settled.credits_charged)
+        logger.info(
+            "generation %s %s",
+            settled.id,
+            settled.status,
+            extra={
+                "event": "generation",
+                "request_id": settled.id,
+                "account": settled.account_id,
+                "model": settled.model_id,
+                "images_requested": settled.images_requested,
+                "images_delivered": settled.images_delivered,
+                "credits_charged": settled.credits_charged,
+                "latency_ms": round(seconds * 1000),
+                "outcome": str(settled.status),
+                "error_code": settled.error_code,
+            },
+        )
 
     @property
     def in_flight(self) -> int:
@@ -282,7 +315,13 @@ class ImagineService:
                 asyncio.timeout(time_limit + min(_PROVIDER_GRACE_SECONDS, time_limit / 10)),
             ):
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
-                result = await provider.generate(request, image_done)
+                provider_started = time.monotonic()
+                try:
+                    result = await provider.generate(request, image_done)
+                finally:
+                    self.metrics.provider_latency.labels(generation.provider).observe(
+                        time.monotonic() - provider_started
+                    )
         except TimeoutError:
             return await self._release(generation, ProviderTimeout.code)
         except ProviderError as error:
@@ -360,6 +399,10 @@ class ProviderSlots:
     def __init__(self, limit: int) -> None:
         self._semaphore = asyncio.Semaphore(limit)
         self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
 
     @contextlib.asynccontextmanager
     async def acquire(self, on_queued: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:

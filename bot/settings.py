@@ -18,7 +18,7 @@ _ASYNC_DRIVERS_BY_BACKEND = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgr
 _ASYNC_DRIVERS = frozenset(_ASYNC_DRIVERS_BY_BACKEND.values())
 
 
-_SECRET = re.compile(r"(token|secret|api_key|password)")
+SECRET_FIELD = re.compile(r"(token|secret|api_key|password)")
 
 
 def _mask(value: str) -> str:
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "database_url":
                 shown = make_url(value).render_as_string(hide_password=True)
-            elif value is not None and _SECRET.search(name):
+            elif value is not None and SECRET_FIELD.search(name):
                 shown = _mask(str(value))
             elif isinstance(value, dict):
                 shown = ",".join(f"{key}={number}" for key, number in value.items())

@@ -354,6 +354,7 @@ async def serve_slack(service: ImagineService, settings: Settings) -> None:
         if settings.slack_app_token:
             handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token)
             await handler.connect_async()
+            service.platform_checks["slack"] = lambda: not handler.client.closed
             try:
                 await asyncio.Event().wait()
             finally:
@@ -375,4 +376,5 @@ async def serve_slack(service: ImagineService, settings: Settings) -> None:
             finally:
                 await runner.cleanup()
     finally:
+        service.platform_checks["slack"] = lambda: False
         await slack.aclose()

@@ -87,6 +87,11 @@ class Ledger:
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self._is_sqlite else None
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        async with self.engine.connect() as connection:
+            await connection.execute(select(1))
+
     async def close(self) -> None:
         await self.engine.dispose()
 
