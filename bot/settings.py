@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     """Deadline for one whole generation at the provider."""
     sweep_interval_seconds: float = Field(default=60, gt=0)
     """How often stale holds and quotes are swept while the bot runs."""
-    provider_concurrency: int = Field(default=4, ge=1, le=256)
+    provider_concurrency: int = Field(default=4, ge=1, le=10_000)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
     user_concurrency: int = Field(default=2, ge=1, le=64)
     """Generations one user may run at once; more wait their turn and are told their place."""
