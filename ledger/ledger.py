@@ -226,7 +226,6 @@ class Ledger:
     async def hold(self, generation_id: str, account: str) -> Generation:
         """Confirm a quote: move its price from available to held, exactly once."""
         now = self._clock()
-        expired = False
         async with self._write() as connection:
             quote = await self._locked_generation(connection, generation_id)
             if quote.account_id != account:
@@ -235,7 +234,6 @@ class Ledger:
                 raise InvalidTransition(generation_id, quote.status, "confirm")
             if quote.expires_at <= now:
                 await self._set_status(connection, generation_id, GenerationStatus.EXPIRED, now)
-                expired = True
             else:
                 price = quote.price
                 changed = await connection.execute(
@@ -262,7 +260,7 @@ class Ledger:
                     idempotency_key=f"hold:{generation_id}",
                     generation_id=generation_id,
                 )
-                await connection.execute(
+                held = await connection.execute(
                     update(generations)
                     .where(generations.c.id == generation_id)
                     .values(
@@ -271,10 +269,12 @@ class Ledger:
                         confirmed_at=now,
                         heartbeat_at=now,
                     )
+                    # Read back in the same statement: a second query costs a round trip.
+                    .returning(*generations.c)
                 )
-        if expired:
-            raise QuoteExpired(generation_id)
-        return await self.generation(generation_id)
+                return _generation_from(held.one())
+        # Reached only for an expired quote, after its status change is committed.
+        raise QuoteExpired(generation_id)
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         """Withdraw a quote that was never confirmed."""
@@ -362,7 +362,7 @@ class Ledger:
                 status = GenerationStatus.PARTIAL
             else:
                 status = GenerationStatus.FAILED
-            await connection.execute(
+            settled = await connection.execute(
                 update(generations)
                 .where(generations.c.id == generation_id)
                 .values(
@@ -374,8 +374,9 @@ class Ledger:
                     error_message=error_message,
                     finished_at=now,
                 )
+                .returning(*generations.c)
             )
-            return await self._generation(connection, generation_id)
+            return _generation_from(settled.one())
 
     async def heartbeat(self, generation_ids: Collection[str]) -> None:
         """Say these running generations are still being worked on by a live process."""

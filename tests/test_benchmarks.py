@@ -1,0 +1,36 @@
+"""The benchmarks still run: each `--quick` run finishes and prints its headline as its last line.
+
+These check that the scripts work, not how fast anything is (machines here are
+shared and noisy; bench/README.md has the figures).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("name", "headline"),
+    [
+        ("delivery", "delivery: worst fit/JPEG ratio"),
+        ("inflight", "inflight: "),
+        ("ledger", "ledger: worst ledger/raw ratio"),
+    ],
+)
+def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith(headline)
