@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 _ATTACHMENTS_PER_MESSAGE = 10
 _CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# Discord wants an answer within 3 s of the command; this leaves room for the round trip.
+_ANSWER_WITHIN_SECONDS = 1.5
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
 
@@ -136,10 +138,31 @@ class ImagineBot(discord.AutoShardedClient):
         options: ImagineOptions,
         reference: discord.Attachment | None,
     ) -> None:
-        account = discord_account(interaction.user)
         if reference is not None:
             # Downloading can take longer than Discord's three seconds.
             await interaction.response.defer(ephemeral=True, thinking=True)
+        quoting = asyncio.ensure_future(self._quote(interaction, options, reference))
+        if not interaction.response.is_done():
+            # Under a burst of commands the quotes queue for the database; answer
+            # "thinking…" in time rather than let Discord say the interaction failed.
+            done, _ = await asyncio.wait({quoting}, timeout=_ANSWER_WITHIN_SECONDS)
+            if not done:
+                await interaction.response.defer(ephemeral=True, thinking=True)
+        text, view, quote_id = await quoting
+        await _answer(interaction, text, view=view)
+        if quote_id is not None:
+            ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)
+            self._expiry_timers[quote_id] = asyncio.create_task(
+                self._expire_buttons(interaction, quote_id, ttl)
+            )
+
+    async def _quote(
+        self,
+        interaction: discord.Interaction,
+        options: ImagineOptions,
+        reference: discord.Attachment | None,
+    ) -> tuple[str, discord.ui.View | None, str | None]:
+        """The quote's text, buttons and id, or the refusal's sentence alone."""
         try:
             if reference is not None:
                 mime_type = check_reference_image(
@@ -149,11 +172,12 @@ class ImagineBot(discord.AutoShardedClient):
                 options = _with_reference(options, ReferenceImage(data, mime_type))
             request = validate_request(options, self.service.catalog)
             quote = await self.service.quote(
-                account, request, channel=f"discord:{interaction.channel_id}"
+                discord_account(interaction.user),
+                request,
+                channel=f"discord:{interaction.channel_id}",
             )
         except ImagineError as refusal:
-            await _answer(interaction, refusal.message)
-            return
+            return refusal.message, None, None
         summary = messages.quote_summary(
             request.model.display_name,
             request.count,
@@ -162,12 +186,7 @@ class ImagineBot(discord.AutoShardedClient):
             quote.price,
             quote.balance.available,
         )
-        view = quote_view(quote.id, request.count, quote.price)
-        await _answer(interaction, summary, view=view)
-        ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)
-        self._expiry_timers[quote.id] = asyncio.create_task(
-            self._expire_buttons(interaction, quote.id, ttl)
-        )
+        return summary, quote_view(quote.id, request.count, quote.price), quote.id
 
     async def _expire_buttons(
         self, interaction: discord.Interaction, generation_id: str, after_seconds: float
@@ -517,12 +536,9 @@ def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> Imagi
 async def _answer(
     interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
 ) -> None:
-    """Answer ephemerally whether or not the interaction was deferred."""
+    """Answer ephemerally; after a deferral, by filling in the "thinking…" message."""
     if interaction.response.is_done():
-        if view is None:
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.followup.send(text, view=view, ephemeral=True)
+        await interaction.edit_original_response(content=text, view=view)
     elif view is None:
         await interaction.response.send_message(text, ephemeral=True)
     else:

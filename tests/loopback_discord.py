@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,6 +140,10 @@ class Interaction:
     callbacks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     original_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
+    sent_at: float = 0.0
+    """``time.perf_counter()`` when the event went out, and when answers came in (for benchmarks)."""
+    answered_at: float | None = None
+    followed_up_at: float | None = None
 
     @property
     def callback_type(self) -> int | None:
@@ -208,9 +213,11 @@ class LoopbackDiscord:
         async with asyncio.timeout(_PATIENCE_SECONDS):
             await self._ready.wait()
 
-    async def wait_for(self, condition: Callable[[], object]) -> None:
+    async def wait_for(
+        self, condition: Callable[[], object], patience: float = _PATIENCE_SECONDS
+    ) -> None:
         """Wait until ``condition()`` holds; it is re-checked after every change the bot makes."""
-        async with asyncio.timeout(_PATIENCE_SECONDS), self._changed:
+        async with asyncio.timeout(patience), self._changed:
             await self._changed.wait_for(condition)
 
     # -- what a test does -----------------------------------------------------
@@ -329,6 +336,7 @@ class LoopbackDiscord:
         }
         if message is not None:
             payload["message"] = message.payload()
+        interaction.sent_at = time.perf_counter()
         await self._dispatch("INTERACTION_CREATE", payload)
         return interaction
 
@@ -475,6 +483,7 @@ class LoopbackDiscord:
 
     async def _callback(self, request: web.Request) -> web.Response:
         interaction = self.interactions[request.match_info["token"]]
+        interaction.answered_at = interaction.answered_at or time.perf_counter()
         body, files = await _read_body(request)
         kind = body["type"]
         data = body.get("data") or {}
@@ -517,6 +526,7 @@ class LoopbackDiscord:
         body, files = await _read_body(request)
         message = self._post(body, files, default_flags=body.get("flags", 0))
         interaction.followup_ids.append(message.id)
+        interaction.followed_up_at = time.perf_counter()
         return _json(message.payload())
 
     async def _download(self, request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("delivery", "delivery: worst fit/JPEG ratio"),
         ("inflight", "inflight: "),
         ("ledger", "ledger: worst ledger/raw ratio"),
+        ("latency", "latency: confirm p99"),
     ],
 )
 def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:

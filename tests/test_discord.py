@@ -29,6 +29,7 @@ from tests.loopback_discord import (
     ALICE,
     BOB,
     CHANNEL_MESSAGE,
+    DEFERRED_CHANNEL_MESSAGE,
     GUILD_ID,
     TOKEN,
     UPDATE_MESSAGE,
@@ -417,12 +418,9 @@ async def test_a_reference_image_reaches_the_provider(
         attachment=("red.png", "image/png", picture.getvalue()),
     )
     await discord_fake.wait_for(
-        lambda: (
-            (interaction.original_id is not None and discord_fake.original(interaction).buttons)
-            or bool(discord_fake.followups(interaction))
-        )
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).buttons
     )
-    [message] = discord_fake.followups(interaction) or [discord_fake.original(interaction)]
+    message = discord_fake.original(interaction)
 
     await discord_fake.click(message, message.button("Generate"))
     await discord_fake.wait_for(lambda: scripted.requests)
@@ -439,11 +437,16 @@ async def test_a_reference_that_is_not_an_image_is_refused(
         {"prompt": "this, but blue", "model": "scripted"},
         attachment=("notes.pdf", "application/pdf", b"%PDF-1.7"),
     )
-    await discord_fake.wait_for(lambda: discord_fake.followups(interaction))
+    refusal = messages.reference_not_an_image("notes.pdf")
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content == refusal
+        )
+    )
 
-    [answer] = discord_fake.followups(interaction)
-    assert answer.content == messages.reference_not_an_image("notes.pdf")
-    assert answer.ephemeral
+    assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
+    assert discord_fake.original(interaction).ephemeral
 
 
 # -- autocomplete ---------------------------------------------------------------
@@ -583,3 +586,29 @@ async def test_stopping_the_bot_mid_generation_releases_the_hold(
     assert (balance.available, balance.held) == (50, 0)
     [generation] = await service.ledger.history(ALICE_ACCOUNT)
     assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "interrupted")
+
+
+async def test_a_quote_slower_than_the_deadline_allows_is_deferred_then_shown(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quote_now = service.quote
+
+    async def slow_quote(*args: object, **kwargs: object) -> object:
+        # As when hundreds of commands queue for the database at once.
+        await asyncio.sleep(2)
+        return await quote_now(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "quote", slow_quote)
+
+    interaction = await discord_fake.slash("imagine", {"prompt": "a lighthouse"})
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None and bool(discord_fake.original(interaction).buttons)
+        )
+    )
+
+    assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
+    assert discord_fake.original(interaction).content.startswith("Local Sketch · 1 image")
