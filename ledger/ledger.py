@@ -54,7 +54,14 @@ def utc_now() -> datetime:
 
 def create_engine(database_url: str) -> AsyncEngine:
     """An async engine set up for the ledger: WAL, busy timeout and immediate writes on SQLite."""
-    engine = create_async_engine(database_url, pool_pre_ping=not database_url.startswith("sqlite"))
+    sqlite = database_url.startswith("sqlite")
+    engine = create_async_engine(
+        database_url,
+        pool_pre_ping=not sqlite,
+        # Every ledger transaction ends in an explicit commit or rollback, so the
+        # extra rollback on each checkin only costs SQLite a thread hop.
+        pool_reset_on_return=None if sqlite else "rollback",
+    )
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
