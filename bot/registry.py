@@ -191,11 +191,7 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
         if not isinstance(raw_entry, dict):
             problems.append(f"{where}: must be a table of keys, not {type(raw_entry).__name__}")
             continue
-        dotted = [
-            f"{raw_id}.{key}"
-            for key, value in raw_entry.items()
-            if isinstance(value, dict) and key not in _ModelEntry.model_fields
-        ]
+        dotted = _dotted_ids(raw_id, raw_entry)
         if dotted:
             # TOML reads [models.gemini-3.1-flash] as a table "1-flash" inside "gemini-3".
             problems.extend(
@@ -227,6 +223,20 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
     if problems:
         raise RegistryError(path, problems)
     return Registry(path=path, models=tuple(models))
+
+
+def _dotted_ids(raw_id: str, entry: Mapping[str, Any]) -> list[str]:
+    """Full ids of models TOML nested under ``raw_id`` because their ids hold dots."""
+    found = []
+    for key, value in entry.items():
+        if isinstance(value, dict) and key not in _ModelEntry.model_fields:
+            full_id = f"{raw_id}.{key}"
+            # Keep descending while the table holds no model keys: "flux-1.1.pro" nests twice.
+            deeper = (
+                [] if set(value) & set(_ModelEntry.model_fields) else _dotted_ids(full_id, value)
+            )
+            found.extend(deeper or [full_id])
+    return found
 
 
 def _option_problems(spec: ProviderSpec, options: Mapping[str, OptionValue]) -> list[str]:

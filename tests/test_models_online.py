@@ -78,6 +78,9 @@ def settings_for(models_file: Path, gemini: FakeGemini, key: str = fake_gemini.A
         gemini_api_key=key,
         gemini_base_url=gemini.base_url,
         gemini_max_attempts=1,
+        # Never a developer's real keys from the environment: these tests must stay offline.
+        google_api_key=None,
+        openai_api_key=None,
     )
 
 

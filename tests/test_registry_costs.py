@@ -158,3 +158,16 @@ def test_an_inactive_model_is_not_warned_about(tmp_path: Path) -> None:
 
 def test_a_model_without_a_cost_is_not_warned_about(tmp_path: Path) -> None:
     assert price_warnings(load(tmp_path), 0.0001) == []
+
+
+def test_an_unquoted_id_with_two_dots_is_named_in_full(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text("[models.flux-1.1.pro]" + BASE.format(provider="google"))
+
+    with pytest.raises(RegistryError) as refused:
+        load_registry(path, PROVIDERS)
+
+    assert refused.value.problems == [
+        f"{path}: model 'flux-1.1.pro': an id with a dot must be quoted, "
+        'as in [models."flux-1.1.pro"]'
+    ]
