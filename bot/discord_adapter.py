@@ -41,7 +41,7 @@ from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, check_reference_image, validate_request
 from bot.progress import ProgressEvent
 from bot.settings import Settings
-from bot.tasks import BackgroundTasks
+from bot.tasks import BackgroundTasks, answer_in_time
 from ledger import Generation, GenerationStatus
 from providers.base import GeneratedImage, ReferenceImage
 
@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 _ATTACHMENTS_PER_MESSAGE = 10
 _CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-# Discord wants an answer within 3 s of the command; this leaves room for the round trip.
-_ANSWER_WITHIN_SECONDS = 1.5
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
 
@@ -141,14 +139,15 @@ class ImagineBot(discord.AutoShardedClient):
         if reference is not None:
             # Downloading can take longer than Discord's three seconds.
             await interaction.response.defer(ephemeral=True, thinking=True)
-        quoting = asyncio.ensure_future(self._quote(interaction, options, reference))
-        if not interaction.response.is_done():
-            # Under a burst of commands the quotes queue for the database; answer
-            # "thinking…" in time rather than let Discord say the interaction failed.
-            done, _ = await asyncio.wait({quoting}, timeout=_ANSWER_WITHIN_SECONDS)
-            if not done:
+        quoting = self._quote(interaction, options, reference)
+        if interaction.response.is_done():
+            text, view, quote_id = await quoting
+        else:
+
+            async def thinking() -> None:
                 await interaction.response.defer(ephemeral=True, thinking=True)
-        text, view, quote_id = await quoting
+
+            text, view, quote_id = await answer_in_time(quoting, thinking)
         await _answer(interaction, text, view=view)
         if quote_id is not None:
             ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)

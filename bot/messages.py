@@ -455,6 +455,7 @@ SLACK_NO_SIGNING_SECRET = (
     "page, or set SLACK_APP_TOKEN to use Socket Mode instead."
 )
 SLACK_STARTING = "Starting…"
+SLACK_PREPARING = "Working on it…"
 SLACK_INVITE_ME = (
     "I am not in this channel, so I cannot post the images here; invite me with "
     "/invite @Imagine and try again"

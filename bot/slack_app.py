@@ -44,7 +44,7 @@ from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
 from bot.parsing import parse_imagine
 from bot.progress import Generating, ProgressEvent
 from bot.settings import Settings
-from bot.tasks import BackgroundTasks
+from bot.tasks import BackgroundTasks, answer_in_time
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -111,20 +111,36 @@ class SlackImagine:
 
     # -- /imagine -------------------------------------------------------------
 
-    async def _imagine(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+    async def _imagine(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
         text = command.get("text", "").strip()
         account = slack_account(command["team_id"], command["user_id"])
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
             return
+        acknowledged = False
+
+        async def working_on_it() -> None:
+            nonlocal acknowledged
+            acknowledged = True
+            await ack(response_type="ephemeral", text=messages.SLACK_PREPARING)
+
+        answer = await answer_in_time(self._quote(account, text, command), working_on_it)
+        if acknowledged:
+            await respond(response_type="ephemeral", replace_original=True, **answer)
+        else:
+            await ack(response_type="ephemeral", **answer)
+
+    async def _quote(self, account: str, text: str, command: dict[str, Any]) -> dict[str, Any]:
+        """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
         try:
             request = parse_imagine(text, self.service.catalog)
             quote = await self.service.quote(
                 account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
             )
         except ImagineError as refusal:
-            await ack(response_type="ephemeral", text=refusal.message)
-            return
+            return {"text": refusal.message}
         summary = messages.quote_summary(
             request.model.display_name,
             request.count,
@@ -133,11 +149,10 @@ class SlackImagine:
             quote.price,
             quote.balance.available,
         )
-        await ack(
-            response_type="ephemeral",
-            text=summary,
-            blocks=quote_blocks(summary, quote.id, request.count, quote.price),
-        )
+        return {
+            "text": summary,
+            "blocks": quote_blocks(summary, quote.id, request.count, quote.price),
+        }
 
     def _help(self, account: str) -> str:
         catalog = self.service.catalog

@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ANSWER_WITHIN_SECONDS = 1.5
+"""Discord and Slack want an answer within 3 s of a command; this leaves room for the round trip."""
+
+
+async def answer_in_time(work: Awaitable[T], acknowledge: Callable[[], Awaitable[None]]) -> T:
+    """The result of ``work``, calling ``acknowledge`` first if it is not ready in time.
+
+    Under a burst of commands quotes queue for the database; a platform told
+    "working on it" in time does not report the command as failed.
+    """
+    running = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({running}, timeout=ANSWER_WITHIN_SECONDS)
+    if not done:
+        await acknowledge()
+    return await running
 
 
 class BackgroundTasks:

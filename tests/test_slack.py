@@ -459,3 +459,28 @@ async def test_socket_mode_answers_a_slash_command_over_the_connection(
     assert reply is not None
     assert reply["payload"]["text"].startswith("Local Sketch · 2 images · 1K · 1:1")
     assert GENERATE_ACTION in buttons(reply["payload"])
+
+
+async def test_a_quote_slower_than_slacks_deadline_is_acknowledged_then_sent(
+    driver: SlackDriver,
+    slack: LoopbackSlack,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quote_now = service.quote
+
+    async def slow_quote(*args: object, **kwargs: object) -> object:
+        # As when hundreds of commands queue for the database at once.
+        await asyncio.sleep(2)
+        return await quote_now(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "quote", slow_quote)
+
+    status, acknowledgement, response_url = await driver.command("/imagine", "a lighthouse")
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    assert status == 200
+    assert acknowledgement["text"] == messages.SLACK_PREPARING
+    [quote] = slack.responded(response_url)
+    assert quote["text"].startswith("Local Sketch · 1 image")
+    assert GENERATE_ACTION in buttons(quote)
