@@ -114,7 +114,7 @@ class SlackImagine:
     async def _imagine(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
     ) -> None:
-        text = command.get("text", "").strip()
+        text = _unescape(command.get("text", "")).strip()
         account = slack_account(command["team_id"], command["user_id"])
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
@@ -262,7 +262,8 @@ class _UploadToChannel:
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         caption = messages.delivered_caption(
             f"<@{self.user}>",
-            generation.prompt,
+            # Escaped, so a prompt holding "<!channel>" cannot ping a whole channel.
+            _escape(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(images),
         )
@@ -327,6 +328,15 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
             ],
         },
     ]
+
+
+def _unescape(text: str) -> str:
+    """Slack sends &, < and > in command text as entities; the prompt is what the user typed."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _clicker(body: Mapping[str, Any]) -> str:

@@ -484,3 +484,17 @@ async def test_a_quote_slower_than_slacks_deadline_is_acknowledged_then_sent(
     [quote] = slack.responded(response_url)
     assert quote["text"].startswith("Local Sketch · 1 image")
     assert GENERATE_ACTION in buttons(quote)
+
+
+async def test_slack_entities_are_unescaped_for_the_model_and_escaped_in_the_caption(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    generation = await quote_id(driver, "model:scripted fish &amp; chips &lt;!channel&gt;")
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    assert scripted.requests[0].prompt == "fish & chips <!channel>"
+    [upload] = slack.uploads
+    assert "fish &amp; chips &lt;!channel&gt;" in upload.initial_comment
+    assert "<!channel>" not in upload.initial_comment
