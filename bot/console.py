@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import messages
-from bot.credits import parse_amount
 from bot.errors import ImagineError, RequestError
 from bot.flow import DeliveryFailed, ImagineService
 from bot.parsing import parse_imagine
@@ -122,10 +121,7 @@ class ConsoleChat:
         self.write(messages.balance_line(outcome.balance.available, outcome.balance.held))
 
     async def show_credits(self, _arguments: str) -> None:
-        balance = await self.service.credits.balance(self.account)
-        self.write(messages.balance_line(balance.available, balance.held))
-        recent = await self.service.credits.history(self.account)
-        self.write("\n".join(map(messages.history_line, recent)) if recent else messages.NO_HISTORY)
+        self.write(await self.service.credits.statement(self.account))
 
     async def show_models(self, _arguments: str) -> None:
         catalog = self.service.catalog
@@ -142,14 +138,14 @@ class ConsoleChat:
         )
 
     async def grant(self, arguments: str) -> None:
-        target, amount, reason = _admin_arguments("grant", arguments)
-        balance = await self.service.credits.grant(self.account, target, amount, reason)
-        self.write(messages.granted(balance.account, parse_amount(amount), balance.available))
+        await self._adjust("grant", arguments)
 
     async def revoke(self, arguments: str) -> None:
-        target, amount, reason = _admin_arguments("revoke", arguments)
-        balance = await self.service.credits.revoke(self.account, target, amount, reason)
-        self.write(messages.revoked(balance.account, parse_amount(amount), balance.available))
+        await self._adjust("revoke", arguments)
+
+    async def _adjust(self, action: str, arguments: str) -> None:
+        target, amount, reason = _admin_arguments(action, arguments)
+        self.write(await self.service.credits.adjust(action, self.account, target, amount, reason))
 
 
 class _SaveToFolder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import ledger
+from bot import messages
 from bot.accounts import parse_account
 from bot.errors import InvalidAmount, NotAdmin, RevokeExceedsBalance, UnknownAccount
 from ledger import Balance, Generation, Ledger
@@ -43,6 +44,32 @@ class Credits:
 
     async def history(self, account: str, limit: int = 5) -> list[Generation]:
         return await self.ledger.history(account, limit=limit)
+
+    async def statement(self, account: str) -> str:
+        """The balance and recent generations, as the one message every platform shows."""
+        balance = await self.balance(account)
+        recent = await self.history(account)
+        return messages.credits_statement(balance.available, balance.held, recent)
+
+    async def adjust(
+        self,
+        action: str,
+        actor: str,
+        target: str,
+        amount: int | str,
+        reason: str = "",
+        *,
+        shown_as: str | None = None,
+    ) -> str:
+        """``grant`` or ``revoke``, and the sentence reporting the target's new balance.
+
+        ``shown_as`` names the target the way the platform does (a mention);
+        by default, its account id.
+        """
+        change = self.grant if action == "grant" else self.revoke
+        balance = await change(actor, target, amount, reason)
+        report = messages.granted if action == "grant" else messages.revoked
+        return report(shown_as or balance.account, parse_amount(amount), balance.available)
 
     async def existing_balance(self, account: str) -> Balance:
         """The balance of an account that must already exist (admin look-ups)."""

@@ -254,7 +254,6 @@ class ImagineBot(discord.AutoShardedClient):
         reason: str | None,
     ) -> None:
         account = discord_account(interaction.user)
-        credits = self.service.credits
         try:
             if action in ("grant", "revoke"):
                 if user is None or amount is None:
@@ -263,16 +262,16 @@ class ImagineBot(discord.AutoShardedClient):
                         if action == "grant"
                         else messages.DISCORD_REVOKE_USAGE
                     )
-                change = credits.grant if action == "grant" else credits.revoke
-                balance = await change(account, discord_account(user), amount, reason or "")
-                report = messages.granted if action == "grant" else messages.revoked
-                text = report(messages.discord_account_name(user.id), amount, balance.available)
+                text = await self.service.credits.adjust(
+                    action,
+                    account,
+                    discord_account(user),
+                    amount,
+                    reason or "",
+                    shown_as=messages.discord_account_name(user.id),
+                )
             else:
-                await credits.open_account(account)
-                balance = await credits.balance(account)
-                recent = await credits.history(account)
-                history = "\n".join(map(messages.history_line, recent)) or messages.NO_HISTORY
-                text = f"{messages.balance_line(balance.available, balance.held)}\n{history}"
+                text = await self.service.credits.statement(account)
         except ImagineError as refusal:
             text = refusal.message
         await interaction.response.send_message(text, ephemeral=True)

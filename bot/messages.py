@@ -267,6 +267,11 @@ def history_line(generation: Generation) -> str:
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
+def credits_statement(available: int, held: int, recent: Sequence[Generation]) -> str:
+    history = "\n".join(map(history_line, recent)) or NO_HISTORY
+    return f"{balance_line(available, held)}\n{history}"
+
+
 def granted(account: str, amount: int, available: int) -> str:
     return f"Granted {credits(amount)} to {account}; their balance is now {credits(available)}."
 

@@ -216,27 +216,22 @@ class SlackImagine:
         team = command["team_id"]
         account = slack_account(team, command["user_id"])
         words = command.get("text", "").split()
-        credits = self.service.credits
         try:
             if words and words[0].lower() in ("grant", "revoke"):
                 action = words[0].lower()
-                if len(words) < 3:
-                    raise RequestError(messages.slack_admin_usage(action))
-                mention = _MENTION.match(words[1])
+                mention = _MENTION.match(words[1]) if len(words) >= 3 else None
                 if mention is None:
                     raise RequestError(messages.slack_admin_usage(action))
-                target = slack_account(team, mention.group(1))
-                reason = " ".join(words[3:])
-                change = credits.grant if action == "grant" else credits.revoke
-                balance = await change(account, target, words[2], reason)
-                report = messages.granted if action == "grant" else messages.revoked
-                text = report(f"<@{mention.group(1)}>", int(words[2]), balance.available)
+                text = await self.service.credits.adjust(
+                    action,
+                    account,
+                    slack_account(team, mention.group(1)),
+                    words[2],
+                    " ".join(words[3:]),
+                    shown_as=f"<@{mention.group(1)}>",
+                )
             else:
-                await credits.open_account(account)
-                balance = await credits.balance(account)
-                recent = await credits.history(account)
-                history = "\n".join(map(messages.history_line, recent)) or messages.NO_HISTORY
-                text = f"{messages.balance_line(balance.available, balance.held)}\n{history}"
+                text = await self.service.credits.statement(account)
         except ImagineError as refusal:
             text = refusal.message
         await ack(response_type="ephemeral", text=text)
