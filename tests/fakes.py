@@ -6,6 +6,7 @@ import asyncio
 import io
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -104,3 +105,14 @@ class ChaosProvider(ImageProvider):
             return GeneratedImage(tiny_png(index), "image/png", 8, 8)
 
         return await generate_each(request, make_image, on_image_done)
+
+
+def slow_down_quotes(service: Any, monkeypatch: Any, seconds: float = 2) -> None:
+    """Make every quote take ``seconds``, as when hundreds of commands queue for the database."""
+    quote_now = service.quote
+
+    async def slow_quote(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(seconds)
+        return await quote_now(*args, **kwargs)
+
+    monkeypatch.setattr(service, "quote", slow_quote)

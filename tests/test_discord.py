@@ -24,7 +24,7 @@ from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider
+from tests.fakes import Script, ScriptedProvider, slow_down_quotes
 from tests.loopback_discord import (
     ALICE,
     BOB,
@@ -594,14 +594,7 @@ async def test_a_quote_slower_than_the_deadline_allows_is_deferred_then_shown(
     service: ImagineService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    quote_now = service.quote
-
-    async def slow_quote(*args: object, **kwargs: object) -> object:
-        # As when hundreds of commands queue for the database at once.
-        await asyncio.sleep(2)
-        return await quote_now(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(service, "quote", slow_quote)
+    slow_down_quotes(service, monkeypatch)
 
     interaction = await discord_fake.slash("imagine", {"prompt": "a lighthouse"})
     await discord_fake.wait_for(
