@@ -38,11 +38,12 @@ async def open_ledger(settings: Settings, clock: Clock = utc_now) -> AsyncIterat
     """The ledger on ``DATABASE_URL``, with every pending migration applied first."""
     _create_sqlite_folder(settings.database_url)
     engine = create_engine(settings.database_url)
+    ledger = Ledger(engine, clock)
     try:
         await migrate.upgrade(engine)
-        yield Ledger(engine, clock)
+        yield ledger
     finally:
-        await engine.dispose()
+        await ledger.close()
 
 
 @contextlib.asynccontextmanager

@@ -78,7 +78,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 async def ledger(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
     engine = create_engine(database_url)
     await migrate.upgrade(engine)
+    opened = Ledger(engine, clock)
     try:
-        yield Ledger(engine, clock)
+        yield opened
     finally:
-        await engine.dispose()
+        await opened.close()

@@ -19,11 +19,11 @@ OWNER = "console:local"
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
     """The same SQLite file the bot processes use, read from the test."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}")
+    opened = Ledger(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"))
     try:
-        yield Ledger(engine)
+        yield opened
     finally:
-        await engine.dispose()
+        await opened.close()
 
 
 async def start_console(tmp_path: Path) -> asyncio.subprocess.Process:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import asyncpg
 import pytest
 from sqlalchemy import update
+from sqlalchemy.engine import make_url
 
 from ledger import (
     AccountNotFound,
@@ -24,7 +26,7 @@ from ledger import (
     migrate,
 )
 from ledger.schema import accounts
-from tests.conftest import FakeClock
+from tests.conftest import POSTGRES_ADMIN_DSN, FakeClock, postgres_database
 
 ALICE = "discord:1001"
 BOB = "discord:1002"
@@ -432,9 +434,9 @@ async def test_many_engines_racing_like_separate_processes_hold_only_what_is_cov
     database_url: str, clock: FakeClock
 ) -> None:
     engines = [create_engine(database_url) for _ in range(4)]
+    ledgers = [Ledger(engine, clock) for engine in engines]
     try:
         await migrate.upgrade(engines[0])
-        ledgers = [Ledger(engine, clock) for engine in engines]
         k = 5
         await funded(ledgers[0], credits=10 * k)
         for number in range(20 * k):
@@ -451,8 +453,8 @@ async def test_many_engines_racing_like_separate_processes_hold_only_what_is_cov
         assert (balance.available, balance.held) == (0, 10 * k)
         assert await ledgers[2].verify() == []
     finally:
-        for engine in engines:
-            await engine.dispose()
+        for each in ledgers:
+            await each.close()
 
 
 async def test_concurrent_grants_and_holds_on_one_account_keep_the_sum_exact(
@@ -473,3 +475,30 @@ async def test_concurrent_grants_and_holds_on_one_account_keep_the_sum_exact(
     assert balance.available >= 0
     assert (balance.available + balance.held, balance.held) == (10 + 30 * 5, held * 5)
     assert await ledger.verify() == []
+
+
+@pytest.mark.postgres
+async def test_connections_the_server_closed_are_replaced_without_an_error(
+    clock: FakeClock,
+) -> None:
+    async with postgres_database() as url:
+        engine = create_engine(url)
+        await migrate.upgrade(engine)
+        ledger = Ledger(engine, clock)
+        try:
+            await funded(ledger)
+            admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+            try:
+                # With a timeout, each call returns once its backend has exited.
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                    " WHERE datname = $1",
+                    make_url(url).database,
+                )
+            finally:
+                await admin.close()
+
+            await ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key="after")
+            assert (await ledger.balance(ALICE)).available == 105
+        finally:
+            await ledger.close()

@@ -63,7 +63,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(work)
 
     def teardown(self) -> None:
-        self.run(self.engine.dispose())
+        self.run(self.ledger.close())
         self.loop.close()
         self.folder.cleanup()
 

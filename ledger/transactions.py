@@ -1,0 +1,167 @@
+"""Where the ledger's transactions run: each one whole, in one go, off the event loop.
+
+A ledger operation is a plain function of a SQLAlchemy ``Connection`` (a few
+Core statements); this module runs it inside one transaction and hands the
+result back to asyncio.
+
+On a SQLite file the function runs on a thread, with the standard library's
+``sqlite3``: one hand-off per operation. Through ``aiosqlite`` every cursor,
+execute, fetch and close is a hand-off of its own (about twenty for a hold),
+which made the ledger four times slower than the driver underneath it (see
+``bench/README.md``). Writes share one thread, so they queue in order without
+a lock, and begin with ``BEGIN IMMEDIATE`` (SQLite skips its busy handler when
+a reader upgrades to a writer); reads use a few threads of their own, which
+WAL lets run beside the writer.
+
+Elsewhere (PostgreSQL through asyncpg, or an in-memory SQLite database that
+only the async engine's own connection can see) the function runs through
+``AsyncConnection.run_sync``.
+
+A thread cannot be interrupted: a caller cancelled while its write runs on
+the thread gets ``CancelledError``, but the write still commits. The ledger is
+built for that (every hold is found by the heartbeat sweep if nobody settles
+it; grants are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolProxiedConnection
+
+T = TypeVar("T")
+Work = Callable[[Connection], T]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Connections each process keeps open on PostgreSQL, and how many more a burst may
+# open for a moment; four processes stay inside PostgreSQL's default limit of 100.
+POSTGRES_POOL_SIZE = 10
+POSTGRES_POOL_OVERFLOW = 10
+SQLITE_READER_THREADS = 4
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine set up for the ledger: WAL, busy timeout and immediate writes on SQLite."""
+    if database_url.startswith("sqlite"):
+        # Every ledger transaction ends in an explicit commit or rollback, so the
+        # extra rollback on each checkin would only cost aiosqlite a thread hop.
+        engine = create_async_engine(database_url, pool_reset_on_return=None)
+        configure_sqlite(engine.sync_engine)
+    else:
+        engine = create_async_engine(
+            database_url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_POOL_OVERFLOW
+        )
+        skip_closed_connections(engine.sync_engine)
+    return engine
+
+
+def skip_closed_connections(engine: Engine) -> None:
+    """Replace a pooled connection the server has closed (a restart, an idle timeout) on checkout.
+
+    ``pool_pre_ping`` would do this by asking the server, which through
+    asyncpg costs three round trips (begin, ping, rollback) before every
+    transaction, a third of a hold's time. The driver already knows when the
+    server hung up, so ask it instead.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, _record: Any, proxy: PoolProxiedConnection) -> None:
+        if proxy.driver_connection is not None and proxy.driver_connection.is_closed():
+            # The pool discards this connection and checks out another.
+            raise DisconnectionError("the server closed this connection")
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for writes."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so "begin" below decides the BEGIN kind.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("ledger_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _in_transaction(connection: Connection, work: Work[T]) -> T:
+    with connection.begin():
+        return work(connection)
+
+
+class Transactions:
+    """Runs ledger operations through the async engine's own connections."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Only reached for an in-memory SQLite database: one connection, so one writer at a time.
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    async def write(self, work: Work[T]) -> T:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.engine.connect() as connection:
+            await connection.execution_options(ledger_write=True)
+            return await connection.run_sync(_in_transaction, work)
+
+    async def read(self, work: Work[T]) -> T:
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(_in_transaction, work)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class ThreadedSQLite(Transactions):
+    """Runs ledger operations on a SQLite file with ``sqlite3`` on threads: one hand-off each."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._file_engine = sqlalchemy.create_engine(engine.url.set(drivername="sqlite"))
+        configure_sqlite(self._file_engine)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
+        self._readers = ThreadPoolExecutor(SQLITE_READER_THREADS, thread_name_prefix="ledger-read")
+
+    async def write(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._run, work, True)
+
+    async def read(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run, work, False)
+
+    def _run(self, work: Work[T], write: bool) -> T:
+        with self._file_engine.connect() as connection:
+            if write:
+                connection = connection.execution_options(ledger_write=True)
+            return _in_transaction(connection, work)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pool in (self._writer, self._readers):
+            await loop.run_in_executor(None, pool.shutdown)
+        self._file_engine.dispose()
+        await super().close()
+
+
+def transactions_for(engine: AsyncEngine) -> Transactions:
+    """Threads and ``sqlite3`` for a SQLite file; the async driver for anything else."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        return ThreadedSQLite(engine)
+    return Transactions(engine)
