@@ -151,29 +151,30 @@ class ImagineService:
         """Price a validated request against the balance; refuses before any button if it cannot be paid."""
         if not self.accepting:
             raise ShuttingDown()
-        balance = await self.credits.open_account(account)
-        if request.price > balance.available:
-            raise InsufficientCredits(request.price, balance.available)
-        generation = await self.ledger.create_quote(
-            NewGeneration(
-                id=new_request_id(),
-                account_id=account,
-                model_id=request.model.id,
-                provider=request.model.provider,
-                provider_model=request.model.provider_model,
-                prompt=request.prompt,
-                options={
-                    "resolution": request.resolution,
-                    "aspect_ratio": request.aspect_ratio,
-                    "reference_images": len(request.reference_images),
-                    "model_name": request.model.display_name,
-                },
-                images_requested=request.count,
-                credits_per_image=request.credits_per_image,
-                expires_at=self._clock() + self.quote_ttl,
-                channel=channel,
+        try:
+            balance, generation = await self.ledger.open_quote(
+                NewGeneration(
+                    id=new_request_id(),
+                    account_id=account,
+                    model_id=request.model.id,
+                    provider=request.model.provider,
+                    provider_model=request.model.provider_model,
+                    prompt=request.prompt,
+                    options={
+                        "resolution": request.resolution,
+                        "aspect_ratio": request.aspect_ratio,
+                        "reference_images": len(request.reference_images),
+                        "model_name": request.model.display_name,
+                    },
+                    images_requested=request.count,
+                    credits_per_image=request.credits_per_image,
+                    expires_at=self._clock() + self.quote_ttl,
+                    channel=channel,
+                ),
+                starting_credits=self.credits.starting_credits,
             )
-        )
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
         now = self._clock()
         for expired in [key for key, (until, _) in self._reference_images.items() if until <= now]:
             del self._reference_images[expired]

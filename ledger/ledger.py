@@ -156,32 +156,52 @@ class Ledger:
 
     async def create_quote(self, new: NewGeneration) -> Generation:
         """Record a quote; no credits move until ``hold``."""
+        return await self._transactions.write(partial(self._insert_quote, new=new))
 
-        def work(connection: Connection) -> Generation:
-            created = connection.execute(
-                statements.NEW_GENERATION,
-                {
-                    "id": new.id,
-                    "account_id": new.account_id,
-                    "model_id": new.model_id,
-                    "provider": new.provider,
-                    "provider_model": new.provider_model,
-                    "prompt": new.prompt,
-                    "options": new.options,
-                    "channel": new.channel,
-                    "images_requested": new.images_requested,
-                    "images_delivered": 0,
-                    "credits_per_image": new.credits_per_image,
-                    "credits_held": 0,
-                    "credits_charged": 0,
-                    "status": GenerationStatus.QUOTED,
-                    "created_at": self._clock(),
-                    "expires_at": new.expires_at,
-                },
-            )
-            return _generation_from(created.one())
+    async def open_quote(
+        self, new: NewGeneration, *, starting_credits: int = 0
+    ) -> tuple[Balance, Generation]:
+        """Open the quoting account if it is new (as ``ensure_account``) and record the quote.
 
-        return await self._transactions.write(work)
+        One transaction, where a user's first command would otherwise take
+        three. Refused with ``InsufficientFunds``, recording no quote, when the
+        available balance does not cover the price; the account stays opened.
+        """
+
+        def work(connection: Connection) -> tuple[Balance, Generation | None]:
+            balance = self._open_account(connection, new.account_id, starting_credits)
+            if balance.available < new.price:
+                return balance, None
+            return balance, self._insert_quote(connection, new)
+
+        balance, generation = await self._transactions.write(work)
+        if generation is None:
+            raise InsufficientFunds(new.account_id, new.price, balance.available)
+        return balance, generation
+
+    def _insert_quote(self, connection: Connection, new: NewGeneration) -> Generation:
+        created = connection.execute(
+            statements.NEW_GENERATION,
+            {
+                "id": new.id,
+                "account_id": new.account_id,
+                "model_id": new.model_id,
+                "provider": new.provider,
+                "provider_model": new.provider_model,
+                "prompt": new.prompt,
+                "options": new.options,
+                "channel": new.channel,
+                "images_requested": new.images_requested,
+                "images_delivered": 0,
+                "credits_per_image": new.credits_per_image,
+                "credits_held": 0,
+                "credits_charged": 0,
+                "status": GenerationStatus.QUOTED,
+                "created_at": self._clock(),
+                "expires_at": new.expires_at,
+            },
+        )
+        return _generation_from(created.one())
 
     async def generation(self, generation_id: str) -> Generation:
         return await self._transactions.read(partial(self._generation, generation_id=generation_id))

@@ -68,6 +68,43 @@ async def test_new_account_receives_starting_credits_once(ledger: Ledger) -> Non
     assert (balance.available, balance.held) == (25, 0)
 
 
+def new_quote(clock: FakeClock, generation_id: str, *, images: int = 2) -> NewGeneration:
+    return NewGeneration(
+        id=generation_id,
+        account_id=ALICE,
+        model_id="local-sketch",
+        provider="local",
+        provider_model="procedural-v1",
+        prompt="a lighthouse at dusk",
+        options={},
+        images_requested=images,
+        credits_per_image=10,
+        expires_at=clock.now + timedelta(minutes=10),
+    )
+
+
+async def test_a_first_quote_opens_the_account_with_its_starting_credits_once(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    balance, first = await ledger.open_quote(new_quote(clock, "g1"), starting_credits=50)
+    again, second = await ledger.open_quote(new_quote(clock, "g2"), starting_credits=50)
+
+    assert (balance.available, again.available) == (50, 50)
+    assert (first.status, second.status) == (GenerationStatus.QUOTED, GenerationStatus.QUOTED)
+    assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+
+
+async def test_a_quote_the_balance_does_not_cover_is_refused_and_not_recorded(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    with pytest.raises(InsufficientFunds) as refusal:
+        await ledger.open_quote(new_quote(clock, "g1", images=3), starting_credits=25)
+
+    assert (refusal.value.need, refusal.value.available) == (30, 25)
+    assert (await ledger.balance(ALICE)).available == 25
+    assert await ledger.history(ALICE, include_unconfirmed=True) == []
+
+
 async def test_grant_creates_the_account_and_records_an_entry(ledger: Ledger) -> None:
     balance = await ledger.grant(ALICE, 40, actor="admin", reason="prize", idempotency_key="k1")
     assert balance.available == 40
