@@ -51,6 +51,9 @@ from providers.base import GeneratedImage
 logger = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+LISTEN_BACKLOG = 1024
+"""Pending connections the events listener queues: with aiohttp's default of 128 a
+burst of commands loses connects, and Slack's retry comes after its 3 s have passed."""
 GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -384,7 +387,10 @@ async def serve_slack(service: ImagineService, settings: Settings) -> None:
             await runner.setup()
             try:
                 await web.TCPSite(
-                    runner, settings.slack_http_host, settings.slack_http_port
+                    runner,
+                    settings.slack_http_host,
+                    settings.slack_http_port,
+                    backlog=LISTEN_BACKLOG,
                 ).start()
                 logger.info(
                     "Slack events at http://%s:%d%s",

@@ -30,6 +30,7 @@ EPHEMERAL = 64
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 # How long a test waits for the bot before failing; generous for shared, noisy machines.
 _PATIENCE_SECONDS = 10
+LISTEN_BACKLOG = 4096
 
 # Interaction callback types (Discord's numbers).
 CHANNEL_MESSAGE = 4
@@ -196,7 +197,9 @@ class LoopbackDiscord:
             app.router.add_route(method, "/api/v10" + path, self._authorised(handler))
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        # Discord takes thousands of connections at once; with the default backlog
+        # of 128 a burst's further connects are dropped and retried only after 1 s.
+        await web.TCPSite(self._runner, "127.0.0.1", 0, backlog=LISTEN_BACKLOG).start()
         port = self._runner.addresses[0][1]
         self.api_base = f"http://127.0.0.1:{port}/api/v10"
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway"

@@ -31,6 +31,8 @@ TEAM = "T0TEAM"
 CHANNEL = "C0GENERAL"
 PRIVATE_CHANNEL = "G0SECRET"
 _PATIENCE_SECONDS = 10
+LISTEN_BACKLOG = 4096
+"""Slack takes thousands of connections at once (the default backlog is 128)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class LoopbackSlack:
         app.router.add_get("/socket", self._socket_mode)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, backlog=LISTEN_BACKLOG).start()
         self._root = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         self.base_url = f"{self._root}/api/"
         return self
