@@ -79,6 +79,8 @@ class Message:
     components: list[dict[str, Any]]
     files: list[UploadedFile]
     versions: list[str] = field(default_factory=list)
+    updated_at: float = field(default_factory=time.perf_counter)
+    """When it was posted or last edited (``time.perf_counter``)."""
 
     @property
     def ephemeral(self) -> bool:
@@ -563,6 +565,7 @@ class LoopbackDiscord:
             message.components = list(body["components"] or [])
         if files:
             message.files = files
+        message.updated_at = time.perf_counter()
 
 
 async def _read_body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:

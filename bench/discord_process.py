@@ -1,0 +1,108 @@
+"""The loopback Discord in a process of its own, driven by a small HTTP control API.
+
+``bench.latency`` runs the bot under test in its own process and this fake in
+another, so the fake's work (building events, parsing the bot's requests) runs
+on the other core instead of being counted against the bot, as Discord's
+servers are not on the bot's machine either. Every time is taken here, on one
+clock: from INTERACTION_CREATE sent to the quote with its buttons received.
+
+    python -m bench.discord_process
+
+prints one JSON line, ``{"api_base": ..., "control": ...}``, and serves until
+its standard input closes. ``POST {control}/burst`` with
+``{"users": N, "first_user": ID, "click": bool}`` runs /imagine from N users
+at once and answers ``{"answered": [...], "delivered": [...]}`` in seconds:
+until each quote arrived, and from each click until its images arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from tests.loopback_discord import Interaction, LoopbackDiscord, User
+
+T = TypeVar("T")
+
+# Drawing 500 pictures takes the local provider a while on two cores.
+DELIVERY_PATIENCE_SECONDS = 600
+
+
+def every(items: list[T], done: Callable[[T], bool]) -> Callable[[], bool]:
+    """A wait condition for ``done`` of every item that does not rescan finished ones.
+
+    The fake re-checks its condition after every change; a plain ``all(...)``
+    would make a burst of N commands cost N² checks.
+    """
+    waiting = list(items)
+
+    def check() -> bool:
+        while waiting and done(waiting[-1]):
+            waiting.pop()
+        return not waiting
+
+    return check
+
+
+def quoted(fake: LoopbackDiscord, command: Interaction) -> bool:
+    """The command's answer carries its buttons (a 'thinking…' answer does not, yet)."""
+    return command.original_id is not None and bool(fake.original(command).buttons)
+
+
+async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool) -> dict[str, Any]:
+    people = [User(first_user + number, f"user{number}") for number in range(users)]
+    commands = await asyncio.gather(
+        *(fake.slash("imagine", {"prompt": "a lighthouse"}, user=person) for person in people)
+    )
+    await fake.wait_for(every(commands, lambda command: quoted(fake, command)))
+    # The quote's arrival: the first answer, or the edit after a "thinking…" one.
+    answered = [fake.original(command).updated_at - command.sent_at for command in commands]
+    delivered: list[float] = []
+    if click:
+        clicks = await asyncio.gather(
+            *(
+                fake.click(
+                    fake.original(command), fake.original(command).button("Generate"), user=person
+                )
+                for command, person in zip(commands, people, strict=True)
+            )
+        )
+        await fake.wait_for(
+            every(clicks, lambda press: press.followed_up_at is not None),
+            patience=DELIVERY_PATIENCE_SECONDS,
+        )
+        delivered = [press.followed_up_at - press.sent_at for press in clicks]  # type: ignore[operator]
+    return {"answered": answered, "delivered": delivered}
+
+
+async def serve() -> None:
+    async with LoopbackDiscord() as fake:
+
+        async def run_burst(request: web.Request) -> web.Response:
+            asked = await request.json()
+            measured = await burst(fake, asked["users"], asked["first_user"], asked["click"])
+            return web.json_response(measured)
+
+        control = web.Application()
+        control.router.add_post("/burst", run_burst)
+        runner = web.AppRunner(control, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        print(
+            json.dumps({"api_base": fake.api_base, "control": f"http://127.0.0.1:{port}"}),
+            flush=True,
+        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        finally:
+            await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())
