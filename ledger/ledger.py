@@ -86,17 +86,25 @@ class Ledger:
         )
 
     def _open_account(self, connection: Connection, account: str, starting_credits: int) -> Balance:
-        created = self._insert_account(connection, account)
-        if created and starting_credits > 0:
-            self._apply_grant(
+        existing = self._find_balance(connection, account)
+        if existing is not None:
+            return existing
+        if not self._insert_account(connection, account, available=starting_credits):
+            # Another process opened it after the read above.
+            return self._balance(connection, account)
+        if starting_credits > 0:
+            self._insert_entry(
                 connection,
                 account,
+                EntryKind.GRANT,
                 starting_credits,
+                starting_credits,
+                0,
                 actor="system",
                 reason="starting credits",
                 idempotency_key=f"starting-credits:{account}",
             )
-        return self._balance(connection, account)
+        return Balance(account=account, available=starting_credits, held=0)
 
     async def account_exists(self, account: str) -> bool:
         return (
@@ -368,15 +376,10 @@ class Ledger:
         """Say these running generations are still being worked on by a live process."""
         if not generation_ids:
             return
-        statement = (
-            update(generations)
-            .where(
-                generations.c.id.in_(list(generation_ids)),
-                generations.c.status == GenerationStatus.RUNNING,
-            )
-            .values(heartbeat_at=self._clock())
+        values = {"generation_ids": list(generation_ids), "now": self._clock()}
+        await self._transactions.write(
+            lambda connection: connection.execute(statements.HEARTBEAT, values)
         )
-        await self._transactions.write(lambda connection: connection.execute(statement))
 
     async def mark_posted(self, generation_id: str, images: int) -> None:
         """Record that the platform took ``images`` images, before they are captured.
@@ -384,15 +387,10 @@ class Ledger:
         If the process dies between the post and the capture, recovery charges
         for what the user received instead of giving it away.
         """
-        statement = (
-            update(generations)
-            .where(
-                generations.c.id == generation_id,
-                generations.c.status == GenerationStatus.RUNNING,
-            )
-            .values(images_posted=images)
+        values = {"generation_id": generation_id, "images": images}
+        await self._transactions.write(
+            lambda connection: connection.execute(statements.MARK_POSTED, values)
         )
-        await self._transactions.write(lambda connection: connection.execute(statement))
 
     async def release_stale_holds(
         self,
@@ -558,22 +556,24 @@ class Ledger:
         kind: EntryKind,
         amount: int,
     ) -> bool:
-        row = connection.execute(
-            select(ledger_entries).where(ledger_entries.c.idempotency_key == key)
-        ).first()
+        row = connection.execute(statements.ENTRY_BY_KEY, {"key": key}).first()
         if row is None:
             return False
         if (row.account_id, row.kind, row.amount) != (account, kind, amount):
             raise IdempotencyConflict(key)
         return True
 
-    def _insert_account(self, connection: Connection, account: str) -> bool:
+    def _insert_account(self, connection: Connection, account: str, *, available: int = 0) -> bool:
+        """Open ``account`` with ``available`` credits (its entry is the caller's); False if it exists."""
         now = self._clock()
-        values = {"id": account, "available": 0, "held": 0, "created_at": now, "updated_at": now}
-        dialect_insert = sqlite_insert if self._is_sqlite else postgresql_insert
-        result = connection.execute(
-            dialect_insert(accounts).values(**values).on_conflict_do_nothing(index_elements=["id"])
-        )
+        values = {
+            "id": account,
+            "available": available,
+            "held": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = connection.execute(statements.OPEN_ACCOUNT[connection.dialect.name], values)
         return result.rowcount == 1
 
     def _apply_grant(

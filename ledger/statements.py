@@ -9,6 +9,7 @@ once here, each call only binds values.
 from __future__ import annotations
 
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.schema import accounts, generations, ledger_entries
 from ledger.values import GenerationStatus
@@ -21,6 +22,12 @@ LOCKED_GENERATION = GENERATION.with_for_update()
 
 BALANCE = select(accounts.c.available, accounts.c.held).where(accounts.c.id == bindparam("account"))
 """``account``'s available and held credits."""
+
+OPEN_ACCOUNT = {
+    "sqlite": sqlite.insert(accounts).on_conflict_do_nothing(index_elements=["id"]),
+    "postgresql": postgresql.insert(accounts).on_conflict_do_nothing(index_elements=["id"]),
+}
+"""By dialect: executed with a new account's column values; does nothing if it exists."""
 
 HOLD_CREDITS = (
     update(accounts)
@@ -60,6 +67,8 @@ TAKE_CREDITS = (
 NEW_ENTRY = insert(ledger_entries)
 """Executed with one entry's column values."""
 
+ENTRY_BY_KEY = select(ledger_entries).where(ledger_entries.c.idempotency_key == bindparam("key"))
+
 NEW_GENERATION = insert(generations).returning(*generations.c)
 """Executed with one generation's column values; hands the row back."""
 
@@ -90,6 +99,24 @@ FINISH_GENERATION = (
     .returning(*generations.c)
 )
 """Settle a running generation."""
+
+MARK_POSTED = (
+    update(generations)
+    .where(
+        generations.c.id == bindparam("generation_id"),
+        generations.c.status == GenerationStatus.RUNNING,
+    )
+    .values(images_posted=bindparam("images"))
+)
+
+HEARTBEAT = (
+    update(generations)
+    .where(
+        generations.c.id.in_(bindparam("generation_ids", expanding=True)),
+        generations.c.status == GenerationStatus.RUNNING,
+    )
+    .values(heartbeat_at=bindparam("now"))
+)
 
 CLOSE_QUOTE = (
     update(generations)

@@ -194,14 +194,14 @@ class ThreadedSQLite(Transactions):
             results: list[tuple[bool, Any]] = []
             with connection.begin():
                 for work in works:
-                    savepoint = connection.begin_nested()
+                    # Plain SQL: SQLAlchemy compiles its own savepoint statements anew each time.
+                    connection.exec_driver_sql("SAVEPOINT ledger_work")
                     try:
                         results.append((True, work(connection)))
                     except Exception as refusal:
-                        savepoint.rollback()
+                        connection.exec_driver_sql("ROLLBACK TO ledger_work")
                         results.append((False, refusal))
-                    else:
-                        savepoint.commit()
+                    connection.exec_driver_sql("RELEASE ledger_work")
             return results
 
     def _read(self, work: Work[T]) -> T:
