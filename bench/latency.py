@@ -9,7 +9,8 @@ received (``local`` provider, 1K). Baseline: a minimal discord.py bot in the sam
 
 The loopback Discord runs in a process of its own (``bench.discord_process``),
 so the fake's work is not counted against the bot; both bots are warmed up
-with one untimed command first, and N=1 is repeated for its percentiles.
+with one untimed command first, N=1 is repeated for its percentiles, and the
+heap is frozen as ``imagine-bot run`` freezes it.
 
     python -m bench.latency [--quick]
 """
@@ -32,7 +33,7 @@ import discord
 from discord import app_commands
 
 from bench.common import machine, percentile, summary_ms
-from bot.app import open_service
+from bot.app import freeze_startup_heap, open_service
 from bot.discord_adapter import ImagineBot, point_at
 from bot.settings import Settings
 from tests.loopback_discord import GUILD_ID, TOKEN
@@ -179,6 +180,8 @@ async def measure_bot(fake: LoopbackProcess, sizes: list[int], folder: Path) -> 
 
 async def main(quick: bool) -> None:
     sizes = [1, 50] if quick else [1, 50, 500]
+    # As `imagine-bot run` does once started; here before both bots, which share this process.
+    freeze_startup_heap()
     original_base = discord.http.Route.BASE
     print(f"bench.latency on {machine()}: /imagine from N users at once, loopback Discord")
     try:

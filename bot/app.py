@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,20 @@ from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
 from ledger import Ledger, create_engine, migrate, utc_now
 from providers import PROVIDERS
+
+
+def freeze_startup_heap() -> None:
+    """Leave everything alive after start-up out of the garbage collector's future passes.
+
+    A bot process holds a few hundred thousand long-lived objects (discord.py,
+    slack-bolt, SQLAlchemy, the provider SDKs), and each full collection
+    walked all of them: under a burst of 500 commands the collector took
+    about a third of the time (bench.latency: the last quote at 0.5 s instead
+    of 0.33 s). Called once, when the service is built and the platforms are
+    about to connect.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def load_models(settings: Settings) -> Registry:

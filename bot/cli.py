@@ -26,7 +26,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bot import messages
 from bot.accounts import CONSOLE_OWNER, parse_account
-from bot.app import load_catalog, load_models, open_credits, open_ledger, open_service
+from bot.app import (
+    freeze_startup_heap,
+    load_catalog,
+    load_models,
+    open_credits,
+    open_ledger,
+    open_service,
+)
 from bot.catalog import check_models_online
 from bot.console import ConsoleChat, stdin_reader
 from bot.credits import parse_amount
@@ -178,6 +185,7 @@ async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
         try:
             async with open_service(settings, check_online=True) as service:
                 shutdown.service = service
+                freeze_startup_heap()
                 await asyncio.gather(*(serve(service, settings) for serve in servers))
         except asyncio.CancelledError:
             if not shutdown.requested:
