@@ -146,12 +146,14 @@ class ThreadedSQLite(Transactions):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
         self._readers = ThreadPoolExecutor(SQLITE_READER_THREADS, thread_name_prefix="ledger-read")
         self._queued: list[tuple[Work[Any], asyncio.Future[Any]]] = []
-        self._writing = False
+        self._idle = asyncio.Event()
+        """Set while no batch is being written."""
+        self._idle.set()
 
     async def write(self, work: Work[T]) -> T:
         outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queued.append((work, outcome))
-        if not self._writing:
+        if self._idle.is_set():
             self._write_queued()
         return await outcome
 
@@ -162,14 +164,13 @@ class ThreadedSQLite(Transactions):
     def _write_queued(self) -> None:
         batch = self._queued[:SQLITE_WRITES_PER_BATCH]
         del self._queued[:SQLITE_WRITES_PER_BATCH]
-        self._writing = True
+        self._idle.clear()
         written = asyncio.get_running_loop().run_in_executor(
             self._writer, self._write_batch, [work for work, _ in batch]
         )
         written.add_done_callback(partial(self._hand_back, [outcome for _, outcome in batch]))
 
     def _hand_back(self, outcomes: list[asyncio.Future[Any]], written: asyncio.Future[Any]) -> None:
-        self._writing = False
         failure = written.exception()
         results = [(False, failure)] * len(outcomes) if failure else written.result()
         for outcome, (succeeded, value) in zip(outcomes, results, strict=True):
@@ -181,6 +182,8 @@ class ThreadedSQLite(Transactions):
                 outcome.set_exception(value)
         if self._queued:
             self._write_queued()
+        else:
+            self._idle.set()
 
     def _write_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         """Each work's (succeeded, result or exception), all committed together."""
@@ -209,6 +212,8 @@ class ThreadedSQLite(Transactions):
             return _in_transaction(connection, work)
 
     async def close(self) -> None:
+        """Finish the writes already asked for, then stop the threads and close the file."""
+        await self._idle.wait()
         loop = asyncio.get_running_loop()
         for pool in (self._writer, self._readers):
             await loop.run_in_executor(None, pool.shutdown)

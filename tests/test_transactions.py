@@ -1,4 +1,4 @@
-"""How ledger transactions run on a SQLite file: queued writes commit together, each undone alone."""
+"""How ledger transactions run: on a SQLite file queued writes commit together, each undone alone."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
-from ledger import create_engine, migrate
+from ledger import Ledger, create_engine, migrate
 from ledger.schema import bot_state
 from ledger.transactions import SQLITE_WRITES_PER_BATCH, ThreadedSQLite, transactions_for
+from tests.conftest import FakeClock
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -86,3 +87,44 @@ async def test_a_cancelled_callers_write_still_commits_as_do_those_queued_with_i
     assert await first == "a"
     assert await third == "c"
     assert await transactions.read(keys) == ["a", "b", "c"]
+
+
+async def test_closing_finishes_the_writes_already_asked_for(
+    transactions: ThreadedSQLite, tmp_path: Path
+) -> None:
+    writes = [
+        asyncio.ensure_future(transactions.write(remember(f"k{n:03}")))
+        for n in range(2 * SQLITE_WRITES_PER_BATCH)
+    ]
+    await asyncio.sleep(0)
+
+    await transactions.close()
+
+    assert [await write for write in writes] == [
+        f"k{n:03}" for n in range(2 * SQLITE_WRITES_PER_BATCH)
+    ]
+    reopened = transactions_for(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"))
+    try:
+        assert len(await reopened.read(keys)) == 2 * SQLITE_WRITES_PER_BATCH
+    finally:
+        await reopened.close()
+
+
+async def test_an_in_memory_database_runs_the_ledger_through_the_async_driver(
+    clock: FakeClock,
+) -> None:
+    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    await migrate.upgrade(engine)
+    ledger = Ledger(engine, clock)
+    try:
+        await ledger.grant("discord:1", 10, actor="test", reason="", idempotency_key="g")
+        await asyncio.gather(
+            *(
+                ledger.revoke("discord:1", 1, actor="test", reason="", idempotency_key=f"r{n}")
+                for n in range(4)
+            )
+        )
+        assert (await ledger.balance("discord:1")).available == 6
+        assert await ledger.verify() == []
+    finally:
+        await ledger.close()
