@@ -121,9 +121,9 @@ class _ModelEntry(BaseModel):
     aspect_ratios: list[AspectRatio] = Field(min_length=1)
     max_images: int = Field(ge=1, le=10)
     max_reference_images: int = Field(default=0, ge=0, le=16)
-    cost_per_image_usd: Annotated[float, Field(ge=0, le=1_000)] | None = None
-    resolution_cost_usd: dict[str, Annotated[float, Field(ge=0, le=1_000)]] = Field(
-        default_factory=dict
+    cost_per_image_usd: Annotated[float, Field(ge=0, le=1_000, allow_inf_nan=False)] | None = None
+    resolution_cost_usd: dict[str, Annotated[float, Field(ge=0, le=1_000, allow_inf_nan=False)]] = (
+        Field(default_factory=dict)
     )
     provider_options: dict[str, OptionValue] = Field(default_factory=dict)
 
@@ -191,7 +191,8 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
         if not isinstance(raw_entry, dict):
             problems.append(f"{where}: must be a table of keys, not {type(raw_entry).__name__}")
             continue
-        dotted = _dotted_ids(raw_id, raw_entry)
+        # A table of model keys is a model: a table inside it is a mistyped key, not an id.
+        dotted = [] if _is_model_table(raw_entry) else _dotted_ids(raw_id, raw_entry)
         if dotted:
             # TOML reads [models.gemini-3.1-flash] as a table "1-flash" inside "gemini-3".
             problems.extend(
@@ -225,6 +226,10 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
     return Registry(path=path, models=tuple(models))
 
 
+def _is_model_table(entry: Mapping[str, Any]) -> bool:
+    return bool(set(entry) & set(_ModelEntry.model_fields))
+
+
 def _dotted_ids(raw_id: str, entry: Mapping[str, Any]) -> list[str]:
     """Full ids of models TOML nested under ``raw_id`` because their ids hold dots."""
     found = []
@@ -232,9 +237,7 @@ def _dotted_ids(raw_id: str, entry: Mapping[str, Any]) -> list[str]:
         if isinstance(value, dict) and key not in _ModelEntry.model_fields:
             full_id = f"{raw_id}.{key}"
             # Keep descending while the table holds no model keys: "flux-1.1.pro" nests twice.
-            deeper = (
-                [] if set(value) & set(_ModelEntry.model_fields) else _dotted_ids(full_id, value)
-            )
+            deeper = [] if _is_model_table(value) else _dotted_ids(full_id, value)
             found.extend(deeper or [full_id])
     return found
 

@@ -127,6 +127,23 @@ def test_an_unquoted_id_with_a_dot_says_to_quote_it(tmp_path: Path) -> None:
     ]
 
 
+def test_a_mistyped_table_inside_a_model_is_an_unknown_key_not_a_dotted_id(
+    tmp_path: Path,
+) -> None:
+    [problem] = problems(tmp_path, "[models.m.provider_option]\nquality = 'high'\n", "openai")
+
+    assert problem.startswith(f"{tmp_path / 'models.toml'}: model 'm': key 'provider_option': ")
+    assert "unknown key" in problem
+    assert "provider_options" in problem
+
+
+@pytest.mark.parametrize("cost", ["nan", "inf"])
+def test_a_cost_that_is_not_a_number_says_so(tmp_path: Path, cost: str) -> None:
+    [problem] = problems(tmp_path, f"cost_per_image_usd = {cost}\n", "google")
+
+    assert problem.endswith("key 'cost_per_image_usd': Input should be a finite number")
+
+
 def test_a_price_below_cost_warns_with_both_amounts(tmp_path: Path) -> None:
     registry = load(tmp_path, 'cost_per_image_usd = 0.1\nresolution_cost_usd = { "4K" = 0.3 }\n')
 
