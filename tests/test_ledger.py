@@ -38,6 +38,27 @@ async def funded(ledger: Ledger, account: str = ALICE, credits: int = 100) -> No
     )
 
 
+def new_quote(
+    clock: FakeClock,
+    generation_id: str = "g1",
+    account: str = ALICE,
+    images: int = 2,
+    credits_per_image: int = 10,
+) -> NewGeneration:
+    return NewGeneration(
+        id=generation_id,
+        account_id=account,
+        model_id="local-sketch",
+        provider="local",
+        provider_model="procedural-v1",
+        prompt="a lighthouse at dusk",
+        options={"resolution": "1K", "aspect_ratio": "1:1"},
+        images_requested=images,
+        credits_per_image=credits_per_image,
+        expires_at=clock.now + timedelta(minutes=10),
+    )
+
+
 async def quoted(
     ledger: Ledger,
     clock: FakeClock,
@@ -46,41 +67,13 @@ async def quoted(
     images: int = 2,
     credits_per_image: int = 10,
 ) -> None:
-    await ledger.create_quote(
-        NewGeneration(
-            id=generation_id,
-            account_id=account,
-            model_id="local-sketch",
-            provider="local",
-            provider_model="procedural-v1",
-            prompt="a lighthouse at dusk",
-            options={"resolution": "1K", "aspect_ratio": "1:1"},
-            images_requested=images,
-            credits_per_image=credits_per_image,
-            expires_at=clock.now + timedelta(minutes=10),
-        )
-    )
+    await ledger.create_quote(new_quote(clock, generation_id, account, images, credits_per_image))
 
 
 async def test_new_account_receives_starting_credits_once(ledger: Ledger) -> None:
     await ledger.ensure_account(ALICE, starting_credits=25)
     balance = await ledger.ensure_account(ALICE, starting_credits=25)
     assert (balance.available, balance.held) == (25, 0)
-
-
-def new_quote(clock: FakeClock, generation_id: str, *, images: int = 2) -> NewGeneration:
-    return NewGeneration(
-        id=generation_id,
-        account_id=ALICE,
-        model_id="local-sketch",
-        provider="local",
-        provider_model="procedural-v1",
-        prompt="a lighthouse at dusk",
-        options={},
-        images_requested=images,
-        credits_per_image=10,
-        expires_at=clock.now + timedelta(minutes=10),
-    )
 
 
 async def test_a_first_quote_opens_the_account_with_its_starting_credits_once(
