@@ -138,7 +138,8 @@ class Ledger:
         def work(connection: Connection) -> Balance:
             if self._replayed(connection, idempotency_key, account, EntryKind.ADJUSTMENT, amount):
                 return self._balance(connection, account)
-            changed = connection.execute(
+            changed = statements.run(
+                connection,
                 statements.TAKE_CREDITS,
                 {"account": account, "amount": amount, "now": self._clock()},
             )
@@ -188,28 +189,29 @@ class Ledger:
         return balance, generation
 
     def _insert_quote(self, connection: Connection, new: NewGeneration) -> Generation:
-        created = connection.execute(
-            statements.NEW_GENERATION,
-            {
-                "id": new.id,
-                "account_id": new.account_id,
-                "model_id": new.model_id,
-                "provider": new.provider,
-                "provider_model": new.provider_model,
-                "prompt": new.prompt,
-                "options": new.options,
-                "channel": new.channel,
-                "images_requested": new.images_requested,
-                "images_delivered": 0,
-                "credits_per_image": new.credits_per_image,
-                "credits_held": 0,
-                "credits_charged": 0,
-                "status": GenerationStatus.QUOTED,
-                "created_at": self._clock(),
-                "expires_at": new.expires_at,
-            },
+        stored = {
+            "id": new.id,
+            "account_id": new.account_id,
+            "model_id": new.model_id,
+            "provider": new.provider,
+            "provider_model": new.provider_model,
+            "prompt": new.prompt,
+            "options": new.options,
+            "channel": new.channel,
+            "images_requested": new.images_requested,
+            "images_delivered": 0,
+            "credits_per_image": new.credits_per_image,
+            "credits_held": 0,
+            "credits_charged": 0,
+            "status": GenerationStatus.QUOTED,
+            "created_at": self._clock().astimezone(UTC),
+            "expires_at": new.expires_at.astimezone(UTC),
+        }
+        statements.run(connection, statements.NEW_GENERATION, stored)
+        # What reading the row back would give, without the read.
+        return Generation(
+            **stored, error_code=None, error_message=None, confirmed_at=None, finished_at=None
         )
-        return _generation_from(created.one())
 
     async def generation(self, generation_id: str) -> Generation:
         return await self._transactions.read(partial(self._generation, generation_id=generation_id))
@@ -235,8 +237,8 @@ class Ledger:
             self._set_status(connection, generation_id, GenerationStatus.EXPIRED, now)
             return None
         price = quote.price
-        changed = connection.execute(
-            statements.HOLD_CREDITS, {"account": account, "amount": price, "now": now}
+        changed = statements.run(
+            connection, statements.HOLD_CREDITS, {"account": account, "amount": price, "now": now}
         )
         if changed.rowcount != 1:
             current = self._balance(connection, account)
@@ -314,7 +316,8 @@ class Ledger:
         delivered = max(0, min(images_delivered, running.images_requested))
         charged = delivered * running.credits_per_image
         released = running.credits_held - charged
-        changed = connection.execute(
+        changed = statements.run(
+            connection,
             statements.SETTLE_CREDITS,
             {
                 "account": running.account_id,
@@ -389,7 +392,7 @@ class Ledger:
         """
         values = {"generation_id": generation_id, "images": images}
         await self._transactions.write(
-            lambda connection: connection.execute(statements.MARK_POSTED, values)
+            lambda connection: statements.run(connection, statements.MARK_POSTED, values)
         )
 
     async def release_stale_holds(
@@ -573,8 +576,10 @@ class Ledger:
             "created_at": now,
             "updated_at": now,
         }
-        result = connection.execute(statements.OPEN_ACCOUNT[connection.dialect.name], values)
-        return result.rowcount == 1
+        opened = statements.run(
+            connection, statements.OPEN_ACCOUNT[connection.dialect.name], values
+        )
+        return opened.rowcount == 1
 
     def _apply_grant(
         self,
@@ -585,8 +590,10 @@ class Ledger:
         reason: str,
         idempotency_key: str,
     ) -> None:
-        connection.execute(
-            statements.ADD_CREDITS, {"account": account, "amount": amount, "now": self._clock()}
+        statements.run(
+            connection,
+            statements.ADD_CREDITS,
+            {"account": account, "amount": amount, "now": self._clock()},
         )
         self._insert_entry(
             connection, account, EntryKind.GRANT, amount, amount, 0, actor, reason, idempotency_key
@@ -605,7 +612,8 @@ class Ledger:
         idempotency_key: str,
         generation_id: str | None = None,
     ) -> None:
-        connection.execute(
+        statements.run(
+            connection,
             statements.NEW_ENTRY,
             {
                 "account_id": account,
@@ -622,10 +630,11 @@ class Ledger:
         )
 
     def _find_balance(self, connection: Connection, account: str) -> Balance | None:
-        row = connection.execute(statements.BALANCE, {"account": account}).first()
+        row = statements.run(connection, statements.BALANCE, {"account": account}).row
         if row is None:
             return None
-        return Balance(account=account, available=row.available, held=row.held)
+        available, held = row
+        return Balance(account=account, available=available, held=held)
 
     def _balance(self, connection: Connection, account: str) -> Balance:
         found = self._find_balance(connection, account)
@@ -654,7 +663,8 @@ class Ledger:
         status: GenerationStatus,
         now: datetime,
     ) -> None:
-        connection.execute(
+        statements.run(
+            connection,
             statements.CLOSE_QUOTE,
             {"generation_id": generation_id, "new_status": status, "now": now},
         )

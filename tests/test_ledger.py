@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -85,6 +86,20 @@ async def test_a_first_quote_opens_the_account_with_its_starting_credits_once(
     assert (balance.available, again.available) == (50, 50)
     assert (first.status, second.status) == (GenerationStatus.QUOTED, GenerationStatus.QUOTED)
     assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+
+
+async def test_a_quote_reads_back_exactly_as_it_was_returned(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    in_paris = timezone(timedelta(hours=1))
+    new = replace(
+        new_quote(clock), expires_at=(clock.now + timedelta(minutes=10)).astimezone(in_paris)
+    )
+
+    _, returned = await ledger.open_quote(new, starting_credits=50)
+
+    assert await ledger.generation(new.id) == returned
+    assert returned.expires_at.tzinfo == UTC
 
 
 async def test_a_quote_the_balance_does_not_cover_is_refused_and_not_recorded(
