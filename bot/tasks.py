@@ -26,11 +26,23 @@ async def answer_in_time(work: Awaitable[T], acknowledge: Callable[[], Awaitable
     Under a burst of commands quotes queue for the database; a platform told
     "working on it" in time does not report the command as failed.
     """
-    running = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({running}, timeout=ANSWER_WITHIN_SECONDS)
-    if not done:
-        await acknowledge()
-    return await running
+    loop = asyncio.get_running_loop()
+    acknowledging: asyncio.Task[None] | None = None
+
+    def too_slow() -> None:
+        nonlocal acknowledging
+        acknowledging = loop.create_task(acknowledge())
+
+    # The work runs in this task, not one of its own: a single quote answers
+    # sooner by the loop iterations a task and a wait would cost.
+    timer = loop.call_later(ANSWER_WITHIN_SECONDS, too_slow)
+    try:
+        return await work
+    finally:
+        timer.cancel()
+        if acknowledging is not None:
+            # The caller's answer must come after the acknowledgement it follows up.
+            await acknowledging
 
 
 class BackgroundTasks:

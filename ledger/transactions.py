@@ -146,6 +146,8 @@ class ThreadedSQLite(Transactions):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
         self._readers = ThreadPoolExecutor(SQLITE_READER_THREADS, thread_name_prefix="ledger-read")
         self._queued: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        self._writer_connection: Connection | None = None
+        """Kept open by the writer thread between batches: checking one out costs more than a quote."""
         self._idle = asyncio.Event()
         """Set while no batch is being written."""
         self._idle.set()
@@ -187,25 +189,29 @@ class ThreadedSQLite(Transactions):
 
     def _write_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         """Each work's (succeeded, result or exception), all committed together."""
-        with self._file_engine.connect() as connection:
+        connection = self._writer_connection
+        if connection is None:
+            connection = self._writer_connection = self._file_engine.connect()
             connection.execution_options(ledger_write=True)
-            if len(works) == 1:
+        # Every transaction below ends in a commit or a rollback; a connection that
+        # broke on the way is invalidated, and SQLAlchemy opens another on next use.
+        if len(works) == 1:
+            try:
+                return [(True, _in_transaction(connection, works[0]))]
+            except Exception as refusal:
+                return [(False, refusal)]
+        results: list[tuple[bool, Any]] = []
+        with connection.begin():
+            for work in works:
+                # Plain SQL: SQLAlchemy compiles its own savepoint statements anew each time.
+                connection.exec_driver_sql("SAVEPOINT ledger_work")
                 try:
-                    return [(True, _in_transaction(connection, works[0]))]
+                    results.append((True, work(connection)))
                 except Exception as refusal:
-                    return [(False, refusal)]
-            results: list[tuple[bool, Any]] = []
-            with connection.begin():
-                for work in works:
-                    # Plain SQL: SQLAlchemy compiles its own savepoint statements anew each time.
-                    connection.exec_driver_sql("SAVEPOINT ledger_work")
-                    try:
-                        results.append((True, work(connection)))
-                    except Exception as refusal:
-                        connection.exec_driver_sql("ROLLBACK TO ledger_work")
-                        results.append((False, refusal))
-                    connection.exec_driver_sql("RELEASE ledger_work")
-            return results
+                    connection.exec_driver_sql("ROLLBACK TO ledger_work")
+                    results.append((False, refusal))
+                connection.exec_driver_sql("RELEASE ledger_work")
+        return results
 
     def _read(self, work: Work[T]) -> T:
         with self._file_engine.connect() as connection:
@@ -217,6 +223,8 @@ class ThreadedSQLite(Transactions):
         loop = asyncio.get_running_loop()
         for pool in (self._writer, self._readers):
             await loop.run_in_executor(None, pool.shutdown)
+        if self._writer_connection is not None:
+            self._writer_connection.close()
         self._file_engine.dispose()
         await super().close()
 

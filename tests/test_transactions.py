@@ -128,3 +128,17 @@ async def test_an_in_memory_database_runs_the_ledger_through_the_async_driver(
         assert await ledger.verify() == []
     finally:
         await ledger.close()
+
+
+async def test_a_writer_connection_left_broken_is_replaced_for_the_next_write(
+    transactions: ThreadedSQLite,
+) -> None:
+    def break_connection(connection: Connection) -> None:
+        connection.invalidate()
+        raise Refused("the connection broke")
+
+    with pytest.raises(Refused):
+        await transactions.write(break_connection)
+
+    assert await transactions.write(remember("after")) == "after"
+    assert await transactions.read(keys) == ["after"]
