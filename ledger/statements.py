@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.expression import Executable
 
@@ -53,18 +54,26 @@ def run(connection: Connection, statement: Executable, values: Mapping[str, Any]
 
 @dataclass(frozen=True)
 class _Plain:
-    sql: str
-    construct_params: Callable[[Mapping[str, Any]], Mapping[str, Any]]
-    order: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    """A statement compiled for sqlite3: its SQL, and each positional value's converter."""
+
+    compiled: SQLCompiler
+    converters: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+    @property
+    def sql(self) -> str:
+        return self.compiled.string
 
     def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        bound = self.construct_params(values)
+        # construct_params adds the statement's own literals (such as a status) to the values.
+        bound = self.compiled.construct_params(dict(values))
         return tuple(
-            bound[name] if convert is None else convert(bound[name]) for name, convert in self.order
+            bound[name] if convert is None else convert(bound[name])
+            for name, convert in self.converters
         )
 
 
 _compiled: dict[tuple[int, frozenset[str] | None], _Plain] = {}
+"""By statement (they are all module constants here) and, for an INSERT, the columns given."""
 
 
 def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Plain:
@@ -73,16 +82,17 @@ def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Pl
     key = (id(statement), columns)
     found = _compiled.get(key)
     if found is None:
-        compiled = statement.compile(
-            dialect=dialect, column_keys=None if columns is None else sorted(columns)
+        compiled = cast(
+            SQLCompiler,
+            statement.compile(
+                dialect=dialect, column_keys=None if columns is None else sorted(columns)
+            ),
         )
-        names = compiled.positiontup or []
         found = _Plain(
-            sql=compiled.string,
-            construct_params=lambda values: compiled.construct_params(dict(values)),
-            order=tuple(
+            compiled,
+            tuple(
                 (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-                for name in names
+                for name in compiled.positiontup or []
             ),
         )
         _compiled[key] = found
