@@ -158,10 +158,12 @@ def test_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
     assert "STARTING_CREDITS" in result.stderr
 
 
-def test_sigterm_past_the_grace_period_releases_the_hold_and_exits_cleanly(tmp_path: Path) -> None:
-    command, env = command_and_environment(
-        tmp_path, {"LOCAL_DELAY_SECONDS": "60", "SHUTDOWN_GRACE_SECONDS": "0.2"}
-    )
+def sigterm_while_generating(tmp_path: Path, settings: dict[str, str], count: int) -> str:
+    """Confirm ``count`` images in a console, SIGTERM it once they are generating; what it printed after.
+
+    Also checks that the console then exits 0.
+    """
+    command, env = command_and_environment(tmp_path, settings)
     console = subprocess.Popen(
         [*command, "console"],
         cwd=tmp_path,
@@ -172,17 +174,24 @@ def test_sigterm_past_the_grace_period_releases_the_hold_and_exits_cleanly(tmp_p
         text=True,
     )
     assert console.stdin is not None and console.stdout is not None
-    console.stdin.write("/imagine model:local-sketch count:3 a slow fox\ny\n")
+    assert console.stderr is not None
+    console.stdin.write(f"/imagine model:local-sketch count:{count} a fox\ny\n")
     console.stdin.flush()
     for line in console.stdout:
-        if "Generating 3 images" in line:
+        if f"Generating {count} images" in line:
             break
     console.send_signal(signal.SIGTERM)
+    rest = console.stdout.read()
     assert console.wait(timeout=30) == 0
-    console.stdin.close()
-    console.stdout.close()
-    assert console.stderr is not None
-    console.stderr.close()
+    for pipe in (console.stdin, console.stdout, console.stderr):
+        pipe.close()
+    return rest
+
+
+def test_sigterm_past_the_grace_period_releases_the_hold_and_exits_cleanly(tmp_path: Path) -> None:
+    sigterm_while_generating(
+        tmp_path, {"LOCAL_DELAY_SECONDS": "60", "SHUTDOWN_GRACE_SECONDS": "0.2"}, count=3
+    )
 
     balance = imagine_bot(tmp_path, "balance", "console:local")
     assert "Balance: 100 credits available." in balance.stdout
@@ -209,31 +218,9 @@ def test_config_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None
 def test_sigterm_lets_a_running_generation_finish_within_the_grace_period(
     tmp_path: Path,
 ) -> None:
-    command, env = command_and_environment(
-        tmp_path, {"LOCAL_DELAY_SECONDS": "0.5", "SHUTDOWN_GRACE_SECONDS": "30"}
+    rest = sigterm_while_generating(
+        tmp_path, {"LOCAL_DELAY_SECONDS": "0.5", "SHUTDOWN_GRACE_SECONDS": "30"}, count=2
     )
-    console = subprocess.Popen(
-        [*command, "console"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert console.stdin is not None and console.stdout is not None
-    console.stdin.write("/imagine model:local-sketch count:2 a patient fox\ny\n")
-    console.stdin.flush()
-    for line in console.stdout:
-        if "Generating 2 images" in line:
-            break
-    console.send_signal(signal.SIGTERM)
-    rest = console.stdout.read()
-    assert console.wait(timeout=30) == 0
-    console.stdin.close()
-    console.stdout.close()
-    assert console.stderr is not None
-    console.stderr.close()
 
     assert "Done: 2 images for 2 credits." in rest
     balance = imagine_bot(tmp_path, "balance", "console:local")
