@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,20 +19,14 @@ from bot.parsing import parse_imagine
 from bot.settings import Settings
 from bot.slack_app import EVENTS_PATH, GENERATE_ACTION
 from tests.conftest import FakeClock
-from tests.loopback_discord import GUILD_ID, TOKEN, LoopbackDiscord
+from tests.loopback_discord import TOKEN, LoopbackDiscord
 from tests.loopback_slack import BOT_TOKEN, SIGNING_SECRET, LoopbackSlack, SlackDriver
 from tests.test_cli import command_and_environment
 from tests.test_console_flow import MODELS, RecordingDelivery
-from tests.test_slack_cli import answered
+from tests.test_slack_cli import answered, both_platforms, free_port
 
 GEMINI_SECRET = "AIza-gemini-key-that-must-never-be-logged"
 OPENAI_SECRET = "sk-openai-key-that-must-never-be-logged"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -170,14 +163,7 @@ async def test_no_configured_secret_appears_in_any_log_line_of_a_full_run(tmp_pa
         command, env = command_and_environment(
             tmp_path,
             {
-                "DISCORD_TOKEN": TOKEN,
-                "DISCORD_API_BASE": discord_fake.api_base,
-                "DISCORD_GUILD_IDS": str(GUILD_ID),
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_BASE_URL": slack.base_url,
-                "SLACK_HTTP_HOST": "127.0.0.1",
-                "SLACK_HTTP_PORT": str(port),
+                **both_platforms(discord_fake, slack, port),
                 # Keys for providers that cannot be reached: their failures get logged too.
                 "GEMINI_API_KEY": GEMINI_SECRET,
                 "GEMINI_BASE_URL": "http://127.0.0.1:9",

@@ -29,6 +29,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def both_platforms(
+    discord_fake: LoopbackDiscord, slack: LoopbackSlack, port: int
+) -> dict[str, str]:
+    """Settings that serve Discord and Slack (HTTP mode on ``port``) against the loopback fakes."""
+    return {
+        "DISCORD_TOKEN": TOKEN,
+        "DISCORD_API_BASE": discord_fake.api_base,
+        "DISCORD_GUILD_IDS": str(GUILD_ID),
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_BASE_URL": slack.base_url,
+        "SLACK_HTTP_HOST": "127.0.0.1",
+        "SLACK_HTTP_PORT": str(port),
+    }
+
+
 async def answered(driver: SlackDriver) -> tuple[int, dict[str, object], str]:
     """The first slash command once the process listens (it needs a moment to start)."""
     async with asyncio.timeout(30):
@@ -80,19 +96,7 @@ async def test_run_serves_discord_and_slack_in_one_process(
 ) -> None:
     port = free_port()
     async with LoopbackDiscord() as discord_fake:
-        command, env = command_and_environment(
-            tmp_path,
-            {
-                "DISCORD_TOKEN": TOKEN,
-                "DISCORD_API_BASE": discord_fake.api_base,
-                "DISCORD_GUILD_IDS": str(GUILD_ID),
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_BASE_URL": slack.base_url,
-                "SLACK_HTTP_HOST": "127.0.0.1",
-                "SLACK_HTTP_PORT": str(port),
-            },
-        )
+        command, env = command_and_environment(tmp_path, both_platforms(discord_fake, slack, port))
         process = await asyncio.create_subprocess_exec(
             *command, "run", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
         )
