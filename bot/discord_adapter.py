@@ -80,7 +80,8 @@ class ImagineBot(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = self._on_command_error
         self.background = BackgroundTasks()
-        self._expiry_timers: dict[str, asyncio.Task[None]] = {}
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
+        """A timer per quote still showing its buttons: a handle, not a task asleep for minutes."""
         for command in build_commands(self):
             self.tree.add_command(command)
         service.platform_checks["discord"] = lambda: self.is_ready() and not self.is_closed()
@@ -151,8 +152,8 @@ class ImagineBot(discord.AutoShardedClient):
         await _answer(interaction, text, view=view)
         if quote_id is not None:
             ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)
-            self._expiry_timers[quote_id] = asyncio.create_task(
-                self._expire_buttons(interaction, quote_id, ttl)
+            self._expiry_timers[quote_id] = asyncio.get_running_loop().call_later(
+                ttl, self._quote_timed_out, interaction, quote_id
             )
 
     async def _quote(
@@ -187,11 +188,15 @@ class ImagineBot(discord.AutoShardedClient):
         )
         return summary, quote_view(quote.id, request.count, quote.price), quote.id
 
-    async def _expire_buttons(
-        self, interaction: discord.Interaction, generation_id: str, after_seconds: float
-    ) -> None:
+    def _quote_timed_out(self, interaction: discord.Interaction, generation_id: str) -> None:
+        del self._expiry_timers[generation_id]
+        self.background.spawn(
+            self._expire_buttons(interaction, generation_id),
+            name=f"discord quote expiry {generation_id}",
+        )
+
+    async def _expire_buttons(self, interaction: discord.Interaction, generation_id: str) -> None:
         try:
-            await asyncio.sleep(after_seconds)
             generation = await self.service.ledger.generation(generation_id)
             if generation.status in (
                 GenerationStatus.QUOTED,
@@ -203,8 +208,6 @@ class ImagineBot(discord.AutoShardedClient):
                 )
         except discord.HTTPException:
             logger.info("could not mark quote %s expired on Discord", generation_id)
-        finally:
-            self._expiry_timers.pop(generation_id, None)
 
     async def generate_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
         account = discord_account(interaction.user)
@@ -420,6 +423,10 @@ def quote_view(
     generate.item.disabled = cancel.item.disabled = disabled
     view.add_item(generate)
     view.add_item(cancel)
+    # Clicks reach the buttons through their DynamicItem templates, registered
+    # once in setup_hook; a view still listening would make discord.py keep it,
+    # with a timeout task of its own, for 15 minutes after every quote.
+    view.stop()
     return view
 
 

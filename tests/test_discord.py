@@ -313,6 +313,18 @@ async def test_an_expired_quote_disables_its_buttons_and_says_so(
     assert [button["disabled"] for button in message.buttons] == [True, True]
 
 
+async def test_quotes_waiting_for_a_click_keep_no_task_running(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    await quote(discord_fake, {"prompt": "a warm-up"})
+    tasks_before = len(asyncio.all_tasks())
+
+    for number in range(5):
+        await quote(discord_fake, {"prompt": f"lighthouse {number}"})
+
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
 async def test_pressing_generate_after_expiry_charges_nothing_and_says_so(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService, clock: FakeClock
 ) -> None:
