@@ -202,15 +202,17 @@ class ThreadedSQLite(Transactions):
                 return [(False, refusal)]
         results: list[tuple[bool, Any]] = []
         with connection.begin():
+            # Straight on sqlite3, as statements.run does: through SQLAlchemy the
+            # savepoint and its release cost a quarter of a quote's time on this thread.
+            driver = connection.connection.driver_connection
             for work in works:
-                # Plain SQL: SQLAlchemy compiles its own savepoint statements anew each time.
-                connection.exec_driver_sql("SAVEPOINT ledger_work")
+                driver.execute("SAVEPOINT ledger_work")
                 try:
                     results.append((True, work(connection)))
                 except Exception as refusal:
-                    connection.exec_driver_sql("ROLLBACK TO ledger_work")
+                    driver.execute("ROLLBACK TO ledger_work")
                     results.append((False, refusal))
-                connection.exec_driver_sql("RELEASE ledger_work")
+                driver.execute("RELEASE ledger_work")
         return results
 
     def _read(self, work: Work[T]) -> T:
