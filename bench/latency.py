@@ -9,8 +9,9 @@ received (``local`` provider, 1K). Baseline: a minimal discord.py bot in the sam
 
 The loopback Discord runs in a process of its own (``bench.discord_process``),
 so the fake's work is not counted against the bot; both bots are warmed up
-with one untimed command first, N=1 is repeated for its percentiles, and the
-heap is frozen as ``imagine-bot run`` freezes it.
+with one untimed command first, quote bursts repeat until there are 200
+samples (N=1 200 times, N=50 4 times), and the heap is frozen as
+``imagine-bot run`` freezes it.
 
     python -m bench.latency [--quick]
 """
@@ -24,6 +25,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +51,10 @@ aspect_ratios = ["1:1"]
 max_images = 1
 """
 
-SAMPLES_AT_LEAST = 20
-"""Bursts repeat until they have this many commands, so N=1 has percentiles too."""
+QUOTES_AT_LEAST = 200
+"""Quote bursts repeat until they have this many commands: one burst of 50 swings its p50 by 2x."""
+DELIVERIES_AT_LEAST = 20
+"""Click bursts (each draws an image per user) repeat until they have this many."""
 
 
 class MinimalBot(discord.AutoShardedClient):
@@ -76,6 +80,8 @@ class MinimalBot(discord.AutoShardedClient):
 class Measured:
     answered: list[float]
     delivered: list[float]
+    cpu_per_command: float = 0.0
+    """This process's CPU seconds (every thread) per command: what a burst's latency is made of."""
 
 
 class LoopbackProcess:
@@ -87,15 +93,17 @@ class LoopbackProcess:
         self.control = control
         self._next_user = 900_000_000_002_000_000
 
-    async def bursts(self, users: int, *, click: bool) -> Measured:
-        """``users`` new people run /imagine at once, repeated until there are enough samples."""
+    async def bursts(self, users: int, *, click: bool, samples: int) -> Measured:
+        """``users`` new people run /imagine at once, repeated until there are ``samples``."""
         answered: list[float] = []
         delivered: list[float] = []
-        for _ in range(math.ceil(SAMPLES_AT_LEAST / users)):
+        cpu_before = time.process_time()
+        for _ in range(math.ceil(samples / users)):
             measured = await self._burst(users, click=click)
             answered += measured.answered
             delivered += measured.delivered
-        return Measured(answered, delivered)
+        cpu_per_command = (time.process_time() - cpu_before) / len(answered)
+        return Measured(answered, delivered, cpu_per_command)
 
     async def _burst(self, users: int, *, click: bool) -> Measured:
         asked = {"users": users, "first_user": self._next_user, "click": click}
@@ -145,9 +153,9 @@ async def running(client: discord.Client) -> AsyncIterator[None]:
 async def measure_baseline(fake: LoopbackProcess, sizes: list[int]) -> dict[int, Measured]:
     results = {}
     async with running(MinimalBot()):
-        await fake.bursts(1, click=False)
+        await fake.bursts(1, click=False, samples=1)
         for size in sizes:
-            results[size] = await fake.bursts(size, click=False)
+            results[size] = await fake.bursts(size, click=False, samples=QUOTES_AT_LEAST)
     return results
 
 
@@ -168,13 +176,13 @@ async def measure_bot(fake: LoopbackProcess, sizes: list[int], folder: Path) -> 
         open_service(settings) as service,
         running(ImagineBot(service, settings, guild_ready_timeout=0.1)),
     ):
-        await fake.bursts(1, click=True)
+        await fake.bursts(1, click=True, samples=1)
         for size in sizes:
             # Quotes and images are timed in separate bursts: a click's delivery still
             # finishing would otherwise slow the next burst's quotes.
-            quotes = await fake.bursts(size, click=False)
-            images = await fake.bursts(size, click=True)
-            results[size] = Measured(quotes.answered, images.delivered)
+            quotes = await fake.bursts(size, click=False, samples=QUOTES_AT_LEAST)
+            images = await fake.bursts(size, click=True, samples=DELIVERIES_AT_LEAST)
+            results[size] = Measured(quotes.answered, images.delivered, quotes.cpu_per_command)
     return results
 
 
@@ -200,6 +208,13 @@ async def main(quick: bool) -> None:
         worst_ratio = max(worst_ratio, ratio)
         print(f"N={size:<4} confirm   {summary_ms(confirm)}")
         print(f"       baseline  {summary_ms(baseline[size].answered)}   p50 ratio {ratio:.2f}")
+        if size > 1:
+            # At N=1 this harness's own request for each burst would dominate the figure.
+            cpu, bare_cpu = bot[size].cpu_per_command, baseline[size].cpu_per_command
+            print(
+                f"       CPU per command: bot {cpu * 1000:.2f} ms, baseline {bare_cpu * 1000:.2f} ms,"
+                f" ratio {cpu / max(bare_cpu, 1e-9):.2f}"
+            )
         print(f"       images    {summary_ms(bot[size].delivered)}  (click to upload, local 1K)")
     print(
         f"latency: confirm p99 {worst_p99 * 1000:.0f} ms at N={sizes[-1]} (target < 300), "
