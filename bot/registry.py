@@ -7,6 +7,7 @@ bad deployment fails at start-up instead of at generation time.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -308,13 +309,19 @@ def price_warnings(registry: Registry, credit_value_usd: float) -> list[str]:
             if cost is None:
                 continue
             earned = model.credits_for(resolution) * credit_value_usd
-            # A hundredth of a cent of slack: prices in cents are not exact in binary.
-            if earned + 1e-4 < cost:
+            # Prices in cents are not exact in binary: equal must not read as below.
+            if earned < cost and not math.isclose(earned, cost, rel_tol=1e-9):
                 price = model.credits_for(resolution)
                 warnings.append(
                     f"{registry.path}: model '{model.id}' at {resolution}: the price, "
-                    f"{price} credit{'' if price == 1 else 's'}, is ${earned:.3f} "
+                    f"{price} credit{'' if price == 1 else 's'}, is {_dollars(earned)} "
                     f"at CREDIT_VALUE_USD={credit_value_usd:g}, below the provider's "
-                    f"cost of ${cost:.3f} per image"
+                    f"cost of {_dollars(cost)} per image"
                 )
     return warnings
+
+
+def _dollars(amount: float) -> str:
+    """Three decimals, or as many as a fraction of a tenth of a cent needs for two digits."""
+    decimals = 3 if amount == 0 or amount >= 0.001 else 1 - math.floor(math.log10(amount))
+    return f"${amount:.{decimals}f}"

@@ -154,6 +154,15 @@ def test_a_price_below_cost_warns_with_both_amounts(tmp_path: Path) -> None:
     assert "cost of $0.300 per image" in warning
 
 
+def test_a_price_below_a_cost_of_a_fraction_of_a_cent_warns(tmp_path: Path) -> None:
+    registry = load(tmp_path, "cost_per_image_usd = 0.00005\n")
+
+    at_1k, _at_4k = price_warnings(registry, 0.000001)
+
+    assert "10 credits, is $0.000010 at CREDIT_VALUE_USD=1e-06" in at_1k
+    assert "cost of $0.000050 per image" in at_1k
+
+
 def test_a_price_equal_to_cost_does_not_warn(tmp_path: Path) -> None:
     registry = load(tmp_path, "cost_per_image_usd = 0.2\n")
 
