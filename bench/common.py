@@ -1,13 +1,21 @@
-"""Small helpers the benchmarks share: percentiles, event-loop lag, and table printing."""
+"""Small helpers the benchmarks share: percentiles, event-loop lag, PostgreSQL databases."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+
+POSTGRES = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+"""Where the benchmarks create (and drop) PostgreSQL databases of their own."""
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -60,3 +68,29 @@ def machine() -> str:
 
 def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else 0.0
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(name: str) -> AsyncIterator[tuple[str, str]]:
+    """A database of its own on ``POSTGRES``, as (SQLAlchemy URL, asyncpg DSN), dropped after."""
+    admin = await asyncpg.connect(POSTGRES, timeout=5)
+    database = f"imagine_bench_{name}_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    host = POSTGRES.rsplit("/", 1)[0]
+    try:
+        yield (
+            host.replace("postgresql://", "postgresql+asyncpg://") + f"/{database}",
+            f"{host}/{database}",
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+async def postgres_reachable() -> bool:
+    try:
+        connection = await asyncpg.connect(POSTGRES, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await connection.close()
+    return True

@@ -13,7 +13,7 @@ with one untimed command first, quote bursts repeat until there are 200
 samples (N=1 200 times, N=50 4 times), and the heap is frozen as
 ``imagine-bot run`` freezes it.
 
-    python -m bench.latency [--quick]
+    python -m bench.latency [--quick] [--database postgresql]
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bench.common import machine, percentile, summary_ms
+from bench.common import (
+    POSTGRES,
+    machine,
+    percentile,
+    postgres_database,
+    postgres_reachable,
+    summary_ms,
+)
 from bot.app import freeze_startup_heap, open_service
 from bot.discord_adapter import ImagineBot, point_at
 from bot.settings import Settings
@@ -159,12 +166,14 @@ async def measure_baseline(fake: LoopbackProcess, sizes: list[int]) -> dict[int,
     return results
 
 
-async def measure_bot(fake: LoopbackProcess, sizes: list[int], folder: Path) -> dict[int, Measured]:
+async def measure_bot(
+    fake: LoopbackProcess, sizes: list[int], folder: Path, database_url: str
+) -> dict[int, Measured]:
     models = folder / "models.toml"
     models.write_text(MODELS)
     settings = Settings(
         _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{folder / 'latency.db'}",
+        database_url=database_url,
         models_file=models,
         starting_credits=100,
         provider_concurrency=64,
@@ -186,18 +195,34 @@ async def measure_bot(fake: LoopbackProcess, sizes: list[int], folder: Path) -> 
     return results
 
 
-async def main(quick: bool) -> None:
+@contextlib.asynccontextmanager
+async def ledger_database(kind: str, folder: Path) -> AsyncIterator[str]:
+    """The bot's DATABASE_URL: a SQLite file in ``folder``, or a PostgreSQL database of its own."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder / 'latency.db'}"
+        return
+    if not await postgres_reachable():
+        raise SystemExit(f"PostgreSQL at {POSTGRES} is not reachable (TEST_POSTGRES_DSN)")
+    async with postgres_database("latency") as (url, _dsn):
+        yield url
+
+
+async def main(quick: bool, database: str) -> None:
     sizes = [1, 50] if quick else [1, 50, 500]
     # As `imagine-bot run` does once started; here before both bots, which share this process.
     freeze_startup_heap()
     original_base = discord.http.Route.BASE
-    print(f"bench.latency on {machine()}: /imagine from N users at once, loopback Discord")
+    print(
+        f"bench.latency on {machine()}: /imagine from N users at once, loopback Discord, "
+        f"ledger on {database}"
+    )
     try:
         async with loopback_process() as fake:
             point_at(fake.api_base)
             baseline = await measure_baseline(fake, sizes)
             with tempfile.TemporaryDirectory() as folder:
-                bot = await measure_bot(fake, sizes, Path(folder))
+                async with ledger_database(database, Path(folder)) as database_url:
+                    bot = await measure_bot(fake, sizes, Path(folder), database_url)
     finally:
         discord.http.Route.BASE = original_base
     worst_p99, worst_ratio = 0.0, 0.0
@@ -225,4 +250,11 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 and 50 users only")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.quick, arguments.database))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 import uuid
@@ -28,10 +27,8 @@ from typing import Any
 import aiosqlite
 import asyncpg
 
-from bench.common import machine, percentile
+from bench.common import POSTGRES, machine, percentile, postgres_database, postgres_reachable
 from ledger import Ledger, NewGeneration, create_engine, migrate
-
-POSTGRES = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass(frozen=True)
@@ -274,31 +271,6 @@ async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: i
 async def sqlite_database(folder: Path, name: str) -> AsyncIterator[tuple[str, Any]]:
     path = folder / f"{name}.db"
     yield f"sqlite+aiosqlite:///{path}", path
-
-
-@contextlib.asynccontextmanager
-async def postgres_database(name: str) -> AsyncIterator[tuple[str, Any]]:
-    admin = await asyncpg.connect(POSTGRES, timeout=5)
-    database = f"imagine_bench_{name}_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    host = POSTGRES.rsplit("/", 1)[0]
-    try:
-        yield (
-            host.replace("postgresql://", "postgresql+asyncpg://") + f"/{database}",
-            f"{host}/{database}",
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-
-
-async def postgres_reachable() -> bool:
-    try:
-        connection = await asyncpg.connect(POSTGRES, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await connection.close()
-    return True
 
 
 async def main(quick: bool) -> None:
