@@ -50,6 +50,9 @@ __all__ = ["Clock", "Ledger", "create_engine", "utc_now"]
 Clock = Callable[[], datetime]
 T = TypeVar("T")
 
+STARTING_GRANT_ACTOR = "system"
+STARTING_GRANT_REASON = "starting credits"
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -100,9 +103,9 @@ class Ledger:
                 starting_credits,
                 starting_credits,
                 0,
-                actor="system",
-                reason="starting credits",
-                idempotency_key=f"starting-credits:{account}",
+                actor=STARTING_GRANT_ACTOR,
+                reason=STARTING_GRANT_REASON,
+                idempotency_key=_starting_grant_key(account),
             )
         return Balance(account=account, available=starting_credits, held=0)
 
@@ -173,23 +176,43 @@ class Ledger:
         """Open the quoting account if it is new (as ``ensure_account``) and record the quote.
 
         One transaction, where a user's first command would otherwise take
-        three. Refused with ``InsufficientFunds``, recording no quote, when the
-        available balance does not cover the price; the account stays opened.
+        three; on PostgreSQL one statement (``statements.OPEN_QUOTE_AT_ONCE``),
+        since each statement there is a round trip on the event loop. Refused
+        with ``InsufficientFunds``, recording no quote, when the available
+        balance does not cover the price; the account stays opened.
         """
+        stored = self._quote_row(new)
+        if not self._is_sqlite:
+            at_once = await self._transactions.statement(
+                statements.OPEN_QUOTE_AT_ONCE,
+                {
+                    **stored,
+                    "account": new.account_id,
+                    "starting_credits": starting_credits,
+                    "grant_actor": STARTING_GRANT_ACTOR,
+                    "grant_reason": STARTING_GRANT_REASON,
+                    "grant_key": _starting_grant_key(new.account_id),
+                    "price": new.price,
+                },
+            )
+            if at_once is not None:
+                available, held, quotes_recorded = at_once
+                balance = Balance(account=new.account_id, available=available, held=held)
+                quoted = _quoted_generation(stored) if quotes_recorded else None
+                return _quote_or_refusal(new, balance, quoted)
 
         def work(connection: Connection) -> tuple[Balance, Generation | None]:
             balance = self._open_account(connection, new.account_id, starting_credits)
             if balance.available < new.price:
                 return balance, None
-            return balance, self._insert_quote(connection, new)
+            statements.run(connection, statements.NEW_GENERATION, stored)
+            return balance, _quoted_generation(stored)
 
-        balance, generation = await self._transactions.write(work)
-        if generation is None:
-            raise InsufficientFunds(new.account_id, new.price, balance.available)
-        return balance, generation
+        return _quote_or_refusal(new, *await self._transactions.write(work))
 
-    def _insert_quote(self, connection: Connection, new: NewGeneration) -> Generation:
-        stored = {
+    def _quote_row(self, new: NewGeneration) -> dict[str, Any]:
+        """The new quote's row: ``statements.QUOTED_COLUMNS``."""
+        return {
             "id": new.id,
             "account_id": new.account_id,
             "model_id": new.model_id,
@@ -207,11 +230,11 @@ class Ledger:
             "created_at": self._clock().astimezone(UTC),
             "expires_at": new.expires_at.astimezone(UTC),
         }
+
+    def _insert_quote(self, connection: Connection, new: NewGeneration) -> Generation:
+        stored = self._quote_row(new)
         statements.run(connection, statements.NEW_GENERATION, stored)
-        # What reading the row back would give, without the read.
-        return Generation(
-            **stored, error_code=None, error_message=None, confirmed_at=None, finished_at=None
-        )
+        return _quoted_generation(stored)
 
     async def generation(self, generation_id: str) -> Generation:
         return await self._transactions.read(partial(self._generation, generation_id=generation_id))
@@ -678,3 +701,23 @@ def _require_positive(amount: int) -> None:
 def _generation_from(row: Row[Any]) -> Generation:
     values: Mapping[str, Any] = row._mapping
     return Generation(**{**values, "status": GenerationStatus(values["status"])})
+
+
+def _starting_grant_key(account: str) -> str:
+    """One starting grant per account, ever."""
+    return f"starting-credits:{account}"
+
+
+def _quoted_generation(stored: Mapping[str, Any]) -> Generation:
+    """What reading a new quote's row back would give, without the read."""
+    return Generation(
+        **stored, error_code=None, error_message=None, confirmed_at=None, finished_at=None
+    )
+
+
+def _quote_or_refusal(
+    new: NewGeneration, balance: Balance, quoted: Generation | None
+) -> tuple[Balance, Generation]:
+    if quoted is None:
+        raise InsufficientFunds(new.account_id, new.price, balance.available)
+    return balance, quoted

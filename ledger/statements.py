@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -26,7 +26,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.expression import Executable
 
 from ledger.schema import accounts, generations, ledger_entries
-from ledger.values import GenerationStatus
+from ledger.values import EntryKind, GenerationStatus
 
 
 @dataclass(frozen=True)
@@ -209,3 +209,104 @@ CLOSE_QUOTE = (
     .values(status=bindparam("new_status"), finished_at=bindparam("now"))
 )
 """A quote's end without a hold: cancelled or expired."""
+
+
+QUOTED_COLUMNS = (
+    "id",
+    "account_id",
+    "model_id",
+    "provider",
+    "provider_model",
+    "prompt",
+    "options",
+    "channel",
+    "images_requested",
+    "images_delivered",
+    "credits_per_image",
+    "credits_held",
+    "credits_charged",
+    "status",
+    "created_at",
+    "expires_at",
+)
+"""What a new quote's row is given; the rest of its columns start empty."""
+
+
+def _open_quote_at_once() -> Executable:
+    def value(column: Any) -> Any:
+        return bindparam(column.name, type_=column.type)
+
+    opened = (
+        postgresql.insert(accounts)
+        .values(
+            id=bindparam("account", type_=accounts.c.id.type),
+            available=bindparam("starting_credits", type_=accounts.c.available.type),
+            held=0,
+            created_at=value(accounts.c.created_at),
+            updated_at=bindparam("created_at", type_=accounts.c.updated_at.type),
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(accounts.c.available, accounts.c.held)
+        .cte("opened")
+    )
+    granted = insert(ledger_entries).from_select(
+        [
+            "account_id",
+            "kind",
+            "amount",
+            "available_delta",
+            "held_delta",
+            "actor",
+            "reason",
+            "idempotency_key",
+            "created_at",
+        ],
+        select(
+            bindparam("account", type_=ledger_entries.c.account_id.type),
+            literal(EntryKind.GRANT.value, ledger_entries.c.kind.type),
+            opened.c.available,
+            opened.c.available,
+            literal(0, ledger_entries.c.held_delta.type),
+            bindparam("grant_actor", type_=ledger_entries.c.actor.type),
+            bindparam("grant_reason", type_=ledger_entries.c.reason.type),
+            bindparam("grant_key", type_=ledger_entries.c.idempotency_key.type),
+            bindparam("created_at", type_=ledger_entries.c.created_at.type),
+        ).where(opened.c.available > 0),
+    )
+    # A statement sees the database as it was when it began: an account opened
+    # above is in ``opened`` only, one that was there already in ``accounts`` only.
+    balance = union_all(
+        select(opened.c.available, opened.c.held),
+        select(accounts.c.available, accounts.c.held).where(
+            accounts.c.id == bindparam("account", type_=accounts.c.id.type)
+        ),
+    ).cte("balance")
+    quoted = (
+        insert(generations)
+        .from_select(
+            list(QUOTED_COLUMNS),
+            select(*(value(generations.c[name]) for name in QUOTED_COLUMNS)).where(
+                balance.c.available >= bindparam("price", type_=accounts.c.available.type)
+            ),
+        )
+        .returning(generations.c.id)
+        .cte("quoted")
+    )
+    return select(
+        balance.c.available,
+        balance.c.held,
+        select(func.count()).select_from(quoted).scalar_subquery(),
+    ).add_cte(granted.cte("granted"))
+
+
+OPEN_QUOTE_AT_ONCE = _open_quote_at_once()
+"""PostgreSQL only: ``Ledger.open_quote`` in one statement, so in one round trip.
+
+Opens the account with ``starting_credits`` and its starting grant if it is
+new, and records the quote (``QUOTED_COLUMNS``) if ``price`` is available;
+answers one row, (available, held, quotes recorded), or none when another
+connection opened the same new account at the same moment (the caller then
+takes the transactional way). Data-modifying CTEs are PostgreSQL's; SQLite
+runs the same steps as separate statements on its ledger thread, where a
+statement costs no round trip.
+"""

@@ -27,26 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy
-from sqlalchemy import event
+from sqlalchemy import Row, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.expression import Executable
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# Connections each process keeps open on PostgreSQL, and how many more a burst may
-# open for a moment; four processes stay inside PostgreSQL's default limit of 100.
+# Connections each process may open on PostgreSQL, and keeps. None beyond: a burst's
+# extra connections were opened and closed again around one statement each, costing
+# more than waiting for a pooled one (bench.latency); ten processes fit in the default 100.
 POSTGRES_POOL_SIZE = 10
-POSTGRES_POOL_OVERFLOW = 10
+POSTGRES_POOL_OVERFLOW = 0
 SQLITE_READER_THREADS = 4
 SQLITE_WRITES_PER_BATCH = 16
 """Small enough that a burst's first answers do not wait for its last writes."""
@@ -125,6 +127,17 @@ class Transactions:
     async def read(self, work: Work[T]) -> T:
         async with self.engine.connect() as connection:
             return await connection.run_sync(_in_transaction, work)
+
+    async def statement(self, statement: Executable, values: Mapping[str, Any]) -> Row[Any] | None:
+        """Run one statement that is atomic by itself, committed as it runs; its first row, if any.
+
+        Without ``BEGIN`` and ``COMMIT`` around it: on PostgreSQL each is a
+        round trip of its own, which would triple the statement's cost.
+        """
+        async with self.engine.connect() as connection:
+            alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            result = await alone.execute(statement, dict(values))
+            return result.first() if result.returns_rows else None
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from ledger import (
     AccountNotFound,
+    Balance,
     EntryKind,
     GenerationStatus,
     IdempotencyConflict,
@@ -86,6 +87,47 @@ async def test_a_first_quote_opens_the_account_with_its_starting_credits_once(
     assert (balance.available, again.available) == (50, 50)
     assert (first.status, second.status) == (GenerationStatus.QUOTED, GenerationStatus.QUOTED)
     assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+
+
+async def test_a_first_quote_records_the_starting_grant_as_a_grant_does(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await ledger.open_quote(new_quote(clock, "g1"), starting_credits=50)
+
+    [entry] = await ledger.entries(ALICE)
+    assert (entry.kind, entry.amount, entry.actor, entry.reason) == (
+        EntryKind.GRANT,
+        50,
+        "system",
+        "starting credits",
+    )
+    assert await ledger.verify() == []
+
+
+async def test_a_first_quote_without_starting_credits_opens_an_empty_account(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    with pytest.raises(InsufficientFunds):
+        await ledger.open_quote(new_quote(clock, "g1"), starting_credits=0)
+
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=0, held=0)
+    assert await ledger.entries(ALICE) == []
+
+
+async def test_first_quotes_at_once_from_one_new_account_grant_its_starting_credits_once(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    quotes = await asyncio.gather(
+        *(
+            ledger.open_quote(new_quote(clock, f"g{number}"), starting_credits=50)
+            for number in range(8)
+        )
+    )
+
+    assert {balance.available for balance, _ in quotes} == {50}
+    assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+    assert len(await ledger.history(ALICE, include_unconfirmed=True)) == 8
+    assert await ledger.verify() == []
 
 
 async def test_a_quote_reads_back_exactly_as_it_was_returned(
@@ -546,4 +588,57 @@ async def test_connections_the_server_closed_are_replaced_without_an_error(
             await ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key="after")
             assert (await ledger.balance(ALICE)).available == 105
         finally:
+            await ledger.close()
+
+
+async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> None:
+    for _ in range(1000):
+        if await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement came to wait for the lock")
+
+
+@pytest.mark.postgres
+async def test_a_first_quote_racing_another_process_opening_the_account_is_still_recorded(
+    clock: FakeClock,
+) -> None:
+    async with postgres_database() as url:
+        engine = create_engine(url)
+        await migrate.upgrade(engine)
+        ledger = Ledger(engine, clock)
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        try:
+            # Another bot process is opening the same account, and has not committed yet.
+            opening = other.transaction()
+            await opening.start()
+            await other.execute(
+                "INSERT INTO accounts (id, available, held, created_at, updated_at)"
+                " VALUES ($1, 50, 0, now(), now())",
+                ALICE,
+            )
+            await other.execute(
+                "INSERT INTO ledger_entries (account_id, kind, amount, available_delta,"
+                " held_delta, actor, reason, idempotency_key, created_at)"
+                " VALUES ($1, 'grant', 50, 50, 0, 'system', 'starting credits', $2, now())",
+                ALICE,
+                f"starting-credits:{ALICE}",
+            )
+            quoting = asyncio.create_task(ledger.open_quote(new_quote(clock), starting_credits=50))
+            await until_a_statement_waits_for_a_lock(watcher)
+            await opening.commit()
+
+            balance, quote = await quoting
+
+            assert balance.available == 50
+            assert await ledger.generation(quote.id) == quote
+            assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+            assert await ledger.verify() == []
+        finally:
+            await other.close()
+            await watcher.close()
             await ledger.close()

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from ledger import Ledger, create_engine, migrate
 from ledger.schema import bot_state
 from ledger.transactions import SQLITE_WRITES_PER_BATCH, ThreadedSQLite, transactions_for
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, postgres_database
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -142,3 +142,23 @@ async def test_a_writer_connection_left_broken_is_replaced_for_the_next_write(
 
     assert await transactions.write(remember("after")) == "after"
     assert await transactions.read(keys) == ["after"]
+
+
+@pytest.mark.postgres
+async def test_a_write_after_a_lone_statement_is_still_one_transaction() -> None:
+    async with postgres_database() as url:
+        engine = create_engine(url)
+        await migrate.upgrade(engine)
+        runner = transactions_for(engine)
+        try:
+            # A lone statement commits as it runs; the connection must not stay that way.
+            await runner.statement(
+                insert(bot_state).values(key="alone", value="v", updated_at=NOW), {}
+            )
+
+            with pytest.raises(Refused):
+                await runner.write(remember("refused", then_refuse=True))
+
+            assert await runner.read(keys) == ["alone"]
+        finally:
+            await runner.close()
