@@ -232,18 +232,20 @@ QUOTED_COLUMNS = (
 """What a new quote's row is given; the rest of its columns start empty."""
 
 
-def _open_quote_at_once() -> Executable:
-    def value(column: Any) -> Any:
-        return bindparam(column.name, type_=column.type)
+def _parameter_for(column: Any) -> Any:
+    """A parameter named and typed as ``column``."""
+    return bindparam(column.name, type_=column.type)
 
+
+def _open_quote_at_once() -> Executable:
     opened = (
         postgresql.insert(accounts)
         .values(
             id=bindparam("account", type_=accounts.c.id.type),
             available=bindparam("starting_credits", type_=accounts.c.available.type),
             held=0,
-            created_at=value(accounts.c.created_at),
-            updated_at=bindparam("created_at", type_=accounts.c.updated_at.type),
+            created_at=_parameter_for(accounts.c.created_at),
+            updated_at=_parameter_for(accounts.c.created_at),
         )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(accounts.c.available, accounts.c.held)
@@ -270,7 +272,7 @@ def _open_quote_at_once() -> Executable:
             bindparam("grant_actor", type_=ledger_entries.c.actor.type),
             bindparam("grant_reason", type_=ledger_entries.c.reason.type),
             bindparam("grant_key", type_=ledger_entries.c.idempotency_key.type),
-            bindparam("created_at", type_=ledger_entries.c.created_at.type),
+            _parameter_for(ledger_entries.c.created_at),
         ).where(opened.c.available > 0),
     )
     # A statement sees the database as it was when it began: an account opened
@@ -285,7 +287,7 @@ def _open_quote_at_once() -> Executable:
         insert(generations)
         .from_select(
             list(QUOTED_COLUMNS),
-            select(*(value(generations.c[name]) for name in QUOTED_COLUMNS)).where(
+            select(*(_parameter_for(generations.c[name]) for name in QUOTED_COLUMNS)).where(
                 balance.c.available >= bindparam("price", type_=accounts.c.available.type)
             ),
         )

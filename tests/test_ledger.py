@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, timedelta, timezone
 
@@ -564,31 +566,37 @@ async def test_concurrent_grants_and_holds_on_one_account_keep_the_sum_exact(
     assert await ledger.verify() == []
 
 
-@pytest.mark.postgres
-async def test_connections_the_server_closed_are_replaced_without_an_error(
-    clock: FakeClock,
-) -> None:
+@contextlib.asynccontextmanager
+async def postgres_ledger(clock: FakeClock) -> AsyncIterator[tuple[Ledger, str]]:
+    """A ledger on a PostgreSQL database of its own, and that database's URL."""
     async with postgres_database() as url:
         engine = create_engine(url)
         await migrate.upgrade(engine)
         ledger = Ledger(engine, clock)
         try:
-            await funded(ledger)
-            admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-            try:
-                # With a timeout, each call returns once its backend has exited.
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
-                    " WHERE datname = $1",
-                    make_url(url).database,
-                )
-            finally:
-                await admin.close()
-
-            await ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key="after")
-            assert (await ledger.balance(ALICE)).available == 105
+            yield ledger, url
         finally:
             await ledger.close()
+
+
+@pytest.mark.postgres
+async def test_connections_the_server_closed_are_replaced_without_an_error(
+    clock: FakeClock,
+) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        await funded(ledger)
+        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            # With a timeout, each call returns once its backend has exited.
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1",
+                make_url(url).database,
+            )
+        finally:
+            await admin.close()
+
+        await ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key="after")
+        assert (await ledger.balance(ALICE)).available == 105
 
 
 async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> None:
@@ -606,10 +614,7 @@ async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> Non
 async def test_a_first_quote_racing_another_process_opening_the_account_is_still_recorded(
     clock: FakeClock,
 ) -> None:
-    async with postgres_database() as url:
-        engine = create_engine(url)
-        await migrate.upgrade(engine)
-        ledger = Ledger(engine, clock)
+    async with postgres_ledger(clock) as (ledger, url):
         dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
         try:
@@ -633,12 +638,11 @@ async def test_a_first_quote_racing_another_process_opening_the_account_is_still
             await opening.commit()
 
             balance, quote = await quoting
-
-            assert balance.available == 50
-            assert await ledger.generation(quote.id) == quote
-            assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
-            assert await ledger.verify() == []
         finally:
             await other.close()
             await watcher.close()
-            await ledger.close()
+
+        assert balance.available == 50
+        assert await ledger.generation(quote.id) == quote
+        assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+        assert await ledger.verify() == []
