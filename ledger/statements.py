@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import bindparam, func, insert, literal, select, union_all, update
@@ -54,22 +55,26 @@ def run(connection: Connection, statement: Executable, values: Mapping[str, Any]
 
 @dataclass(frozen=True)
 class _Plain:
-    """A statement compiled for sqlite3: its SQL, and each positional value's converter."""
+    """A statement compiled for sqlite3: its SQL, and how to turn values into its arguments."""
 
-    compiled: SQLCompiler
-    converters: tuple[tuple[str, Callable[[Any], Any] | None], ...]
-
-    @property
-    def sql(self) -> str:
-        return self.compiled.string
+    sql: str
+    literals: Mapping[str, Any]
+    """Values the statement carries itself (such as a status it sets), by parameter name."""
+    in_order: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    """The values in the order of the statement's ``?`` placeholders."""
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """Each placeholder whose column type converts its value, and the converter."""
 
     def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        # construct_params adds the statement's own literals (such as a status) to the values.
-        bound = self.compiled.construct_params(dict(values))
-        return tuple(
-            bound[name] if convert is None else convert(bound[name])
-            for name, convert in self.converters
-        )
+        # Done by hand rather than by construct_params, which cost a third of a
+        # quote's statement handling on the writer thread (bench.latency).
+        ordered = self.in_order({**self.literals, **values} if self.literals else values)
+        if not self.conversions:
+            return ordered
+        converted = list(ordered)
+        for position, convert in self.conversions:
+            converted[position] = convert(converted[position])
+        return tuple(converted)
 
 
 _compiled: dict[tuple[int, frozenset[str] | None], _Plain] = {}
@@ -82,21 +87,43 @@ def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Pl
     key = (id(statement), columns)
     found = _compiled.get(key)
     if found is None:
-        compiled = cast(
-            SQLCompiler,
-            statement.compile(
-                dialect=dialect, column_keys=None if columns is None else sorted(columns)
-            ),
-        )
-        found = _Plain(
-            compiled,
-            tuple(
-                (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-                for name in compiled.positiontup or []
-            ),
-        )
-        _compiled[key] = found
+        found = _compiled[key] = _compile_plain(statement, dialect, columns)
     return found
+
+
+def _compile_plain(
+    statement: Executable, dialect: Dialect, columns: frozenset[str] | None
+) -> _Plain:
+    compiled = cast(
+        SQLCompiler,
+        statement.compile(
+            dialect=dialect, column_keys=None if columns is None else sorted(columns)
+        ),
+    )
+    names = tuple(compiled.positiontup or ())
+    converters = [
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    ]
+    return _Plain(
+        sql=compiled.string,
+        literals={
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        },
+        in_order=_getter(names),
+        conversions=tuple(
+            (position, convert)
+            for position, convert in enumerate(converters)
+            if convert is not None
+        ),
+    )
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``names``' values as a tuple (``itemgetter`` alone gives a bare value for one name)."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda values: (values[name],)
+    return itemgetter(*names)
 
 
 GENERATION = select(generations).where(generations.c.id == bindparam("generation_id"))
