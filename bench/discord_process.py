@@ -10,8 +10,8 @@ clock: from INTERACTION_CREATE sent to the quote with its buttons received.
 
 prints one JSON line, ``{"api_base": ..., "control": ...}``, and serves until
 its standard input closes. ``POST {control}/burst`` with
-``{"users": N, "first_user": ID, "click": bool}`` runs /imagine from N users
-at once and answers ``{"answered": [...], "delivered": [...]}`` in seconds:
+``{"users": N, "first_user": ID, "click": bool, "bot": K}`` runs /imagine from
+N users at once, sent to the K-th bot connected (0 the first, -1 the newest), and answers ``{"answered": [...], "delivered": [...]}`` in seconds:
 until each quote arrived, and from each click until its images arrived.
 """
 
@@ -85,6 +85,7 @@ async def serve() -> None:
 
         async def run_burst(request: web.Request) -> web.Response:
             asked = await request.json()
+            fake.listener = asked["bot"]
             measured = await burst(fake, asked["users"], asked["first_user"], asked["click"])
             return web.json_response(measured)
 

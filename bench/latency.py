@@ -8,10 +8,12 @@ received (``local`` provider, 1K). Baseline: a minimal discord.py bot in the sam
 /imagine answers at once with a button.
 
 The loopback Discord runs in a process of its own (``bench.discord_process``),
-so the fake's work is not counted against the bot; both bots are warmed up
-with one untimed command first, quote bursts repeat until there are 200
-samples (N=1 200 times, N=50 4 times), and the heap is frozen as
-``imagine-bot run`` freezes it.
+so the fake's work is not counted against the bot. Both bots stay connected
+to it at once, and at each size their bursts alternate (N=1 200 times each,
+N=50 4 times, N=500 twice), so that a slow patch of the shared machine falls
+on both rather than on whichever was measured then. Each bot is warmed up with
+one untimed command first, and the heap is frozen as ``imagine-bot run``
+freezes it.
 
     python -m bench.latency [--quick] [--database postgresql]
 """
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -59,9 +61,18 @@ max_images = 1
 """
 
 QUOTES_AT_LEAST = 200
-"""Quote bursts repeat until they have this many commands: one burst of 50 swings its p50 by 2x."""
+"""Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50 by 2x."""
+ROUNDS_AT_LEAST = 2
+"""Each size alternates between the two bots at least this often."""
 DELIVERIES_AT_LEAST = 20
 """Click bursts (each draws an image per user) repeat until they have this many."""
+
+SETTLE_SECONDS_PER_USER = 0.001
+"""The pause after each burst, so the work a bot has left once its last answer is out
+(parsing the replies, closing requests) is not counted against the next burst."""
+
+BARE, IMAGINE = 0, 1
+"""The two bots, in the order they connect to the loopback gateway."""
 
 
 class MinimalBot(discord.AutoShardedClient):
@@ -84,11 +95,30 @@ class MinimalBot(discord.AutoShardedClient):
 
 
 @dataclass(frozen=True)
-class Measured:
+class Burst:
+    """One burst's times in seconds, and the CPU this process spent on it (every thread)."""
+
     answered: list[float]
     delivered: list[float]
-    cpu_per_command: float = 0.0
-    """This process's CPU seconds (every thread) per command: what a burst's latency is made of."""
+    cpu_seconds: float
+
+
+@dataclass
+class Samples:
+    """One bot's figures at one size, gathered over its bursts."""
+
+    answered: list[float] = field(default_factory=list)
+    delivered: list[float] = field(default_factory=list)
+    quote_cpu_seconds: float = 0.0
+
+    def add_quotes(self, burst: Burst) -> None:
+        self.answered += burst.answered
+        self.quote_cpu_seconds += burst.cpu_seconds
+
+    @property
+    def cpu_per_command(self) -> float:
+        """CPU seconds per quote: what a burst's latency is made of."""
+        return self.quote_cpu_seconds / max(len(self.answered), 1)
 
 
 class LoopbackProcess:
@@ -100,25 +130,16 @@ class LoopbackProcess:
         self.control = control
         self._next_user = 900_000_000_002_000_000
 
-    async def bursts(self, users: int, *, click: bool, samples: int) -> Measured:
-        """``users`` new people run /imagine at once, repeated until there are ``samples``."""
-        answered: list[float] = []
-        delivered: list[float] = []
-        cpu_before = time.process_time()
-        for _ in range(math.ceil(samples / users)):
-            measured = await self._burst(users, click=click)
-            answered += measured.answered
-            delivered += measured.delivered
-        cpu_per_command = (time.process_time() - cpu_before) / len(answered)
-        return Measured(answered, delivered, cpu_per_command)
-
-    async def _burst(self, users: int, *, click: bool) -> Measured:
-        asked = {"users": users, "first_user": self._next_user, "click": click}
+    async def burst(self, users: int, *, bot: int, click: bool) -> Burst:
+        """``users`` new people run /imagine at once, sent to ``bot``."""
+        asked = {"users": users, "first_user": self._next_user, "click": click, "bot": bot}
         self._next_user += users
+        cpu_before = time.process_time()
         async with self.session.post(f"{self.control}/burst", json=asked) as response:
             response.raise_for_status()
             measured = await response.json()
-        return Measured(measured["answered"], measured["delivered"])
+        cpu_seconds = time.process_time() - cpu_before
+        return Burst(measured["answered"], measured["delivered"], cpu_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -157,18 +178,10 @@ async def running(client: discord.Client) -> AsyncIterator[None]:
             await task
 
 
-async def measure_baseline(fake: LoopbackProcess, sizes: list[int]) -> dict[int, Measured]:
-    results = {}
-    async with running(MinimalBot()):
-        await fake.bursts(1, click=False, samples=1)
-        for size in sizes:
-            results[size] = await fake.bursts(size, click=False, samples=QUOTES_AT_LEAST)
-    return results
-
-
-async def measure_bot(
+async def measure(
     fake: LoopbackProcess, sizes: list[int], folder: Path, database_url: str
-) -> dict[int, Measured]:
+) -> dict[int, tuple[Samples, Samples]]:
+    """The bare bot's and the bot's samples at each size."""
     models = folder / "models.toml"
     models.write_text(MODELS)
     settings = Settings(
@@ -183,15 +196,24 @@ async def measure_bot(
     results = {}
     async with (
         open_service(settings) as service,
+        running(MinimalBot()),
         running(ImagineBot(service, settings, guild_ready_timeout=0.1)),
     ):
-        await fake.bursts(1, click=True, samples=1)
+        await fake.burst(1, bot=BARE, click=False)
+        await fake.burst(1, bot=IMAGINE, click=True)
         for size in sizes:
+            bare, bot = Samples(), Samples()
+            for round_number in range(max(ROUNDS_AT_LEAST, math.ceil(QUOTES_AT_LEAST / size))):
+                first_bare = round_number % 2 == 0
+                for which in (BARE, IMAGINE) if first_bare else (IMAGINE, BARE):
+                    samples = bare if which == BARE else bot
+                    samples.add_quotes(await fake.burst(size, bot=which, click=False))
+                    await asyncio.sleep(size * SETTLE_SECONDS_PER_USER)
             # Quotes and images are timed in separate bursts: a click's delivery still
             # finishing would otherwise slow the next burst's quotes.
-            quotes = await fake.bursts(size, click=False, samples=QUOTES_AT_LEAST)
-            images = await fake.bursts(size, click=True, samples=DELIVERIES_AT_LEAST)
-            results[size] = Measured(quotes.answered, images.delivered, quotes.cpu_per_command)
+            for _ in range(math.ceil(DELIVERIES_AT_LEAST / size)):
+                bot.delivered += (await fake.burst(size, bot=IMAGINE, click=True)).delivered
+            results[size] = (bare, bot)
     return results
 
 
@@ -219,28 +241,27 @@ async def main(quick: bool, database: str) -> None:
     try:
         async with loopback_process() as fake:
             point_at(fake.api_base)
-            baseline = await measure_baseline(fake, sizes)
             with tempfile.TemporaryDirectory() as folder:
                 async with ledger_database(database, Path(folder)) as database_url:
-                    bot = await measure_bot(fake, sizes, Path(folder), database_url)
+                    results = await measure(fake, sizes, Path(folder), database_url)
     finally:
         discord.http.Route.BASE = original_base
     worst_p99, worst_ratio = 0.0, 0.0
     for size in sizes:
-        confirm = bot[size].answered
-        ratio = percentile(confirm, 0.5) / max(percentile(baseline[size].answered, 0.5), 1e-9)
-        worst_p99 = max(worst_p99, percentile(confirm, 0.99))
+        bare, bot = results[size]
+        ratio = percentile(bot.answered, 0.5) / max(percentile(bare.answered, 0.5), 1e-9)
+        worst_p99 = max(worst_p99, percentile(bot.answered, 0.99))
         worst_ratio = max(worst_ratio, ratio)
-        print(f"N={size:<4} confirm   {summary_ms(confirm)}")
-        print(f"       baseline  {summary_ms(baseline[size].answered)}   p50 ratio {ratio:.2f}")
+        print(f"N={size:<4} confirm   {summary_ms(bot.answered)}")
+        print(f"       baseline  {summary_ms(bare.answered)}   p50 ratio {ratio:.2f}")
         if size > 1:
             # At N=1 this harness's own request for each burst would dominate the figure.
-            cpu, bare_cpu = bot[size].cpu_per_command, baseline[size].cpu_per_command
+            cpu, bare_cpu = bot.cpu_per_command, bare.cpu_per_command
             print(
                 f"       CPU per command: bot {cpu * 1000:.2f} ms, baseline {bare_cpu * 1000:.2f} ms,"
                 f" ratio {cpu / max(bare_cpu, 1e-9):.2f}"
             )
-        print(f"       images    {summary_ms(bot[size].delivered)}  (click to upload, local 1K)")
+        print(f"       images    {summary_ms(bot.delivered)}  (click to upload, local 1K)")
     print(
         f"latency: confirm p99 {worst_p99 * 1000:.0f} ms at N={sizes[-1]} (target < 300), "
         f"worst p50 ratio to a bare bot {worst_ratio:.2f} (target < 2)"

@@ -173,6 +173,9 @@ class LoopbackDiscord:
         self._sequence = itertools.count(1)
         self._changed = asyncio.Condition()
         self._sockets: list[web.WebSocketResponse] = []
+        self.listener = -1
+        """Which gateway connection receives events, in the order they connected: the newest
+        unless set (the latency benchmark keeps two bots connected and alternates)."""
         self._ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -348,7 +351,7 @@ class LoopbackDiscord:
     async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
         await self.wait_until_ready()
         frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
-        await self._sockets[-1].send_str(json.dumps(frame))
+        await self._sockets[self.listener].send_str(json.dumps(frame))
 
     def _command(self, name: str) -> tuple[dict[str, Any], str]:
         for scope, commands in self.commands.items():
