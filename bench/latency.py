@@ -9,8 +9,8 @@ received (``local`` provider, 1K). Baseline: a minimal discord.py bot in the sam
 
 The loopback Discord runs in a process of its own (``bench.discord_process``),
 so the fake's work is not counted against the bot. Both bots stay connected
-to it at once, and at each size their bursts alternate (N=1 200 times each,
-N=50 4 times, N=500 twice), so that a slow patch of the shared machine falls
+to it at once, and at each size their bursts alternate (N=1 500 times each,
+N=50 10 times, N=500 4 times), so that a slow patch of the shared machine falls
 on both rather than on whichever was measured then. Each bot is warmed up with
 one untimed command first, and the heap is frozen as ``imagine-bot run``
 freezes it.
@@ -60,9 +60,9 @@ aspect_ratios = ["1:1"]
 max_images = 1
 """
 
-QUOTES_AT_LEAST = 200
+QUOTES_AT_LEAST = 500
 """Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50 by 2x."""
-ROUNDS_AT_LEAST = 2
+ROUNDS_AT_LEAST = 4
 """Each size alternates between the two bots at least this often."""
 DELIVERIES_AT_LEAST = 20
 """Click bursts (each draws an image per user) repeat until they have this many."""
@@ -84,8 +84,11 @@ class MinimalBot(discord.AutoShardedClient):
 
         @self.tree.command(name="imagine", description="answer at once")
         async def imagine(interaction: discord.Interaction, prompt: str) -> None:
-            view = discord.ui.View()
+            view = discord.ui.View(timeout=None)
             view.add_item(discord.ui.Button(label="Generate", custom_id="generate"))
+            # As the bot's quote does: a listening view would be kept, with its timeout
+            # task, long after the burst, in the process both bots share.
+            view.stop()
             await interaction.response.send_message(prompt, view=view, ephemeral=True)
 
     async def setup_hook(self) -> None:
