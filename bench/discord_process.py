@@ -11,8 +11,9 @@ clock: from INTERACTION_CREATE sent to the quote with its buttons received.
 prints one JSON line, ``{"api_base": ..., "control": ...}``, and serves until
 its standard input closes. ``POST {control}/burst`` with
 ``{"users": N, "first_user": ID, "click": bool, "bot": K}`` runs /imagine from
-N users at once, sent to the K-th bot connected (0 the first, -1 the newest), and answers ``{"answered": [...], "delivered": [...]}`` in seconds:
-until each quote arrived, and from each click until its images arrived.
+N users at once, sent to the K-th bot connected (0 the first, -1 the newest),
+and answers ``{"answered": [...], "delivered": [...]}`` in seconds: until each
+quote arrived, and from each click until its images arrived.
 """
 
 from __future__ import annotations
