@@ -25,8 +25,9 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.types import TypeEngine
 
-from ledger.schema import accounts, generations, ledger_entries
+from ledger.schema import UTCDateTime, accounts, generations, ledger_entries
 from ledger.values import EntryKind, GenerationStatus
 
 
@@ -101,9 +102,7 @@ def _compile_plain(
         ),
     )
     names = tuple(compiled.positiontup or ())
-    converters = [
-        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
-    ]
+    converters = [_converter(compiled.binds[name].type, dialect) for name in names]
     return _Plain(
         sql=compiled.string,
         literals={
@@ -116,6 +115,12 @@ def _compile_plain(
             if convert is not None
         ),
     )
+
+
+def _converter(bind_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    if isinstance(bind_type, UTCDateTime):
+        return UTCDateTime.sqlite_text
+    return bind_type.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
