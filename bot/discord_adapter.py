@@ -15,13 +15,13 @@ in ``DISCORD_GUILD_IDS`` or globally.
 # No ``from __future__ import annotations`` here: discord.py reads the command
 # callbacks' annotations, and /imagine's count range comes from the registry.
 
-import asyncio
 import hashlib
 import io
 import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import discord
@@ -41,7 +41,7 @@ from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, check_reference_image, validate_request
 from bot.progress import ProgressEvent
 from bot.settings import Settings
-from bot.tasks import BackgroundTasks, answer_in_time
+from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
 from ledger import Generation, GenerationStatus
 from providers.base import GeneratedImage, ReferenceImage
 
@@ -52,6 +52,17 @@ _CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
+
+
+@dataclass(frozen=True)
+class ShownQuote:
+    """Where a quote's buttons are, for disabling them when it expires: its message, by
+    the command's webhook. Not the ``Interaction``, which would keep its whole payload
+    and reply alive for minutes, for the garbage collector to walk again and again."""
+
+    application_id: int
+    token: str
+    message_id: int
 
 
 def discord_account(user: discord.abc.User) -> str:
@@ -80,8 +91,8 @@ class ImagineBot(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = self._on_command_error
         self.background = BackgroundTasks()
-        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
-        """A timer per quote still showing its buttons: a handle, not a task asleep for minutes."""
+        self.quotes_shown: Deadlines[str, ShownQuote] = Deadlines(self._quote_timed_out)
+        """Quotes still showing live buttons, by request id, until they expire."""
         for command in build_commands(self):
             self.tree.add_command(command)
         service.platform_checks["discord"] = lambda: self.is_ready() and not self.is_closed()
@@ -123,8 +134,7 @@ class ImagineBot(discord.AutoShardedClient):
         return synced
 
     async def close(self) -> None:
-        for timer in self._expiry_timers.values():
-            timer.cancel()
+        self.quotes_shown.close()
         # Generations still running are cancelled; the flow releases their holds.
         await self.background.aclose()
         await super().close()
@@ -149,11 +159,14 @@ class ImagineBot(discord.AutoShardedClient):
                 await interaction.response.defer(ephemeral=True, thinking=True)
 
             text, view, quote_id = await answer_in_time(quoting, thinking)
-        await _answer(interaction, text, view=view)
-        if quote_id is not None:
-            ttl = min(self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS)
-            self._expiry_timers[quote_id] = asyncio.get_running_loop().call_later(
-                ttl, self._quote_timed_out, interaction, quote_id
+        message_id = await _answer(interaction, text, view=view)
+        if quote_id is not None and message_id is not None:
+            self.quotes_shown.add(
+                quote_id,
+                ShownQuote(interaction.application_id, interaction.token, message_id),
+                due_in_seconds=min(
+                    self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS
+                ),
             )
 
     async def _quote(
@@ -188,21 +201,22 @@ class ImagineBot(discord.AutoShardedClient):
         )
         return summary, quote_view(quote.id, request.count, quote.price), quote.id
 
-    def _quote_timed_out(self, interaction: discord.Interaction, generation_id: str) -> None:
-        del self._expiry_timers[generation_id]
+    def _quote_timed_out(self, generation_id: str, shown: ShownQuote) -> None:
         self.background.spawn(
-            self._expire_buttons(interaction, generation_id),
+            self._expire_buttons(generation_id, shown),
             name=f"discord quote expiry {generation_id}",
         )
 
-    async def _expire_buttons(self, interaction: discord.Interaction, generation_id: str) -> None:
+    async def _expire_buttons(self, generation_id: str, shown: ShownQuote) -> None:
         try:
             generation = await self.service.ledger.generation(generation_id)
             if generation.status in (
                 GenerationStatus.QUOTED,
                 GenerationStatus.EXPIRED,
             ):
-                await interaction.edit_original_response(
+                webhook = discord.Webhook.partial(shown.application_id, shown.token, client=self)
+                await webhook.edit_message(
+                    shown.message_id,
                     content=messages.DISCORD_QUOTE_EXPIRED_BUTTONS,
                     view=quote_view(generation_id, 0, 0, disabled=True),
                 )
@@ -220,8 +234,7 @@ class ImagineBot(discord.AutoShardedClient):
         except (QuoteExpired, QuoteNotFound) as refusal:
             await interaction.response.edit_message(content=refusal.message, view=None)
             return
-        if timer := self._expiry_timers.pop(generation_id, None):
-            timer.cancel()
+        self.quotes_shown.discard(generation_id)
         await interaction.response.edit_message(content=messages.DISCORD_STARTING, view=None)
         self.background.spawn(
             self._generate(interaction, held), name=f"discord generation {generation_id}"
@@ -244,8 +257,7 @@ class ImagineBot(discord.AutoShardedClient):
         except (QuoteExpired, QuoteNotFound) as refusal:
             await interaction.response.edit_message(content=refusal.message, view=None)
             return
-        if timer := self._expiry_timers.pop(generation_id, None):
-            timer.cancel()
+        self.quotes_shown.discard(generation_id)
         await interaction.response.edit_message(content=messages.CANCELLED, view=None)
 
     async def show_credits(
@@ -540,14 +552,16 @@ def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> Imagi
 
 async def _answer(
     interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
-) -> None:
-    """Answer ephemerally; after a deferral, by filling in the "thinking…" message."""
+) -> int | None:
+    """Answer ephemerally; after a deferral, by filling in the "thinking…" message.
+
+    Returns the answer's message id, when Discord gives it.
+    """
     if interaction.response.is_done():
-        await interaction.edit_original_response(content=text, view=view)
-    elif view is None:
-        await interaction.response.send_message(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, view=view, ephemeral=True)
+        return (await interaction.edit_original_response(content=text, view=view)).id
+    if view is None:
+        return (await interaction.response.send_message(text, ephemeral=True)).message_id
+    return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
 
 
 async def serve_discord(service: ImagineService, settings: Settings) -> None:

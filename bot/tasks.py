@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 ANSWER_WITHIN_SECONDS = 1.5
 """Discord and Slack want an answer within 3 s of a command; this leaves room for the round trip."""
@@ -75,3 +76,52 @@ class BackgroundTasks:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             logger.error("background task %s failed", task.get_name(), exc_info=error)
+
+
+class Deadlines(Generic[K, T]):
+    """Things that each fall due a while after they were added, kept under one timer.
+
+    Made for quotes, which all wait equally long and so fall due in the order
+    they were added: a timer for the oldest alone, rather than one per quote in
+    the event loop's heap, where thousands of them cost every other timer a
+    longer search. Something added with an earlier due time than the one
+    before it waits for that one.
+    """
+
+    def __init__(self, on_due: Callable[[K, T], None]) -> None:
+        self._on_due = on_due
+        self._waiting: dict[K, tuple[float, T]] = {}
+        """In the order added (dicts keep it), each with its due time on the loop's clock."""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, key: K, value: T, *, due_in_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting[key] = (loop.time() + due_in_seconds, value)
+        if self._timer is None:
+            self._timer = loop.call_at(self._waiting[key][0], self._fire)
+
+    def discard(self, key: K) -> None:
+        """Forget ``key`` (done with before it fell due); the timer finds out when it fires."""
+        self._waiting.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        """Forget everything, calling nothing."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting.clear()
+
+    def _fire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._timer = None
+        while self._waiting:
+            key, (due, value) = next(iter(self._waiting.items()))
+            if due > now:
+                self._timer = loop.call_at(due, self._fire)
+                return
+            del self._waiting[key]
+            self._on_due(key, value)
