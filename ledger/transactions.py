@@ -153,9 +153,11 @@ class ThreadedSQLite(Transactions):
     """Runs ledger operations on a SQLite file with ``sqlite3`` on threads.
 
     Writes that queue up while the writer is busy go together in the next
-    transaction (a group commit), each inside a savepoint of its own, so one
-    refused operation undoes only itself. Under a burst the writer pays one
-    ``BEGIN``, ``COMMIT`` and hand-off per batch instead of per operation.
+    transaction (a group commit). Under a burst the writer pays one ``BEGIN``,
+    ``COMMIT`` and hand-off per batch instead of per operation. If one of them
+    is refused, the batch runs again with each inside a savepoint of its own,
+    so the refusal undoes only itself; works must be safe to run twice (they
+    are functions of the connection alone).
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -169,6 +171,8 @@ class ThreadedSQLite(Transactions):
         """Kept open by the writer thread between batches: checking one out costs more than a quote."""
         self._idle = asyncio.Event()
         """Set while no batch is being written."""
+        self.batches_written_again = 0
+        """Batches in which a work raised, so that all of them ran a second time."""
         self._idle.set()
 
     async def write(self, work: Work[T]) -> T:
@@ -219,20 +223,16 @@ class ThreadedSQLite(Transactions):
                 return [(True, _in_transaction(connection, works[0]))]
             except Exception as refusal:
                 return [(False, refusal)]
-        results: list[tuple[bool, Any]] = []
-        with connection.begin():
-            # Straight on sqlite3, as statements.run does: through SQLAlchemy the
-            # savepoint and its release cost a quarter of a quote's time on this thread.
-            driver = connection.connection.driver_connection
-            for work in works:
-                driver.execute("SAVEPOINT ledger_work")
-                try:
-                    results.append((True, work(connection)))
-                except Exception as refusal:
-                    driver.execute("ROLLBACK TO ledger_work")
-                    results.append((False, refusal))
-                driver.execute("RELEASE ledger_work")
-        return results
+        # First all together: a savepoint and its release around each work cost a
+        # quarter of the SQLite time of a new user's quote, and most batches hold no
+        # refusal. A work that raises undoes the whole try, and the batch runs again
+        # with each work in a savepoint, where a refusal undoes only itself.
+        try:
+            with connection.begin():
+                return [(True, work(connection)) for work in works]
+        except Exception:
+            self.batches_written_again += 1
+        return _each_in_a_savepoint(connection, works)
 
     def _read(self, work: Work[T]) -> T:
         with self._file_engine.connect() as connection:
@@ -248,6 +248,24 @@ class ThreadedSQLite(Transactions):
             self._writer_connection.close()
         self._file_engine.dispose()
         await super().close()
+
+
+def _each_in_a_savepoint(connection: Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+    """Each work's (succeeded, result or exception) in one transaction; a refusal undoes only itself."""
+    results: list[tuple[bool, Any]] = []
+    with connection.begin():
+        # Straight on sqlite3, as statements.run does: through SQLAlchemy the
+        # savepoint and its release cost a quarter of a quote's time on this thread.
+        driver = connection.connection.driver_connection
+        for work in works:
+            driver.execute("SAVEPOINT ledger_work")
+            try:
+                results.append((True, work(connection)))
+            except Exception as refusal:
+                driver.execute("ROLLBACK TO ledger_work")
+                results.append((False, refusal))
+            driver.execute("RELEASE ledger_work")
+    return results
 
 
 def transactions_for(engine: AsyncEngine) -> Transactions:

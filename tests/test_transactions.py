@@ -68,6 +68,41 @@ async def test_writes_queued_together_each_keep_their_own_outcome(
     assert await transactions.read(keys) == kept
 
 
+async def test_a_batch_without_a_refusal_runs_each_write_once(
+    transactions: ThreadedSQLite,
+) -> None:
+    ran: list[str] = []
+
+    def counted(key: str) -> Callable[[Connection], str]:
+        def work(connection: Connection) -> str:
+            ran.append(key)
+            return remember(key)(connection)
+
+        return work
+
+    await asyncio.gather(
+        *(transactions.write(counted(f"k{n:03}")) for n in range(2 * SQLITE_WRITES_PER_BATCH))
+    )
+
+    assert sorted(ran) == [f"k{n:03}" for n in range(2 * SQLITE_WRITES_PER_BATCH)]
+    assert transactions.batches_written_again == 0
+
+
+async def test_a_refusal_runs_only_its_own_batch_again(transactions: ThreadedSQLite) -> None:
+    # The first write goes alone to the idle writer; the next batch queues behind it.
+    first = asyncio.ensure_future(transactions.write(remember("a")))
+    await asyncio.sleep(0)
+    queued = [
+        transactions.write(remember(f"k{n:03}", then_refuse=n == 3))
+        for n in range(SQLITE_WRITES_PER_BATCH)
+    ]
+    outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+
+    assert [isinstance(outcome, Refused) for outcome in outcomes].count(True) == 1
+    assert transactions.batches_written_again == 1
+    assert len(await transactions.read(keys)) == SQLITE_WRITES_PER_BATCH
+
+
 async def test_a_write_refused_alone_leaves_nothing_behind(transactions: ThreadedSQLite) -> None:
     with pytest.raises(Refused):
         await transactions.write(remember("lonely", then_refuse=True))
