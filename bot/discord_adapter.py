@@ -430,16 +430,34 @@ def quote_view(
     generation_id: str, count: int, price: int, *, disabled: bool = False
 ) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    generate = GenerateButton(generation_id, count, price)
-    cancel = CancelButton(generation_id)
-    generate.item.disabled = cancel.item.disabled = disabled
+    # Plain buttons: a click reaches GenerateButton or CancelButton through the
+    # DynamicItem templates registered in setup_hook, which match these custom
+    # ids, so wrapping each button in its DynamicItem here would only cost time.
+    generate = _generate_button(generation_id, count, price)
+    cancel = _cancel_button(generation_id)
+    generate.disabled = cancel.disabled = disabled
     view.add_item(generate)
     view.add_item(cancel)
-    # Clicks reach the buttons through their DynamicItem templates, registered
-    # once in setup_hook; a view still listening would make discord.py keep it,
-    # with a timeout task of its own, for 15 minutes after every quote.
+    # A view still listening would make discord.py keep it, with a timeout task
+    # of its own, for 15 minutes after every quote.
     view.stop()
     return view
+
+
+def _generate_button(generation_id: str, count: int, price: int) -> discord.ui.Button[Any]:
+    return discord.ui.Button(
+        label=messages.generate_button(count, price) if count else "Generate",
+        style=discord.ButtonStyle.primary,
+        custom_id=f"imagine:generate:{generation_id}",
+    )
+
+
+def _cancel_button(generation_id: str) -> discord.ui.Button[Any]:
+    return discord.ui.Button(
+        label=messages.CANCEL_BUTTON,
+        style=discord.ButtonStyle.secondary,
+        custom_id=f"imagine:cancel:{generation_id}",
+    )
 
 
 class GenerateButton(
@@ -447,15 +465,8 @@ class GenerateButton(
 ):
     """Pressing it confirms the quote; its id carries the request, so it outlives a restart."""
 
-    def __init__(self, generation_id: str, count: int = 0, price: int = 0) -> None:
-        label = messages.generate_button(count, price) if count else "Generate"
-        super().__init__(
-            discord.ui.Button(
-                label=label,
-                style=discord.ButtonStyle.primary,
-                custom_id=f"imagine:generate:{generation_id}",
-            )
-        )
+    def __init__(self, generation_id: str) -> None:
+        super().__init__(_generate_button(generation_id, 0, 0))
         self.generation_id = generation_id
 
     @classmethod
@@ -473,13 +484,7 @@ class CancelButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:cancel:(?P<id>[0-9a-f]+)"
 ):
     def __init__(self, generation_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=messages.CANCEL_BUTTON,
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"imagine:cancel:{generation_id}",
-            )
-        )
+        super().__init__(_cancel_button(generation_id))
         self.generation_id = generation_id
 
     @classmethod
