@@ -49,6 +49,14 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # more than waiting for a pooled one (bench.latency); ten processes fit in the default 100.
 POSTGRES_POOL_SIZE = 10
 POSTGRES_POOL_OVERFLOW = 0
+POSTGRES_POOL_WAIT_SECONDS = 600
+"""How long a ledger operation waits its turn for a pooled connection before failing.
+
+SQLAlchemy's default of 30 s failed settlements under 500 clicks at once on a slow
+machine (bench.latency on PostgreSQL): with the event loop that busy, every
+transaction held its connection longer, and the line moved slower than 30 s
+allows. The line always moves, and an operation failing only for being last
+in it would release a hold whose images were already posted."""
 SQLITE_READER_THREADS = 4
 SQLITE_WRITES_PER_BATCH = 16
 """Small enough that a burst's first answers do not wait for its last writes."""
@@ -63,7 +71,10 @@ def create_engine(database_url: str) -> AsyncEngine:
         configure_sqlite(engine.sync_engine)
     else:
         engine = create_async_engine(
-            database_url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_POOL_OVERFLOW
+            database_url,
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=POSTGRES_POOL_OVERFLOW,
+            pool_timeout=POSTGRES_POOL_WAIT_SECONDS,
         )
         skip_closed_connections(engine.sync_engine)
     return engine

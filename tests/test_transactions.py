@@ -13,7 +13,13 @@ from sqlalchemy.engine import Connection
 
 from ledger import Ledger, create_engine, migrate
 from ledger.schema import bot_state
-from ledger.transactions import SQLITE_WRITES_PER_BATCH, ThreadedSQLite, transactions_for
+from ledger.transactions import (
+    POSTGRES_POOL_SIZE,
+    POSTGRES_POOL_WAIT_SECONDS,
+    SQLITE_WRITES_PER_BATCH,
+    ThreadedSQLite,
+    transactions_for,
+)
 from tests.conftest import FakeClock, postgres_database
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -196,4 +202,26 @@ async def test_a_write_after_a_lone_statement_is_still_one_transaction() -> None
 
             assert await runner.read(keys) == ["alone"]
         finally:
+            await runner.close()
+
+
+async def test_a_write_waits_its_turn_while_every_pooled_connection_is_busy() -> None:
+    async with postgres_database() as url:
+        engine = create_engine(url)
+        await migrate.upgrade(engine)
+        runner = transactions_for(engine)
+        busy = [await engine.connect() for _ in range(POSTGRES_POOL_SIZE)]
+        try:
+            waiting = asyncio.ensure_future(runner.write(remember("queued")))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+
+            await busy.pop().close()
+
+            assert await waiting == "queued"
+            # Not SQLAlchemy's 30 s: under a burst the line moves slower than that.
+            assert engine.sync_engine.pool.timeout() == POSTGRES_POOL_WAIT_SECONDS >= 600
+        finally:
+            for connection in busy:
+                await connection.close()
             await runner.close()
