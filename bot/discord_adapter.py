@@ -226,19 +226,27 @@ class ImagineBot(discord.AutoShardedClient):
     async def generate_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
         account = discord_account(interaction.user)
         try:
-            held = await self.service.hold(generation_id, account)
+            # Under a burst the hold can wait its turn for the database past the
+            # 3 s Discord allows for answering a click; then the click is deferred.
+            held = await answer_in_time(
+                self.service.hold(generation_id, account), interaction.response.defer
+            )
         except (NotYourRequest, AlreadyHandled) as refusal:
             # Refuse in a message of its own: the requester's quote stays as it is.
-            await interaction.response.send_message(refusal.message, ephemeral=True)
+            await _tell_clicker(interaction, refusal.message)
             return
         except (QuoteExpired, QuoteNotFound) as refusal:
-            await interaction.response.edit_message(content=refusal.message, view=None)
+            await _replace_clicked(interaction, refusal.message)
             return
         self.quotes_shown.discard(generation_id)
-        await interaction.response.edit_message(content=messages.DISCORD_STARTING, view=None)
-        self.background.spawn(
-            self._generate(interaction, held), name=f"discord generation {generation_id}"
-        )
+        try:
+            await _replace_clicked(interaction, messages.DISCORD_STARTING)
+        finally:
+            # Held now: if Discord refused the answer, the generation still runs
+            # and settles the hold (releasing it if it cannot deliver).
+            self.background.spawn(
+                self._generate(interaction, held), name=f"discord generation {generation_id}"
+            )
 
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
         outcome = await self.service.generate(held, _PostToChannel(interaction))
@@ -250,15 +258,18 @@ class ImagineBot(discord.AutoShardedClient):
 
     async def cancel_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
         try:
-            await self.service.cancel(generation_id, discord_account(interaction.user))
+            await answer_in_time(
+                self.service.cancel(generation_id, discord_account(interaction.user)),
+                interaction.response.defer,
+            )
         except (NotYourRequest, AlreadyHandled) as refusal:
-            await interaction.response.send_message(refusal.message, ephemeral=True)
+            await _tell_clicker(interaction, refusal.message)
             return
         except (QuoteExpired, QuoteNotFound) as refusal:
-            await interaction.response.edit_message(content=refusal.message, view=None)
+            await _replace_clicked(interaction, refusal.message)
             return
         self.quotes_shown.discard(generation_id)
-        await interaction.response.edit_message(content=messages.CANCELLED, view=None)
+        await _replace_clicked(interaction, messages.CANCELLED)
 
     async def show_credits(
         self,
@@ -567,6 +578,22 @@ async def _answer(
     if view is None:
         return (await interaction.response.send_message(text, ephemeral=True)).message_id
     return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
+
+
+async def _replace_clicked(interaction: discord.Interaction, text: str) -> None:
+    """Put ``text`` in place of the clicked message and its buttons (edited, after a deferral)."""
+    if interaction.response.is_done():
+        await interaction.edit_original_response(content=text, view=None)
+    else:
+        await interaction.response.edit_message(content=text, view=None)
+
+
+async def _tell_clicker(interaction: discord.Interaction, text: str) -> None:
+    """Say ``text`` to the clicker alone, leaving the clicked message as it is."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def serve_discord(service: ImagineService, settings: Settings) -> None:

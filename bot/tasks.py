@@ -21,14 +21,14 @@ ANSWER_WITHIN_SECONDS = 1.5
 """Discord and Slack want an answer within 3 s of a command; this leaves room for the round trip."""
 
 
-async def answer_in_time(work: Awaitable[T], acknowledge: Callable[[], Awaitable[None]]) -> T:
+async def answer_in_time(work: Awaitable[T], acknowledge: Callable[[], Awaitable[object]]) -> T:
     """The result of ``work``, calling ``acknowledge`` first if it is not ready in time.
 
     Under a burst of commands quotes queue for the database; a platform told
     "working on it" in time does not report the command as failed.
     """
     loop = asyncio.get_running_loop()
-    acknowledging: asyncio.Task[None] | None = None
+    acknowledging: asyncio.Task[object] | None = None
 
     def too_slow() -> None:
         nonlocal acknowledging

@@ -109,10 +109,15 @@ class ChaosProvider(ImageProvider):
 
 def slow_down_quotes(service: Any, monkeypatch: Any, seconds: float = 2) -> None:
     """Make every quote take ``seconds``, as when hundreds of commands queue for the database."""
-    quote_now = service.quote
+    slow_down(service, "quote", monkeypatch, seconds)
 
-    async def slow_quote(*args: object, **kwargs: object) -> object:
+
+def slow_down(service: Any, method: str, monkeypatch: Any, seconds: float = 2) -> None:
+    """Make every call of the service's ``method`` wait ``seconds`` first, as in a queue for the database."""
+    run_now = getattr(service, method)
+
+    async def slowly(*args: object, **kwargs: object) -> object:
         await asyncio.sleep(seconds)
-        return await quote_now(*args, **kwargs)
+        return await run_now(*args, **kwargs)
 
-    monkeypatch.setattr(service, "quote", slow_quote)
+    monkeypatch.setattr(service, method, slowly)

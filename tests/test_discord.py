@@ -24,12 +24,13 @@ from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, slow_down_quotes
+from tests.fakes import Script, ScriptedProvider, slow_down, slow_down_quotes
 from tests.loopback_discord import (
     ALICE,
     BOB,
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
+    DEFERRED_UPDATE,
     GUILD_ID,
     TOKEN,
     UPDATE_MESSAGE,
@@ -280,6 +281,59 @@ async def test_cancel_withdraws_the_quote_and_charges_nothing(
     assert message.buttons == []
     [generation] = await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True)
     assert generation.status == GenerationStatus.CANCELLED
+    assert await available(service) == 50
+
+
+async def test_a_click_whose_hold_waits_past_the_deadline_is_deferred_then_generates(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    slow_down(service, "hold", monkeypatch)
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert click.callback_type == DEFERRED_UPDATE
+    assert len(discord_fake.followups(click)) == 1
+    assert await available(service) == 49
+
+
+async def test_a_refusal_after_a_deferred_click_comes_in_a_message_of_its_own(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    slow_down(service, "hold", monkeypatch)
+
+    click = await discord_fake.click(message, message.button("Generate"), user=BOB)
+    await discord_fake.wait_for(lambda: bool(discord_fake.followups(click)))
+
+    [refusal] = discord_fake.followups(click)
+    assert refusal.content == messages.NOT_YOUR_REQUEST
+    assert refusal.flags & 64
+    assert len(message.buttons) == 2
+    assert await available(service) == 50
+
+
+async def test_a_cancel_that_waits_past_the_deadline_is_deferred_then_shown(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    slow_down(service, "cancel", monkeypatch)
+
+    click = await discord_fake.click(message, message.button("Cancel"))
+    await discord_fake.wait_for(lambda: message.content == messages.CANCELLED)
+
+    assert click.callback_type == DEFERRED_UPDATE
+    assert message.buttons == []
     assert await available(service) == 50
 
 
