@@ -9,8 +9,8 @@ received (``local`` provider, 1K). Baseline: a minimal discord.py bot in the sam
 
 The loopback Discord runs in a process of its own (``bench.discord_process``),
 so the fake's work is not counted against the bot. Both bots stay connected
-to it at once, and at each size their bursts alternate (N=1 500 times each,
-N=50 10 times, N=500 4 times), so that a slow patch of the shared machine falls
+to it at once, and at each size their bursts alternate (N=1 1,000 times each,
+N=50 20 times, N=500 4 times), so that a slow patch of the shared machine falls
 on both rather than on whichever was measured then. Each bot is warmed up with
 one untimed command first, and the heap is frozen as ``imagine-bot run``
 freezes it.
@@ -60,8 +60,9 @@ aspect_ratios = ["1:1"]
 max_images = 1
 """
 
-QUOTES_AT_LEAST = 500
-"""Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50 by 2x."""
+QUOTES_AT_LEAST = 1000
+"""Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50
+by 2x, and with 500 the N=50 ratio of one code moved between 1.74 and 2.10 from run to run."""
 ROUNDS_AT_LEAST = 4
 """Each size alternates between the two bots at least this often."""
 DELIVERIES_AT_LEAST = 20
