@@ -107,11 +107,6 @@ class ChaosProvider(ImageProvider):
         return await generate_each(request, make_image, on_image_done)
 
 
-def slow_down_quotes(service: Any, monkeypatch: Any, seconds: float = 2) -> None:
-    """Make every quote take ``seconds``, as when hundreds of commands queue for the database."""
-    slow_down(service, "quote", monkeypatch, seconds)
-
-
 def slow_down(service: Any, method: str, monkeypatch: Any, seconds: float = 2) -> None:
     """Make every call of the service's ``method`` wait ``seconds`` first, as in a queue for the database."""
     run_now = getattr(service, method)

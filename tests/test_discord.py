@@ -24,7 +24,7 @@ from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, slow_down, slow_down_quotes
+from tests.fakes import Script, ScriptedProvider, slow_down
 from tests.loopback_discord import (
     ALICE,
     BOB,
@@ -660,7 +660,7 @@ async def test_a_quote_slower_than_the_deadline_allows_is_deferred_then_shown(
     service: ImagineService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slow_down_quotes(service, monkeypatch)
+    slow_down(service, "quote", monkeypatch)
 
     interaction = await discord_fake.slash("imagine", {"prompt": "a lighthouse"})
     await discord_fake.wait_for(

@@ -30,7 +30,7 @@ from bot.slack_app import (
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, slow_down_quotes
+from tests.fakes import Script, ScriptedProvider, slow_down
 from tests.loopback_slack import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -467,7 +467,7 @@ async def test_a_quote_slower_than_slacks_deadline_is_acknowledged_then_sent(
     service: ImagineService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slow_down_quotes(service, monkeypatch)
+    slow_down(service, "quote", monkeypatch)
 
     status, acknowledgement, response_url = await driver.command("/imagine", "a lighthouse")
     await slack.wait_for(lambda: slack.responded(response_url))
