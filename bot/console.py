@@ -117,8 +117,7 @@ class ConsoleChat:
             return
         delivery = _SaveToFolder(self.output_dir, self.write)
         outcome = await self.service.confirm(quote.id, self.account, delivery)
-        self.write(outcome.message)
-        self.write(messages.balance_line(outcome.balance.available, outcome.balance.held))
+        self.write(outcome.report)
 
     async def show_credits(self, _arguments: str) -> None:
         self.write(await self.service.credits.statement(self.account))

@@ -250,9 +250,8 @@ class ImagineBot(discord.AutoShardedClient):
 
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
         outcome = await self.service.generate(held, _PostToChannel(interaction))
-        final = f"{outcome.message}\n{messages.balance_line(outcome.balance.available, outcome.balance.held)}"
         try:
-            await interaction.edit_original_response(content=final)
+            await interaction.edit_original_response(content=outcome.report)
         except discord.HTTPException:
             logger.warning("could not show the outcome of %s", held.generation.id)
 

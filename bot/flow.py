@@ -15,7 +15,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 import ledger
 from bot import messages
@@ -40,6 +41,7 @@ from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 class DeliveryFailed(Exception):
@@ -86,10 +88,50 @@ class Outcome:
     """How a confirmed generation ended: the settled record, the images delivered, the new balance."""
 
     generation: Generation
+    """Settled, unless the database could not be reached to settle it (the sweep will)."""
     images: tuple[GeneratedImage, ...]
-    balance: Balance
+    balance: Balance | None
+    """None when the database could not be reached to read it."""
     message: str
     """One sentence for the user: what happened and what it cost."""
+
+    @property
+    def report(self) -> str:
+        """What an adapter shows when the generation ends: the sentence, then the balance."""
+        return messages.outcome_report(self.message, self.balance)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How long the flow keeps trying to record an outcome the database did not take.
+
+    An outage, a dropped connection or a long wait for a pooled connection must
+    not turn images already posted into images given away, nor leave the user
+    without an outcome. A ledger refusal is final and not retried; anything
+    else is, which is safe because settling twice returns the first settlement.
+    """
+
+    first_wait_seconds: float = 0.5
+    longest_wait_seconds: float = 10.0
+    give_up_after_seconds: float = 120.0
+
+    async def run(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        give_up_at = time.monotonic() + self.give_up_after_seconds
+        wait = self.first_wait_seconds
+        while True:
+            try:
+                return await operation()
+            except ledger.LedgerError:
+                raise
+            except Exception:
+                if time.monotonic() + wait > give_up_at:
+                    raise
+                logger.warning("could not %s; trying again in %.1f s", what, wait, exc_info=True)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.longest_wait_seconds)
+
+
+_ONE_TRY = Retry(give_up_after_seconds=0)
 
 
 _PROVIDER_GRACE_SECONDS = 5.0
@@ -112,6 +154,7 @@ class ImagineService:
         provider_limits: Mapping[str, int] | None = None,
         user_concurrency: int = 2,
         heartbeat_interval: timedelta = timedelta(minutes=1),
+        settle_retry: Retry = Retry(),
         clock: Clock = ledger.utc_now,
     ) -> None:
         self.catalog = catalog
@@ -121,6 +164,7 @@ class ImagineService:
         self.quote_ttl = quote_ttl
         self.generation_timeout = generation_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.settle_retry = settle_retry
         self._clock = clock
         limits = provider_limits or {}
         self._slots = {
@@ -226,25 +270,31 @@ class ImagineService:
         started = time.monotonic()
         try:
             outcome = await self._run(generation, held.reference_images, delivery)
-            self._record(outcome, time.monotonic() - started)
-            return outcome
+        except Exception:
+            logger.exception("generation %s failed unexpectedly", generation.id)
+            outcome = await self._release(generation, "internal")
         except BaseException:
-            # Cancelled at shutdown: the hold must not outlive the generation.
-            await asyncio.shield(self._release(generation, "interrupted"))
+            # Cancelled at shutdown: the hold must not outlive the generation, and
+            # the shutdown must not wait on an unreachable database (the next
+            # start-up releases what this could not).
+            await asyncio.shield(self._release(generation, "interrupted", retry=_ONE_TRY))
             raise
         finally:
             self._in_flight.discard(generation.id)
             if not self._in_flight:
                 self._idle.set()
+        self._record(outcome, time.monotonic() - started)
+        return outcome
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
         settled = outcome.generation
-        self.metrics.generations.labels(settled.model_id, str(settled.status)).inc()
+        status = str(settled.status) if settled.status.is_final else "unsettled"
+        self.metrics.generations.labels(settled.model_id, status).inc()
         self.metrics.credits_charged.labels(settled.model_id).inc(settled.credits_charged)
         logger.info(
             "generation %s %s",
             settled.id,
-            settled.status,
+            status,
             extra={
                 "event": "generation",
                 "request_id": settled.id,
@@ -254,7 +304,7 @@ class ImagineService:
                 "images_delivered": settled.images_delivered,
                 "credits_charged": settled.credits_charged,
                 "latency_ms": round(seconds * 1000),
-                "outcome": str(settled.status),
+                "outcome": status,
                 "error_code": settled.error_code,
             },
         )
@@ -348,17 +398,57 @@ class ImagineService:
             return await self._release(generation, "delivery_failed")
         if delivered <= 0:
             return await self._release(generation, "delivery_failed")
-        await self.ledger.mark_posted(generation.id, delivered)
-        settled = await self.ledger.capture(generation.id, delivered)
-        balance = await self.ledger.balance(settled.account_id)
-        sentence = messages.outcome(settled, partial_failure)
-        return Outcome(settled, tuple(images[:delivered]), balance, sentence)
+        return await self._capture(generation, tuple(images[:delivered]), partial_failure)
 
-    async def _release(self, generation: Generation, code: str, detail: str = "") -> Outcome:
+    async def _capture(
+        self,
+        generation: Generation,
+        posted: tuple[GeneratedImage, ...],
+        partial_failure: ProviderError | None,
+    ) -> Outcome:
+        """Charge for the images posted; if the database stays unreachable, the sweep will."""
+        try:
+            # Recorded first, so that a sweep settling this later charges for what was posted.
+            await self.settle_retry.run(
+                partial(self.ledger.mark_posted, generation.id, len(posted)),
+                f"record the images posted for {generation.id}",
+            )
+            settled = await self.settle_retry.run(
+                partial(self.ledger.capture, generation.id, len(posted)),
+                f"capture the credits of {generation.id}",
+            )
+        except Exception:
+            logger.exception("could not settle %s after posting its images", generation.id)
+            return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
+        sentence = messages.outcome(settled, partial_failure)
+        return Outcome(settled, posted, await self._balance(settled.account_id), sentence)
+
+    async def _release(
+        self, generation: Generation, code: str, detail: str = "", *, retry: Retry | None = None
+    ) -> Outcome:
         sentence = messages.failure(code, detail)
-        settled = await self.ledger.release(generation.id, error_code=code, error_message=sentence)
-        balance = await self.ledger.balance(settled.account_id)
-        return Outcome(settled, (), balance, sentence)
+        try:
+            settled = await (retry or self.settle_retry).run(
+                partial(
+                    self.ledger.release, generation.id, error_code=code, error_message=sentence
+                ),
+                f"release the credits of {generation.id}",
+            )
+        except Exception:
+            logger.exception("could not release the hold of %s", generation.id)
+            return Outcome(
+                generation, (), None, messages.failure(code, detail, returned_later=True)
+            )
+        return Outcome(settled, (), await self._balance(settled.account_id), sentence)
+
+    async def _balance(self, account: str) -> Balance | None:
+        try:
+            return await self.settle_retry.run(
+                partial(self.ledger.balance, account), f"read the balance of {account}"
+            )
+        except Exception:
+            logger.exception("could not read the balance of %s", account)
+            return None
 
     async def recover(self) -> list[Generation]:
         """Settle holds no live process is working on any more, and expire stale quotes.

@@ -16,7 +16,7 @@ from bot.progress import Delivering, Generating, ProgressEvent, Queued
 
 if TYPE_CHECKING:
     from bot.registry import ModelSpec
-    from ledger import Generation
+    from ledger import Balance, Generation
     from providers.errors import ProviderError
 
 PROMPT_MAX_CHARS = 2000
@@ -187,11 +187,27 @@ _FAILURES = {
 }
 
 
-def failure(code: str, detail: str = "") -> str:
-    """One sentence for a generation that delivered nothing; always says nothing was charged."""
+def failure(code: str, detail: str = "", *, returned_later: bool = False) -> str:
+    """One sentence for a generation that delivered nothing; always says nothing was charged.
+
+    ``returned_later``: the database could not be reached to release the hold
+    now; the sweep returns it.
+    """
     template = _FAILURES.get(code, "Something went wrong while generating{detail}")
     shown = f" ({detail.rstrip('.')})" if detail and detail != code else ""
+    if returned_later:
+        return (
+            template.format(detail=shown)
+            + "; no credits were charged, and the held credits will be returned"
+            " automatically once the bot's database is reachable again."
+        )
     return template.format(detail=shown) + "; no credits were charged."
+
+
+CAPTURE_DELAYED = (
+    "The images are posted, but the bot's database could not be reached to record"
+    " their cost; it will be settled automatically, at no more than the price you were shown."
+)
 
 
 def outcome(generation: Generation, partial_failure: ProviderError | None = None) -> str:
@@ -251,6 +267,13 @@ def quote_summary(
 def balance_line(available: int, held: int) -> str:
     line = f"Balance: {credits(available)} available"
     return line + (f", {held} held for running generations." if held else ".")
+
+
+def outcome_report(sentence: str, balance: Balance | None) -> str:
+    """A generation's outcome and the balance after it, when the balance could be read."""
+    if balance is None:
+        return sentence
+    return f"{sentence}\n{balance_line(balance.available, balance.held)}"
 
 
 def history_line(generation: Generation) -> str:

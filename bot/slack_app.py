@@ -195,9 +195,8 @@ class SlackImagine:
         self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond
     ) -> None:
         outcome = await self.service.generate(held, delivery)
-        balance = messages.balance_line(outcome.balance.available, outcome.balance.held)
         with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
-            await respond(text=f"{outcome.message}\n{balance}", replace_original=True)
+            await respond(text=outcome.report, replace_original=True)
 
     async def _cancel(
         self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond

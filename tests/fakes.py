@@ -116,3 +116,18 @@ def slow_down(service: Any, method: str, monkeypatch: Any, seconds: float = 2) -
         return await run_now(*args, **kwargs)
 
     monkeypatch.setattr(service, method, slowly)
+
+
+def fail_first(target: Any, method: str, monkeypatch: Any, times: int | None = None) -> None:
+    """Make the first ``times`` calls of ``target.method`` (every call if None) fail as a lost database would."""
+    run_now = getattr(target, method)
+    failures = 0
+
+    async def failing(*args: object, **kwargs: object) -> object:
+        nonlocal failures
+        if times is None or failures < times:
+            failures += 1
+            raise ConnectionResetError("the connection to the database was lost")
+        return await run_now(*args, **kwargs)
+
+    monkeypatch.setattr(target, method, failing)

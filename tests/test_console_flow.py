@@ -19,7 +19,7 @@ from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.errors import AlreadyHandled, NotYourRequest
-from bot.flow import ImagineService, Quote
+from bot.flow import ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
@@ -27,7 +27,7 @@ from ledger import Generation, GenerationStatus
 from providers.base import GeneratedImage, ReferenceImage
 from providers.errors import ContentBlocked, RateLimited
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, tiny_png
+from tests.fakes import Script, ScriptedProvider, fail_first, tiny_png
 
 OWNER = "console:local"
 GUEST = "console:guest"
@@ -549,4 +549,105 @@ async def test_the_periodic_sweep_releases_stale_holds(
     finally:
         sweeper.cancel()
     assert (await service.ledger.generation(quote.id)).error_code == "interrupted"
+    assert await available(service) == 100
+
+
+# -- the database failing while a generation settles ---------------------------
+
+QUICK_RETRY = Retry(first_wait_seconds=0.01, longest_wait_seconds=0.02, give_up_after_seconds=0.2)
+
+
+async def sweep_after_three_missed_heartbeats(service: ImagineService, clock: FakeClock) -> None:
+    clock.advance(seconds=4 * service.heartbeat_interval.total_seconds())
+    await service.recover()
+
+
+async def test_a_capture_the_database_drops_is_tried_again_and_charged_once(
+    service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    fail_first(service.ledger, "capture", monkeypatch, times=2)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.message == "Done: 1 image for 10 credits."
+    assert outcome.report.endswith("Balance: 90 credits available.")
+    assert await available(service) == 90
+    assert await service.ledger.verify() == []
+
+
+async def test_images_posted_while_the_database_is_unreachable_are_charged_by_the_sweep(
+    service: ImagineService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    fail_first(service.ledger, "capture", monkeypatch)
+    delivery = RecordingDelivery()
+    outcome = await service.confirm(quote.id, OWNER, delivery)
+    assert (outcome.report, len(delivery.delivered)) == (messages.CAPTURE_DELAYED, 1)
+    assert (await service.credits.balance(OWNER)).held == 10
+    monkeypatch.undo()
+    await sweep_after_three_missed_heartbeats(service, clock)
+    settled = await service.ledger.generation(quote.id)
+    assert (settled.status, settled.credits_charged) == (GenerationStatus.COMPLETED, 10)
+    balance = await service.credits.balance(OWNER)
+    assert (balance.available, balance.held) == (90, 0)
+
+
+async def test_a_release_the_database_drops_is_tried_again(
+    service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    scripted.script = Script(images=0, error=RateLimited("429 quota"))
+    fail_first(service.ledger, "release", monkeypatch, times=2)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.message == messages.failure("rate_limited")
+    assert outcome.generation.status == GenerationStatus.FAILED
+    assert await available(service) == 100
+
+
+async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
+    service: ImagineService,
+    scripted: ScriptedProvider,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    scripted.script = Script(images=0, error=RateLimited("429 quota"))
+    fail_first(service.ledger, "release", monkeypatch)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.report == messages.failure("rate_limited", returned_later=True)
+    assert "held credits will be returned automatically" in outcome.report
+    monkeypatch.undo()
+    await sweep_after_three_missed_heartbeats(service, clock)
+    balance = await service.credits.balance(OWNER)
+    assert (balance.available, balance.held) == (100, 0)
+
+
+async def test_a_balance_the_database_cannot_read_is_left_out_of_the_report(
+    service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    fail_first(service.ledger, "balance", monkeypatch)
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert (outcome.report, outcome.balance) == ("Done: 1 image for 10 credits.", None)
+    assert outcome.generation.credits_charged == 10
+
+
+async def test_an_unexpected_error_in_the_flow_releases_the_hold_and_says_so(
+    service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def breaks_its_contract(request: object, on_image_done: object) -> None:
+        return None
+
+    monkeypatch.setattr(scripted, "generate", breaks_its_contract)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert outcome.message == "Something went wrong while generating; no credits were charged."
+    assert (outcome.generation.status, outcome.generation.error_code) == (
+        GenerationStatus.FAILED,
+        "internal",
+    )
     assert await available(service) == 100
