@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy
@@ -60,6 +61,8 @@ in it would release a hold whose images were already posted."""
 SQLITE_READER_THREADS = 4
 SQLITE_WRITES_PER_BATCH = 16
 """Small enough that a burst's first answers do not wait for its last writes."""
+
+_Batch = tuple[asyncio.AbstractEventLoop, list[tuple["Work[Any]", "asyncio.Future[Any]"]]]
 
 
 def create_engine(database_url: str) -> AsyncEngine:
@@ -175,7 +178,11 @@ class ThreadedSQLite(Transactions):
         super().__init__(engine)
         self._file_engine = sqlalchemy.create_engine(engine.url.set(drivername="sqlite"))
         configure_sqlite(self._file_engine)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
+        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write_batches, name="ledger-write", daemon=True
+        )
+        self._writer.start()
         self._readers = ThreadPoolExecutor(SQLITE_READER_THREADS, thread_name_prefix="ledger-read")
         self._queued: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._writer_connection: Connection | None = None
@@ -201,14 +208,28 @@ class ThreadedSQLite(Transactions):
         batch = self._queued[:SQLITE_WRITES_PER_BATCH]
         del self._queued[:SQLITE_WRITES_PER_BATCH]
         self._idle.clear()
-        written = asyncio.get_running_loop().run_in_executor(
-            self._writer, self._write_batch, [work for work, _ in batch]
-        )
-        written.add_done_callback(partial(self._hand_back, [outcome for _, outcome in batch]))
+        self._batches.put((asyncio.get_running_loop(), batch))
 
-    def _hand_back(self, outcomes: list[asyncio.Future[Any]], written: asyncio.Future[Any]) -> None:
-        failure = written.exception()
-        results = [(False, failure)] * len(outcomes) if failure else written.result()
+    def _write_batches(self) -> None:
+        """The writer thread: each batch written, then handed straight back to its loop.
+
+        One ``call_soon_threadsafe`` per batch; a ``run_in_executor`` future chained
+        to an asyncio future costs a quote two more turns of the event loop.
+        """
+        while (next_batch := self._batches.get()) is not None:
+            loop, batch = next_batch
+            try:
+                results = self._write_batch([work for work, _ in batch])
+            except BaseException as failure:
+                results = [(False, failure)] * len(batch)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(
+                    self._hand_back, [outcome for _, outcome in batch], results
+                )
+
+    def _hand_back(
+        self, outcomes: list[asyncio.Future[Any]], results: list[tuple[bool, Any]]
+    ) -> None:
         for outcome, (succeeded, value) in zip(outcomes, results, strict=True):
             if outcome.cancelled():
                 continue
@@ -252,9 +273,10 @@ class ThreadedSQLite(Transactions):
     async def close(self) -> None:
         """Finish the writes already asked for, then stop the threads and close the file."""
         await self._idle.wait()
+        self._batches.put(None)
         loop = asyncio.get_running_loop()
-        for pool in (self._writer, self._readers):
-            await loop.run_in_executor(None, pool.shutdown)
+        await loop.run_in_executor(None, self._writer.join)
+        await loop.run_in_executor(None, self._readers.shutdown)
         if self._writer_connection is not None:
             self._writer_connection.close()
         self._file_engine.dispose()
