@@ -49,9 +49,21 @@ def run(connection: Connection, statement: Executable, values: Mapping[str, Any]
         result = connection.execute(statement, values)
         first = result.first() if result.returns_rows else None
         return Ran(result.rowcount, None if first is None else tuple(first))
-    plain = _plain(statement, connection.dialect, frozenset(values))
-    cursor = connection.connection.driver_connection.execute(plain.sql, plain.arguments(values))
+    sql, arguments = for_driver(statement, connection.dialect, values)
+    cursor = connection.connection.driver_connection.execute(sql, arguments)
     return Ran(cursor.rowcount, cursor.fetchone() if cursor.description else None)
+
+
+def for_driver(
+    statement: Executable, dialect: Dialect, values: Mapping[str, Any]
+) -> tuple[str, tuple[Any, ...]]:
+    """``statement``'s SQL for ``dialect``'s driver, compiled once, and ``values`` as its arguments.
+
+    For running a hot statement on the driver itself, past SQLAlchemy's
+    execution layer. Only for results that need no conversion.
+    """
+    plain = _plain(statement, dialect, frozenset(values))
+    return plain.sql, plain.arguments(values)
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ def _compile_plain(
 
 
 def _converter(bind_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
-    if isinstance(bind_type, UTCDateTime):
+    if isinstance(bind_type, UTCDateTime) and dialect.name == "sqlite":
         return UTCDateTime.sqlite_text
     return bind_type.dialect_impl(dialect).bind_processor(dialect)
 

@@ -579,24 +579,42 @@ async def postgres_ledger(clock: FakeClock) -> AsyncIterator[tuple[Ledger, str]]
             await ledger.close()
 
 
+async def close_every_connection_to(url: str) -> None:
+    """What a server restart does to the pool's connections."""
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        # With a timeout, each call returns once its backend has exited.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1",
+            make_url(url).database,
+        )
+    finally:
+        await admin.close()
+
+
 @pytest.mark.postgres
 async def test_connections_the_server_closed_are_replaced_without_an_error(
     clock: FakeClock,
 ) -> None:
     async with postgres_ledger(clock) as (ledger, url):
         await funded(ledger)
-        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            # With a timeout, each call returns once its backend has exited.
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1",
-                make_url(url).database,
-            )
-        finally:
-            await admin.close()
+        await close_every_connection_to(url)
 
         await ledger.grant(ALICE, 5, actor="admin", reason="", idempotency_key="after")
         assert (await ledger.balance(ALICE)).available == 105
+
+
+@pytest.mark.postgres
+async def test_a_quote_after_the_server_closed_the_connections_is_recorded(
+    clock: FakeClock,
+) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        await ledger.open_quote(new_quote(clock, "before"), starting_credits=50)
+        await close_every_connection_to(url)
+
+        balance, quoted = await ledger.open_quote(new_quote(clock, "after"), starting_credits=50)
+        assert (balance.available, quoted.id) == (50, "after")
+        assert (await ledger.generation("after")).status == GenerationStatus.QUOTED
 
 
 async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> None:
