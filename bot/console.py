@@ -7,6 +7,7 @@ flow's answers out, and images saved to ``OUTPUT_DIR`` instead of posted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import sys
 import threading
@@ -20,6 +21,8 @@ from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
 from ledger import Generation
 from providers.base import GeneratedImage
+
+logger = logging.getLogger(__name__)
 
 ReadLine = Callable[[str], Awaitable[str | None]]
 """Shows a prompt and returns the next line typed, or ``None`` at end of input."""
@@ -82,6 +85,10 @@ class ConsoleChat:
             await handler(arguments.strip())
         except ImagineError as error:
             self.write(error.message)
+        except Exception:
+            # The chat goes on: the next line may well work (the database back, say).
+            logger.exception("/%s failed", command)
+            self.write(messages.SOMETHING_WENT_WRONG)
         return True
 
     def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:

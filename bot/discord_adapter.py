@@ -15,12 +15,13 @@ in ``DISCORD_GUILD_IDS`` or globally.
 # No ``from __future__ import annotations`` here: discord.py reads the command
 # callbacks' annotations, and /imagine's count range comes from the registry.
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -241,12 +242,31 @@ class ImagineBot(discord.AutoShardedClient):
         self.quotes_shown.discard(generation_id)
         try:
             await _replace_clicked(interaction, messages.DISCORD_STARTING)
+        except Exception:
+            # Not a failure of the click: the generation runs, and settles the hold.
+            logger.warning("could not show that %s is starting", generation_id, exc_info=True)
         finally:
-            # Held now: if Discord refused the answer, the generation still runs
-            # and settles the hold (releasing it if it cannot deliver).
             self.background.spawn(
                 self._generate(interaction, held), name=f"discord generation {generation_id}"
             )
+
+    async def clicked(
+        self,
+        interaction: discord.Interaction,
+        generation_id: str,
+        handle: Callable[[discord.Interaction, str], Awaitable[None]],
+    ) -> None:
+        """Run a button's ``handle``; a failure is told to the clicker in a sentence.
+
+        discord.py only logs what a button's callback raises, and the clicker
+        would see "This interaction failed" with nothing said.
+        """
+        try:
+            await handle(interaction, generation_id)
+        except Exception:
+            logger.exception("the click on %s failed", generation_id)
+            with contextlib.suppress(discord.HTTPException):
+                await _tell_clicker(interaction, messages.SOMETHING_WENT_WRONG)
 
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
         outcome = await self.service.generate(held, _PostToChannel(interaction))
@@ -340,7 +360,7 @@ class ImagineBot(discord.AutoShardedClient):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         logger.error("Discord command failed", exc_info=error)
-        await _answer(interaction, messages.DISCORD_SOMETHING_WENT_WRONG)
+        await _answer(interaction, messages.SOMETHING_WENT_WRONG)
 
 
 def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]:
@@ -487,7 +507,8 @@ class GenerateButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         assert isinstance(interaction.client, ImagineBot)
-        await interaction.client.generate_clicked(interaction, self.generation_id)
+        bot = interaction.client
+        await bot.clicked(interaction, self.generation_id, bot.generate_clicked)
 
 
 class CancelButton(
@@ -505,7 +526,8 @@ class CancelButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         assert isinstance(interaction.client, ImagineBot)
-        await interaction.client.cancel_clicked(interaction, self.generation_id)
+        bot = interaction.client
+        await bot.clicked(interaction, self.generation_id, bot.cancel_clicked)
 
 
 class _PostToChannel:

@@ -187,6 +187,12 @@ _FAILURES = {
 }
 
 
+SOMETHING_WENT_WRONG = (
+    "Something went wrong on our side and nothing was charged; please try again in a minute."
+)
+"""For a command or click that failed unexpectedly (a bug, the database unreachable)."""
+
+
 def failure(code: str, detail: str = "", *, returned_later: bool = False) -> str:
     """One sentence for a generation that delivered nothing; always says nothing was charged.
 
@@ -435,9 +441,6 @@ def report(tables: Mapping[str, Sequence[Mapping[str, object]]], output: str) ->
 
 DISCORD_QUOTE_EXPIRED_BUTTONS = "This quote expired; nothing was charged. Run /imagine again."
 DISCORD_STARTING = "Starting…"
-DISCORD_SOMETHING_WENT_WRONG = (
-    "Something went wrong on our side and nothing was charged; please try again in a minute."
-)
 DISCORD_GRANT_USAGE = (
     "Pick a user and an amount: /credits action:grant user:@someone amount:50 reason:contest prize"
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -93,6 +94,7 @@ class SlackImagine:
         self.app.command("/credits")(self._credits)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
+        self.app.error(self._tell_what_failed)
 
     async def aclose(self) -> None:
         # Generations still running are cancelled; the flow releases their holds.
@@ -111,6 +113,37 @@ class SlackImagine:
             logger.info("ignoring Slack redelivery %s", req.headers["x-slack-retry-num"])
             return BoltResponse(status=200, body="")
         return await next()
+
+    async def _tell_what_failed(
+        self,
+        error: Exception,
+        body: dict[str, Any],
+        respond: Respond | None,
+        response: BoltResponse | None,
+    ) -> BoltResponse | None:
+        """A command or click that failed unexpectedly is answered with a sentence.
+
+        Otherwise Slack shows its bare "dispatch_failed" for a command, and
+        nothing at all for a click acknowledged already.
+        """
+        logger.error("Slack %s failed", body.get("command") or body.get("type"), exc_info=error)
+        if response is not None:
+            # Not acknowledged yet: the sentence is the acknowledgement.
+            answer = {"response_type": "ephemeral", "text": messages.SOMETHING_WENT_WRONG}
+            return BoltResponse(
+                status=200,
+                body=json.dumps(answer),
+                headers={"content-type": "application/json;charset=utf-8"},
+            )
+        if respond is not None:
+            with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
+                # A click's quote stays as it was; a command's "Preparing…" is replaced.
+                await respond(
+                    text=messages.SOMETHING_WENT_WRONG,
+                    response_type="ephemeral",
+                    replace_original="command" in body,
+                )
+        return None
 
     # -- /imagine -------------------------------------------------------------
 

@@ -651,3 +651,14 @@ async def test_an_unexpected_error_in_the_flow_releases_the_hold_and_says_so(
         "internal",
     )
     assert await available(service) == 100
+
+
+async def test_a_command_the_database_fails_is_answered_and_the_chat_goes_on(
+    console: ScriptedConsole, service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_first(service.ledger, "open_quote", monkeypatch, times=1)
+
+    assert await console.say("/imagine model:scripted a fox", "y") == messages.SOMETHING_WENT_WRONG
+    assert "Done: 1 image for 10 credits." in await console.say(
+        "/imagine model:scripted a fox", "y"
+    )

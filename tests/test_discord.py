@@ -24,7 +24,7 @@ from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, slow_down
+from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
 from tests.loopback_discord import (
     ALICE,
     BOB,
@@ -281,6 +281,41 @@ async def test_cancel_withdraws_the_quote_and_charges_nothing(
     assert message.buttons == []
     [generation] = await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True)
     assert generation.status == GenerationStatus.CANCELLED
+    assert await available(service) == 50
+
+
+async def test_a_command_the_database_fails_is_answered_with_a_sentence(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fail_first(service.ledger, "open_quote", monkeypatch)
+
+    interaction, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+
+    assert message.content == messages.SOMETHING_WENT_WRONG
+    assert interaction.callbacks[0][1]["flags"] & 64
+    assert await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True) == []
+
+
+async def test_a_click_the_database_fails_is_told_to_the_clicker_and_charges_nothing(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    fail_first(service.ledger, "hold", monkeypatch)
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: bool(click.callbacks))
+
+    assert click.callbacks[0][1]["content"] == messages.SOMETHING_WENT_WRONG
+    assert click.callbacks[0][1]["flags"] & 64
+    assert len(message.buttons) == 2
+    [generation] = await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True)
+    assert generation.status == GenerationStatus.QUOTED
     assert await available(service) == 50
 
 

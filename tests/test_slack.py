@@ -30,7 +30,7 @@ from bot.slack_app import (
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, slow_down
+from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
 from tests.loopback_slack import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -459,6 +459,57 @@ async def test_socket_mode_answers_a_slash_command_over_the_connection(
     assert reply is not None
     assert reply["payload"]["text"].startswith("Local Sketch · 2 images · 1K · 1:1")
     assert GENERATE_ACTION in buttons(reply["payload"])
+
+
+async def test_a_command_the_database_fails_is_answered_with_a_sentence(
+    driver: SlackDriver, service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_first(service.ledger, "open_quote", monkeypatch)
+
+    status, acknowledgement, _ = await driver.command("/imagine", "a lighthouse")
+
+    assert status == 200
+    assert acknowledgement == {
+        "response_type": "ephemeral",
+        "text": messages.SOMETHING_WENT_WRONG,
+    }
+    assert await service.ledger.history(ALICE, include_unconfirmed=True) == []
+
+
+async def test_a_slow_command_the_database_then_fails_replaces_its_placeholder(
+    driver: SlackDriver,
+    slack: LoopbackSlack,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fail_first(service.ledger, "open_quote", monkeypatch)
+    slow_down(service, "quote", monkeypatch)
+
+    _, acknowledgement, response_url = await driver.command("/imagine", "a lighthouse")
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    assert acknowledgement["text"] == messages.SLACK_PREPARING
+    [answer] = slack.responded(response_url)
+    assert (answer["text"], answer["replace_original"]) == (messages.SOMETHING_WENT_WRONG, True)
+
+
+async def test_a_click_the_database_fails_is_told_to_the_clicker_and_charges_nothing(
+    driver: SlackDriver,
+    slack: LoopbackSlack,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+    fail_first(service.ledger, "hold", monkeypatch)
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert (answer["text"], answer["replace_original"]) == (messages.SOMETHING_WENT_WRONG, False)
+    assert answer["response_type"] == "ephemeral"
+    assert (await service.ledger.generation(generation)).status == GenerationStatus.QUOTED
+    assert await available(service) == 50
 
 
 async def test_a_quote_slower_than_slacks_deadline_is_acknowledged_then_sent(
