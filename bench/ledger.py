@@ -5,7 +5,8 @@ WAL) and PostgreSQL (127.0.0.1:5432, skipped if unreachable): every round trip
 holds a one-credit quote and captures it. Baseline: the same statements in the
 same transactions, written by hand on aiosqlite / asyncpg (the generation read
 and locked, the conditional balance update, the entry, the generation update,
-and the read-back), with the same writer lock and ``BEGIN IMMEDIATE`` on SQLite.
+and the read-back), with the same writer lock and ``BEGIN IMMEDIATE`` on SQLite;
+on PostgreSQL the hold is one statement there too, as the ledger's is.
 
     python -m bench.ledger [--quick]
 """
@@ -136,6 +137,40 @@ ENTRY = (
 HOLD_GENERATION = "UPDATE generations SET status = 'running', credits_held = 1, confirmed_at = {p}1, heartbeat_at = {p}1 WHERE id = {p}2"
 CAPTURE_GENERATION = "UPDATE generations SET status = 'completed', images_delivered = 1, credits_held = 0, credits_charged = 1, finished_at = {p}1 WHERE id = {p}2"
 READ_GENERATION = "SELECT * FROM generations WHERE id = {p}1"
+# PostgreSQL holds in one statement, as the ledger does there (statements.HOLD_AT_ONCE).
+POSTGRES_HOLD_AT_ONCE = """
+WITH quote AS (SELECT * FROM generations WHERE id = $1::varchar FOR UPDATE),
+took AS (
+    UPDATE accounts
+    SET available = accounts.available - quote.images_requested * quote.credits_per_image,
+        held = accounts.held + quote.images_requested * quote.credits_per_image,
+        updated_at = $3::timestamptz
+    FROM quote
+    WHERE accounts.id = quote.account_id AND quote.account_id = $2::varchar
+      AND quote.status = 'quoted' AND quote.expires_at > $3::timestamptz
+      AND accounts.available >= quote.images_requested * quote.credits_per_image
+    RETURNING quote.images_requested * quote.credits_per_image AS price, quote.id AS generation_id),
+entry AS (
+    INSERT INTO ledger_entries (account_id, kind, amount, available_delta, held_delta, actor,
+                                reason, idempotency_key, generation_id, created_at)
+    SELECT $2::varchar, 'hold', price, -price, price, $2::varchar,
+           'hold for generation ' || $1::varchar, 'hold:' || $1::varchar, $1::varchar,
+           $3::timestamptz
+    FROM took),
+expired AS (
+    UPDATE generations SET status = 'expired', finished_at = $3::timestamptz FROM quote
+    WHERE generations.id = quote.id AND quote.account_id = $2::varchar
+      AND quote.status = 'quoted' AND quote.expires_at <= $3::timestamptz),
+started AS (
+    UPDATE generations
+    SET status = 'running', credits_held = took.price, confirmed_at = $3::timestamptz,
+        heartbeat_at = $3::timestamptz
+    FROM took WHERE generations.id = took.generation_id
+    RETURNING generations.*)
+SELECT quote.account_id AS quoted_for, quote.status AS quoted_status,
+       (SELECT available FROM accounts WHERE id = $2::varchar) AS available, started.*
+FROM quote LEFT JOIN started ON true
+"""
 
 
 def sqlite_sql(template: str) -> str:
@@ -226,37 +261,37 @@ async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: i
 async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: int) -> Result:
     pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
 
-    async def step(generation_id: str, account: str, kind: str) -> None:
+    async def hold(generation_id: str, account: str) -> None:
+        async with pool.acquire() as db:
+            held = await db.fetchrow(
+                POSTGRES_HOLD_AT_ONCE, generation_id, account, datetime.now(UTC)
+            )
+        if held is None or held["id"] is None:
+            raise RuntimeError("hold refused")
+
+    async def capture(generation_id: str, account: str) -> None:
         stamp = datetime.now(UTC)
         async with pool.acquire() as db, db.transaction():
             await db.fetch(postgres_sql(READ_GENERATION) + " FOR UPDATE", generation_id)
-            template = HOLD_ACCOUNT if kind == "hold" else CAPTURE_ACCOUNT
-            status = await db.execute(postgres_sql(template), 1, stamp, account)
+            status = await db.execute(postgres_sql(CAPTURE_ACCOUNT), 1, stamp, account)
             if status != "UPDATE 1":
                 raise RuntimeError("balance refused")
-            deltas = (-1, 1) if kind == "hold" else (0, -1)
             await db.execute(
                 postgres_sql(ENTRY),
                 account,
-                kind,
+                "capture",
                 1,
-                *deltas,
+                0,
+                -1,
                 "bench",
                 "",
-                f"{kind}:{generation_id}",
+                f"capture:{generation_id}",
                 generation_id,
                 stamp,
             )
-            update = HOLD_GENERATION if kind == "hold" else CAPTURE_GENERATION
-            await db.execute(postgres_sql(update), stamp, generation_id)
+            await db.execute(postgres_sql(CAPTURE_GENERATION), stamp, generation_id)
         async with pool.acquire() as db:
             await db.fetch(postgres_sql(READ_GENERATION), generation_id)
-
-    async def hold(generation_id: str, account: str) -> None:
-        await step(generation_id, account, "hold")
-
-    async def capture(generation_id: str, account: str) -> None:
-        await step(generation_id, account, "capture")
 
     try:
         return await drive(work, concurrency, hold, capture)

@@ -241,6 +241,8 @@ class Ledger:
 
     async def hold(self, generation_id: str, account: str) -> Generation:
         """Confirm a quote: move its price from available to held, exactly once."""
+        if not self._is_sqlite:
+            return await self._hold_at_once(generation_id, account)
         held = await self._transactions.write(
             partial(self._hold, generation_id=generation_id, account=account)
         )
@@ -248,6 +250,25 @@ class Ledger:
             # The quote's change to expired is committed by now.
             raise QuoteExpired(generation_id)
         return held
+
+    async def _hold_at_once(self, generation_id: str, account: str) -> Generation:
+        """``hold`` on PostgreSQL: one statement (``statements.HOLD_AT_ONCE``), the refusals as ``_hold``'s."""
+        now = self._clock()
+        row = await self._transactions.typed_statement(
+            statements.HOLD_AT_ONCE,
+            {"generation_id": generation_id, "account": account, "now": now},
+        )
+        if row is None:
+            raise GenerationNotFound(generation_id)
+        if row.id is not None:
+            return _generation_from(row)
+        if row.quoted_for != account:
+            raise WrongAccount(generation_id, account)
+        if row.quoted_status != GenerationStatus.QUOTED:
+            raise InvalidTransition(generation_id, GenerationStatus(row.quoted_status), "confirm")
+        if row.quoted_until <= now:
+            raise QuoteExpired(generation_id)
+        raise InsufficientFunds(account, row.price, row.available)
 
     def _hold(self, connection: Connection, generation_id: str, account: str) -> Generation | None:
         now = self._clock()
@@ -699,8 +720,15 @@ def _require_positive(amount: int) -> None:
 
 
 def _generation_from(row: Row[Any]) -> Generation:
+    """The generation in ``row``, which may hold other columns besides."""
     values: Mapping[str, Any] = row._mapping
-    return Generation(**{**values, "status": GenerationStatus(values["status"])})
+    return Generation(
+        **{name: values[name] for name in _GENERATION_COLUMNS},
+        status=GenerationStatus(values["status"]),
+    )
+
+
+_GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")
 
 
 def _starting_grant_key(account: str) -> str:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy
-from sqlalchemy import event
+from sqlalchemy import Row, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -168,6 +168,15 @@ class Transactions:
         finally:
             # No transaction was begun, so returning it to the pool costs no round trip.
             pooled.close()
+
+    async def typed_statement(
+        self, statement: Executable, values: Mapping[str, Any]
+    ) -> Row[Any] | None:
+        """PostgreSQL: as ``statement``, but through SQLAlchemy, whose types convert the row read back."""
+        async with self.engine.connect() as connection:
+            alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            result = await alone.execute(statement, dict(values))
+            return result.first()
 
     async def close(self) -> None:
         await self.engine.dispose()
