@@ -268,7 +268,11 @@ class Ledger:
             raise InvalidTransition(generation_id, GenerationStatus(row.quoted_status), "confirm")
         if row.quoted_until <= now:
             raise QuoteExpired(generation_id)
-        raise InsufficientFunds(account, row.price, row.available)
+        available = row.available
+        if available >= row.price:
+            # Read as the statement began; another hold took the credits while it waited.
+            available = (await self.balance(account)).available
+        raise InsufficientFunds(account, row.price, available)
 
     def _hold(self, connection: Connection, generation_id: str, account: str) -> Generation | None:
         now = self._clock()

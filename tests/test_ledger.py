@@ -664,3 +664,34 @@ async def test_a_first_quote_racing_another_process_opening_the_account_is_still
         assert await ledger.generation(quote.id) == quote
         assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
         assert await ledger.verify() == []
+
+
+@pytest.mark.postgres
+async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_with_what_is_left(
+    clock: FakeClock,
+) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        await funded(ledger, credits=20)
+        await quoted(ledger, clock, "g1")
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        try:
+            # Another process is holding 15 of the 20 credits and has not committed yet.
+            holding = other.transaction()
+            await holding.start()
+            await other.execute(
+                "UPDATE accounts SET available = available - 15, held = held + 15 WHERE id = $1",
+                ALICE,
+            )
+            confirming = asyncio.create_task(ledger.hold("g1", ALICE))
+            await until_a_statement_waits_for_a_lock(watcher)
+            await holding.commit()
+
+            with pytest.raises(InsufficientFunds) as refusal:
+                await confirming
+        finally:
+            await other.close()
+            await watcher.close()
+
+        assert (refusal.value.need, refusal.value.available) == (20, 5)
+        assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
