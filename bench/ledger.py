@@ -6,7 +6,8 @@ holds a one-credit quote and captures it. Baseline: the same statements in the
 same transactions, written by hand on aiosqlite / asyncpg (the generation read
 and locked, the conditional balance update, the entry, the generation update,
 and the read-back), with the same writer lock and ``BEGIN IMMEDIATE`` on SQLite;
-on PostgreSQL the hold is one statement there too, as the ledger's is.
+on PostgreSQL the hold and the capture are one statement each there too, as
+the ledger's are.
 
     python -m bench.ledger [--quick]
 """
@@ -171,15 +172,55 @@ SELECT quote.account_id AS quoted_for, quote.status AS quoted_status,
        (SELECT available FROM accounts WHERE id = $2::varchar) AS available, started.*
 FROM quote LEFT JOIN started ON true
 """
+# And settles in one statement (statements.SETTLE_AT_ONCE), here a capture.
+POSTGRES_CAPTURE_AT_ONCE = """
+WITH running AS (SELECT * FROM generations WHERE id = $1::varchar FOR UPDATE),
+settling AS (
+    SELECT id, account_id, images_requested, credits_per_image, credits_held AS was_held,
+           least(greatest($2::integer, 0), images_requested) AS delivered,
+           least(greatest($2::integer, 0), images_requested) * credits_per_image AS charged
+    FROM running WHERE status = 'running'),
+paid AS (
+    UPDATE accounts
+    SET held = accounts.held - settling.was_held,
+        available = accounts.available + (settling.was_held - settling.charged),
+        updated_at = $3::timestamptz
+    FROM settling
+    WHERE accounts.id = settling.account_id AND accounts.held >= settling.was_held
+    RETURNING settling.*, settling.was_held - settling.charged AS returned),
+entries AS (
+    INSERT INTO ledger_entries (account_id, kind, amount, available_delta, held_delta, actor,
+                                reason, idempotency_key, generation_id, created_at)
+    SELECT account_id, kind, amount, available_delta, held_delta, 'system', reason, key, id,
+           $3::timestamptz
+    FROM (
+        SELECT account_id, 'capture' AS kind, charged AS amount, 0 AS available_delta,
+               -charged AS held_delta,
+               concat(delivered, ' of ', images_requested, ' images delivered') AS reason,
+               'capture:' || id AS key, id, 1 AS written
+        FROM paid WHERE charged > 0
+        UNION ALL
+        SELECT account_id, 'release', returned, returned, -returned,
+               concat(returned / credits_per_image, ' of ', images_requested,
+                      ' images not delivered'),
+               'release:' || id, id, 2
+        FROM paid WHERE returned > 0) AS settled
+    ORDER BY written),
+finished AS (
+    UPDATE generations
+    SET status = CASE WHEN paid.delivered = paid.images_requested THEN 'completed'
+                      WHEN paid.delivered > 0 THEN 'partial' ELSE 'failed' END,
+        images_delivered = paid.delivered, credits_held = 0, credits_charged = paid.charged,
+        finished_at = $3::timestamptz
+    FROM paid WHERE generations.id = paid.id
+    RETURNING generations.*)
+SELECT running.status AS was_status, finished.* FROM running LEFT JOIN finished ON true
+"""
 
 
 def sqlite_sql(template: str) -> str:
     # aiosqlite takes ?NNN numbered parameters.
     return template.format(p="?")
-
-
-def postgres_sql(template: str) -> str:
-    return template.format(p="$")
 
 
 async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: int) -> Result:
@@ -269,29 +310,13 @@ async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: i
         if held is None or held["id"] is None:
             raise RuntimeError("hold refused")
 
-    async def capture(generation_id: str, account: str) -> None:
-        stamp = datetime.now(UTC)
-        async with pool.acquire() as db, db.transaction():
-            await db.fetch(postgres_sql(READ_GENERATION) + " FOR UPDATE", generation_id)
-            status = await db.execute(postgres_sql(CAPTURE_ACCOUNT), 1, stamp, account)
-            if status != "UPDATE 1":
-                raise RuntimeError("balance refused")
-            await db.execute(
-                postgres_sql(ENTRY),
-                account,
-                "capture",
-                1,
-                0,
-                -1,
-                "bench",
-                "",
-                f"capture:{generation_id}",
-                generation_id,
-                stamp,
-            )
-            await db.execute(postgres_sql(CAPTURE_GENERATION), stamp, generation_id)
+    async def capture(generation_id: str, _account: str) -> None:
         async with pool.acquire() as db:
-            await db.fetch(postgres_sql(READ_GENERATION), generation_id)
+            captured = await db.fetchrow(
+                POSTGRES_CAPTURE_AT_ONCE, generation_id, 1, datetime.now(UTC)
+            )
+        if captured is None or captured["id"] is None:
+            raise RuntimeError("capture refused")
 
     try:
         return await drive(work, concurrency, hold, capture)

@@ -329,6 +329,8 @@ class Ledger:
 
         Settling twice returns the first settlement unchanged.
         """
+        if not self._is_sqlite:
+            return await self._settle_at_once(generation_id, images_delivered)
         return await self._transactions.write(
             partial(self._settle, generation_id=generation_id, images_delivered=images_delivered)
         )
@@ -337,6 +339,8 @@ class Ledger:
         self, generation_id: str, *, error_code: str, error_message: str
     ) -> Generation:
         """Release the whole hold of a generation that delivered nothing."""
+        if not self._is_sqlite:
+            return await self._settle_at_once(generation_id, 0, error_code, error_message)
         return await self._transactions.write(
             partial(
                 self._settle,
@@ -346,6 +350,35 @@ class Ledger:
                 error_message=error_message,
             )
         )
+
+    async def _settle_at_once(
+        self,
+        generation_id: str,
+        images_delivered: int,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> Generation:
+        """``_settle`` on PostgreSQL: one statement (``statements.SETTLE_AT_ONCE``), the same answers."""
+        row = await self._transactions.typed_statement(
+            statements.SETTLE_AT_ONCE,
+            {
+                "generation_id": generation_id,
+                "delivered": images_delivered,
+                "code": error_code,
+                "message": error_message,
+                "now": self._clock(),
+            },
+        )
+        if row is None:
+            raise GenerationNotFound(generation_id)
+        if row.id is not None:
+            return _generation_from(row)
+        was = _generation_from(row, prefix="was_")
+        if was.status.is_final and was.confirmed_at is not None:
+            return was
+        if was.status != GenerationStatus.RUNNING:
+            raise InvalidTransition(generation_id, was.status, "settle")
+        raise InvalidTransition(generation_id, "missing its hold", "settle")
 
     def _settle(
         self,
@@ -723,12 +756,12 @@ def _require_positive(amount: int) -> None:
         raise InvalidAmount(amount)
 
 
-def _generation_from(row: Row[Any]) -> Generation:
-    """The generation in ``row``, which may hold other columns besides."""
+def _generation_from(row: Row[Any], prefix: str = "") -> Generation:
+    """The generation in ``row``, which may hold other columns besides; ``prefix`` starts its names."""
     values: Mapping[str, Any] = row._mapping
     return Generation(
-        **{name: values[name] for name in _GENERATION_COLUMNS},
-        status=GenerationStatus(values["status"]),
+        **{name: values[prefix + name] for name in _GENERATION_COLUMNS},
+        status=GenerationStatus(values[prefix + "status"]),
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, literal, select, true, union_all, update
+from sqlalchemy import bindparam, case, func, insert, literal, select, true, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -455,4 +455,150 @@ starts the generation; an expired quote is marked expired instead. Answers
 no row for an unknown generation; otherwise the quote as it was (``quoted_for``,
 ``quoted_status``, ``quoted_until``, ``price``), the account's ``available``
 before, and the started generation's columns, all null if nothing was held.
+"""
+
+
+def _settle_at_once() -> Executable:
+    generation_id = bindparam("generation_id", type_=generations.c.id.type)
+    now = bindparam("now", type_=generations.c.finished_at.type)
+    code = bindparam("code", type_=generations.c.error_code.type)
+    running = (
+        select(generations)
+        .where(generations.c.id == generation_id)
+        .with_for_update()
+        .cte("running")
+    )
+    delivered = func.least(
+        func.greatest(bindparam("delivered", type_=generations.c.images_delivered.type), 0),
+        running.c.images_requested,
+    )
+    settling = (
+        select(
+            running.c.id,
+            running.c.account_id,
+            running.c.images_requested,
+            running.c.credits_per_image,
+            running.c.credits_held.label("was_held"),
+            delivered.label("delivered"),
+            (delivered * running.c.credits_per_image).label("charged"),
+        )
+        .where(running.c.status == GenerationStatus.RUNNING.value)
+        .cte("settling")
+    )
+    returned = settling.c.was_held - settling.c.charged
+    paid = (
+        update(accounts)
+        .where(accounts.c.id == settling.c.account_id, accounts.c.held >= settling.c.was_held)
+        .values(
+            held=accounts.c.held - settling.c.was_held,
+            available=accounts.c.available + returned,
+            updated_at=now,
+        )
+        .returning(*settling.c, returned.label("returned"))
+        .cte("paid")
+    )
+    entry_columns = [
+        "account_id",
+        "kind",
+        "amount",
+        "available_delta",
+        "held_delta",
+        "actor",
+        "reason",
+        "idempotency_key",
+        "generation_id",
+        "created_at",
+    ]
+    text = ledger_entries.c.reason.type
+    capture = select(
+        paid.c.account_id,
+        literal(EntryKind.CAPTURE.value, ledger_entries.c.kind.type).label("kind"),
+        paid.c.charged.label("amount"),
+        literal(0, ledger_entries.c.available_delta.type).label("available_delta"),
+        (-paid.c.charged).label("held_delta"),
+        func.concat(
+            paid.c.delivered,
+            literal(" of ", text),
+            paid.c.images_requested,
+            literal(" images delivered", text),
+        ).label("reason"),
+        (literal("capture:", text) + paid.c.id).label("idempotency_key"),
+        paid.c.id.label("generation_id"),
+        literal(1).label("written"),
+    ).where(paid.c.charged > 0)
+    release = select(
+        paid.c.account_id,
+        literal(EntryKind.RELEASE.value, ledger_entries.c.kind.type),
+        paid.c.returned,
+        paid.c.returned,
+        -paid.c.returned,
+        func.coalesce(
+            func.nullif(code, ""),
+            func.concat(
+                paid.c.returned // paid.c.credits_per_image,
+                literal(" of ", text),
+                paid.c.images_requested,
+                literal(" images not delivered", text),
+            ),
+        ),
+        literal("release:", text) + paid.c.id,
+        paid.c.id,
+        literal(2),
+    ).where(paid.c.returned > 0)
+    # One INSERT, in this order, so the capture's entry comes before the release's,
+    # as when they are written one after the other.
+    settled = union_all(capture, release).subquery("settled")
+    entries = insert(ledger_entries).from_select(
+        entry_columns,
+        select(
+            settled.c.account_id,
+            settled.c.kind,
+            settled.c.amount,
+            settled.c.available_delta,
+            settled.c.held_delta,
+            literal("system", ledger_entries.c.actor.type),
+            settled.c.reason,
+            settled.c.idempotency_key,
+            settled.c.generation_id,
+            now,
+        ).order_by(settled.c.written),
+    )
+    finished = (
+        update(generations)
+        .where(generations.c.id == paid.c.id)
+        .values(
+            status=case(
+                (paid.c.delivered == paid.c.images_requested, GenerationStatus.COMPLETED.value),
+                (paid.c.delivered > 0, GenerationStatus.PARTIAL.value),
+                else_=GenerationStatus.FAILED.value,
+            ),
+            images_delivered=paid.c.delivered,
+            credits_held=0,
+            credits_charged=paid.c.charged,
+            error_code=code,
+            error_message=bindparam("message", type_=generations.c.error_message.type),
+            finished_at=now,
+        )
+        .returning(*generations.c)
+        .cte("finished")
+    )
+    return (
+        select(
+            *(column.label(f"was_{column.name}") for column in running.c),
+            *finished.c,
+        )
+        .select_from(running.outerjoin(finished, true()))
+        .add_cte(entries.cte("entries"))
+    )
+
+
+SETTLE_AT_ONCE = _settle_at_once()
+"""PostgreSQL only: ``Ledger.capture`` and ``release`` in one statement, as ``Ledger._settle``.
+
+Locks the generation; if it is running and its hold is there, charges
+``delivered`` (clamped to what was asked) times the price per image, returns
+the rest of the hold, records the capture and release entries, and finishes
+the generation with ``code`` and ``message``. Answers no row for an unknown
+generation; otherwise the generation as it was (``was_`` before each column
+name) and the finished generation's columns, all null if nothing was settled.
 """

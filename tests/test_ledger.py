@@ -296,6 +296,30 @@ async def test_capture_charges_delivered_images_and_releases_the_rest(
     assert kinds == [EntryKind.RELEASE, EntryKind.CAPTURE, EntryKind.HOLD, EntryKind.GRANT]
 
 
+async def test_settlement_entries_say_what_was_delivered_and_why_the_rest_returned(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock, "g1", images=3)
+    await quoted(ledger, clock, "g2", images=2)
+    await ledger.hold("g1", ALICE)
+    await ledger.hold("g2", ALICE)
+    await ledger.capture("g1", 1)
+    await ledger.release("g2", error_code="blocked", error_message="The filter blocked it.")
+    entries = await ledger.entries(ALICE)
+    assert [(entry.kind, entry.amount, entry.actor, entry.reason) for entry in entries[:3]] == [
+        (EntryKind.RELEASE, 20, "system", "blocked"),
+        (EntryKind.RELEASE, 20, "system", "2 of 3 images not delivered"),
+        (EntryKind.CAPTURE, 10, "system", "1 of 3 images delivered"),
+    ]
+    released = await ledger.generation("g2")
+    assert (released.status, released.error_code, released.error_message) == (
+        GenerationStatus.FAILED,
+        "blocked",
+        "The filter blocked it.",
+    )
+
+
 async def test_capture_of_every_image_completes_the_generation(
     ledger: Ledger, clock: FakeClock
 ) -> None:
