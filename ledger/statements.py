@@ -358,6 +358,21 @@ statement costs no round trip.
 """
 
 
+_ENTRY_COLUMNS = (
+    "account_id",
+    "kind",
+    "amount",
+    "available_delta",
+    "held_delta",
+    "actor",
+    "reason",
+    "idempotency_key",
+    "generation_id",
+    "created_at",
+)
+"""What an entry written for a generation is given; the rest of its columns are the database's."""
+
+
 def _hold_at_once() -> Executable:
     generation_id = bindparam("generation_id", type_=generations.c.id.type)
     account = bindparam("account", type_=accounts.c.id.type)
@@ -387,18 +402,7 @@ def _hold_at_once() -> Executable:
         .cte("took")
     )
     entry = insert(ledger_entries).from_select(
-        [
-            "account_id",
-            "kind",
-            "amount",
-            "available_delta",
-            "held_delta",
-            "actor",
-            "reason",
-            "idempotency_key",
-            "generation_id",
-            "created_at",
-        ],
+        _ENTRY_COLUMNS,
         select(
             account,
             literal(EntryKind.HOLD.value, ledger_entries.c.kind.type),
@@ -497,18 +501,6 @@ def _settle_at_once() -> Executable:
         .returning(*settling.c, returned.label("returned"))
         .cte("paid")
     )
-    entry_columns = [
-        "account_id",
-        "kind",
-        "amount",
-        "available_delta",
-        "held_delta",
-        "actor",
-        "reason",
-        "idempotency_key",
-        "generation_id",
-        "created_at",
-    ]
     text = ledger_entries.c.reason.type
     capture = select(
         paid.c.account_id,
@@ -549,7 +541,7 @@ def _settle_at_once() -> Executable:
     # as when they are written one after the other.
     settled = union_all(capture, release).subquery("settled")
     entries = insert(ledger_entries).from_select(
-        entry_columns,
+        _ENTRY_COLUMNS,
         select(
             settled.c.account_id,
             settled.c.kind,

@@ -641,6 +641,18 @@ async def test_a_quote_after_the_server_closed_the_connections_is_recorded(
         assert (await ledger.generation("after")).status == GenerationStatus.QUOTED
 
 
+@contextlib.asynccontextmanager
+async def another_process(url: str) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """Two connections of a process sharing the database: one to act, one to watch the first wait."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        yield other, watcher
+    finally:
+        await other.close()
+        await watcher.close()
+
+
 async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> None:
     for _ in range(1000):
         if await watcher.fetchval(
@@ -656,33 +668,27 @@ async def until_a_statement_waits_for_a_lock(watcher: asyncpg.Connection) -> Non
 async def test_a_first_quote_racing_another_process_opening_the_account_is_still_recorded(
     clock: FakeClock,
 ) -> None:
-    async with postgres_ledger(clock) as (ledger, url):
-        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-        other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-        try:
-            # Another bot process is opening the same account, and has not committed yet.
-            opening = other.transaction()
-            await opening.start()
-            await other.execute(
-                "INSERT INTO accounts (id, available, held, created_at, updated_at)"
-                " VALUES ($1, 50, 0, now(), now())",
-                ALICE,
-            )
-            await other.execute(
-                "INSERT INTO ledger_entries (account_id, kind, amount, available_delta,"
-                " held_delta, actor, reason, idempotency_key, created_at)"
-                " VALUES ($1, 'grant', 50, 50, 0, 'system', 'starting credits', $2, now())",
-                ALICE,
-                f"starting-credits:{ALICE}",
-            )
-            quoting = asyncio.create_task(ledger.open_quote(new_quote(clock), starting_credits=50))
-            await until_a_statement_waits_for_a_lock(watcher)
-            await opening.commit()
+    async with postgres_ledger(clock) as (ledger, url), another_process(url) as (other, watcher):
+        # Another bot process is opening the same account, and has not committed yet.
+        opening = other.transaction()
+        await opening.start()
+        await other.execute(
+            "INSERT INTO accounts (id, available, held, created_at, updated_at)"
+            " VALUES ($1, 50, 0, now(), now())",
+            ALICE,
+        )
+        await other.execute(
+            "INSERT INTO ledger_entries (account_id, kind, amount, available_delta,"
+            " held_delta, actor, reason, idempotency_key, created_at)"
+            " VALUES ($1, 'grant', 50, 50, 0, 'system', 'starting credits', $2, now())",
+            ALICE,
+            f"starting-credits:{ALICE}",
+        )
+        quoting = asyncio.create_task(ledger.open_quote(new_quote(clock), starting_credits=50))
+        await until_a_statement_waits_for_a_lock(watcher)
+        await opening.commit()
 
-            balance, quote = await quoting
-        finally:
-            await other.close()
-            await watcher.close()
+        balance, quote = await quoting
 
         assert balance.available == 50
         assert await ledger.generation(quote.id) == quote
@@ -697,9 +703,7 @@ async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_wit
     async with postgres_ledger(clock) as (ledger, url):
         await funded(ledger, credits=20)
         await quoted(ledger, clock, "g1")
-        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-        other, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-        try:
+        async with another_process(url) as (other, watcher):
             # Another process is holding 15 of the 20 credits and has not committed yet.
             holding = other.transaction()
             await holding.start()
@@ -713,9 +717,6 @@ async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_wit
 
             with pytest.raises(InsufficientFunds) as refusal:
                 await confirming
-        finally:
-            await other.close()
-            await watcher.close()
 
         assert (refusal.value.need, refusal.value.available) == (20, 5)
         assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
