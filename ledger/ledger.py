@@ -472,6 +472,9 @@ class Ledger:
         for what the user received instead of giving it away.
         """
         values = {"generation_id": generation_id, "images": images}
+        if not self._is_sqlite:
+            await self._transactions.statement(statements.MARK_POSTED, values)
+            return
         await self._transactions.write(
             lambda connection: statements.run(connection, statements.MARK_POSTED, values)
         )
