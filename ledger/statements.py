@@ -90,14 +90,14 @@ class _Plain:
         return tuple(converted)
 
 
-_compiled: dict[tuple[int, frozenset[str] | None], _Plain] = {}
-"""By statement (they are all module constants here) and, for an INSERT, the columns given."""
+_compiled: dict[tuple[int, str, str, frozenset[str] | None], _Plain] = {}
+"""By statement (they are all module constants here), dialect and driver, and for an INSERT the columns given."""
 
 
 def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Plain:
     # An INSERT's column list follows the values given; other statements name their own.
     columns = keys if isinstance(statement, Insert) else None
-    key = (id(statement), columns)
+    key = (id(statement), dialect.name, dialect.driver, columns)
     found = _compiled.get(key)
     if found is None:
         found = _compiled[key] = _compile_plain(statement, dialect, columns)

@@ -1,4 +1,4 @@
-"""The ledger's hand-rolled SQLite path stores values exactly as SQLAlchemy would."""
+"""The ledger's statements run straight on the driver: compiled for its dialect, values stored as SQLAlchemy would."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger import statements
 from ledger.schema import UTCDateTime
 
 SQLALCHEMY_SQLITE_BIND = (
@@ -41,3 +42,14 @@ def test_a_naive_timestamp_is_refused() -> None:
 
 def test_no_timestamp_stays_null() -> None:
     assert UTCDateTime.sqlite_text(None) is None
+
+
+def test_a_statement_run_on_both_databases_in_one_process_is_compiled_for_each() -> None:
+    values = {"generation_id": "g1", "images": 2}
+    on_sqlite, _ = statements.for_driver(statements.MARK_POSTED, sqlite.dialect(), values)
+    on_postgres, arguments = statements.for_driver(
+        statements.MARK_POSTED, postgresql.asyncpg.dialect(), values
+    )
+    assert "?" in on_sqlite
+    assert ("$1" in on_postgres, "?" in on_postgres) == (True, False)
+    assert arguments[:2] == (2, "g1")
