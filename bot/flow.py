@@ -107,8 +107,9 @@ class Retry:
 
     An outage, a dropped connection or a long wait for a pooled connection must
     not turn images already posted into images given away, nor leave the user
-    without an outcome. A ledger refusal is final and not retried; anything
-    else is, which is safe because settling twice returns the first settlement.
+    without an outcome. Only such failures are tried again (``ledger.unreachable``),
+    which is safe because settling twice returns the first settlement; a
+    refusal or a bug fails at once.
     """
 
     first_wait_seconds: float = 0.5
@@ -121,10 +122,8 @@ class Retry:
         while True:
             try:
                 return await operation()
-            except ledger.LedgerError:
-                raise
-            except Exception:
-                if time.monotonic() + wait > give_up_at:
+            except Exception as error:
+                if not ledger.unreachable(error) or time.monotonic() + wait > give_up_at:
                     raise
                 logger.warning("could not %s; trying again in %.1f s", what, wait, exc_info=True)
             await asyncio.sleep(wait)

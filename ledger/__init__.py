@@ -13,6 +13,7 @@ from ledger.errors import (
     LedgerError,
     QuoteExpired,
     WrongAccount,
+    unreachable,
 )
 from ledger.ledger import Ledger, create_engine, utc_now
 from ledger.values import (
@@ -44,5 +45,6 @@ __all__ = [
     "QuoteExpired",
     "WrongAccount",
     "create_engine",
+    "unreachable",
     "utc_now",
 ]

@@ -11,9 +11,17 @@ The ledger knows nothing of chat; the bot translates these into sentences.
     ├── InvalidTransition      the generation is not in a state that allows the operation
     ├── IdempotencyConflict    a key reused with different parameters
     └── InvalidAmount          zero or negative credits
+
+Anything else an operation raises is the database's or a bug's; ``unreachable``
+tells the first kind, worth trying again, from the second.
 """
 
 from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+from sqlalchemy import exc
 
 
 class LedgerError(Exception):
@@ -69,3 +77,26 @@ class InvalidAmount(LedgerError):
     def __init__(self, amount: int) -> None:
         super().__init__(f"amount must be a positive whole number of credits, not {amount}")
         self.amount = amount
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached, or dropped the connection.
+
+    Such an operation may succeed if tried again (settling twice is safe); a
+    syntax error or a bug would fail the same way every time.
+    """
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, exc.OperationalError | exc.InterfaceError
+        )
+    return isinstance(
+        error,
+        OSError
+        | exc.TimeoutError
+        | exc.DisconnectionError
+        | sqlite3.OperationalError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError,
+    )

@@ -662,3 +662,20 @@ async def test_a_command_the_database_fails_is_answered_and_the_chat_goes_on(
     assert "Done: 1 image for 10 credits." in await console.say(
         "/imagine model:scripted a fox", "y"
     )
+
+
+async def test_a_settlement_that_fails_for_a_bug_is_not_tried_again(
+    service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = Retry(first_wait_seconds=0.01, give_up_after_seconds=60)
+    attempts = 0
+
+    async def broken(generation_id: str, images_delivered: int) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(service.ledger, "capture", broken)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
+    assert (outcome.message, attempts) == (messages.CAPTURE_DELAYED, 1)

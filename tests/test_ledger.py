@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, timedelta, timezone
 
 import asyncpg
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
@@ -28,6 +30,7 @@ from ledger import (
     WrongAccount,
     create_engine,
     migrate,
+    unreachable,
 )
 from ledger.schema import accounts
 from tests.conftest import POSTGRES_ADMIN_DSN, FakeClock, postgres_database
@@ -720,3 +723,24 @@ async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_wit
 
         assert (refusal.value.need, refusal.value.available) == (20, 5)
         assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
+
+
+@pytest.mark.parametrize(
+    ("error", "worth_trying_again"),
+    [
+        (ConnectionResetError("reset by peer"), True),
+        (sqlite3.OperationalError("database is locked"), True),
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle"), True),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), True),
+        (sa_exc.OperationalError("UPDATE", {}, Exception("server closed")), True),
+        (sa_exc.TimeoutError("QueuePool limit reached"), True),
+        (asyncpg.PostgresSyntaxError("syntax error at or near ?"), False),
+        (sa_exc.ProgrammingError("UPDATE", {}, Exception("no such column")), False),
+        (InsufficientFunds(ALICE, 10, 5), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_a_database_out_of_reach_is_worth_trying_again(
+    error: Exception, worth_trying_again: bool
+) -> None:
+    assert unreachable(error) is worth_trying_again
