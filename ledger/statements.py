@@ -281,6 +281,21 @@ def _parameter_for(column: Any) -> Any:
     return bindparam(column.name, type_=column.type)
 
 
+_ENTRY_COLUMNS = (
+    "account_id",
+    "kind",
+    "amount",
+    "available_delta",
+    "held_delta",
+    "actor",
+    "reason",
+    "idempotency_key",
+    "generation_id",
+    "created_at",
+)
+"""What an entry written for a generation is given; the rest of its columns are the database's."""
+
+
 def _open_quote_at_once() -> Executable:
     opened = (
         postgresql.insert(accounts)
@@ -296,17 +311,7 @@ def _open_quote_at_once() -> Executable:
         .cte("opened")
     )
     granted = insert(ledger_entries).from_select(
-        [
-            "account_id",
-            "kind",
-            "amount",
-            "available_delta",
-            "held_delta",
-            "actor",
-            "reason",
-            "idempotency_key",
-            "created_at",
-        ],
+        [name for name in _ENTRY_COLUMNS if name != "generation_id"],
         select(
             bindparam("account", type_=ledger_entries.c.account_id.type),
             literal(EntryKind.GRANT.value, ledger_entries.c.kind.type),
@@ -356,21 +361,6 @@ takes the transactional way). Data-modifying CTEs are PostgreSQL's; SQLite
 runs the same steps as separate statements on its ledger thread, where a
 statement costs no round trip.
 """
-
-
-_ENTRY_COLUMNS = (
-    "account_id",
-    "kind",
-    "amount",
-    "available_delta",
-    "held_delta",
-    "actor",
-    "reason",
-    "idempotency_key",
-    "generation_id",
-    "created_at",
-)
-"""What an entry written for a generation is given; the rest of its columns are the database's."""
 
 
 def _hold_at_once() -> Executable:
