@@ -725,6 +725,48 @@ async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_wit
         assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
 
 
+async def record_how_each_generation_change_commits(url: str) -> asyncpg.Connection:
+    """A deferred trigger: it runs at commit, so it sees the setting the commit follows."""
+    watcher = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    await watcher.execute(
+        """
+        CREATE TABLE commits (number serial, change text, synchronous_commit text);
+        CREATE FUNCTION record_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO commits (change, synchronous_commit)
+            VALUES (TG_OP, current_setting('synchronous_commit'));
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER record_commit AFTER INSERT OR UPDATE ON generations
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION record_commit();
+        """
+    )
+    return watcher
+
+
+@pytest.mark.postgres
+async def test_only_a_quote_is_committed_without_waiting_for_the_disk(clock: FakeClock) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        watcher = await record_how_each_generation_change_commits(url)
+        try:
+            await ledger.open_quote(new_quote(clock, "g1"), starting_credits=50)
+            await ledger.hold("g1", ALICE)
+            await ledger.open_quote(new_quote(clock, "g2"), starting_credits=50)
+            await ledger.capture("g1", images_delivered=2)
+
+            commits = await watcher.fetch(
+                "SELECT change, synchronous_commit FROM commits ORDER BY number"
+            )
+        finally:
+            await watcher.close()
+        assert [tuple(commit) for commit in commits] == [
+            ("INSERT", "off"),
+            ("UPDATE", "on"),
+            ("INSERT", "off"),
+            ("UPDATE", "on"),
+        ]
+
+
 @pytest.mark.parametrize(
     ("error", "worth_trying_again"),
     [
