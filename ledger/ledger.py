@@ -260,19 +260,21 @@ class Ledger:
         )
         if row is None:
             raise GenerationNotFound(generation_id)
-        if row.id is not None:
+        if row["id"] is not None:
             return _generation_from(row)
-        if row.quoted_for != account:
+        if row["quoted_for"] != account:
             raise WrongAccount(generation_id, account)
-        if row.quoted_status != GenerationStatus.QUOTED:
-            raise InvalidTransition(generation_id, GenerationStatus(row.quoted_status), "confirm")
-        if row.quoted_until <= now:
+        if row["quoted_status"] != GenerationStatus.QUOTED:
+            raise InvalidTransition(
+                generation_id, GenerationStatus(row["quoted_status"]), "confirm"
+            )
+        if row["quoted_until"] <= now:
             raise QuoteExpired(generation_id)
-        available = row.available
-        if available >= row.price:
+        available = row["available"]
+        if available >= row["price"]:
             # Read as the statement began; another hold took the credits while it waited.
             available = (await self.balance(account)).available
-        raise InsufficientFunds(account, row.price, available)
+        raise InsufficientFunds(account, row["price"], available)
 
     def _hold(self, connection: Connection, generation_id: str, account: str) -> Generation | None:
         now = self._clock()
@@ -371,7 +373,7 @@ class Ledger:
         )
         if row is None:
             raise GenerationNotFound(generation_id)
-        if row.id is not None:
+        if row["id"] is not None:
             return _generation_from(row)
         was = _generation_from(row, prefix="was_")
         if was.status.is_final and was.confirmed_at is not None:
@@ -759,9 +761,9 @@ def _require_positive(amount: int) -> None:
         raise InvalidAmount(amount)
 
 
-def _generation_from(row: Row[Any], prefix: str = "") -> Generation:
+def _generation_from(row: Row[Any] | Mapping[str, Any], prefix: str = "") -> Generation:
     """The generation in ``row``, which may hold other columns besides; ``prefix`` starts its names."""
-    values: Mapping[str, Any] = row._mapping
+    values: Mapping[str, Any] = row._mapping if isinstance(row, Row) else row
     return Generation(
         **{name: values[prefix + name] for name in _GENERATION_COLUMNS},
         status=GenerationStatus(values[prefix + "status"]),

@@ -14,7 +14,7 @@ is four statements; ``bench.latency``). Elsewhere it is ``Connection.execute``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Executable, ReturnsRows
 from sqlalchemy.types import TypeEngine
 
 from ledger.schema import UTCDateTime, accounts, generations, ledger_entries
@@ -65,6 +65,40 @@ def for_driver(
     """
     plain = _plain(statement, dialect, frozenset(values))
     return plain.sql, plain.arguments(values)
+
+
+def from_driver(
+    statement: Executable, dialect: Dialect, row: Iterable[tuple[str, Any]]
+) -> dict[str, Any]:
+    """A row of ``statement`` as the driver gave it, by name, converted as SQLAlchemy would.
+
+    Each value goes through its column type's result processor (an aware UTC
+    datetime from ``UTCDateTime``, for one), so what comes back is what
+    executing the statement through SQLAlchemy reads.
+    """
+    readers = _readers(statement, dialect)
+    return {
+        name: value if (read := readers.get(name)) is None else read(value) for name, value in row
+    }
+
+
+_read_by: dict[tuple[int, str, str], Mapping[str, Callable[[Any], Any]]] = {}
+"""By statement, dialect and driver, as ``_compiled``."""
+
+
+def _readers(statement: Executable, dialect: Dialect) -> Mapping[str, Callable[[Any], Any]]:
+    key = (id(statement), dialect.name, dialect.driver)
+    found = _read_by.get(key)
+    if found is None:
+        columns = cast(ReturnsRows, statement).exported_columns
+        processors = {
+            column.key: column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in columns
+        }
+        found = _read_by[key] = {
+            name: read for name, read in processors.items() if read is not None
+        }
+    return found
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,20 @@ async def test_settling_twice_keeps_the_first_settlement(ledger: Ledger, clock: 
     assert (await ledger.balance(ALICE)).available == 80
 
 
+async def test_what_a_hold_and_its_settlements_answer_is_the_generation_as_stored(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+
+    held = await ledger.hold("g1", ALICE)
+    assert held == await ledger.generation("g1")
+    assert (held.confirmed_at.tzinfo, held.options["resolution"]) == (UTC, "1K")
+    captured = await ledger.capture("g1", 1)
+    assert captured == await ledger.generation("g1")
+    assert await ledger.release("g1", error_code="late", error_message="late") == captured
+
+
 async def test_settling_a_quote_that_was_never_held_is_refused(
     ledger: Ledger, clock: FakeClock
 ) -> None:
