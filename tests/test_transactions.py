@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from ledger import Ledger, create_engine, migrate
 from ledger.schema import bot_state
@@ -225,3 +226,23 @@ async def test_a_write_waits_its_turn_while_every_pooled_connection_is_busy() ->
             for connection in busy:
                 await connection.close()
             await runner.close()
+
+
+@pytest.mark.postgres
+async def test_pooled_connections_go_to_the_tasks_in_the_order_they_asked() -> None:
+    async with postgres_database() as url:
+        engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        runner = transactions_for(engine)
+        turns: list[tuple[int, int]] = []
+
+        async def one_after_another(task: int) -> None:
+            for step in range(3):
+                await runner.statement(select(literal(task)), {})
+                turns.append((task, step))
+
+        try:
+            await asyncio.gather(*(one_after_another(task) for task in range(4)))
+        finally:
+            await runner.close()
+        # A task asking again as soon as it is served queues behind those already waiting.
+        assert turns == [(task, step) for step in range(3) for task in range(4)]
