@@ -10,7 +10,7 @@ serialise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -81,7 +81,7 @@ class Ledger:
 
     async def ensure_account(self, account: str, *, starting_credits: int = 0) -> Balance:
         """Create the account if it is new, granting ``starting_credits`` once."""
-        existing = await self._transactions.read(partial(self._find_balance, account=account))
+        existing = await self._read_balance(account)
         if existing is not None:
             return existing
         return await self._transactions.write(
@@ -110,12 +110,20 @@ class Ledger:
         return Balance(account=account, available=starting_credits, held=0)
 
     async def account_exists(self, account: str) -> bool:
-        return (
-            await self._transactions.read(partial(self._find_balance, account=account)) is not None
-        )
+        return await self._read_balance(account) is not None
 
     async def balance(self, account: str) -> Balance:
-        return await self._transactions.read(partial(self._balance, account=account))
+        found = await self._read_balance(account)
+        if found is None:
+            raise AccountNotFound(account)
+        return found
+
+    async def _read_balance(self, account: str) -> Balance | None:
+        if self._is_sqlite:
+            return await self._transactions.read(partial(self._find_balance, account=account))
+        # One statement, one round trip; a transaction around it would add two.
+        row = await self._transactions.statement(statements.BALANCE, {"account": account})
+        return _balance_from(account, row)
 
     async def grant(
         self, account: str, amount: int, *, actor: str, reason: str, idempotency_key: str
@@ -237,7 +245,16 @@ class Ledger:
         return _quoted_generation(stored)
 
     async def generation(self, generation_id: str) -> Generation:
-        return await self._transactions.read(partial(self._generation, generation_id=generation_id))
+        if self._is_sqlite:
+            return await self._transactions.read(
+                partial(self._generation, generation_id=generation_id)
+            )
+        row = await self._transactions.typed_statement(
+            statements.GENERATION, {"generation_id": generation_id}
+        )
+        if row is None:
+            raise GenerationNotFound(generation_id)
+        return _generation_from(row)
 
     async def hold(self, generation_id: str, account: str) -> Generation:
         """Confirm a quote: move its price from available to held, exactly once."""
@@ -716,11 +733,9 @@ class Ledger:
         )
 
     def _find_balance(self, connection: Connection, account: str) -> Balance | None:
-        row = statements.run(connection, statements.BALANCE, {"account": account}).row
-        if row is None:
-            return None
-        available, held = row
-        return Balance(account=account, available=available, held=held)
+        return _balance_from(
+            account, statements.run(connection, statements.BALANCE, {"account": account}).row
+        )
 
     def _balance(self, connection: Connection, account: str) -> Balance:
         found = self._find_balance(connection, account)
@@ -759,6 +774,14 @@ class Ledger:
 def _require_positive(amount: int) -> None:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidAmount(amount)
+
+
+def _balance_from(account: str, row: Sequence[Any] | None) -> Balance | None:
+    """The balance in a row of ``statements.BALANCE``, if the account has one."""
+    if row is None:
+        return None
+    available, held = row
+    return Balance(account=account, available=available, held=held)
 
 
 def _generation_from(row: Row[Any] | Mapping[str, Any], prefix: str = "") -> Generation:
