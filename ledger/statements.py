@@ -82,8 +82,8 @@ def from_driver(
     }
 
 
-_read_by: dict[tuple[int, str, str], Mapping[str, Callable[[Any], Any]]] = {}
-"""By statement, dialect and driver, as ``_compiled``."""
+_read_by: dict[tuple[int, str, str], tuple[Executable, Mapping[str, Callable[[Any], Any]]]] = {}
+"""By statement, dialect and driver, with the statement itself, as ``_compiled``."""
 
 
 def _readers(statement: Executable, dialect: Dialect) -> Mapping[str, Callable[[Any], Any]]:
@@ -95,10 +95,11 @@ def _readers(statement: Executable, dialect: Dialect) -> Mapping[str, Callable[[
             column.key: column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in columns
         }
-        found = _read_by[key] = {
-            name: read for name, read in processors.items() if read is not None
-        }
-    return found
+        found = _read_by[key] = (
+            statement,
+            {name: read for name, read in processors.items() if read is not None},
+        )
+    return found[1]
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,14 @@ class _Plain:
         return tuple(converted)
 
 
-_compiled: dict[tuple[int, str, str, frozenset[str] | None], _Plain] = {}
-"""By statement (they are all module constants here), dialect and driver, and for an INSERT the columns given."""
+_compiled: dict[tuple[int, str, str, frozenset[str] | None], tuple[Executable, _Plain]] = {}
+"""By statement, dialect and driver, and for an INSERT the columns given.
+
+Each entry keeps its statement alive: a statement's ``id`` is only its own
+while it lives, and one built for a single call (in a test, say) and then
+dropped would otherwise hand its SQL to the next statement given its address.
+The hot statements are module constants, so this holds a handful.
+"""
 
 
 def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Plain:
@@ -135,8 +142,8 @@ def _plain(statement: Executable, dialect: Dialect, keys: frozenset[str]) -> _Pl
     key = (id(statement), dialect.name, dialect.driver, columns)
     found = _compiled.get(key)
     if found is None:
-        found = _compiled[key] = _compile_plain(statement, dialect, columns)
-    return found
+        found = _compiled[key] = (statement, _compile_plain(statement, dialect, columns))
+    return found[1]
 
 
 def _compile_plain(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger import statements
@@ -53,3 +54,11 @@ def test_a_statement_run_on_both_databases_in_one_process_is_compiled_for_each()
     assert "?" in on_sqlite
     assert ("$1" in on_postgres, "?" in on_postgres) == (True, False)
     assert arguments[:2] == (2, "g1")
+
+
+def test_statements_built_one_after_another_are_each_compiled_for_themselves() -> None:
+    arguments = [
+        statements.for_driver(select(literal(number)), sqlite.dialect(), {})[1]
+        for number in range(20)
+    ]
+    assert arguments == [(number,) for number in range(20)]
