@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, literal, select
+from sqlalchemy import func, insert, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -246,3 +246,21 @@ async def test_pooled_connections_go_to_the_tasks_in_the_order_they_asked() -> N
             await runner.close()
         # A task asking again as soon as it is served queues behind those already waiting.
         assert turns == [(task, step) for step in range(3) for task in range(4)]
+
+
+@pytest.mark.postgres
+async def test_a_statement_cancelled_while_it_runs_leaves_its_connection_usable() -> None:
+    async with postgres_database() as url:
+        engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        runner = transactions_for(engine)
+        try:
+            sleeping = asyncio.ensure_future(runner.statement(select(func.pg_sleep(5)), {}))
+            await asyncio.sleep(0.2)
+            sleeping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sleeping
+
+            row = await runner.typed_statement(select(literal(7).label("answer")), {})
+            assert row == {"answer": 7}
+        finally:
+            await runner.close()
