@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import sqlalchemy
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
@@ -133,6 +134,38 @@ def _in_transaction(connection: Connection, work: Work[T]) -> T:
         return work(connection)
 
 
+class Turns:
+    """The pool's connections, handed out in the order they were asked for.
+
+    SQLAlchemy's pool lets a newcomer take a connection just given back
+    before the task woken for it runs, and the woken task then queues again
+    at the back: with 64 tasks on 10 connections, one hold in a hundred
+    waited over 2 s (``bench.ledger``). Only as many tasks as the pool has
+    connections go past this line (asyncio's semaphore is first come, first
+    served), so none waits in the pool; and, as the pool would, a task that
+    waited ``POSTGRES_POOL_WAIT_SECONDS`` fails with SQLAlchemy's
+    ``TimeoutError``, which ``ledger.unreachable`` counts as worth trying again.
+    """
+
+    def __init__(self, connections: int) -> None:
+        self._free = asyncio.Semaphore(connections)
+
+    async def __aenter__(self) -> None:
+        if not self._free.locked():
+            await self._free.acquire()
+            return
+        try:
+            async with asyncio.timeout(POSTGRES_POOL_WAIT_SECONDS):
+                await self._free.acquire()
+        except TimeoutError:
+            raise sqlalchemy.exc.TimeoutError(
+                f"no pooled connection came free in {POSTGRES_POOL_WAIT_SECONDS} s"
+            ) from None
+
+    async def __aexit__(self, *_: object) -> None:
+        self._free.release()
+
+
 class Transactions:
     """Runs ledger operations through the async engine's own connections."""
 
@@ -141,16 +174,7 @@ class Transactions:
         # Only reached for an in-memory SQLite database: one connection, so one writer at a time.
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         pool = engine.sync_engine.pool
-        self._turns = asyncio.Semaphore(pool.size()) if isinstance(pool, QueuePool) else None
-        """Connections are handed out in the order they were asked for.
-
-        The pool itself lets a newcomer take a connection just given back
-        before the task woken for it runs, and the woken task then queues
-        again at the back: with 64 tasks on 10 connections, one hold in a
-        hundred waited over 2 s (``bench.ledger``). This semaphore is first
-        come, first served, and lets no more tasks at the pool than it has
-        connections, so none waits there.
-        """
+        self._turns = Turns(pool.size()) if isinstance(pool, QueuePool) else None
 
     def _turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return self._turns or contextlib.nullcontext()

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ledger import Ledger, create_engine, migrate
+from ledger import Ledger, create_engine, migrate, unreachable
+from ledger import transactions as transactions_module
 from ledger.schema import bot_state
 from ledger.transactions import (
     POSTGRES_POOL_SIZE,
@@ -263,4 +265,23 @@ async def test_a_statement_cancelled_while_it_runs_leaves_its_connection_usable(
             row = await runner.typed_statement(select(literal(7).label("answer")), {})
             assert row == {"answer": 7}
         finally:
+            await runner.close()
+
+
+@pytest.mark.postgres
+async def test_a_statement_that_waited_too_long_for_a_connection_fails_as_worth_retrying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transactions_module, "POSTGRES_POOL_WAIT_SECONDS", 0.2)
+    async with postgres_database() as url:
+        engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        runner = transactions_for(engine)
+        busy = asyncio.ensure_future(runner.statement(select(func.pg_sleep(1)), {}))
+        try:
+            await asyncio.sleep(0.1)
+            with pytest.raises(sa_exc.TimeoutError) as waited:
+                await runner.statement(select(literal(1)), {})
+            assert unreachable(waited.value)
+        finally:
+            await busy
             await runner.close()
