@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import postgres_database
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -25,13 +27,27 @@ REPO = Path(__file__).resolve().parent.parent
     ],
 )
 def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:
+    assert last_line_of_quick_run(name).startswith(headline)
+
+
+@pytest.mark.postgres
+async def test_a_quick_latency_run_with_the_ledger_on_postgresql_prints_its_headline() -> None:
+    # Only to skip (or fail, with REQUIRE_POSTGRES=1) as every PostgreSQL test does.
+    async with postgres_database():
+        pass
+
+    assert last_line_of_quick_run("latency", "--database", "postgresql").startswith(
+        "latency: confirm p99"
+    )
+
+
+def last_line_of_quick_run(name: str, *arguments: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--quick"],
+        [sys.executable, "-m", f"bench.{name}", "--quick", *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
-
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1].startswith(headline)
+    return result.stdout.strip().splitlines()[-1]
