@@ -61,6 +61,8 @@ max_images = 1
 """
 
 QUOTES_AT_LEAST = 1000
+QUICK_QUOTES_AT_LEAST = 200
+"""For ``--quick``, which only shows that the benchmark runs, in a fifth of the time."""
 """Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50
 by 2x, and with 500 the N=50 ratio of one code moved between 1.74 and 2.10 from run to run."""
 ROUNDS_AT_LEAST = 4
@@ -183,7 +185,11 @@ async def running(client: discord.Client) -> AsyncIterator[None]:
 
 
 async def measure(
-    fake: LoopbackProcess, sizes: list[int], folder: Path, database_url: str
+    fake: LoopbackProcess,
+    sizes: list[int],
+    folder: Path,
+    database_url: str,
+    quotes_at_least: int = QUOTES_AT_LEAST,
 ) -> dict[int, tuple[Samples, Samples]]:
     """The bare bot's and the bot's samples at each size."""
     models = folder / "models.toml"
@@ -207,7 +213,7 @@ async def measure(
         await fake.burst(1, bot=IMAGINE, click=True)
         for size in sizes:
             bare, bot = Samples(), Samples()
-            for round_number in range(max(ROUNDS_AT_LEAST, math.ceil(QUOTES_AT_LEAST / size))):
+            for round_number in range(max(ROUNDS_AT_LEAST, math.ceil(quotes_at_least / size))):
                 first_bare = round_number % 2 == 0
                 for which in (BARE, IMAGINE) if first_bare else (IMAGINE, BARE):
                     samples = bare if which == BARE else bot
@@ -247,7 +253,13 @@ async def main(quick: bool, database: str) -> None:
             point_at(fake.api_base)
             with tempfile.TemporaryDirectory() as folder:
                 async with ledger_database(database, Path(folder)) as database_url:
-                    results = await measure(fake, sizes, Path(folder), database_url)
+                    results = await measure(
+                        fake,
+                        sizes,
+                        Path(folder),
+                        database_url,
+                        QUICK_QUOTES_AT_LEAST if quick else QUOTES_AT_LEAST,
+                    )
     finally:
         discord.http.Route.BASE = original_base
     worst_p99, worst_ratio = 0.0, 0.0
@@ -274,7 +286,9 @@ async def main(quick: bool, database: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 and 50 users only")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 and 50 users only, 200 commands each"
+    )
     parser.add_argument(
         "--database",
         choices=["sqlite", "postgresql"],
