@@ -11,6 +11,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import asyncpg
 
@@ -94,3 +95,19 @@ async def postgres_reachable() -> bool:
         return False
     await connection.close()
     return True
+
+
+DATABASES = ["sqlite", "postgresql"]
+"""What ``--database`` accepts: where the bot under test keeps its ledger."""
+
+
+@contextlib.asynccontextmanager
+async def ledger_database(kind: str, folder: Path, name: str) -> AsyncIterator[str]:
+    """The bot's DATABASE_URL: a SQLite file in ``folder``, or a PostgreSQL database of its own."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder / f'{name}.db'}"
+        return
+    if not await postgres_reachable():
+        raise SystemExit(f"PostgreSQL at {POSTGRES} is not reachable (TEST_POSTGRES_DSN)")
+    async with postgres_database(name) as (url, _dsn):
+        yield url

@@ -1,12 +1,13 @@
 """1,000 generations in flight at once against a provider that takes 2 s: memory and loop lag.
 
 Each generation is a real quote, hold, provider call, delivery and capture
-through ``ImagineService`` on a SQLite file. Memory is the peak traced by
+through ``ImagineService``, on a SQLite file or, with ``--database
+postgresql``, on a PostgreSQL database of its own. Memory is the peak traced by
 ``tracemalloc`` while they run, per generation, with image bytes excluded
 (the provider returns a tiny PNG). Baseline: the same number of bare asyncio
 tasks that only wait 2 s, the least any in-flight generation can cost.
 
-    python -m bench.inflight [--quick]
+    python -m bench.inflight [--quick] [--database postgresql]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 import providers
-from bench.common import LoopLag, machine
+from bench.common import DATABASES, LoopLag, ledger_database, machine
 from bot.app import open_service
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
@@ -92,12 +93,12 @@ async def baseline(count: int) -> int:
     return peak
 
 
-async def bot_generations(count: int, folder: Path) -> tuple[int, float, float]:
+async def bot_generations(count: int, folder: Path, database_url: str) -> tuple[int, float, float]:
     models = folder / "models.toml"
     models.write_text(MODELS)
     settings = Settings(
         _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{folder / 'bench.db'}",
+        database_url=database_url,
         models_file=models,
         provider_concurrency=count,
         user_concurrency=1,
@@ -125,14 +126,16 @@ async def bot_generations(count: int, folder: Path) -> tuple[int, float, float]:
         return peak, lag.p99, elapsed
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, database: str) -> None:
     count = 200 if quick else 1000
     providers.register(ProviderSpec("slow", "bench.inflight:SlowProvider"))
     print(
-        f"bench.inflight on {machine()}: {count} generations in flight, provider waits {WAIT_SECONDS:g} s"
+        f"bench.inflight on {machine()}: {count} generations in flight, "
+        f"provider waits {WAIT_SECONDS:g} s, ledger on {database}"
     )
     with tempfile.TemporaryDirectory() as folder:
-        peak, lag_p99, elapsed = await bot_generations(count, Path(folder))
+        async with ledger_database(database, Path(folder), "inflight") as database_url:
+            peak, lag_p99, elapsed = await bot_generations(count, Path(folder), database_url)
     floor = await baseline(count)
     per_generation = peak / count
     print(
@@ -152,4 +155,11 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 generations instead of 1,000")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.quick, arguments.database))

@@ -36,14 +36,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bench.common import (
-    POSTGRES,
-    machine,
-    percentile,
-    postgres_database,
-    postgres_reachable,
-    summary_ms,
-)
+from bench.common import DATABASES, ledger_database, machine, percentile, summary_ms
 from bot.app import freeze_startup_heap, open_service
 from bot.discord_adapter import ImagineBot, point_at
 from bot.settings import Settings
@@ -227,18 +220,6 @@ async def measure(
     return results
 
 
-@contextlib.asynccontextmanager
-async def ledger_database(kind: str, folder: Path) -> AsyncIterator[str]:
-    """The bot's DATABASE_URL: a SQLite file in ``folder``, or a PostgreSQL database of its own."""
-    if kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{folder / 'latency.db'}"
-        return
-    if not await postgres_reachable():
-        raise SystemExit(f"PostgreSQL at {POSTGRES} is not reachable (TEST_POSTGRES_DSN)")
-    async with postgres_database("latency") as (url, _dsn):
-        yield url
-
-
 async def main(quick: bool, database: str) -> None:
     sizes = [1, 50] if quick else [1, 50, 500]
     # As `imagine-bot run` does once started; here before both bots, which share this process.
@@ -252,7 +233,7 @@ async def main(quick: bool, database: str) -> None:
         async with loopback_process() as fake:
             point_at(fake.api_base)
             with tempfile.TemporaryDirectory() as folder:
-                async with ledger_database(database, Path(folder)) as database_url:
+                async with ledger_database(database, Path(folder), "latency") as database_url:
                     results = await measure(
                         fake,
                         sizes,
@@ -291,7 +272,7 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--database",
-        choices=["sqlite", "postgresql"],
+        choices=DATABASES,
         default="sqlite",
         help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
     )

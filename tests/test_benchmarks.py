@@ -31,14 +31,17 @@ def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> 
 
 
 @pytest.mark.postgres
-async def test_a_quick_latency_run_with_the_ledger_on_postgresql_prints_its_headline() -> None:
+@pytest.mark.parametrize(
+    ("name", "headline"), [("inflight", "inflight: "), ("latency", "latency: confirm p99")]
+)
+async def test_a_quick_run_with_the_ledger_on_postgresql_prints_its_headline(
+    name: str, headline: str
+) -> None:
     # Only to skip (or fail, with REQUIRE_POSTGRES=1) as every PostgreSQL test does.
     async with postgres_database():
         pass
 
-    assert last_line_of_quick_run("latency", "--database", "postgresql").startswith(
-        "latency: confirm p99"
-    )
+    assert last_line_of_quick_run(name, "--database", "postgresql").startswith(headline)
 
 
 def last_line_of_quick_run(name: str, *arguments: str) -> str:
