@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -97,8 +98,14 @@ async def postgres_reachable() -> bool:
     return True
 
 
-DATABASES = ["sqlite", "postgresql"]
-"""What ``--database`` accepts: where the bot under test keeps its ledger."""
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """``--database``: where the bot under test keeps its ledger, for ``ledger_database``."""
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
+    )
 
 
 @contextlib.asynccontextmanager

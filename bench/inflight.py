@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 import providers
-from bench.common import DATABASES, LoopLag, ledger_database, machine
+from bench.common import LoopLag, add_database_option, ledger_database, machine
 from bot.app import open_service
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
@@ -155,11 +155,6 @@ async def main(quick: bool, database: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 generations instead of 1,000")
-    parser.add_argument(
-        "--database",
-        choices=DATABASES,
-        default="sqlite",
-        help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
-    )
+    add_database_option(parser)
     arguments = parser.parse_args()
     asyncio.run(main(arguments.quick, arguments.database))

@@ -36,7 +36,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bench.common import DATABASES, ledger_database, machine, percentile, summary_ms
+from bench.common import add_database_option, ledger_database, machine, percentile, summary_ms
 from bot.app import freeze_startup_heap, open_service
 from bot.discord_adapter import ImagineBot, point_at
 from bot.settings import Settings
@@ -270,11 +270,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick", action="store_true", help="1 and 50 users only, 200 commands each"
     )
-    parser.add_argument(
-        "--database",
-        choices=DATABASES,
-        default="sqlite",
-        help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
-    )
+    add_database_option(parser)
     arguments = parser.parse_args()
     asyncio.run(main(arguments.quick, arguments.database))
