@@ -6,8 +6,9 @@ holds a one-credit quote and captures it. Baseline: the same statements in the
 same transactions, written by hand on aiosqlite / asyncpg (the generation read
 and locked, the conditional balance update, the entry, the generation update,
 and the read-back), with the same writer lock and ``BEGIN IMMEDIATE`` on SQLite;
-on PostgreSQL the hold and the capture are one statement each there too, as
-the ledger's are.
+on PostgreSQL, as the ledger does there, the hold reads the quote and the
+balance in one statement and applies it in one guarded statement, and the
+capture is one guarded statement given the generation as held.
 
     python -m bench.ledger [--quick]
 """
@@ -30,7 +31,7 @@ import aiosqlite
 import asyncpg
 
 from bench.common import POSTGRES, machine, percentile, postgres_database, postgres_reachable
-from ledger import Ledger, NewGeneration, create_engine, migrate
+from ledger import Generation, Ledger, NewGeneration, create_engine, migrate
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,13 @@ async def run_ledger(url: str, work: list[tuple[str, str]], concurrency: int) ->
         # Open the connections first, as the baseline's pool does before its clock starts.
         await asyncio.gather(*(ledger.ping() for _ in range(concurrency)))
 
+        held: dict[str, Generation] = {}
+
         async def hold(generation_id: str, account: str) -> None:
-            await ledger.hold(generation_id, account)
+            held[generation_id] = await ledger.hold(generation_id, account)
 
         async def capture(generation_id: str, _account: str) -> None:
-            await ledger.capture(generation_id, 1)
+            await ledger.capture(generation_id, 1, running=held.pop(generation_id))
 
         return await drive(work, concurrency, hold, capture)
     finally:
@@ -138,83 +141,65 @@ ENTRY = (
 HOLD_GENERATION = "UPDATE generations SET status = 'running', credits_held = 1, confirmed_at = {p}1, heartbeat_at = {p}1 WHERE id = {p}2"
 CAPTURE_GENERATION = "UPDATE generations SET status = 'completed', images_delivered = 1, credits_held = 0, credits_charged = 1, finished_at = {p}1 WHERE id = {p}2"
 READ_GENERATION = "SELECT * FROM generations WHERE id = {p}1"
-# PostgreSQL holds in one statement, as the ledger does there (statements.HOLD_AT_ONCE).
+# PostgreSQL reads the quote and the balance in one statement (statements.QUOTE_AND_BALANCE),
+POSTGRES_QUOTE_AND_BALANCE = """
+SELECT generations.*, (SELECT available FROM accounts WHERE id = $2::varchar) AS available
+FROM generations WHERE id = $1::varchar
+"""
+# then applies the hold in one statement guarded on what it read (statements.HOLD_AT_ONCE),
 POSTGRES_HOLD_AT_ONCE = """
-WITH quote AS (SELECT * FROM generations WHERE id = $1::varchar FOR UPDATE),
+WITH quote AS (
+    SELECT id FROM generations
+    WHERE id = $1::varchar AND account_id = $2::varchar AND status = 'quoted'
+      AND images_requested = $3::integer AND credits_per_image = $4::bigint
+      AND expires_at > $6::timestamptz
+    FOR UPDATE),
 took AS (
     UPDATE accounts
-    SET available = accounts.available - quote.images_requested * quote.credits_per_image,
-        held = accounts.held + quote.images_requested * quote.credits_per_image,
-        updated_at = $3::timestamptz
-    FROM quote
-    WHERE accounts.id = quote.account_id AND quote.account_id = $2::varchar
-      AND quote.status = 'quoted' AND quote.expires_at > $3::timestamptz
-      AND accounts.available >= quote.images_requested * quote.credits_per_image
-    RETURNING quote.images_requested * quote.credits_per_image AS price, quote.id AS generation_id),
+    SET available = available - $5::bigint, held = held + $5::bigint, updated_at = $6::timestamptz
+    WHERE id = $2::varchar AND available >= $5::bigint AND EXISTS (SELECT 1 FROM quote)
+    RETURNING id),
 entry AS (
     INSERT INTO ledger_entries (account_id, kind, amount, available_delta, held_delta, actor,
                                 reason, idempotency_key, generation_id, created_at)
-    SELECT $2::varchar, 'hold', price, -price, price, $2::varchar,
+    SELECT $2::varchar, 'hold', $5::bigint, -$5::bigint, $5::bigint, $2::varchar,
            'hold for generation ' || $1::varchar, 'hold:' || $1::varchar, $1::varchar,
-           $3::timestamptz
-    FROM took),
-expired AS (
-    UPDATE generations SET status = 'expired', finished_at = $3::timestamptz FROM quote
-    WHERE generations.id = quote.id AND quote.account_id = $2::varchar
-      AND quote.status = 'quoted' AND quote.expires_at <= $3::timestamptz),
+           $6::timestamptz
+    WHERE EXISTS (SELECT 1 FROM took)),
 started AS (
     UPDATE generations
-    SET status = 'running', credits_held = took.price, confirmed_at = $3::timestamptz,
-        heartbeat_at = $3::timestamptz
-    FROM took WHERE generations.id = took.generation_id
+    SET status = 'running', credits_held = $5::bigint, confirmed_at = $6::timestamptz,
+        heartbeat_at = $6::timestamptz
+    WHERE id = $1::varchar AND EXISTS (SELECT 1 FROM took)
     RETURNING generations.*)
-SELECT quote.account_id AS quoted_for, quote.status AS quoted_status,
-       (SELECT available FROM accounts WHERE id = $2::varchar) AS available, started.*
-FROM quote LEFT JOIN started ON true
+SELECT * FROM started
 """
-# And settles in one statement (statements.SETTLE_AT_ONCE), here a capture.
+# and captures in one statement guarded on the generation as held (statements.SETTLE_AT_ONCE).
 POSTGRES_CAPTURE_AT_ONCE = """
-WITH running AS (SELECT * FROM generations WHERE id = $1::varchar FOR UPDATE),
-settling AS (
-    SELECT id, account_id, images_requested, credits_per_image, credits_held AS was_held,
-           least(greatest($2::integer, 0), images_requested) AS delivered,
-           least(greatest($2::integer, 0), images_requested) * credits_per_image AS charged
-    FROM running WHERE status = 'running'),
+WITH running AS (
+    SELECT id FROM generations
+    WHERE id = $1::varchar AND account_id = $2::varchar AND status = 'running'
+      AND images_requested = $3::integer AND credits_per_image = $4::bigint
+      AND credits_held = $5::bigint
+    FOR UPDATE),
 paid AS (
     UPDATE accounts
-    SET held = accounts.held - settling.was_held,
-        available = accounts.available + (settling.was_held - settling.charged),
-        updated_at = $3::timestamptz
-    FROM settling
-    WHERE accounts.id = settling.account_id AND accounts.held >= settling.was_held
-    RETURNING settling.*, settling.was_held - settling.charged AS returned),
+    SET held = held - $5::bigint, available = available + 0, updated_at = $6::timestamptz
+    WHERE id = $2::varchar AND held >= $5::bigint AND EXISTS (SELECT 1 FROM running)
+    RETURNING id),
 entries AS (
     INSERT INTO ledger_entries (account_id, kind, amount, available_delta, held_delta, actor,
                                 reason, idempotency_key, generation_id, created_at)
-    SELECT account_id, kind, amount, available_delta, held_delta, 'system', reason, key, id,
-           $3::timestamptz
-    FROM (
-        SELECT account_id, 'capture' AS kind, charged AS amount, 0 AS available_delta,
-               -charged AS held_delta,
-               concat(delivered, ' of ', images_requested, ' images delivered') AS reason,
-               'capture:' || id AS key, id, 1 AS written
-        FROM paid WHERE charged > 0
-        UNION ALL
-        SELECT account_id, 'release', returned, returned, -returned,
-               concat(returned / credits_per_image, ' of ', images_requested,
-                      ' images not delivered'),
-               'release:' || id, id, 2
-        FROM paid WHERE returned > 0) AS settled
-    ORDER BY written),
+    SELECT $2::varchar, 'capture', $5::bigint, 0, -$5::bigint, 'system',
+           '1 of 1 images delivered', 'capture:' || $1::varchar, $1::varchar, $6::timestamptz
+    WHERE EXISTS (SELECT 1 FROM paid)),
 finished AS (
     UPDATE generations
-    SET status = CASE WHEN paid.delivered = paid.images_requested THEN 'completed'
-                      WHEN paid.delivered > 0 THEN 'partial' ELSE 'failed' END,
-        images_delivered = paid.delivered, credits_held = 0, credits_charged = paid.charged,
-        finished_at = $3::timestamptz
-    FROM paid WHERE generations.id = paid.id
+    SET status = 'completed', images_delivered = 1, credits_held = 0, credits_charged = $5::bigint,
+        finished_at = $6::timestamptz
+    WHERE id = $1::varchar AND EXISTS (SELECT 1 FROM paid)
     RETURNING generations.*)
-SELECT running.status AS was_status, finished.* FROM running LEFT JOIN finished ON true
+SELECT * FROM finished
 """
 
 
@@ -301,21 +286,44 @@ async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: i
 
 async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: int) -> Result:
     pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    held: dict[str, asyncpg.Record] = {}
 
     async def hold(generation_id: str, account: str) -> None:
+        now = datetime.now(UTC)
         async with pool.acquire() as db:
-            held = await db.fetchrow(
-                POSTGRES_HOLD_AT_ONCE, generation_id, account, datetime.now(UTC)
-            )
-        if held is None or held["id"] is None:
+            quote = await db.fetchrow(POSTGRES_QUOTE_AND_BALANCE, generation_id, account)
+        if quote is None or quote["status"] != "quoted" or quote["expires_at"] <= now:
             raise RuntimeError("hold refused")
+        price = quote["images_requested"] * quote["credits_per_image"]
+        if quote["account_id"] != account or quote["available"] < price:
+            raise RuntimeError("hold refused")
+        async with pool.acquire() as db:
+            started = await db.fetchrow(
+                POSTGRES_HOLD_AT_ONCE,
+                generation_id,
+                account,
+                quote["images_requested"],
+                quote["credits_per_image"],
+                price,
+                now,
+            )
+        if started is None:
+            raise RuntimeError("hold refused")
+        held[generation_id] = started
 
-    async def capture(generation_id: str, _account: str) -> None:
+    async def capture(generation_id: str, account: str) -> None:
+        running = held.pop(generation_id)
         async with pool.acquire() as db:
             captured = await db.fetchrow(
-                POSTGRES_CAPTURE_AT_ONCE, generation_id, 1, datetime.now(UTC)
+                POSTGRES_CAPTURE_AT_ONCE,
+                generation_id,
+                account,
+                running["images_requested"],
+                running["credits_per_image"],
+                running["credits_held"],
+                datetime.now(UTC),
             )
-        if captured is None or captured["id"] is None:
+        if captured is None:
             raise RuntimeError("capture refused")
 
     try:

@@ -413,7 +413,7 @@ class ImagineService:
                 f"record the images posted for {generation.id}",
             )
             settled = await self.settle_retry.run(
-                partial(self.ledger.capture, generation.id, len(posted)),
+                partial(self.ledger.capture, generation.id, len(posted), running=generation),
                 f"capture the credits of {generation.id}",
             )
         except Exception:
@@ -429,7 +429,11 @@ class ImagineService:
         try:
             settled = await (retry or self.settle_retry).run(
                 partial(
-                    self.ledger.release, generation.id, error_code=code, error_message=sentence
+                    self.ledger.release,
+                    generation.id,
+                    error_code=code,
+                    error_message=sentence,
+                    running=generation,
                 ),
                 f"release the credits of {generation.id}",
             )

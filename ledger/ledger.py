@@ -1,11 +1,13 @@
 """The credit ledger: balances, holds, captures and releases, each one transaction.
 
-Every balance change is a conditional ``UPDATE`` (never read-then-write in
-Python) in the same transaction as its append-only entry. Each operation is a
-plain function of a connection, run whole by ``ledger.transactions`` (on
-SQLite, writes one at a time under ``BEGIN IMMEDIATE``); on PostgreSQL the
-generation row is locked ``FOR UPDATE`` so concurrent confirms of one request
-serialise.
+What a hold or a settlement changes is decided by ``ledger.rules``; this module
+reads what the rules need and applies their answers. Every balance change is a
+conditional ``UPDATE`` in the same transaction as its append-only entry. Each
+operation is a plain function of a connection, run whole by
+``ledger.transactions`` (on SQLite, writes one at a time under ``BEGIN
+IMMEDIATE``, so nothing changes between the read and the write); on PostgreSQL
+the hot path reads, then applies in one statement guarded on what it read, and
+decides again if that changed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import statements
+from ledger import rules, statements
 from ledger.errors import (
     AccountNotFound,
     GenerationNotFound,
@@ -49,9 +51,6 @@ __all__ = ["Clock", "Ledger", "create_engine", "utc_now"]
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
-
-STARTING_GRANT_ACTOR = "system"
-STARTING_GRANT_REASON = "starting credits"
 
 
 def utc_now() -> datetime:
@@ -95,18 +94,8 @@ class Ledger:
         if not self._insert_account(connection, account, available=starting_credits):
             # Another process opened it after the read above.
             return self._balance(connection, account)
-        if starting_credits > 0:
-            self._insert_entry(
-                connection,
-                account,
-                EntryKind.GRANT,
-                starting_credits,
-                starting_credits,
-                0,
-                actor=STARTING_GRANT_ACTOR,
-                reason=STARTING_GRANT_REASON,
-                idempotency_key=_starting_grant_key(account),
-            )
+        for line in rules.opening(account, starting_credits):
+            self._insert_line(connection, account, line)
         return Balance(account=account, available=starting_credits, held=0)
 
     async def account_exists(self, account: str) -> bool:
@@ -157,16 +146,12 @@ class Ledger:
             if changed.rowcount != 1:
                 current = self._balance(connection, account)
                 raise InsufficientFunds(account, amount, current.available)
-            self._insert_entry(
+            self._insert_line(
                 connection,
                 account,
-                EntryKind.ADJUSTMENT,
-                amount,
-                -amount,
-                0,
-                actor,
-                reason,
-                idempotency_key,
+                rules.Line(
+                    EntryKind.ADJUSTMENT, amount, -amount, 0, actor, reason, idempotency_key
+                ),
             )
             return self._balance(connection, account)
 
@@ -191,15 +176,14 @@ class Ledger:
         """
         stored = self._quote_row(new)
         if not self._is_sqlite:
+            opening = rules.opening(new.account_id, starting_credits)
             at_once = await self._transactions.statement(
-                statements.OPEN_QUOTE_AT_ONCE,
+                statements.OPEN_QUOTE_AT_ONCE[len(opening)],
                 {
                     **stored,
+                    **_line_values(opening),
                     "account": new.account_id,
                     "starting_credits": starting_credits,
-                    "grant_actor": STARTING_GRANT_ACTOR,
-                    "grant_reason": STARTING_GRANT_REASON,
-                    "grant_key": _starting_grant_key(new.account_id),
                     "price": new.price,
                 },
             )
@@ -257,7 +241,7 @@ class Ledger:
         return _generation_from(row)
 
     async def hold(self, generation_id: str, account: str) -> Generation:
-        """Confirm a quote: move its price from available to held, exactly once."""
+        """Confirm a quote: move its price from available to held, exactly once (``rules.hold``)."""
         if not self._is_sqlite:
             return await self._hold_at_once(generation_id, account)
         held = await self._transactions.write(
@@ -268,66 +252,55 @@ class Ledger:
             raise QuoteExpired(generation_id)
         return held
 
-    async def _hold_at_once(self, generation_id: str, account: str) -> Generation:
-        """``hold`` on PostgreSQL: one statement (``statements.HOLD_AT_ONCE``), the refusals as ``_hold``'s."""
-        now = self._clock()
-        row = await self._transactions.typed_statement(
-            statements.HOLD_AT_ONCE,
-            {"generation_id": generation_id, "account": account, "now": now},
-        )
-        if row is None:
-            raise GenerationNotFound(generation_id)
-        if row["id"] is not None:
-            return _generation_from(row)
-        if row["quoted_for"] != account:
-            raise WrongAccount(generation_id, account)
-        if row["quoted_status"] != GenerationStatus.QUOTED:
-            raise InvalidTransition(
-                generation_id, GenerationStatus(row["quoted_status"]), "confirm"
-            )
-        if row["quoted_until"] <= now:
-            raise QuoteExpired(generation_id)
-        available = row["available"]
-        if available >= row["price"]:
-            # Read as the statement began; another hold took the credits while it waited.
-            available = (await self.balance(account)).available
-        raise InsufficientFunds(account, row["price"], available)
-
     def _hold(self, connection: Connection, generation_id: str, account: str) -> Generation | None:
         now = self._clock()
         quote = self._locked_generation(connection, generation_id)
-        if quote.account_id != account:
-            raise WrongAccount(generation_id, account)
-        if quote.status != GenerationStatus.QUOTED:
-            raise InvalidTransition(generation_id, quote.status, "confirm")
-        if quote.expires_at <= now:
+        balance = self._find_balance(connection, account)
+        try:
+            hold = rules.hold(quote, account, balance.available if balance else 0, now)
+        except QuoteExpired:
             self._set_status(connection, generation_id, GenerationStatus.EXPIRED, now)
             return None
-        price = quote.price
-        changed = statements.run(
-            connection, statements.HOLD_CREDITS, {"account": account, "amount": price, "now": now}
-        )
-        if changed.rowcount != 1:
-            current = self._balance(connection, account)
-            raise InsufficientFunds(account, price, current.available)
-        self._insert_entry(
-            connection,
-            account,
-            EntryKind.HOLD,
-            price,
-            -price,
-            price,
-            actor=account,
-            reason=f"hold for generation {generation_id}",
-            idempotency_key=f"hold:{generation_id}",
-            generation_id=generation_id,
-        )
+        # Read, decided and applied under the writer's lock: nothing changed in between.
+        statements.run(connection, statements.HOLD_CREDITS, _hold_values(hold, now))
+        self._insert_line(connection, account, hold.line, generation_id)
         # Reads the row back in the same statement: a second query costs a round trip.
-        held = connection.execute(
-            statements.START_GENERATION,
-            {"generation_id": generation_id, "amount": price, "now": now},
-        )
+        held = connection.execute(statements.START_GENERATION, _hold_values(hold, now))
         return _generation_from(held.one())
+
+    async def _hold_at_once(self, generation_id: str, account: str) -> Generation:
+        """``hold`` on PostgreSQL: read, decide, and apply in one guarded statement.
+
+        Two round trips, none inside a transaction. If the quote or the balance
+        changed after the read (a second click, another hold), the statement
+        applies nothing and the rule decides again on what is there now.
+        """
+        for _ in range(_DECISIONS):
+            now = self._clock()
+            row = await self._transactions.typed_statement(
+                statements.QUOTE_AND_BALANCE, {"generation_id": generation_id, "account": account}
+            )
+            if row is None:
+                raise GenerationNotFound(generation_id)
+            try:
+                hold = rules.hold(_generation_from(row), account, row["available"] or 0, now)
+            except QuoteExpired:
+                await self._transactions.statement(
+                    statements.CLOSE_QUOTE,
+                    {
+                        "generation_id": generation_id,
+                        "new_status": GenerationStatus.EXPIRED,
+                        "now": now,
+                    },
+                )
+                raise
+            held = await self._transactions.typed_statement(
+                statements.HOLD_AT_ONCE,
+                {**_hold_values(hold, now), **_line_values((hold.line,))},
+            )
+            if held is not None:
+                return _generation_from(held)
+        raise _changing(generation_id, "confirm")
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         """Withdraw a quote that was never confirmed."""
@@ -343,61 +316,64 @@ class Ledger:
 
         return await self._transactions.write(work)
 
-    async def capture(self, generation_id: str, images_delivered: int) -> Generation:
-        """Charge for the images delivered and release the rest of the hold.
+    async def capture(
+        self, generation_id: str, images_delivered: int, *, running: Generation | None = None
+    ) -> Generation:
+        """Charge for the images delivered and release the rest of the hold (``rules.settlement``).
 
-        Settling twice returns the first settlement unchanged.
+        Settling twice returns the first settlement unchanged. ``running``, the
+        generation as ``hold`` answered it, saves PostgreSQL a read.
         """
-        if not self._is_sqlite:
-            return await self._settle_at_once(generation_id, images_delivered)
-        return await self._transactions.write(
-            partial(self._settle, generation_id=generation_id, images_delivered=images_delivered)
-        )
+        return await self._settle_once(generation_id, images_delivered, None, None, running)
 
     async def release(
-        self, generation_id: str, *, error_code: str, error_message: str
+        self,
+        generation_id: str,
+        *,
+        error_code: str,
+        error_message: str,
+        running: Generation | None = None,
     ) -> Generation:
-        """Release the whole hold of a generation that delivered nothing."""
-        if not self._is_sqlite:
-            return await self._settle_at_once(generation_id, 0, error_code, error_message)
-        return await self._transactions.write(
-            partial(
-                self._settle,
-                generation_id=generation_id,
-                images_delivered=0,
-                error_code=error_code,
-                error_message=error_message,
-            )
-        )
+        """Release the whole hold of a generation that delivered nothing; as ``capture``."""
+        return await self._settle_once(generation_id, 0, error_code, error_message, running)
 
-    async def _settle_at_once(
+    async def _settle_once(
         self,
         generation_id: str,
         images_delivered: int,
-        error_code: str | None = None,
-        error_message: str | None = None,
+        error_code: str | None,
+        error_message: str | None,
+        running: Generation | None,
     ) -> Generation:
-        """``_settle`` on PostgreSQL: one statement (``statements.SETTLE_AT_ONCE``), the same answers."""
-        row = await self._transactions.typed_statement(
-            statements.SETTLE_AT_ONCE,
-            {
-                "generation_id": generation_id,
-                "delivered": images_delivered,
-                "code": error_code,
-                "message": error_message,
-                "now": self._clock(),
-            },
-        )
-        if row is None:
-            raise GenerationNotFound(generation_id)
-        if row["id"] is not None:
-            return _generation_from(row)
-        was = _generation_from(row, prefix="was_")
-        if was.status.is_final and was.confirmed_at is not None:
-            return was
-        if was.status != GenerationStatus.RUNNING:
-            raise InvalidTransition(generation_id, was.status, "settle")
-        raise InvalidTransition(generation_id, "missing its hold", "settle")
+        if self._is_sqlite:
+            return await self._transactions.write(
+                partial(
+                    self._settle,
+                    generation_id=generation_id,
+                    images_delivered=images_delivered,
+                    error_code=error_code,
+                    error_message=error_message,
+                )
+            )
+        for _ in range(_DECISIONS):
+            if running is None or running.id != generation_id:
+                running = await self.generation(generation_id)
+            if rules.already_settled(running):
+                return running
+            settlement = rules.settlement(running, images_delivered, error_code, error_message)
+            now = self._clock()
+            settled = await self._transactions.typed_statement(
+                statements.SETTLE_AT_ONCE[len(settlement.lines)],
+                {**_settlement_values(settlement, now), **_line_values(settlement.lines)},
+            )
+            if settled is not None:
+                return _generation_from(settled)
+            read = running
+            running = await self.generation(generation_id)
+            if _as_settled_on(running) == _as_settled_on(read):
+                # The generation is as the rule read it, so its account lacks the hold.
+                raise rules.missing_hold(generation_id)
+        raise _changing(generation_id, "settle")
 
     def _settle(
         self,
@@ -407,72 +383,17 @@ class Ledger:
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> Generation:
-        now = self._clock()
         running = self._locked_generation(connection, generation_id)
-        if running.status.is_final and running.confirmed_at is not None:
+        if rules.already_settled(running):
             return running
-        if running.status != GenerationStatus.RUNNING:
-            raise InvalidTransition(generation_id, running.status, "settle")
-        delivered = max(0, min(images_delivered, running.images_requested))
-        charged = delivered * running.credits_per_image
-        released = running.credits_held - charged
-        changed = statements.run(
-            connection,
-            statements.SETTLE_CREDITS,
-            {
-                "account": running.account_id,
-                "was_held": running.credits_held,
-                "returned": released,
-                "now": now,
-            },
-        )
-        if changed.rowcount != 1:
-            raise InvalidTransition(generation_id, "missing its hold", "settle")
-        if charged:
-            self._insert_entry(
-                connection,
-                running.account_id,
-                EntryKind.CAPTURE,
-                charged,
-                0,
-                -charged,
-                actor="system",
-                reason=f"{delivered} of {running.images_requested} images delivered",
-                idempotency_key=f"capture:{generation_id}",
-                generation_id=generation_id,
-            )
-        if released:
-            self._insert_entry(
-                connection,
-                running.account_id,
-                EntryKind.RELEASE,
-                released,
-                released,
-                -released,
-                actor="system",
-                reason=error_code
-                or f"{released // running.credits_per_image} of {running.images_requested} images not delivered",
-                idempotency_key=f"release:{generation_id}",
-                generation_id=generation_id,
-            )
-        if delivered == running.images_requested:
-            status = GenerationStatus.COMPLETED
-        elif delivered:
-            status = GenerationStatus.PARTIAL
-        else:
-            status = GenerationStatus.FAILED
-        settled = connection.execute(
-            statements.FINISH_GENERATION,
-            {
-                "generation_id": generation_id,
-                "new_status": status,
-                "delivered": delivered,
-                "charged": charged,
-                "code": error_code,
-                "message": error_message,
-                "now": now,
-            },
-        )
+        settlement = rules.settlement(running, images_delivered, error_code, error_message)
+        now = self._clock()
+        values = _settlement_values(settlement, now)
+        if statements.run(connection, statements.SETTLE_CREDITS, values).rowcount != 1:
+            raise rules.missing_hold(generation_id)
+        for line in settlement.lines:
+            self._insert_line(connection, running.account_id, line, generation_id)
+        settled = connection.execute(statements.FINISH_GENERATION, values)
         return _generation_from(settled.one())
 
     async def heartbeat(self, generation_ids: Collection[str]) -> None:
@@ -698,35 +619,25 @@ class Ledger:
             statements.ADD_CREDITS,
             {"account": account, "amount": amount, "now": self._clock()},
         )
-        self._insert_entry(
-            connection, account, EntryKind.GRANT, amount, amount, 0, actor, reason, idempotency_key
+        self._insert_line(
+            connection,
+            account,
+            rules.Line(EntryKind.GRANT, amount, amount, 0, actor, reason, idempotency_key),
         )
 
-    def _insert_entry(
+    def _insert_line(
         self,
         connection: Connection,
         account: str,
-        kind: EntryKind,
-        amount: int,
-        available_delta: int,
-        held_delta: int,
-        actor: str,
-        reason: str,
-        idempotency_key: str,
+        line: rules.Line,
         generation_id: str | None = None,
     ) -> None:
         statements.run(
             connection,
             statements.NEW_ENTRY,
             {
+                **_line_columns(line),
                 "account_id": account,
-                "kind": kind,
-                "amount": amount,
-                "available_delta": available_delta,
-                "held_delta": held_delta,
-                "actor": actor,
-                "reason": reason[:500],
-                "idempotency_key": idempotency_key,
                 "generation_id": generation_id,
                 "created_at": self._clock(),
             },
@@ -796,11 +707,6 @@ def _generation_from(row: Row[Any] | Mapping[str, Any], prefix: str = "") -> Gen
 _GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")
 
 
-def _starting_grant_key(account: str) -> str:
-    """One starting grant per account, ever."""
-    return f"starting-credits:{account}"
-
-
 def _quoted_generation(stored: Mapping[str, Any]) -> Generation:
     """What reading a new quote's row back would give, without the read."""
     return Generation(
@@ -814,3 +720,84 @@ def _quote_or_refusal(
     if quoted is None:
         raise InsufficientFunds(new.account_id, new.price, balance.available)
     return balance, quoted
+
+
+_DECISIONS = 3
+"""How often PostgreSQL's hold or settlement reads and decides before giving up.
+
+A guarded statement applies nothing only when what the rule read changed, and
+each such change is final for the rule (the quote confirmed, the balance spent,
+the generation settled), so the second decision is a refusal or an answer. A
+third would mean the guard and the read disagree: a bug, reported as such.
+"""
+
+_REASON_LENGTH = 500
+"""The longest reason an entry keeps; longer ones are cut."""
+
+
+def _line_columns(line: rules.Line) -> dict[str, Any]:
+    """``line``'s own columns of its entry (``statements.LINE_FIELDS``)."""
+    return {
+        "kind": line.kind,
+        "amount": line.amount,
+        "available_delta": line.available_delta,
+        "held_delta": line.held_delta,
+        "actor": line.actor,
+        "reason": line.reason[:_REASON_LENGTH],
+        "idempotency_key": line.idempotency_key,
+    }
+
+
+def _line_values(lines: Sequence[rules.Line]) -> dict[str, Any]:
+    """``lines`` as the parameters of a statement that writes them, by index."""
+    return {
+        f"{name}_{index}": value
+        for index, line in enumerate(lines)
+        for name, value in _line_columns(line).items()
+    }
+
+
+def _hold_values(hold: rules.Hold, now: datetime) -> dict[str, Any]:
+    """The parameters of the statements that apply ``hold``, guarded on the quote as read."""
+    return {
+        "generation_id": hold.quote.id,
+        "account": hold.quote.account_id,
+        "images_asked": hold.quote.images_requested,
+        "price_per_image": hold.quote.credits_per_image,
+        "amount": hold.price,
+        "now": now,
+    }
+
+
+def _settlement_values(settlement: rules.Settlement, now: datetime) -> dict[str, Any]:
+    """The parameters of the statements that apply ``settlement``, guarded on the generation as read."""
+    running = settlement.running
+    return {
+        "generation_id": running.id,
+        "account": running.account_id,
+        "images_asked": running.images_requested,
+        "price_per_image": running.credits_per_image,
+        "was_held": running.credits_held,
+        "returned": settlement.returned,
+        "new_status": settlement.status,
+        "delivered": settlement.delivered,
+        "charged": settlement.charged,
+        "code": settlement.error_code,
+        "message": settlement.error_message,
+        "now": now,
+    }
+
+
+def _as_settled_on(generation: Generation) -> tuple[Any, ...]:
+    """What ``rules.settlement`` reads of a generation, and ``SETTLE_AT_ONCE`` guards on."""
+    return (
+        generation.status,
+        generation.account_id,
+        generation.images_requested,
+        generation.credits_per_image,
+        generation.credits_held,
+    )
+
+
+def _changing(generation_id: str, operation: str) -> InvalidTransition:
+    return InvalidTransition(generation_id, "changing while read", operation)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import bindparam, case, func, insert, literal, select, true, union_all, update
+from sqlalchemy import CTE, bindparam, func, insert, literal, null, select, true, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -29,7 +29,7 @@ from sqlalchemy.sql.expression import Executable, ReturnsRows
 from sqlalchemy.types import TypeEngine
 
 from ledger.schema import UTCDateTime, accounts, generations, ledger_entries
-from ledger.values import EntryKind, GenerationStatus
+from ledger.values import GenerationStatus
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,10 @@ HEARTBEAT = (
 
 CLOSE_QUOTE = (
     update(generations)
-    .where(generations.c.id == bindparam("generation_id"))
+    .where(
+        generations.c.id == bindparam("generation_id"),
+        generations.c.status == GenerationStatus.QUOTED,
+    )
     .values(status=bindparam("new_status"), finished_at=bindparam("now"))
 )
 """A quote's end without a hold: cancelled or expired."""
@@ -323,8 +326,7 @@ def _parameter_for(column: Any) -> Any:
     return bindparam(column.name, type_=column.type)
 
 
-_ENTRY_COLUMNS = (
-    "account_id",
+LINE_FIELDS = (
     "kind",
     "amount",
     "available_delta",
@@ -332,13 +334,40 @@ _ENTRY_COLUMNS = (
     "actor",
     "reason",
     "idempotency_key",
-    "generation_id",
-    "created_at",
 )
-"""What an entry written for a generation is given; the rest of its columns are the database's."""
+"""An entry's own columns, as ``rules.Line`` holds them. Each is a parameter of
+the statements below that write lines, named with the line's index after it
+(``amount_0``); ``account`` is the account's."""
+
+_ENTRY_COLUMNS = ("account_id", *LINE_FIELDS, "generation_id", "created_at")
 
 
-def _open_quote_at_once() -> Executable:
+def _entries_after(
+    after: CTE, lines: int, *, generation_id: ColumnElement[Any] | None, created_at: Any
+) -> Insert:
+    """An INSERT of ``lines`` entries of ``account``, written only if ``after`` answers a row."""
+    rows = [
+        select(
+            bindparam("account", type_=ledger_entries.c.account_id.type),
+            *(
+                bindparam(f"{name}_{index}", type_=ledger_entries.c[name].type)
+                for name in LINE_FIELDS
+            ),
+            generation_id if generation_id is not None else null(),
+            created_at,
+            literal(index).label("line"),
+        ).where(select(after).exists())
+        for index in range(lines)
+    ]
+    written = union_all(*rows).subquery("written") if lines > 1 else rows[0].subquery("written")
+    # In the lines' order, so that entries read back by id come out as the rule listed them.
+    return insert(ledger_entries).from_select(
+        _ENTRY_COLUMNS,
+        select(*(column for column in written.c if column.name != "line")).order_by(written.c.line),
+    )
+
+
+def _open_quote_at_once(grants: int) -> Executable:
     opened = (
         postgresql.insert(accounts)
         .values(
@@ -351,20 +380,6 @@ def _open_quote_at_once() -> Executable:
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(accounts.c.available, accounts.c.held)
         .cte("opened")
-    )
-    granted = insert(ledger_entries).from_select(
-        [name for name in _ENTRY_COLUMNS if name != "generation_id"],
-        select(
-            bindparam("account", type_=ledger_entries.c.account_id.type),
-            literal(EntryKind.GRANT.value, ledger_entries.c.kind.type),
-            opened.c.available,
-            opened.c.available,
-            literal(0, ledger_entries.c.held_delta.type),
-            bindparam("grant_actor", type_=ledger_entries.c.actor.type),
-            bindparam("grant_reason", type_=ledger_entries.c.reason.type),
-            bindparam("grant_key", type_=ledger_entries.c.idempotency_key.type),
-            _parameter_for(ledger_entries.c.created_at),
-        ).where(opened.c.available > 0),
     )
     # A statement sees the database as it was when it began: an account opened
     # above is in ``opened`` only, one that was there already in ``accounts`` only.
@@ -385,15 +400,20 @@ def _open_quote_at_once() -> Executable:
         .returning(generations.c.id)
         .cte("quoted")
     )
-    return (
-        select(
-            balance.c.available,
-            balance.c.held,
-            select(func.count()).select_from(quoted).scalar_subquery(),
+    at_once = select(
+        balance.c.available,
+        balance.c.held,
+        select(func.count()).select_from(quoted).scalar_subquery(),
+    ).where(_committed_without_waiting_for_disk())
+    if grants:
+        granted = _entries_after(
+            opened,
+            grants,
+            generation_id=None,
+            created_at=_parameter_for(ledger_entries.c.created_at),
         )
-        .add_cte(granted.cte("granted"))
-        .where(_committed_without_waiting_for_disk())
-    )
+        at_once = at_once.add_cte(granted.cte("granted"))
+    return at_once
 
 
 def _committed_without_waiting_for_disk() -> ColumnElement[bool]:
@@ -413,237 +433,97 @@ def _committed_without_waiting_for_disk() -> ColumnElement[bool]:
     return func.set_config("synchronous_commit", "off", true()).is_not(None)
 
 
-OPEN_QUOTE_AT_ONCE = _open_quote_at_once()
-"""PostgreSQL only: ``Ledger.open_quote`` in one statement, so in one round trip.
+OPEN_QUOTE_AT_ONCE = {grants: _open_quote_at_once(grants) for grants in (0, 1)}
+"""PostgreSQL only, by the number of ``rules.opening`` lines: ``Ledger.open_quote`` in one statement.
 
-Opens the account with ``starting_credits`` and its starting grant if it is
-new, and records the quote (``QUOTED_COLUMNS``) if ``price`` is available;
-answers one row, (available, held, quotes recorded), or none when another
-connection opened the same new account at the same moment (the caller then
-takes the transactional way). Data-modifying CTEs are PostgreSQL's; SQLite
-runs the same steps as separate statements on its ledger thread, where a
-statement costs no round trip.
+Opens the account with ``starting_credits`` if it is new, writing its opening
+lines (``LINE_FIELDS``) only then, and records the quote
+(``QUOTED_COLUMNS``) if ``price`` is available; answers one row, (available,
+held, quotes recorded), or none when another connection opened the same new
+account at the same moment (the caller then takes the transactional way).
+Data-modifying CTEs are PostgreSQL's; SQLite runs the same steps as separate
+statements on its ledger thread, where a statement costs no round trip.
 """
+
+QUOTE_AND_BALANCE = select(
+    generations,
+    select(accounts.c.available)
+    .where(accounts.c.id == bindparam("account"))
+    .scalar_subquery()
+    .label("available"),
+).where(generations.c.id == bindparam("generation_id"))
+"""PostgreSQL: the quote ``generation_id`` and what ``account`` has available, for ``rules.hold``."""
+
+
+def _still(generation: Any, *, status: GenerationStatus) -> tuple[ColumnElement[bool], ...]:
+    """What a rule read of a generation, unchanged: it decided on these."""
+    return (
+        generation.c.id == bindparam("generation_id"),
+        generation.c.account_id == bindparam("account"),
+        generation.c.status == status,
+        generation.c.images_requested == bindparam("images_asked"),
+        generation.c.credits_per_image == bindparam("price_per_image"),
+    )
 
 
 def _hold_at_once() -> Executable:
-    generation_id = bindparam("generation_id", type_=generations.c.id.type)
-    account = bindparam("account", type_=accounts.c.id.type)
-    now = bindparam("now", type_=generations.c.confirmed_at.type)
     quote = (
-        select(generations).where(generations.c.id == generation_id).with_for_update().cte("quote")
-    )
-    price = quote.c.images_requested * quote.c.credits_per_image
-    holds = (
-        quote.c.account_id == account,
-        quote.c.status == GenerationStatus.QUOTED.value,
-    )
-    took = (
-        update(accounts)
+        select(generations.c.id)
         .where(
-            accounts.c.id == quote.c.account_id,
-            *holds,
-            quote.c.expires_at > now,
-            accounts.c.available >= price,
+            *_still(generations, status=GenerationStatus.QUOTED),
+            generations.c.expires_at > bindparam("now"),
         )
-        .values(
-            available=accounts.c.available - price,
-            held=accounts.c.held + price,
-            updated_at=now,
-        )
-        .returning(price.label("price"), quote.c.id.label("generation_id"))
-        .cte("took")
+        .with_for_update()
+        .cte("quote")
     )
-    entry = insert(ledger_entries).from_select(
-        _ENTRY_COLUMNS,
-        select(
-            account,
-            literal(EntryKind.HOLD.value, ledger_entries.c.kind.type),
-            took.c.price,
-            -took.c.price,
-            took.c.price,
-            account,
-            literal("hold for generation ", ledger_entries.c.reason.type) + generation_id,
-            literal("hold:", ledger_entries.c.idempotency_key.type) + generation_id,
-            generation_id,
-            now,
-        ),
+    took = HOLD_CREDITS.where(select(quote).exists()).returning(accounts.c.id).cte("took")
+    entry = _entries_after(
+        took,
+        1,
+        generation_id=bindparam("generation_id", type_=ledger_entries.c.generation_id.type),
+        created_at=bindparam("now", type_=ledger_entries.c.created_at.type),
     )
-    started = (
-        update(generations)
-        .where(generations.c.id == took.c.generation_id)
-        .values(
-            status=GenerationStatus.RUNNING.value,
-            credits_held=took.c.price,
-            confirmed_at=now,
-            heartbeat_at=now,
-        )
-        .returning(*generations.c)
-        .cte("started")
-    )
-    expired = (
-        update(generations)
-        .where(generations.c.id == quote.c.id, *holds, quote.c.expires_at <= now)
-        .values(status=GenerationStatus.EXPIRED.value, finished_at=now)
-    )
-    return (
-        select(
-            quote.c.account_id.label("quoted_for"),
-            quote.c.status.label("quoted_status"),
-            quote.c.expires_at.label("quoted_until"),
-            price.label("price"),
-            select(accounts.c.available)
-            .where(accounts.c.id == account)
-            .scalar_subquery()
-            .label("available"),
-            *started.c,
-        )
-        .select_from(quote.outerjoin(started, true()))
-        .add_cte(entry.cte("entry"), expired.cte("expired"))
-    )
+    started = START_GENERATION.where(select(took).exists()).cte("started")
+    return select(started).add_cte(entry.cte("entry"))
 
 
 HOLD_AT_ONCE = _hold_at_once()
-"""PostgreSQL only: ``Ledger.hold`` in one statement, so in one round trip instead of six.
+"""PostgreSQL only: a ``rules.Hold`` applied in one statement, if its quote is still as read.
 
-Locks the quote, moves its price from available to held if the quote is the
-account's, still quoted, unexpired and affordable, records the hold entry and
-starts the generation; an expired quote is marked expired instead. Answers
-no row for an unknown generation; otherwise the quote as it was (``quoted_for``,
-``quoted_status``, ``quoted_until``, ``price``), the account's ``available``
-before, and the started generation's columns, all null if nothing was held.
+Locks the quote if it is still the account's, quoted, unexpired and priced as
+read, then moves ``amount`` from available to held if it is still available
+(``HOLD_CREDITS``), writes the hold's line and starts the generation
+(``START_GENERATION``). Answers the started generation, or no row when
+nothing was applied.
 """
 
 
-def _settle_at_once() -> Executable:
-    generation_id = bindparam("generation_id", type_=generations.c.id.type)
-    now = bindparam("now", type_=generations.c.finished_at.type)
-    code = bindparam("code", type_=generations.c.error_code.type)
+def _settle_at_once(lines: int) -> Executable:
     running = (
-        select(generations)
-        .where(generations.c.id == generation_id)
+        select(generations.c.id)
+        .where(
+            *_still(generations, status=GenerationStatus.RUNNING),
+            generations.c.credits_held == bindparam("was_held"),
+        )
         .with_for_update()
         .cte("running")
     )
-    delivered = func.least(
-        func.greatest(bindparam("delivered", type_=generations.c.images_delivered.type), 0),
-        running.c.images_requested,
+    paid = SETTLE_CREDITS.where(select(running).exists()).returning(accounts.c.id).cte("paid")
+    entries = _entries_after(
+        paid,
+        lines,
+        generation_id=bindparam("generation_id", type_=ledger_entries.c.generation_id.type),
+        created_at=bindparam("now", type_=ledger_entries.c.created_at.type),
     )
-    settling = (
-        select(
-            running.c.id,
-            running.c.account_id,
-            running.c.images_requested,
-            running.c.credits_per_image,
-            running.c.credits_held.label("was_held"),
-            delivered.label("delivered"),
-            (delivered * running.c.credits_per_image).label("charged"),
-        )
-        .where(running.c.status == GenerationStatus.RUNNING.value)
-        .cte("settling")
-    )
-    returned = settling.c.was_held - settling.c.charged
-    paid = (
-        update(accounts)
-        .where(accounts.c.id == settling.c.account_id, accounts.c.held >= settling.c.was_held)
-        .values(
-            held=accounts.c.held - settling.c.was_held,
-            available=accounts.c.available + returned,
-            updated_at=now,
-        )
-        .returning(*settling.c, returned.label("returned"))
-        .cte("paid")
-    )
-    text = ledger_entries.c.reason.type
-    capture = select(
-        paid.c.account_id,
-        literal(EntryKind.CAPTURE.value, ledger_entries.c.kind.type).label("kind"),
-        paid.c.charged.label("amount"),
-        literal(0, ledger_entries.c.available_delta.type).label("available_delta"),
-        (-paid.c.charged).label("held_delta"),
-        func.concat(
-            paid.c.delivered,
-            literal(" of ", text),
-            paid.c.images_requested,
-            literal(" images delivered", text),
-        ).label("reason"),
-        (literal("capture:", text) + paid.c.id).label("idempotency_key"),
-        paid.c.id.label("generation_id"),
-        literal(1).label("written"),
-    ).where(paid.c.charged > 0)
-    release = select(
-        paid.c.account_id,
-        literal(EntryKind.RELEASE.value, ledger_entries.c.kind.type),
-        paid.c.returned,
-        paid.c.returned,
-        -paid.c.returned,
-        func.coalesce(
-            func.nullif(code, ""),
-            func.concat(
-                paid.c.returned // paid.c.credits_per_image,
-                literal(" of ", text),
-                paid.c.images_requested,
-                literal(" images not delivered", text),
-            ),
-        ),
-        literal("release:", text) + paid.c.id,
-        paid.c.id,
-        literal(2),
-    ).where(paid.c.returned > 0)
-    # One INSERT, in this order, so the capture's entry comes before the release's,
-    # as when they are written one after the other.
-    settled = union_all(capture, release).subquery("settled")
-    entries = insert(ledger_entries).from_select(
-        _ENTRY_COLUMNS,
-        select(
-            settled.c.account_id,
-            settled.c.kind,
-            settled.c.amount,
-            settled.c.available_delta,
-            settled.c.held_delta,
-            literal("system", ledger_entries.c.actor.type),
-            settled.c.reason,
-            settled.c.idempotency_key,
-            settled.c.generation_id,
-            now,
-        ).order_by(settled.c.written),
-    )
-    finished = (
-        update(generations)
-        .where(generations.c.id == paid.c.id)
-        .values(
-            status=case(
-                (paid.c.delivered == paid.c.images_requested, GenerationStatus.COMPLETED.value),
-                (paid.c.delivered > 0, GenerationStatus.PARTIAL.value),
-                else_=GenerationStatus.FAILED.value,
-            ),
-            images_delivered=paid.c.delivered,
-            credits_held=0,
-            credits_charged=paid.c.charged,
-            error_code=code,
-            error_message=bindparam("message", type_=generations.c.error_message.type),
-            finished_at=now,
-        )
-        .returning(*generations.c)
-        .cte("finished")
-    )
-    return (
-        select(
-            *(column.label(f"was_{column.name}") for column in running.c),
-            *finished.c,
-        )
-        .select_from(running.outerjoin(finished, true()))
-        .add_cte(entries.cte("entries"))
-    )
+    finished = FINISH_GENERATION.where(select(paid).exists()).cte("finished")
+    return select(finished).add_cte(entries.cte("entries"))
 
 
-SETTLE_AT_ONCE = _settle_at_once()
-"""PostgreSQL only: ``Ledger.capture`` and ``release`` in one statement, as ``Ledger._settle``.
+SETTLE_AT_ONCE = {lines: _settle_at_once(lines) for lines in (1, 2)}
+"""PostgreSQL only, by the number of its lines: a ``rules.Settlement`` applied in one statement.
 
-Locks the generation; if it is running and its hold is there, charges
-``delivered`` (clamped to what was asked) times the price per image, returns
-the rest of the hold, records the capture and release entries, and finishes
-the generation with ``code`` and ``message``. Answers no row for an unknown
-generation; otherwise the generation as it was (``was_`` before each column
-name) and the finished generation's columns, all null if nothing was settled.
+Locks the generation if it is still running as read, then ends its hold
+(``SETTLE_CREDITS``, only if the account holds it), writes the settlement's
+lines and finishes the generation (``FINISH_GENERATION``). Answers the
+finished generation, or no row when nothing was applied.
 """

@@ -670,7 +670,7 @@ async def test_a_settlement_that_fails_for_a_bug_is_not_tried_again(
     service.settle_retry = Retry(first_wait_seconds=0.01, give_up_after_seconds=60)
     attempts = 0
 
-    async def broken(generation_id: str, images_delivered: int) -> None:
+    async def broken(generation_id: str, images_delivered: int, **_: object) -> None:
         nonlocal attempts
         attempts += 1
         raise ValueError("a bug")

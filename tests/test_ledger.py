@@ -383,6 +383,54 @@ async def test_settling_a_quote_that_was_never_held_is_refused(
         await ledger.capture("g1", 2)
 
 
+async def test_settling_with_the_generation_as_held_keeps_the_first_settlement(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    held = await ledger.hold("g1", ALICE)
+    first = await ledger.capture("g1", 2, running=held)
+
+    again = await ledger.release("g1", error_code="timeout", error_message="late", running=held)
+
+    assert again == first
+    assert (await ledger.balance(ALICE)).available == 80
+    assert await ledger.verify() == []
+
+
+async def test_a_settlement_takes_nothing_on_trust_from_the_generation_it_is_handed(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await funded(ledger, BOB)
+    await quoted(ledger, clock)
+    held = await ledger.hold("g1", ALICE)
+    forged = replace(held, account_id=BOB, credits_per_image=1, credits_held=2)
+
+    captured = await ledger.capture("g1", 1, running=forged)
+
+    assert (captured.account_id, captured.credits_charged) == (ALICE, 10)
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=90, held=0)
+    assert await ledger.balance(BOB) == Balance(BOB, available=100, held=0)
+    assert await ledger.verify() == []
+
+
+async def test_a_settlement_whose_hold_is_missing_from_the_account_is_refused_and_changes_nothing(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    held = await ledger.hold("g1", ALICE)
+    async with ledger.engine.begin() as connection:
+        await connection.execute(update(accounts).where(accounts.c.id == ALICE).values(held=0))
+
+    with pytest.raises(InvalidTransition, match="missing its hold"):
+        await ledger.capture("g1", 2, running=held)
+
+    assert await ledger.generation("g1") == held
+    assert len(await ledger.entries(ALICE)) == 2
+
+
 async def test_concurrent_confirms_hold_only_what_the_balance_covers(
     ledger: Ledger, clock: FakeClock
 ) -> None:
@@ -737,6 +785,36 @@ async def test_a_hold_that_waited_for_another_on_the_same_credits_is_refused_wit
 
         assert (refusal.value.need, refusal.value.available) == (20, 5)
         assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
+
+
+@pytest.mark.postgres
+async def test_a_hold_whose_quote_another_process_confirmed_meanwhile_is_refused_as_handled(
+    clock: FakeClock,
+) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        await funded(ledger)
+        await quoted(ledger, clock, "g1")
+        async with another_process(url) as (other, watcher):
+            # Another process is confirming the same quote and has not committed yet:
+            # this hold reads it as quoted, then waits to apply.
+            confirming_elsewhere = other.transaction()
+            await confirming_elsewhere.start()
+            await other.execute(
+                "UPDATE generations SET status = 'running', credits_held = 20 WHERE id = 'g1'"
+            )
+            await other.execute(
+                "UPDATE accounts SET available = available - 20, held = held + 20 WHERE id = $1",
+                ALICE,
+            )
+            confirming = asyncio.create_task(ledger.hold("g1", ALICE))
+            await until_a_statement_waits_for_a_lock(watcher)
+            await confirming_elsewhere.commit()
+
+            with pytest.raises(InvalidTransition):
+                await confirming
+
+        assert await ledger.balance(ALICE) == Balance(ALICE, available=80, held=20)
+        assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
 
 
 async def record_how_each_generation_change_commits(url: str) -> asyncpg.Connection:
