@@ -370,7 +370,9 @@ class Ledger:
                 return _generation_from(settled)
             read = running
             running = await self.generation(generation_id)
-            if _as_settled_on(running) == _as_settled_on(read):
+            if _as_read(running, statements.SETTLEMENT_READS) == _as_read(
+                read, statements.SETTLEMENT_READS
+            ):
                 # The generation is as the rule read it, so its account lacks the hold.
                 raise rules.missing_hold(generation_id)
         raise _changing(generation_id, "settle")
@@ -760,10 +762,9 @@ def _line_values(lines: Sequence[rules.Line]) -> dict[str, Any]:
 def _hold_values(hold: rules.Hold, now: datetime) -> dict[str, Any]:
     """The parameters of the statements that apply ``hold``, guarded on the quote as read."""
     return {
+        **_as_read(hold.quote, statements.HOLD_READS),
         "generation_id": hold.quote.id,
         "account": hold.quote.account_id,
-        "images_asked": hold.quote.images_requested,
-        "price_per_image": hold.quote.credits_per_image,
         "amount": hold.price,
         "now": now,
     }
@@ -773,10 +774,9 @@ def _settlement_values(settlement: rules.Settlement, now: datetime) -> dict[str,
     """The parameters of the statements that apply ``settlement``, guarded on the generation as read."""
     running = settlement.running
     return {
+        **_as_read(running, statements.SETTLEMENT_READS),
         "generation_id": running.id,
         "account": running.account_id,
-        "images_asked": running.images_requested,
-        "price_per_image": running.credits_per_image,
         "was_held": running.credits_held,
         "returned": settlement.returned,
         "new_status": settlement.status,
@@ -788,15 +788,9 @@ def _settlement_values(settlement: rules.Settlement, now: datetime) -> dict[str,
     }
 
 
-def _as_settled_on(generation: Generation) -> tuple[Any, ...]:
-    """What ``rules.settlement`` reads of a generation, and ``SETTLE_AT_ONCE`` guards on."""
-    return (
-        generation.status,
-        generation.account_id,
-        generation.images_requested,
-        generation.credits_per_image,
-        generation.credits_held,
-    )
+def _as_read(generation: Generation, columns: tuple[str, ...]) -> dict[str, Any]:
+    """``columns`` of ``generation`` as a guarded statement's ``read_`` parameters."""
+    return {f"read_{name}": getattr(generation, name) for name in columns}
 
 
 def _changing(generation_id: str, operation: str) -> InvalidTransition:

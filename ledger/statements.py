@@ -455,27 +455,27 @@ QUOTE_AND_BALANCE = select(
 """PostgreSQL: the quote ``generation_id`` and what ``account`` has available, for ``rules.hold``."""
 
 
-def _still(generation: Any, *, status: GenerationStatus) -> tuple[ColumnElement[bool], ...]:
-    """What a rule read of a generation, unchanged: it decided on these."""
+HOLD_READS = ("account_id", "status", "images_requested", "credits_per_image", "expires_at")
+"""The quote's columns ``rules.hold`` decides on; ``HOLD_AT_ONCE`` applies only while they are
+as read, each given as a parameter named ``read_`` and the column's name."""
+
+SETTLEMENT_READS = ("account_id", "status", "images_requested", "credits_per_image", "credits_held")
+"""The generation's columns ``rules.settlement`` decides on, for ``SETTLE_AT_ONCE`` likewise."""
+
+
+def _as_read(columns: tuple[str, ...]) -> tuple[ColumnElement[bool], ...]:
+    """The generation ``generation_id`` with ``columns`` still as a rule read them."""
     return (
-        generation.c.id == bindparam("generation_id"),
-        generation.c.account_id == bindparam("account"),
-        generation.c.status == status,
-        generation.c.images_requested == bindparam("images_asked"),
-        generation.c.credits_per_image == bindparam("price_per_image"),
+        generations.c.id == bindparam("generation_id"),
+        *(
+            generations.c[name] == bindparam(f"read_{name}", type_=generations.c[name].type)
+            for name in columns
+        ),
     )
 
 
 def _hold_at_once() -> Executable:
-    quote = (
-        select(generations.c.id)
-        .where(
-            *_still(generations, status=GenerationStatus.QUOTED),
-            generations.c.expires_at > bindparam("now"),
-        )
-        .with_for_update()
-        .cte("quote")
-    )
+    quote = select(generations.c.id).where(*_as_read(HOLD_READS)).with_for_update().cte("quote")
     took = HOLD_CREDITS.where(select(quote).exists()).returning(accounts.c.id).cte("took")
     entry = _entries_after(
         took,
@@ -490,8 +490,7 @@ def _hold_at_once() -> Executable:
 HOLD_AT_ONCE = _hold_at_once()
 """PostgreSQL only: a ``rules.Hold`` applied in one statement, if its quote is still as read.
 
-Locks the quote if it is still the account's, quoted, unexpired and priced as
-read, then moves ``amount`` from available to held if it is still available
+Locks the quote if it is still as read (``HOLD_READS``), then moves ``amount`` from available to held if it is still available
 (``HOLD_CREDITS``), writes the hold's line and starts the generation
 (``START_GENERATION``). Answers the started generation, or no row when
 nothing was applied.
@@ -500,13 +499,7 @@ nothing was applied.
 
 def _settle_at_once(lines: int) -> Executable:
     running = (
-        select(generations.c.id)
-        .where(
-            *_still(generations, status=GenerationStatus.RUNNING),
-            generations.c.credits_held == bindparam("was_held"),
-        )
-        .with_for_update()
-        .cte("running")
+        select(generations.c.id).where(*_as_read(SETTLEMENT_READS)).with_for_update().cte("running")
     )
     paid = SETTLE_CREDITS.where(select(running).exists()).returning(accounts.c.id).cte("paid")
     entries = _entries_after(
@@ -522,7 +515,7 @@ def _settle_at_once(lines: int) -> Executable:
 SETTLE_AT_ONCE = {lines: _settle_at_once(lines) for lines in (1, 2)}
 """PostgreSQL only, by the number of its lines: a ``rules.Settlement`` applied in one statement.
 
-Locks the generation if it is still running as read, then ends its hold
+Locks the generation if it is still as read (``SETTLEMENT_READS``), then ends its hold
 (``SETTLE_CREDITS``, only if the account holds it), writes the settlement's
 lines and finishes the generation (``FINISH_GENERATION``). Answers the
 finished generation, or no row when nothing was applied.
