@@ -105,16 +105,7 @@ class ConsoleChat:
     async def imagine(self, text: str) -> None:
         request = parse_imagine(text, self.service.catalog)
         quote = await self.service.quote(self.account, request, channel="console")
-        self.write(
-            messages.quote_summary(
-                request.model.display_name,
-                request.count,
-                request.resolution,
-                request.aspect_ratio,
-                quote.price,
-                quote.balance.available,
-            )
-        )
+        self.write(quote.summary)
         answer = await self.read_line(
             f"{messages.generate_button(request.count, quote.price)}? [y/N] "
         )

@@ -192,14 +192,7 @@ class ImagineBot(discord.AutoShardedClient):
             )
         except ImagineError as refusal:
             return refusal.message, None, None
-        summary = messages.quote_summary(
-            request.model.display_name,
-            request.count,
-            request.resolution,
-            request.aspect_ratio,
-            quote.price,
-            quote.balance.available,
-        )
+        summary = quote.summary
         return summary, quote_view(quote.id, request.count, quote.price), quote.id
 
     def _quote_timed_out(self, generation_id: str, shown: ShownQuote) -> None:

@@ -74,6 +74,18 @@ class Quote:
     def price(self) -> int:
         return self.generation.price
 
+    @property
+    def summary(self) -> str:
+        """What an adapter shows above the Generate button: the request, its price, the balance."""
+        return messages.quote_summary(
+            self.request.model.display_name,
+            self.request.count,
+            self.request.resolution,
+            self.request.aspect_ratio,
+            self.price,
+            self.balance.available,
+        )
+
 
 @dataclass(frozen=True)
 class HeldGeneration:

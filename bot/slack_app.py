@@ -177,14 +177,7 @@ class SlackImagine:
             )
         except ImagineError as refusal:
             return {"text": refusal.message}
-        summary = messages.quote_summary(
-            request.model.display_name,
-            request.count,
-            request.resolution,
-            request.aspect_ratio,
-            quote.price,
-            quote.balance.available,
-        )
+        summary = quote.summary
         return {
             "text": summary,
             "blocks": quote_blocks(summary, quote.id, request.count, quote.price),
