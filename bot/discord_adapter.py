@@ -30,11 +30,7 @@ from discord import app_commands
 
 from bot import messages
 from bot.errors import (
-    AlreadyHandled,
     ImagineError,
-    NotYourRequest,
-    QuoteExpired,
-    QuoteNotFound,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
@@ -225,12 +221,8 @@ class ImagineBot(discord.AutoShardedClient):
             held = await answer_in_time(
                 self.service.hold(generation_id, account), interaction.response.defer
             )
-        except (NotYourRequest, AlreadyHandled) as refusal:
-            # Refuse in a message of its own: the requester's quote stays as it is.
-            await _tell_clicker(interaction, refusal.message)
-            return
-        except (QuoteExpired, QuoteNotFound) as refusal:
-            await _replace_clicked(interaction, refusal.message)
+        except ImagineError as refusal:
+            await _refuse_click(interaction, refusal)
             return
         self.quotes_shown.discard(generation_id)
         try:
@@ -274,11 +266,8 @@ class ImagineBot(discord.AutoShardedClient):
                 self.service.cancel(generation_id, discord_account(interaction.user)),
                 interaction.response.defer,
             )
-        except (NotYourRequest, AlreadyHandled) as refusal:
-            await _tell_clicker(interaction, refusal.message)
-            return
-        except (QuoteExpired, QuoteNotFound) as refusal:
-            await _replace_clicked(interaction, refusal.message)
+        except ImagineError as refusal:
+            await _refuse_click(interaction, refusal)
             return
         self.quotes_shown.discard(generation_id)
         await _replace_clicked(interaction, messages.CANCELLED)
@@ -592,6 +581,14 @@ async def _answer(
     if view is None:
         return (await interaction.response.send_message(text, ephemeral=True)).message_id
     return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
+
+
+async def _refuse_click(interaction: discord.Interaction, refusal: ImagineError) -> None:
+    """Say why a click changed nothing, where ``ImagineError.ends_the_request`` says."""
+    if refusal.ends_the_request:
+        await _replace_clicked(interaction, refusal.message)
+    else:
+        await _tell_clicker(interaction, refusal.message)
 
 
 async def _replace_clicked(interaction: discord.Interaction, text: str) -> None:

@@ -21,12 +21,19 @@ and nothing changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from bot import messages
 
 
 class ImagineError(Exception):
     """Something the user must be told, in one sentence."""
+
+    ends_the_request: ClassVar[bool] = False
+    """When it refuses a button's click: True if the request itself is over (expired,
+    unknown), so its message says so in place of the buttons. Otherwise only the clicker
+    is told and the request stays as it was, for its owner to click again (after a grant
+    that covers it, say)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -70,11 +77,15 @@ class InsufficientCredits(ImagineError):
 
 
 class QuoteNotFound(ImagineError):
+    ends_the_request = True
+
     def __init__(self) -> None:
         super().__init__(messages.QUOTE_NOT_FOUND)
 
 
 class QuoteExpired(ImagineError):
+    ends_the_request = True
+
     def __init__(self) -> None:
         super().__init__(messages.QUOTE_EXPIRED)
 

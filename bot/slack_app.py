@@ -34,11 +34,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.errors import (
-    AlreadyHandled,
     ImagineError,
-    NotYourRequest,
-    QuoteExpired,
-    QuoteNotFound,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
@@ -204,12 +200,8 @@ class SlackImagine:
         generation_id = body["actions"][0]["value"]
         try:
             held = await self.service.hold(generation_id, _clicker(body))
-        except (NotYourRequest, AlreadyHandled) as refusal:
-            # Said to the one who clicked, leaving the requester's message as it is.
-            await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
-            return
-        except (QuoteExpired, QuoteNotFound) as refusal:
-            await respond(text=refusal.message, replace_original=True)
+        except ImagineError as refusal:
+            await _refuse_click(respond, refusal)
             return
         await respond(text=messages.SLACK_STARTING, replace_original=True)
         delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
@@ -230,11 +222,8 @@ class SlackImagine:
         await ack()
         try:
             await self.service.cancel(body["actions"][0]["value"], _clicker(body))
-        except (NotYourRequest, AlreadyHandled) as refusal:
-            await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
-            return
-        except (QuoteExpired, QuoteNotFound) as refusal:
-            await respond(text=refusal.message, replace_original=True)
+        except ImagineError as refusal:
+            await _refuse_click(respond, refusal)
             return
         await respond(text=messages.CANCELLED, replace_original=True)
 
@@ -360,6 +349,14 @@ def _unescape(text: str) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
+    """Say why a click changed nothing, where ``ImagineError.ends_the_request`` says."""
+    if refusal.ends_the_request:
+        await respond(text=refusal.message, replace_original=True)
+    else:
+        await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
 
 
 def _clicker(body: Mapping[str, Any]) -> str:

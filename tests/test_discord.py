@@ -270,6 +270,34 @@ async def test_another_user_pressing_generate_is_told_and_nothing_changes(
     assert await available(service) == 50
 
 
+async def test_a_generate_the_balance_no_longer_covers_says_the_shortfall_and_keeps_the_quote(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+    await service.credits.revoke(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 45)
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: click.callbacks)
+
+    assert click.callbacks[0][1]["content"] == messages.insufficient_credits(10, 5)
+    assert click.callbacks[0][1]["flags"] & 64
+    assert len(message.buttons) == 2
+    assert await available(service) == 5
+
+
+async def test_a_generate_while_the_bot_stops_says_to_try_again_and_charges_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+    service.stop_accepting()
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: click.callbacks)
+
+    assert click.callbacks[0][1]["content"] == messages.SHUTTING_DOWN
+    assert await available(service) == 50
+
+
 async def test_cancel_withdraws_the_quote_and_charges_nothing(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:

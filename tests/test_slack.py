@@ -250,6 +250,35 @@ async def test_another_users_click_is_refused_and_changes_nothing(
     assert await available(service) == 50
 
 
+async def test_a_generate_the_balance_no_longer_covers_says_the_shortfall_and_keeps_the_quote(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "model:scripted a fox")
+    await service.credits.revoke(f"slack:{TEAM}:{ADMIN}", ALICE, 45)
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert answer["text"] == messages.insufficient_credits(10, 5)
+    assert answer["replace_original"] is False
+    assert await available(service) == 5
+
+
+async def test_a_generate_while_the_bot_stops_says_to_try_again_and_charges_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "model:scripted a fox")
+    service.stop_accepting()
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert answer["text"] == messages.SHUTTING_DOWN
+    assert await available(service) == 50
+
+
 async def test_cancel_charges_nothing(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
