@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -175,11 +176,7 @@ class ImagineBot(discord.AutoShardedClient):
         """The quote's text, buttons and id, or the refusal's sentence alone."""
         try:
             if reference is not None:
-                mime_type = check_reference_image(
-                    reference.filename, reference.content_type, reference.size
-                )
-                data = await reference.read()
-                options = _with_reference(options, ReferenceImage(data, mime_type))
+                options = _with_reference(options, await _downloaded(reference))
             request = validate_request(options, self.service.catalog)
             quote = await self.service.quote(
                 discord_account(interaction.user),
@@ -581,6 +578,17 @@ async def _answer(
     if view is None:
         return (await interaction.response.send_message(text, ephemeral=True)).message_id
     return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
+
+
+async def _downloaded(reference: discord.Attachment) -> ReferenceImage:
+    """An attached reference image, or the ``RequestError`` saying what to do about it."""
+    mime_type = check_reference_image(reference.filename, reference.content_type, reference.size)
+    try:
+        data = await reference.read()
+    except (discord.HTTPException, aiohttp.ClientError) as failure:
+        logger.warning("could not download the reference %s: %s", reference.filename, failure)
+        raise RequestError(messages.reference_unreadable(reference.filename)) from None
+    return ReferenceImage(data, mime_type)
 
 
 async def _refuse_click(interaction: discord.Interaction, refusal: ImagineError) -> None:

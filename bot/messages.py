@@ -115,6 +115,10 @@ def reference_too_large(filename: str, size: int, limit: int) -> str:
     )
 
 
+def reference_unreadable(filename: str) -> str:
+    return f"Could not download {filename} from the chat; attach it again and retry."
+
+
 def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
     return f"{model_id} accepts at most {limit} reference images, not {count}."
 

@@ -169,6 +169,8 @@ class LoopbackDiscord:
         """The per-file upload limit every interaction announces."""
         self.fail_followups_with: int | None = None
         """An HTTP status to refuse follow-ups with, to test failed uploads."""
+        self.fail_downloads_with: int | None = None
+        """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
         self._sequence = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -538,6 +540,8 @@ class LoopbackDiscord:
         return _json(message.payload())
 
     async def _download(self, request: web.Request) -> web.Response:
+        if self.fail_downloads_with is not None:
+            return web.Response(status=self.fail_downloads_with)
         return web.Response(body=self.downloads[request.match_info["name"]])
 
     def _webhook_message(self, request: web.Request) -> Message:

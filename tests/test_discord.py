@@ -578,6 +578,27 @@ async def test_a_reference_that_is_not_an_image_is_refused(
     assert discord_fake.original(interaction).ephemeral
 
 
+async def test_a_reference_discord_fails_to_hand_over_is_refused_with_what_to_do(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    discord_fake.fail_downloads_with = 404
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "this, but blue", "model": "scripted"},
+        attachment=("red.png", "image/png", b"\x89PNG"),
+    )
+    refusal = messages.reference_unreadable("red.png")
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content == refusal
+        )
+    )
+
+    assert discord_fake.original(interaction).buttons == []
+    assert await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True) == []
+
+
 # -- autocomplete ---------------------------------------------------------------
 
 
