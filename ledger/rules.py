@@ -2,10 +2,11 @@
 
 Pure functions of what was read, so that both databases apply the same
 answers. SQLite reads, decides and applies inside its writer's transaction.
-PostgreSQL applies an answer in one statement guarded on every value the rule
-read (``statements.apply_hold``, ``statements.apply_settlement``): if another
-connection changed any of them in between, nothing is applied, and the ledger
-reads again and decides again.
+PostgreSQL applies an answer in one statement (``statements.HOLD_AT_ONCE``,
+``SETTLE_AT_ONCE``) guarded on every column of the generation the rule read,
+and on the balance still covering what it moves: if another connection
+changed any of them in between, nothing is applied, and the ledger reads
+again and decides again.
 """
 
 from __future__ import annotations

@@ -490,10 +490,10 @@ def _hold_at_once() -> Executable:
 HOLD_AT_ONCE = _hold_at_once()
 """PostgreSQL only: a ``rules.Hold`` applied in one statement, if its quote is still as read.
 
-Locks the quote if it is still as read (``HOLD_READS``), then moves ``amount`` from available to held if it is still available
-(``HOLD_CREDITS``), writes the hold's line and starts the generation
-(``START_GENERATION``). Answers the started generation, or no row when
-nothing was applied.
+Locks the quote if it is still as read (``HOLD_READS``), then moves
+``amount`` from available to held if it is still available (``HOLD_CREDITS``),
+writes the hold's line and starts the generation (``START_GENERATION``).
+Answers the started generation, or no row when nothing was applied.
 """
 
 
@@ -515,8 +515,8 @@ def _settle_at_once(lines: int) -> Executable:
 SETTLE_AT_ONCE = {lines: _settle_at_once(lines) for lines in (1, 2)}
 """PostgreSQL only, by the number of its lines: a ``rules.Settlement`` applied in one statement.
 
-Locks the generation if it is still as read (``SETTLEMENT_READS``), then ends its hold
-(``SETTLE_CREDITS``, only if the account holds it), writes the settlement's
-lines and finishes the generation (``FINISH_GENERATION``). Answers the
-finished generation, or no row when nothing was applied.
+Locks the generation if it is still as read (``SETTLEMENT_READS``), then ends
+its hold (``SETTLE_CREDITS``, only if the account holds it), writes the
+settlement's lines and finishes the generation (``FINISH_GENERATION``).
+Answers the finished generation, or no row when nothing was applied.
 """
