@@ -355,9 +355,14 @@ class Ledger:
                     error_message=error_message,
                 )
             )
+        # What is handed in is only a first guess, taken while it says it is running:
+        # the statement's guard checks it against the stored row.
+        if running is None or (running.id, running.status) != (
+            generation_id,
+            GenerationStatus.RUNNING,
+        ):
+            running = await self.generation(generation_id)
         for _ in range(_DECISIONS):
-            if running is None or running.id != generation_id:
-                running = await self.generation(generation_id)
             if rules.already_settled(running):
                 return running
             settlement = rules.settlement(running, images_delivered, error_code, error_message)
@@ -368,8 +373,7 @@ class Ledger:
             )
             if settled is not None:
                 return _generation_from(settled)
-            read = running
-            running = await self.generation(generation_id)
+            read, running = running, await self.generation(generation_id)
             if _as_read(running, statements.SETTLEMENT_READS) == _as_read(
                 read, statements.SETTLEMENT_READS
             ):
@@ -697,12 +701,12 @@ def _balance_from(account: str, row: Sequence[Any] | None) -> Balance | None:
     return Balance(account=account, available=available, held=held)
 
 
-def _generation_from(row: Row[Any] | Mapping[str, Any], prefix: str = "") -> Generation:
-    """The generation in ``row``, which may hold other columns besides; ``prefix`` starts its names."""
+def _generation_from(row: Row[Any] | Mapping[str, Any]) -> Generation:
+    """The generation in ``row``, which may hold other columns besides."""
     values: Mapping[str, Any] = row._mapping if isinstance(row, Row) else row
     return Generation(
-        **{name: values[prefix + name] for name in _GENERATION_COLUMNS},
-        status=GenerationStatus(values[prefix + "status"]),
+        **{name: values[name] for name in _GENERATION_COLUMNS},
+        status=GenerationStatus(values["status"]),
     )
 
 

@@ -415,6 +415,21 @@ async def test_a_settlement_takes_nothing_on_trust_from_the_generation_it_is_han
     assert await ledger.verify() == []
 
 
+async def test_a_settlement_handed_a_generation_said_to_be_settled_still_settles_the_stored_one(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    held = await ledger.hold("g1", ALICE)
+
+    captured = await ledger.capture(
+        "g1", 2, running=replace(held, status=GenerationStatus.COMPLETED)
+    )
+
+    assert (captured.status, captured.credits_charged) == (GenerationStatus.COMPLETED, 20)
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=80, held=0)
+
+
 async def test_a_settlement_whose_hold_is_missing_from_the_account_is_refused_and_changes_nothing(
     ledger: Ledger, clock: FakeClock
 ) -> None:
