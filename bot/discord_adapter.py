@@ -185,8 +185,7 @@ class ImagineBot(discord.AutoShardedClient):
             )
         except ImagineError as refusal:
             return refusal.message, None, None
-        summary = quote.summary
-        return summary, quote_view(quote.id, request.count, quote.price), quote.id
+        return quote.summary, quote_view(quote.id, request.count, quote.price), quote.id
 
     def _quote_timed_out(self, generation_id: str, shown: ShownQuote) -> None:
         self.background.spawn(
