@@ -243,14 +243,17 @@ async def main(quick: bool, database: str) -> None:
                     )
     finally:
         discord.http.Route.BASE = original_base
-    worst_p99, worst_ratio = 0.0, 0.0
+    worst_ratio = 0.0
     for size in sizes:
         bare, bot = results[size]
         ratio = percentile(bot.answered, 0.5) / max(percentile(bare.answered, 0.5), 1e-9)
-        worst_p99 = max(worst_p99, percentile(bot.answered, 0.99))
+        p99_ratio = percentile(bot.answered, 0.99) / max(percentile(bare.answered, 0.99), 1e-9)
         worst_ratio = max(worst_ratio, ratio)
         print(f"N={size:<4} confirm   {summary_ms(bot.answered)}")
-        print(f"       baseline  {summary_ms(bare.answered)}   p50 ratio {ratio:.2f}")
+        print(
+            f"       baseline  {summary_ms(bare.answered)}   p50 ratio {ratio:.2f},"
+            f" p99 ratio {p99_ratio:.2f}"
+        )
         if size > 1:
             # At N=1 this harness's own request for each burst would dominate the figure.
             cpu, bare_cpu = bot.cpu_per_command, bare.cpu_per_command
@@ -259,8 +262,11 @@ async def main(quick: bool, database: str) -> None:
                 f" ratio {cpu / max(bare_cpu, 1e-9):.2f}"
             )
         print(f"       images    {summary_ms(bot.delivered)}  (click to upload, local 1K)")
+    # The headline's p99 is the largest burst's, and its ratio the one printed last.
+    largest_p99 = percentile(results[sizes[-1]][1].answered, 0.99)
     print(
-        f"latency: confirm p99 {worst_p99 * 1000:.0f} ms at N={sizes[-1]} (target < 300), "
+        f"latency: confirm p99 {largest_p99 * 1000:.0f} ms at N={sizes[-1]} (target < 300;"
+        f" {p99_ratio:.2f}x the bare bot's), "
         f"worst p50 ratio to a bare bot {worst_ratio:.2f} (target < 2)"
     )
 
