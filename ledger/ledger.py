@@ -797,5 +797,9 @@ def _as_read(generation: Generation, columns: tuple[str, ...]) -> dict[str, Any]
     return {f"read_{name}": getattr(generation, name) for name in columns}
 
 
-def _changing(generation_id: str, operation: str) -> InvalidTransition:
-    return InvalidTransition(generation_id, "changing while read", operation)
+def _changing(generation_id: str, operation: str) -> RuntimeError:
+    """A guarded statement that applied nothing however often it was decided: a bug, not a refusal."""
+    return RuntimeError(
+        f"could not {operation} {generation_id}: the guarded statement applied nothing"
+        f" after {_DECISIONS} decisions on fresh reads"
+    )

@@ -832,6 +832,30 @@ async def test_a_hold_whose_quote_another_process_confirmed_meanwhile_is_refused
         assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
 
 
+@pytest.mark.postgres
+async def test_a_hold_whose_guarded_statement_never_applies_fails_as_a_bug_and_changes_nothing(
+    clock: FakeClock,
+) -> None:
+    async with postgres_ledger(clock) as (ledger, url):
+        await funded(ledger)
+        await quoted(ledger, clock, "g1")
+        async with another_process(url) as (other, _):
+            # Every balance update is skipped, as a guard that disagrees with the read would be.
+            await other.execute(
+                """
+                CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RETURN NULL; END $$;
+                CREATE TRIGGER skip BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION skip();
+                """
+            )
+
+            with pytest.raises(RuntimeError, match="applied nothing"):
+                await ledger.hold("g1", ALICE)
+
+        assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
+        assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
+
+
 async def record_how_each_generation_change_commits(url: str) -> asyncpg.Connection:
     """A deferred trigger: it runs at commit, so it sees the setting the commit follows."""
     watcher = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
