@@ -250,7 +250,10 @@ class ImagineBot(discord.AutoShardedClient):
                 await _tell_clicker(interaction, messages.SOMETHING_WENT_WRONG)
 
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
-        outcome = await self.service.generate(held, _PostToChannel(interaction))
+        # Progress, images and the outcome all go through the click's token.
+        outcome = await self.service.generate(
+            held, _PostToChannel(interaction), reachable_for=_LONGEST_EDITABLE_SECONDS
+        )
         try:
             await interaction.edit_original_response(content=outcome.report)
         except discord.HTTPException:

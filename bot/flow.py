@@ -146,6 +146,8 @@ _ONE_TRY = Retry(give_up_after_seconds=0)
 
 
 _PROVIDER_GRACE_SECONDS = 5.0
+DELIVERY_ALLOWANCE_SECONDS = 60.0
+"""What a generation keeps of its reply window, past the provider's time, to post its images."""
 # Heartbeats missed before a running generation counts as abandoned by a dead process.
 _MISSED_HEARTBEATS = 3
 
@@ -275,12 +277,28 @@ class ImagineService:
         self._idle.clear()
         return HeldGeneration(generation, references)
 
-    async def generate(self, held: HeldGeneration, delivery: Delivery) -> Outcome:
-        """The second half of ``confirm``: generate, deliver and settle a held request."""
+    async def generate(
+        self, held: HeldGeneration, delivery: Delivery, *, reachable_for: float | None = None
+    ) -> Outcome:
+        """The second half of ``confirm``: generate, deliver and settle a held request.
+
+        ``reachable_for``: how many seconds from now ``delivery`` can still reach
+        the user (a platform's reply window). A request still queued when too
+        little of it is left to generate and deliver is released instead, with
+        a sentence saying why, rather than made for nobody.
+        """
         generation = held.generation
         started = time.monotonic()
+        start_by = (
+            None
+            if reachable_for is None
+            else asyncio.get_running_loop().time()
+            + reachable_for
+            - self._longest_generation_seconds()
+            - DELIVERY_ALLOWANCE_SECONDS
+        )
         try:
-            outcome = await self._run(generation, held.reference_images, delivery)
+            outcome = await self._run(generation, held.reference_images, delivery, start_by)
         except Exception:
             logger.exception("generation %s failed unexpectedly", generation.id)
             outcome = await self._release(generation, "internal")
@@ -337,11 +355,17 @@ class ImagineService:
             return False
         return True
 
+    def _longest_generation_seconds(self) -> float:
+        """How long a provider may take: the time limit and the grace after it."""
+        time_limit = self.generation_timeout.total_seconds()
+        return time_limit + min(_PROVIDER_GRACE_SECONDS, time_limit / 10)
+
     async def _run(
         self,
         generation: Generation,
         references: tuple[ReferenceImage, ...],
         delivery: Delivery,
+        start_by: float | None,
     ) -> Outcome:
         provider = self.providers.providers.get(generation.provider)
         if provider is None:
@@ -370,11 +394,11 @@ class ImagineService:
 
         try:
             async with (
-                self._user_slots[generation.account_id].acquire(queued),
-                self._slots[generation.provider].acquire(queued),
+                self._user_slots[generation.account_id].acquire(queued, start_by),
+                self._slots[generation.provider].acquire(queued, start_by),
                 # The provider keeps the finished images at the time limit; this only
                 # stops one that ignores it.
-                asyncio.timeout(time_limit + min(_PROVIDER_GRACE_SECONDS, time_limit / 10)),
+                asyncio.timeout(self._longest_generation_seconds()),
             ):
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
@@ -384,6 +408,8 @@ class ImagineService:
                     self.metrics.provider_latency.labels(generation.provider).observe(
                         time.monotonic() - provider_started
                     )
+        except QueuedTooLong:
+            return await self._release(generation, "queued_too_long")
         except TimeoutError:
             return await self._release(generation, ProviderTimeout.code)
         except ProviderError as error:
@@ -499,6 +525,10 @@ class ImagineService:
                 logger.warning("released the stale hold of generation %s", generation.id)
 
 
+class QueuedTooLong(Exception):
+    """No slot came free while enough of the reply window was left to use one."""
+
+
 class ProviderSlots:
     """A concurrency limit (a provider's, or one user's); callers that must wait are told their place."""
 
@@ -511,12 +541,18 @@ class ProviderSlots:
         return self._waiting
 
     @contextlib.asynccontextmanager
-    async def acquire(self, on_queued: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:
+    async def acquire(
+        self, on_queued: Callable[[int], Awaitable[None]], start_by: float | None = None
+    ) -> AsyncIterator[None]:
+        """A slot; raises ``QueuedTooLong`` if none came free by ``start_by`` (the loop's time)."""
         if self._semaphore.locked():
             self._waiting += 1
             try:
                 await on_queued(self._waiting)
-                await self._semaphore.acquire()
+                async with asyncio.timeout_at(start_by):
+                    await self._semaphore.acquire()
+            except TimeoutError:
+                raise QueuedTooLong() from None
             finally:
                 self._waiting -= 1
         else:

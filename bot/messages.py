@@ -188,6 +188,7 @@ _FAILURES = {
     "delivery_failed": "The images were made but could not be posted here{detail}",
     "interrupted": "The bot stopped while this was generating",
     "references_lost": "The bot restarted and lost this request's reference images; run /imagine again with them",
+    "queued_too_long": "So many images are being made right now that this one could not start in time to reach you; try again in a few minutes",
 }
 
 

@@ -54,6 +54,8 @@ burst of commands loses connects, and Slack's retry comes after its 3 s have pas
 GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# A response_url takes messages for 30 minutes; the outcome is the last of them.
+_RESPONSE_URL_SECONDS = 29 * 60
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 _NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
 
@@ -212,7 +214,7 @@ class SlackImagine:
     async def _run(
         self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond
     ) -> None:
-        outcome = await self.service.generate(held, delivery)
+        outcome = await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
         with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
             await respond(text=outcome.report, replace_original=True)
 

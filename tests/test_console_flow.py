@@ -19,7 +19,7 @@ from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.errors import AlreadyHandled, NotYourRequest
-from bot.flow import ImagineService, Quote, Retry
+from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
@@ -344,6 +344,30 @@ async def test_a_request_waiting_for_the_provider_is_told_its_place(
     scripted.release.set()
     await asyncio.gather(running, queued)
     assert await available(service) == 80
+
+
+async def test_a_request_queued_past_its_reply_window_is_released_without_reaching_the_provider(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.release = asyncio.Event()
+    first = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    second = await service.quote(OWNER, parse_imagine("model:scripted a cat", service.catalog))
+    running = asyncio.create_task(service.confirm(first.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    service.generation_timeout = timedelta(seconds=1)
+    # Room to wait in the queue for a fifth of a second, then too little left to generate and post.
+    reachable_for = 1.1 + DELIVERY_ALLOWANCE_SECONDS + 0.2
+
+    outcome = await service.generate(
+        await service.hold(second.id, OWNER), RecordingDelivery(), reachable_for=reachable_for
+    )
+
+    assert outcome.message == messages.failure("queued_too_long")
+    assert outcome.generation.status == GenerationStatus.FAILED
+    assert [request.prompt for request in scripted.requests] == ["a fox"]
+    scripted.release.set()
+    await running
+    assert await available(service) == 90
 
 
 async def test_a_generation_cancelled_midway_releases_its_hold(
