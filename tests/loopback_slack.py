@@ -262,9 +262,10 @@ class SlackDriver:
         user: str = "U0ALICE",
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
+        response_url: str | None = None,
     ) -> tuple[int, str]:
         """Press a button; returns the status and the response_url the bot answers on."""
-        response_url = self.slack.response_url()
+        response_url = response_url or self.slack.response_url()
         payload = {
             "type": "block_actions",
             "user": {"id": user, "team_id": TEAM, "username": user.lower()},

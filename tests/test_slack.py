@@ -279,6 +279,20 @@ async def test_a_generate_while_the_bot_stops_says_to_try_again_and_charges_noth
     assert await available(service) == 50
 
 
+async def test_a_generate_whose_starting_message_cannot_be_shown_still_generates_and_settles(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+
+    # Nothing listens on port 1: every message to this response_url fails to connect.
+    await driver.click(GENERATE_ACTION, generation, response_url="http://127.0.0.1:1/respond/x")
+    await slack.wait_for(lambda: slack.uploads)
+
+    await service.drain(grace_seconds=10)
+    balance = await service.credits.balance(ALICE)
+    assert (balance.available, balance.held) == (49, 0)
+
+
 async def test_cancel_charges_nothing(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
