@@ -221,15 +221,11 @@ class ImagineBot(discord.AutoShardedClient):
             await _refuse_click(interaction, refusal)
             return
         self.quotes_shown.discard(generation_id)
-        try:
-            await _replace_clicked(interaction, messages.DISCORD_STARTING)
-        except Exception:
-            # Not a failure of the click: the generation runs, and settles the hold.
-            logger.warning("could not show that %s is starting", generation_id, exc_info=True)
-        finally:
-            self.background.spawn(
-                self._generate(interaction, held), name=f"discord generation {generation_id}"
-            )
+        await self.background.spawn_after(
+            _replace_clicked(interaction, messages.DISCORD_STARTING),
+            self._generate(interaction, held),
+            name=f"discord generation {generation_id}",
+        )
 
     async def clicked(
         self,

@@ -205,16 +205,12 @@ class SlackImagine:
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
-        try:
-            await respond(text=messages.SLACK_STARTING, replace_original=True)
-        except Exception:
-            # Not a failure of the click: the generation runs, and settles the hold.
-            logger.warning("could not show that %s is starting", generation_id, exc_info=True)
-        finally:
-            delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
-            self.background.spawn(
-                self._run(held, delivery, respond), name=f"slack generation {generation_id}"
-            )
+        delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
+        await self.background.spawn_after(
+            respond(text=messages.SLACK_STARTING, replace_original=True),
+            self._run(held, delivery, respond),
+            name=f"slack generation {generation_id}",
+        )
 
     async def _run(
         self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond

@@ -58,6 +58,25 @@ class BackgroundTasks:
         task.add_done_callback(self._finished)
         return task
 
+    async def spawn_after(
+        self,
+        announcement: Awaitable[Any],
+        work: Coroutine[Any, Any, Any],
+        *,
+        name: str,
+    ) -> None:
+        """Await ``announcement``, then spawn ``work`` whether or not it could be made.
+
+        For a held generation: the hold is settled only by the generation, so
+        a "Starting…" the platform would not show must not stop it.
+        """
+        try:
+            await announcement
+        except Exception:
+            logger.warning("could not announce %s; it runs all the same", name, exc_info=True)
+        finally:
+            self.spawn(work, name=name)
+
     def __len__(self) -> int:
         return len(self._tasks)
 

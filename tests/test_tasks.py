@@ -1,10 +1,10 @@
-"""Deadlines: quotes falling due under one timer."""
+"""Deadlines: quotes falling due under one timer; background work started after an announcement."""
 
 from __future__ import annotations
 
 import asyncio
 
-from bot.tasks import Deadlines
+from bot.tasks import BackgroundTasks, Deadlines
 
 
 class Recorder:
@@ -84,3 +84,19 @@ async def test_closing_forgets_everything_without_calling_anything() -> None:
 
     assert recorder.fell_due == []
     assert len(deadlines) == 0
+
+
+async def test_work_spawned_after_an_announcement_runs_even_when_the_announcement_fails() -> None:
+    background = BackgroundTasks()
+    ran = asyncio.Event()
+
+    async def announce() -> None:
+        raise ConnectionResetError("the platform hung up")
+
+    async def work() -> None:
+        ran.set()
+
+    await background.spawn_after(announce(), work(), name="generation g1")
+    await background.drain()
+
+    assert ran.is_set()
