@@ -43,7 +43,11 @@ async def answer_in_time(work: Awaitable[T], acknowledge: Callable[[], Awaitable
         timer.cancel()
         if acknowledging is not None:
             # The caller's answer must come after the acknowledgement it follows up.
-            await acknowledging
+            # One the platform refused must not lose what the work did (a hold taken).
+            try:
+                await acknowledging
+            except Exception:
+                logger.warning("could not acknowledge in time", exc_info=True)
 
 
 class BackgroundTasks:

@@ -169,6 +169,9 @@ class LoopbackDiscord:
         """The per-file upload limit every interaction announces."""
         self.fail_followups_with: int | None = None
         """An HTTP status to refuse follow-ups with, to test failed uploads."""
+        self.fail_callbacks_with: int | None = None
+        """An HTTP status to refuse interaction callbacks with, as Discord does once an
+        interaction's 3 s have passed (404, Unknown interaction)."""
         self.fail_downloads_with: int | None = None
         """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
@@ -492,6 +495,9 @@ class LoopbackDiscord:
         return _json(self.commands[scope])
 
     async def _callback(self, request: web.Request) -> web.Response:
+        if self.fail_callbacks_with is not None:
+            status = self.fail_callbacks_with
+            return _json({"message": "Unknown interaction", "code": 10062}, status=status)
         interaction = self.interactions[request.match_info["token"]]
         interaction.answered_at = interaction.answered_at or time.perf_counter()
         body, files = await _read_body(request)

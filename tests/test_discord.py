@@ -364,6 +364,24 @@ async def test_a_click_whose_hold_waits_past_the_deadline_is_deferred_then_gener
     assert await available(service) == 49
 
 
+async def test_a_click_whose_deferral_discord_refuses_still_generates_and_settles_its_hold(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    slow_down(service, "hold", monkeypatch)
+    discord_fake.fail_callbacks_with = 404
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: discord_fake.followups(click))
+    await service.drain(grace_seconds=10)
+
+    balance = await service.credits.balance(ALICE_ACCOUNT)
+    assert (balance.available, balance.held) == (49, 0)
+
+
 async def test_a_refusal_after_a_deferred_click_comes_in_a_message_of_its_own(
     bot: ImagineBot,
     discord_fake: LoopbackDiscord,
