@@ -170,14 +170,15 @@ class Ledger:
 
         One transaction, where a user's first command would otherwise take
         three; on PostgreSQL one statement (``statements.OPEN_QUOTE_AT_ONCE``),
-        since each statement there is a round trip on the event loop. Refused
-        with ``InsufficientFunds``, recording no quote, when the available
-        balance does not cover the price; the account stays opened.
+        since each statement there is a round trip on the event loop, and
+        under a burst several quotes to a round trip (``Transactions.grouped``).
+        Refused with ``InsufficientFunds``, recording no quote, when the
+        available balance does not cover the price; the account stays opened.
         """
         stored = self._quote_row(new)
         if not self._is_sqlite:
             opening = rules.opening(new.account_id, starting_credits)
-            at_once = await self._transactions.statement(
+            at_once = await self._transactions.grouped(
                 statements.OPEN_QUOTE_AT_ONCE[len(opening)],
                 {
                     **stored,
@@ -187,8 +188,8 @@ class Ledger:
                     "price": new.price,
                 },
             )
-            if at_once is not None:
-                available, held, quotes_recorded = at_once
+            available, held, quotes_recorded = at_once
+            if available is not None:
                 balance = Balance(account=new.account_id, available=available, held=held)
                 quoted = _quoted_generation(stored) if quotes_recorded else None
                 return _quote_or_refusal(new, balance, quoted)

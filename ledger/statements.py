@@ -400,9 +400,11 @@ def _open_quote_at_once(grants: int) -> Executable:
         .returning(generations.c.id)
         .cte("quoted")
     )
+    # One row whatever happened (available NULL if the balance was not there to
+    # read), so that a group of these through ``fetchmany`` answers a row a run.
     at_once = select(
-        balance.c.available,
-        balance.c.held,
+        select(balance.c.available).scalar_subquery(),
+        select(balance.c.held).scalar_subquery(),
         select(func.count()).select_from(quoted).scalar_subquery(),
     ).where(_committed_without_waiting_for_disk())
     if grants:
@@ -439,8 +441,9 @@ OPEN_QUOTE_AT_ONCE = {grants: _open_quote_at_once(grants) for grants in (0, 1)}
 Opens the account with ``starting_credits`` if it is new, writing its opening
 lines (``LINE_FIELDS``) only then, and records the quote
 (``QUOTED_COLUMNS``) if ``price`` is available; answers one row, (available,
-held, quotes recorded), or none when another connection opened the same new
-account at the same moment (the caller then takes the transactional way).
+held, quotes recorded), with available and held NULL when another connection
+opened the same new account at the same moment (the caller then takes the
+transactional way).
 Data-modifying CTEs are PostgreSQL's; SQLite runs the same steps as separate
 statements on its ledger thread, where a statement costs no round trip.
 """

@@ -62,6 +62,14 @@ machine (bench.latency on PostgreSQL): with the event loop that busy, every
 transaction held its connection longer, and the line moved slower than 30 s
 allows. The line always moves, and an operation failing only for being last
 in it would release a hold whose images were already posted."""
+POSTGRES_GROUPS_AT_ONCE = 2
+"""``Transactions.grouped`` runs out at the server at a time, alone or in groups.
+
+Under a burst of 50 or 500 quotes, 2 answered sooner than 1 (each group then
+waits for a whole group before it) and than 4 or 10 (smaller groups, each a
+round trip and a commit of its own) in bench.latency."""
+POSTGRES_RUNS_PER_GROUP = 16
+"""Small enough that a burst's first answers do not wait for its last runs, as for SQLite."""
 SQLITE_READER_THREADS = 4
 SQLITE_WRITES_PER_BATCH = 16
 """Small enough that a burst's first answers do not wait for its last writes."""
@@ -171,6 +179,11 @@ class Transactions:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._waiting: dict[Executable, list[tuple[Mapping[str, Any], asyncio.Future[Any]]]] = {}
+        """``grouped`` runs waiting for the next group, by statement."""
+        self._groups_out = 0
+        self._groups_sent: set[asyncio.Future[None]] = set()
+        """Groups on their way, awaited by ``close``."""
         # Only reached for an in-memory SQLite database: one connection, so one writer at a time.
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         pool = engine.sync_engine.pool
@@ -211,6 +224,90 @@ class Transactions:
                 # No transaction was begun, so returning it to the pool costs no round trip.
                 pooled.close()
 
+    async def grouped(self, statement: Executable, values: Mapping[str, Any]) -> asyncpg.Record:
+        """PostgreSQL: as ``statement``, for a statement that answers one row each run; its row.
+
+        A group commit: runs asked for while ``POSTGRES_GROUPS_AT_ONCE`` groups
+        are out wait, and go to the server together in the next group, in one
+        round trip and one transaction (asyncpg's ``fetchmany``). Under a burst
+        of quotes each one cost the event loop about 300 µs on its own, against
+        about 30 µs in a group of fifty (bench.latency). A run asked for while
+        fewer are out goes at once, as ``statement``, so a lone quote waits for
+        nothing. If a group fails, each of its runs goes again on its own, so a
+        failure reaches only its own run; a run whose caller was cancelled
+        before its group went is never sent.
+        """
+        if self._groups_out >= POSTGRES_GROUPS_AT_ONCE:
+            waited: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(statement, []).append((values, waited))
+            return await waited
+        self._groups_out += 1
+        try:
+            return _one_row(await self.statement(statement, values))
+        finally:
+            self._groups_out -= 1
+            self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        while self._groups_out < POSTGRES_GROUPS_AT_ONCE and self._waiting:
+            statement, runs = next(iter(self._waiting.items()))
+            taken = runs[:POSTGRES_RUNS_PER_GROUP]
+            del runs[:POSTGRES_RUNS_PER_GROUP]
+            if not runs:
+                del self._waiting[statement]
+            waited = [(values, outcome) for values, outcome in taken if not outcome.done()]
+            if waited:
+                self._groups_out += 1
+                group = asyncio.ensure_future(self._send_group(statement, waited))
+                self._groups_sent.add(group)
+                group.add_done_callback(self._groups_sent.discard)
+
+    async def _send_group(
+        self, statement: Executable, runs: list[tuple[Mapping[str, Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            try:
+                results = await self._group_results(statement, [values for values, _ in runs])
+            except Exception as failure:
+                results = [(False, failure)] * len(runs)
+            for (_, outcome), (succeeded, value) in zip(runs, results, strict=True):
+                if outcome.done():
+                    continue
+                if succeeded:
+                    outcome.set_result(value)
+                else:
+                    outcome.set_exception(value)
+        finally:
+            for _, outcome in runs:
+                outcome.cancel()  # only those the group could not answer: it was cancelled itself
+            self._groups_out -= 1
+            self._send_waiting()
+
+    async def _group_results(
+        self, statement: Executable, runs: list[Mapping[str, Any]]
+    ) -> list[tuple[bool, Any]]:
+        """Each run's (succeeded, row or exception): all together, or each alone if that failed."""
+        compiled = [
+            statements.for_driver(statement, self.engine.dialect, values) for values in runs
+        ]
+        try:
+            async with self._turn():
+                pooled = await self.engine.raw_connection()
+                try:
+                    rows = await pooled.driver_connection.fetchmany(
+                        compiled[0][0], [arguments for _, arguments in compiled]
+                    )
+                finally:
+                    pooled.close()
+        except Exception:
+            alone = await asyncio.gather(
+                *(self.statement(statement, values) for values in runs), return_exceptions=True
+            )
+            return [_answered(result) for result in alone]
+        if len(rows) != len(runs):
+            raise RuntimeError(f"a grouped statement answered {len(rows)} rows to {len(runs)} runs")
+        return [(True, row) for row in rows]
+
     async def typed_statement(
         self, statement: Executable, values: Mapping[str, Any]
     ) -> dict[str, Any] | None:
@@ -227,6 +324,7 @@ class Transactions:
         )
 
     async def close(self) -> None:
+        await asyncio.gather(*self._groups_sent, return_exceptions=True)
         await self.engine.dispose()
 
 
@@ -366,6 +464,25 @@ def _each_in_a_savepoint(connection: Connection, works: list[Work[Any]]) -> list
                 results.append((False, refusal))
             driver.execute("RELEASE ledger_work")
     return results
+
+
+def _one_row(row: asyncpg.Record | None) -> asyncpg.Record:
+    if row is None:
+        raise _no_row()
+    return row
+
+
+def _no_row() -> RuntimeError:
+    return RuntimeError("a statement run by Transactions.grouped answered no row")
+
+
+def _answered(result: asyncpg.Record | BaseException | None) -> tuple[bool, Any]:
+    """A run sent on its own, as a group's (succeeded, row or exception)."""
+    if isinstance(result, BaseException):
+        return False, result
+    if result is None:
+        return False, _no_row()
+    return True, result
 
 
 def transactions_for(engine: AsyncEngine) -> Transactions:

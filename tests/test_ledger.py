@@ -135,6 +135,28 @@ async def test_first_quotes_at_once_from_one_new_account_grant_its_starting_cred
     assert await ledger.verify() == []
 
 
+async def test_a_burst_of_quotes_from_new_accounts_opens_each_once_and_records_every_quote(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Enough at once to go in groups on PostgreSQL, each account in several of them.
+    accounts = [f"user-{number}" for number in range(10)]
+    await asyncio.gather(
+        *(
+            ledger.open_quote(
+                replace(new_quote(clock, f"g{number}"), account_id=accounts[number % 10]),
+                starting_credits=50,
+            )
+            for number in range(60)
+        )
+    )
+
+    for account in accounts:
+        assert await ledger.balance(account) == Balance(account, available=50, held=0)
+        assert [entry.kind for entry in await ledger.entries(account)] == [EntryKind.GRANT]
+        assert len(await ledger.history(account, include_unconfirmed=True)) == 6
+    assert await ledger.verify() == []
+
+
 async def test_a_quote_reads_back_exactly_as_it_was_returned(
     ledger: Ledger, clock: FakeClock
 ) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy import Integer, bindparam, func, insert, literal, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, insert, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -17,8 +19,10 @@ from ledger import Ledger, create_engine, migrate, unreachable
 from ledger import transactions as transactions_module
 from ledger.schema import bot_state
 from ledger.transactions import (
+    POSTGRES_GROUPS_AT_ONCE,
     POSTGRES_POOL_SIZE,
     POSTGRES_POOL_WAIT_SECONDS,
+    POSTGRES_RUNS_PER_GROUP,
     SQLITE_WRITES_PER_BATCH,
     ThreadedSQLite,
     transactions_for,
@@ -208,6 +212,7 @@ async def test_a_write_after_a_lone_statement_is_still_one_transaction() -> None
             await runner.close()
 
 
+@pytest.mark.postgres
 async def test_a_write_waits_its_turn_while_every_pooled_connection_is_busy() -> None:
     async with postgres_database() as url:
         engine = create_engine(url)
@@ -284,4 +289,77 @@ async def test_a_statement_that_waited_too_long_for_a_connection_fails_as_worth_
             assert unreachable(waited.value)
         finally:
             await busy
+            await runner.close()
+
+
+RUN_NUMBER = bindparam("run", type_=Integer)
+
+
+@pytest.mark.postgres
+async def test_grouped_runs_asked_for_while_others_are_out_go_together_in_one_transaction() -> None:
+    statement = select(func.txid_current().label("transaction"), RUN_NUMBER.label("run"))
+    runs = POSTGRES_GROUPS_AT_ONCE + 2 * POSTGRES_RUNS_PER_GROUP
+    async with postgres_database() as url:
+        runner = transactions_for(create_engine(url))
+        try:
+            rows = await asyncio.gather(
+                *(runner.grouped(statement, {"run": run}) for run in range(runs))
+            )
+        finally:
+            await runner.close()
+
+    assert [row["run"] for row in rows] == list(range(runs))
+    runs_per_transaction = Counter(row["transaction"] for row in rows)
+    # The first go at once, alone; the rest waited for them, and went in full groups.
+    assert sorted(runs_per_transaction.values()) == (
+        [1] * POSTGRES_GROUPS_AT_ONCE + [POSTGRES_RUNS_PER_GROUP] * 2
+    )
+
+
+@pytest.mark.postgres
+async def test_a_grouped_run_that_fails_fails_alone_and_the_rest_of_its_group_is_answered() -> None:
+    statement = select((literal(60) / bindparam("divisor", type_=Integer)).label("quotient"))
+    divisors = [1] * POSTGRES_GROUPS_AT_ONCE + [2, 0, 3]
+    async with postgres_database() as url:
+        runner = transactions_for(create_engine(url))
+        try:
+            answers = await asyncio.gather(
+                *(runner.grouped(statement, {"divisor": divisor}) for divisor in divisors),
+                return_exceptions=True,
+            )
+        finally:
+            await runner.close()
+
+    *alone, half, by_zero, third = answers
+    assert [row["quotient"] for row in alone] == [60] * POSTGRES_GROUPS_AT_ONCE
+    assert (half["quotient"], third["quotient"]) == (30, 20)
+    assert isinstance(by_zero, asyncpg.DivisionByZeroError)
+
+
+@pytest.mark.postgres
+async def test_a_grouped_run_cancelled_before_its_group_went_is_never_sent() -> None:
+    remembered = insert(bot_state).values(key=bindparam("key"), value="v", updated_at=NOW)
+    async with postgres_database() as url:
+        engine = create_engine(url)
+        await migrate.upgrade(engine)
+        runner = transactions_for(engine)
+        try:
+            busy = [
+                asyncio.ensure_future(runner.grouped(select(func.pg_sleep(0.3)), {}))
+                for _ in range(POSTGRES_GROUPS_AT_ONCE)
+            ]
+            await asyncio.sleep(0.1)
+            waiting = {
+                key: asyncio.ensure_future(
+                    runner.grouped(remembered.returning(bot_state.c.key), {"key": key})
+                )
+                for key in ("kept", "cancelled", "also kept")
+            }
+            await asyncio.sleep(0)
+            waiting["cancelled"].cancel()
+            await asyncio.gather(*busy, *waiting.values(), return_exceptions=True)
+
+            assert waiting["kept"].result()["key"] == "kept"
+            assert sorted(await runner.read(keys)) == ["also kept", "kept"]
+        finally:
             await runner.close()
