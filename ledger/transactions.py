@@ -270,13 +270,7 @@ class Transactions:
                 results = await self._group_results(statement, [values for values, _ in runs])
             except Exception as failure:
                 results = [(False, failure)] * len(runs)
-            for (_, outcome), (succeeded, value) in zip(runs, results, strict=True):
-                if outcome.done():
-                    continue
-                if succeeded:
-                    outcome.set_result(value)
-                else:
-                    outcome.set_exception(value)
+            _hand_out([outcome for _, outcome in runs], results)
         finally:
             for _, outcome in runs:
                 outcome.cancel()  # only those the group could not answer: it was cancelled itself
@@ -395,13 +389,7 @@ class ThreadedSQLite(Transactions):
     def _hand_back(
         self, outcomes: list[asyncio.Future[Any]], results: list[tuple[bool, Any]]
     ) -> None:
-        for outcome, (succeeded, value) in zip(outcomes, results, strict=True):
-            if outcome.cancelled():
-                continue
-            if succeeded:
-                outcome.set_result(value)
-            else:
-                outcome.set_exception(value)
+        _hand_out(outcomes, results)
         if self._queued:
             self._write_queued()
         else:
@@ -464,6 +452,17 @@ def _each_in_a_savepoint(connection: Connection, works: list[Work[Any]]) -> list
                 results.append((False, refusal))
             driver.execute("RELEASE ledger_work")
     return results
+
+
+def _hand_out(outcomes: list[asyncio.Future[Any]], results: list[tuple[bool, Any]]) -> None:
+    """Each (succeeded, result or exception) to its caller's future, unless it stopped waiting."""
+    for outcome, (succeeded, value) in zip(outcomes, results, strict=True):
+        if outcome.done():
+            continue
+        if succeeded:
+            outcome.set_result(value)
+        else:
+            outcome.set_exception(value)
 
 
 def _one_row(row: asyncpg.Record | None) -> asyncpg.Record:
