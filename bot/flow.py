@@ -192,6 +192,8 @@ class ImagineService:
         # until their quote expires.
         self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
         self._in_flight: set[str] = set()
+        self._posted: dict[str, tuple[GeneratedImage, ...]] = {}
+        """Images already in the channel, by generation, until it is settled."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.accepting = True
@@ -305,10 +307,17 @@ class ImagineService:
         except BaseException:
             # Cancelled at shutdown: the hold must not outlive the generation, and
             # the shutdown must not wait on an unreachable database (the next
-            # start-up releases what this could not).
-            await asyncio.shield(self._release(generation, "interrupted", retry=_ONE_TRY))
+            # start-up settles what this could not). Images already posted are
+            # charged, not given away.
+            posted = self._posted.get(generation.id)
+            await asyncio.shield(
+                self._capture(generation, posted, None, retry=_ONE_TRY)
+                if posted
+                else self._release(generation, "interrupted", retry=_ONE_TRY)
+            )
             raise
         finally:
+            self._posted.pop(generation.id, None)
             self._in_flight.discard(generation.id)
             if not self._in_flight:
                 self._idle.set()
@@ -435,22 +444,26 @@ class ImagineService:
             return await self._release(generation, "delivery_failed")
         if delivered <= 0:
             return await self._release(generation, "delivery_failed")
-        return await self._capture(generation, tuple(images[:delivered]), partial_failure)
+        posted = self._posted[generation.id] = tuple(images[:delivered])
+        return await self._capture(generation, posted, partial_failure)
 
     async def _capture(
         self,
         generation: Generation,
         posted: tuple[GeneratedImage, ...],
         partial_failure: ProviderError | None,
+        *,
+        retry: Retry | None = None,
     ) -> Outcome:
         """Charge for the images posted; if the database stays unreachable, the sweep will."""
+        retry = retry or self.settle_retry
         try:
             # Recorded first, so that a sweep settling this later charges for what was posted.
-            await self.settle_retry.run(
+            await retry.run(
                 partial(self.ledger.mark_posted, generation.id, len(posted)),
                 f"record the images posted for {generation.id}",
             )
-            settled = await self.settle_retry.run(
+            settled = await retry.run(
                 partial(self.ledger.capture, generation.id, len(posted), running=generation),
                 f"capture the credits of {generation.id}",
             )
@@ -458,14 +471,15 @@ class ImagineService:
             logger.exception("could not settle %s after posting its images", generation.id)
             return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
         sentence = messages.outcome(settled, partial_failure)
-        return Outcome(settled, posted, await self._balance(settled.account_id), sentence)
+        return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
 
     async def _release(
         self, generation: Generation, code: str, detail: str = "", *, retry: Retry | None = None
     ) -> Outcome:
         sentence = messages.failure(code, detail)
+        retry = retry or self.settle_retry
         try:
-            settled = await (retry or self.settle_retry).run(
+            settled = await retry.run(
                 partial(
                     self.ledger.release,
                     generation.id,
@@ -480,11 +494,11 @@ class ImagineService:
             return Outcome(
                 generation, (), None, messages.failure(code, detail, returned_later=True)
             )
-        return Outcome(settled, (), await self._balance(settled.account_id), sentence)
+        return Outcome(settled, (), await self._balance(settled.account_id, retry), sentence)
 
-    async def _balance(self, account: str) -> Balance | None:
+    async def _balance(self, account: str, retry: Retry) -> Balance | None:
         try:
-            return await self.settle_retry.run(
+            return await retry.run(
                 partial(self.ledger.balance, account), f"read the balance of {account}"
             )
         except Exception:

@@ -386,6 +386,40 @@ async def test_a_generation_cancelled_midway_releases_its_hold(
     assert (balance.available, balance.held) == (100, 0)
 
 
+async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_them(
+    service: ImagineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recording_started = asyncio.Event()
+    record_posted = service.ledger.mark_posted
+
+    async def first_record_never_ends(generation_id: str, images: int) -> None:
+        if not recording_started.is_set():
+            recording_started.set()
+            await asyncio.Event().wait()
+        await record_posted(generation_id, images)
+
+    monkeypatch.setattr(service.ledger, "mark_posted", first_record_never_ends)
+    quote = await service.quote(
+        OWNER, parse_imagine("model:scripted count:2 a fox", service.catalog)
+    )
+    delivery = RecordingDelivery()
+    task = asyncio.create_task(service.confirm(quote.id, OWNER, delivery))
+    await recording_started.wait()
+    task.cancel()  # as a shutdown does once its grace period is over
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    generation = await service.ledger.generation(quote.id)
+    assert len(delivery.delivered) == 2
+    assert (generation.status, generation.images_delivered, generation.credits_charged) == (
+        GenerationStatus.COMPLETED,
+        2,
+        20,
+    )
+    balance = await service.credits.balance(OWNER)
+    assert (balance.available, balance.held) == (80, 0)
+
+
 async def test_holds_left_by_a_crash_are_released_at_start_up(
     service: ImagineService, clock: FakeClock
 ) -> None:
