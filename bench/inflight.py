@@ -83,6 +83,9 @@ class Discard:
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         return len(images)
 
+    async def conclude(self, report: str) -> None:
+        return None
+
 
 async def baseline(count: int) -> int:
     tracemalloc.start()

@@ -114,8 +114,7 @@ class ConsoleChat:
             self.write(messages.CANCELLED)
             return
         delivery = _SaveToFolder(self.output_dir, self.write)
-        outcome = await self.service.confirm(quote.id, self.account, delivery)
-        self.write(outcome.report)
+        await self.service.confirm(quote.id, self.account, delivery)
 
     async def show_credits(self, _arguments: str) -> None:
         self.write(await self.service.credits.statement(self.account))
@@ -154,6 +153,9 @@ class _SaveToFolder:
 
     async def progress(self, event: ProgressEvent) -> None:
         self.write(f"  {messages.progress(event)}")
+
+    async def conclude(self, report: str) -> None:
+        self.write(report)
 
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         try:

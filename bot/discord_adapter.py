@@ -247,13 +247,9 @@ class ImagineBot(discord.AutoShardedClient):
 
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
         # Progress, images and the outcome all go through the click's token.
-        outcome = await self.service.generate(
+        await self.service.generate(
             held, _PostToChannel(interaction), reachable_for=_LONGEST_EDITABLE_SECONDS
         )
-        try:
-            await interaction.edit_original_response(content=outcome.report)
-        except discord.HTTPException:
-            logger.warning("could not show the outcome of %s", held.generation.id)
 
     async def cancel_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
         try:
@@ -515,6 +511,9 @@ class _PostToChannel:
 
     async def progress(self, event: ProgressEvent) -> None:
         await self.interaction.edit_original_response(content=messages.progress(event))
+
+    async def conclude(self, report: str) -> None:
+        await self.interaction.edit_original_response(content=report)
 
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         limit = self.interaction.filesize_limit

@@ -57,6 +57,10 @@ class Delivery(Protocol):
         """Post the images; return how many reached the user, or raise ``DeliveryFailed``."""
         ...
 
+    async def conclude(self, report: str) -> None:
+        """Show how the request ended (``Outcome.report``): the last thing the user is told."""
+        ...
+
 
 @dataclass(frozen=True)
 class Quote:
@@ -147,6 +151,8 @@ _ONE_TRY = Retry(give_up_after_seconds=0)
 
 _PROVIDER_GRACE_SECONDS = 5.0
 DELIVERY_ALLOWANCE_SECONDS = 60.0
+_CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
+"""How long a shutdown waits to tell the user of a generation it cut short."""
 """What a generation keeps of its reply window, past the provider's time, to post its images."""
 # Heartbeats missed before a running generation counts as abandoned by a dead process.
 _MISSED_HEARTBEATS = 3
@@ -282,7 +288,10 @@ class ImagineService:
     async def generate(
         self, held: HeldGeneration, delivery: Delivery, *, reachable_for: float | None = None
     ) -> Outcome:
-        """The second half of ``confirm``: generate, deliver and settle a held request.
+        """The second half of ``confirm``: generate, deliver, settle, and tell the user.
+
+        The outcome's report goes to ``delivery.conclude``, even for a generation
+        a shutdown cuts short (which is settled, then re-raises the cancellation).
 
         ``reachable_for``: how many seconds from now ``delivery`` can still reach
         the user (a platform's reply window). A request still queued when too
@@ -310,11 +319,12 @@ class ImagineService:
             # start-up settles what this could not). Images already posted are
             # charged, not given away.
             posted = self._posted.get(generation.id)
-            await asyncio.shield(
+            stopped = await asyncio.shield(
                 self._capture(generation, posted, None, retry=_ONE_TRY)
                 if posted
                 else self._release(generation, "interrupted", retry=_ONE_TRY)
             )
+            await asyncio.shield(_conclude(delivery, stopped, _CONCLUDE_WHEN_STOPPING_SECONDS))
             raise
         finally:
             self._posted.pop(generation.id, None)
@@ -322,6 +332,7 @@ class ImagineService:
             if not self._in_flight:
                 self._idle.set()
         self._record(outcome, time.monotonic() - started)
+        await _conclude(delivery, outcome)
         return outcome
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
@@ -587,6 +598,15 @@ async def _report(delivery: Delivery, event: ProgressEvent) -> None:
         await delivery.progress(event)
     except Exception:
         logger.warning("progress update %s failed", event, exc_info=True)
+
+
+async def _conclude(delivery: Delivery, outcome: Outcome, within: float | None = None) -> None:
+    """Tell the user how it ended; a message that cannot be shown changes nothing settled."""
+    try:
+        async with asyncio.timeout(within):
+            await delivery.conclude(outcome.report)
+    except Exception:
+        logger.warning("could not show the outcome of %s", outcome.generation.id, exc_info=True)
 
 
 def _translate(refusal: ledger.LedgerError) -> ImagineError:

@@ -215,9 +215,7 @@ class SlackImagine:
     async def _run(
         self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond
     ) -> None:
-        outcome = await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
-        with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
-            await respond(text=outcome.report, replace_original=True)
+        await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
 
     async def _cancel(
         self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
@@ -273,6 +271,9 @@ class _UploadToChannel:
             return
         self._shown = type(event)
         await self.respond(text=messages.progress(event), replace_original=True)
+
+    async def conclude(self, report: str) -> None:
+        await self.respond(text=report, replace_original=True)
 
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         caption = messages.delivered_caption(

@@ -127,6 +127,7 @@ class RecordingDelivery:
     def __init__(self) -> None:
         self.events: list[ProgressEvent] = []
         self.delivered: list[GeneratedImage] = []
+        self.concluded: list[str] = []
         self.reported = asyncio.Event()
 
     async def progress(self, event: ProgressEvent) -> None:
@@ -136,6 +137,9 @@ class RecordingDelivery:
     async def deliver(self, images: list[GeneratedImage], generation: Generation) -> int:
         self.delivered.extend(images)
         return len(images)
+
+    async def conclude(self, report: str) -> None:
+        self.concluded.append(report)
 
 
 async def available(service: ImagineService, account: str = OWNER) -> int:
@@ -386,6 +390,22 @@ async def test_a_generation_cancelled_midway_releases_its_hold(
     assert (balance.available, balance.held) == (100, 0)
 
 
+async def test_a_generation_cut_short_by_a_shutdown_tells_the_user_so(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(hang=True)
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    delivery = RecordingDelivery()
+    task = asyncio.create_task(service.confirm(quote.id, OWNER, delivery))
+    await scripted.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    [report] = delivery.concluded
+    assert report.startswith(messages.failure("interrupted"))
+
+
 async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_them(
     service: ImagineService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,6 +431,7 @@ async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_th
 
     generation = await service.ledger.generation(quote.id)
     assert len(delivery.delivered) == 2
+    assert delivery.concluded[0].startswith("Done: 2 images for 20 credits.")
     assert (generation.status, generation.images_delivered, generation.credits_charged) == (
         GenerationStatus.COMPLETED,
         2,

@@ -737,7 +737,7 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     assert "grant" in for_admin
 
 
-async def test_stopping_the_bot_mid_generation_releases_the_hold(
+async def test_stopping_the_bot_mid_generation_releases_the_hold_and_says_so(
     service: ImagineService,
     settings: Settings,
     discord_fake: LoopbackDiscord,
@@ -754,6 +754,7 @@ async def test_stopping_the_bot_mid_generation_releases_the_hold(
     assert (balance.available, balance.held) == (50, 0)
     [generation] = await service.ledger.history(ALICE_ACCOUNT)
     assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "interrupted")
+    assert message.content.startswith(messages.failure("interrupted"))
 
 
 async def test_a_quote_slower_than_the_deadline_allows_is_deferred_then_shown(

@@ -58,6 +58,10 @@ class FlakyDelivery:
         self.posted = len(images) - 1 if roll < 0.10 and len(images) > 1 else len(images)
         return self.posted
 
+    async def conclude(self, report: str) -> None:
+        if self.rng.random() < 0.05:
+            raise ConnectionError("outcome message lost")
+
 
 @pytest.fixture
 async def service(

@@ -94,11 +94,9 @@ async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[Imagine
         yield service
 
 
-@pytest.fixture
-async def driver(
-    service: ImagineService, settings: Settings, slack: LoopbackSlack
-) -> AsyncIterator[SlackDriver]:
-    bot = SlackImagine(service, settings)
+@contextlib.asynccontextmanager
+async def serving(bot: SlackImagine, slack: LoopbackSlack) -> AsyncIterator[SlackDriver]:
+    """``bot`` listening on a local port, and a driver that sends it signed requests."""
     runner = web.AppRunner(events_application(bot))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -109,6 +107,14 @@ async def driver(
     finally:
         await bot.aclose()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def driver(
+    service: ImagineService, settings: Settings, slack: LoopbackSlack
+) -> AsyncIterator[SlackDriver]:
+    async with serving(SlackImagine(service, settings), slack) as driver:
+        yield driver
 
 
 @pytest.fixture
@@ -585,3 +591,22 @@ async def test_slack_entities_are_unescaped_for_the_model_and_escaped_in_the_cap
     [upload] = slack.uploads
     assert "fish &amp; chips &lt;!channel&gt;" in upload.initial_comment
     assert "<!channel>" not in upload.initial_comment
+
+
+async def test_a_generation_cut_short_by_stopping_the_bot_tells_the_user_so(
+    service: ImagineService, settings: Settings, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(hang=True)
+    bot = SlackImagine(service, settings)
+    async with serving(bot, slack) as driver:
+        generation = await quote_id(driver, "model:scripted a fox")
+        _, response_url = await driver.click(GENERATE_ACTION, generation)
+        async with asyncio.timeout(10):
+            await scripted.started.wait()
+
+        await bot.aclose()  # what serve_slack does once the shutdown's grace period is over
+
+        said = [message["text"] for message in slack.responded(response_url)]
+        assert said[-1].startswith(messages.failure("interrupted"))
+        balance = await service.credits.balance(f"slack:{TEAM}:U0ALICE")
+        assert (balance.available, balance.held) == (50, 0)
