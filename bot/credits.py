@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import ledger
@@ -11,6 +12,8 @@ from bot.errors import InvalidAmount, NotAdmin, RevokeExceedsBalance, UnknownAcc
 from ledger import Balance, Generation, Ledger
 
 MAX_GRANT = 1_000_000_000
+_WHOLE_NUMBER = re.compile(r"[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,3}(?:_[0-9]{3})+")
+"""Plain ASCII digits, or grouped in thousands by commas or underscores: never "1,5"."""
 
 
 class Credits:
@@ -30,13 +33,17 @@ class Credits:
         """Make sure the account exists (with its starting credits); grant a one-time welcome."""
         balance = await self.ledger.ensure_account(account, starting_credits=self.starting_credits)
         if welcome_credits > 0:
-            balance = await self.ledger.grant(
-                account,
-                welcome_credits,
-                actor="system",
-                reason="welcome credits",
-                idempotency_key=f"welcome:{account}",
-            )
+            try:
+                balance = await self.ledger.grant(
+                    account,
+                    welcome_credits,
+                    actor="system",
+                    reason="welcome credits",
+                    idempotency_key=f"welcome:{account}",
+                )
+            except ledger.IdempotencyConflict:
+                # Welcomed already, with another amount: the setting changed since.
+                balance = await self.ledger.balance(account)
         return balance
 
     async def balance(self, account: str) -> Balance:
@@ -128,7 +135,10 @@ class Credits:
 
 def parse_amount(amount: int | str) -> int:
     """A positive whole number of credits, from what a user typed."""
-    text = str(amount).strip().replace("_", "").replace(",", "")
-    if not text.isdigit() or not 0 < int(text) <= MAX_GRANT:
+    text = str(amount).strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
         raise InvalidAmount(str(amount))
-    return int(text)
+    credits = int(text.replace(",", "").replace("_", ""))
+    if not 0 < credits <= MAX_GRANT:
+        raise InvalidAmount(str(amount))
+    return credits

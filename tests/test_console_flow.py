@@ -18,6 +18,7 @@ from PIL import Image
 from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
+from bot.credits import parse_amount
 from bot.errors import AlreadyHandled, NotYourRequest
 from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
@@ -517,6 +518,9 @@ async def test_a_revoke_beyond_the_available_balance_is_refused(
     [
         ("/grant console:guest", messages.admin_usage("grant")),
         ("/grant console:guest -5", messages.invalid_amount("-5")),
+        ("/grant console:guest 1,5", messages.invalid_amount("1,5")),
+        ("/grant console:guest ²", messages.invalid_amount("²")),
+        ("/grant console:guest ١٢", messages.invalid_amount("١٢")),
         ("/grant bob 5", messages.invalid_account("bob")),
         ("/revoke console:nobody 5", messages.unknown_account("console:nobody")),
     ],
@@ -546,6 +550,22 @@ async def test_an_unknown_command_points_to_help(console: ScriptedConsole) -> No
 async def test_the_welcome_grant_is_given_once(service: ImagineService) -> None:
     await service.credits.open_account(OWNER, welcome_credits=100)
     assert await available(service) == 100
+
+
+async def test_the_welcome_grant_is_not_given_again_when_its_amount_changes(
+    service: ImagineService,
+) -> None:
+    welcomed = await service.credits.open_account(GUEST, welcome_credits=50)
+
+    balance = await service.credits.open_account(GUEST, welcome_credits=80)
+
+    assert balance == welcomed
+    assert [entry.reason for entry in await service.ledger.entries(GUEST)] == ["welcome credits"]
+
+
+@pytest.mark.parametrize(("typed", "credits"), [("1000", 1000), ("1,000", 1000), ("1_000", 1000)])
+def test_an_amount_may_group_its_thousands(typed: str, credits: int) -> None:
+    assert parse_amount(typed) == credits
 
 
 async def test_an_account_created_by_a_grant_also_receives_the_starting_credits(
