@@ -34,7 +34,7 @@ from bot.errors import (
 from bot.observability import HealthCheck, Metrics
 from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
-from ledger import Balance, Generation, NewGeneration
+from ledger import Balance, Generation, GenerationStatus, NewGeneration
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 
@@ -617,6 +617,9 @@ def _translate(refusal: ledger.LedgerError) -> ImagineError:
     if isinstance(refusal, ledger.QuoteExpired):
         return QuoteExpired()
     if isinstance(refusal, ledger.InvalidTransition):
+        # Expired by the sweep before the click: the same as an expiry the click finds.
+        if refusal.status == GenerationStatus.EXPIRED:
+            return QuoteExpired()
         return AlreadyHandled(refusal.status)
     if isinstance(refusal, ledger.InsufficientFunds):
         return InsufficientCredits(refusal.need, refusal.available)

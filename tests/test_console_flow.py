@@ -19,7 +19,7 @@ from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.credits import parse_amount
-from bot.errors import AlreadyHandled, NotYourRequest
+from bot.errors import AlreadyHandled, NotYourRequest, QuoteExpired
 from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
@@ -215,6 +215,25 @@ async def test_a_quote_confirmed_after_it_expired_charges_nothing(
     assert (await last_generation(service)).status == GenerationStatus.EXPIRED
     assert await available(service) == 100
     assert scripted.requests == []
+
+
+@pytest.mark.parametrize("click", ["confirm", "cancel"])
+async def test_a_click_on_a_quote_the_sweep_already_expired_is_told_it_expired(
+    service: ImagineService, clock: FakeClock, click: str
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    clock.advance(seconds=service.quote_ttl.total_seconds() + 1)
+    await service.recover()
+
+    with pytest.raises(QuoteExpired) as refusal:
+        if click == "confirm":
+            await service.confirm(quote.id, OWNER, RecordingDelivery())
+        else:
+            await service.cancel(quote.id, OWNER)
+
+    # Shown in place of the buttons, as an expiry found by the click itself is.
+    assert refusal.value.ends_the_request
+    assert await available(service) == 100
 
 
 async def test_a_double_confirm_generates_and_charges_once(
