@@ -364,8 +364,13 @@ async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
 
 
 def _clicker(body: Mapping[str, Any]) -> str:
+    """The clicker's account, named by the workspace the click came from, as the command's is.
+
+    On an Enterprise organization ``user.team_id`` is the org's id instead;
+    ``team`` is missing only for an org-wide install.
+    """
     user = body["user"]
-    team = user.get("team_id") or body["team"]["id"]
+    team = (body.get("team") or {}).get("id") or user["team_id"]
     return slack_account(team, user["id"])
 
 

@@ -260,15 +260,20 @@ class SlackDriver:
         value: str,
         *,
         user: str = "U0ALICE",
+        user_team: str = TEAM,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
     ) -> tuple[int, str]:
-        """Press a button; returns the status and the response_url the bot answers on."""
+        """Press a button; returns the status and the response_url the bot answers on.
+
+        ``user_team``: the clicker's ``user.team_id``, which on an Enterprise
+        organization is the org's id (``E…``) rather than the workspace's.
+        """
         response_url = response_url or self.slack.response_url()
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "team_id": TEAM, "username": user.lower()},
+            "user": {"id": user, "team_id": user_team, "username": user.lower()},
             "api_app_id": "A0APP",
             "token": "legacy-token",
             "container": {"type": "message", "is_ephemeral": True, "channel_id": channel},

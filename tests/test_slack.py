@@ -610,3 +610,15 @@ async def test_a_generation_cut_short_by_stopping_the_bot_tells_the_user_so(
         assert said[-1].startswith(messages.failure("interrupted"))
         balance = await service.credits.balance(f"slack:{TEAM}:U0ALICE")
         assert (balance.available, balance.held) == (50, 0)
+
+
+async def test_on_an_enterprise_organization_the_owner_can_click_their_own_quote(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    generation = await quote_id(driver, "a lighthouse")
+
+    await driver.click(GENERATE_ACTION, generation, user_team="E0ORG")
+
+    await slack.wait_for(lambda: slack.uploads)
+    await service.drain(10)
+    assert await available(service) == 49
