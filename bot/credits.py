@@ -67,14 +67,17 @@ class Credits:
         reason: str = "",
         *,
         shown_as: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """``grant`` or ``revoke``, and the sentence reporting the target's new balance.
 
         ``shown_as`` names the target the way the platform does (a mention);
-        by default, its account id.
+        by default, its account id. ``idempotency_key``: the platform's id of
+        the command, so that the same command delivered twice changes the
+        balance once; by default, a new key each time.
         """
         change = self.grant if action == "grant" else self.revoke
-        balance = await change(actor, target, amount, reason)
+        balance = await change(actor, target, amount, reason, idempotency_key)
         report = messages.granted if action == "grant" else messages.revoked
         return report(shown_as or balance.account, parse_amount(amount), balance.available)
 

@@ -271,6 +271,23 @@ class ImagineBot(discord.AutoShardedClient):
         amount: int | None,
         reason: str | None,
     ) -> None:
+        async def thinking() -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+
+        text = await answer_in_time(
+            self._credits_answer(interaction, action, user, amount, reason), thinking
+        )
+        await _answer(interaction, text)
+
+    async def _credits_answer(
+        self,
+        interaction: discord.Interaction,
+        action: str | None,
+        user: discord.User | discord.Member | None,
+        amount: int | None,
+        reason: str | None,
+    ) -> str:
+        """The balance and history, or an admin's grant or revoke reported."""
         account = discord_account(interaction.user)
         try:
             if action in ("grant", "revoke"):
@@ -287,12 +304,14 @@ class ImagineBot(discord.AutoShardedClient):
                     amount,
                     reason or "",
                     shown_as=messages.discord_account_name(user.id),
+                    # The same interaction delivered again (a resumed gateway) must not grant again.
+                    idempotency_key=f"{action}:discord:{interaction.id}",
                 )
             else:
                 text = await self.service.credits.statement(account)
         except ImagineError as refusal:
             text = refusal.message
-        await interaction.response.send_message(text, ephemeral=True)
+        return text
 
     async def show_models(self, interaction: discord.Interaction) -> None:
         catalog = self.service.catalog

@@ -153,18 +153,7 @@ class SlackImagine:
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
             return
-        acknowledged = False
-
-        async def working_on_it() -> None:
-            nonlocal acknowledged
-            acknowledged = True
-            await ack(response_type="ephemeral", text=messages.SLACK_PREPARING)
-
-        answer = await answer_in_time(self._quote(account, text, command), working_on_it)
-        if acknowledged:
-            await respond(response_type="ephemeral", replace_original=True, **answer)
-        else:
-            await ack(response_type="ephemeral", **answer)
+        await _answer_in_time(ack, respond, self._quote(account, text, command))
 
     async def _quote(self, account: str, text: str, command: dict[str, Any]) -> dict[str, Any]:
         """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
@@ -230,7 +219,13 @@ class SlackImagine:
 
     # -- /credits -------------------------------------------------------------
 
-    async def _credits(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+    async def _credits(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_in_time(ack, respond, self._credits_answer(command))
+
+    async def _credits_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The balance and history, or an admin's grant or revoke reported, as message fields."""
         team = command["team_id"]
         account = slack_account(team, command["user_id"])
         words = command.get("text", "").split()
@@ -247,12 +242,14 @@ class SlackImagine:
                     words[2],
                     " ".join(words[3:]),
                     shown_as=f"<@{mention.group(1)}>",
+                    # The same command delivered again must not grant again.
+                    idempotency_key=f"{action}:slack:{command['trigger_id']}",
                 )
             else:
                 text = await self.service.credits.statement(account)
         except ImagineError as refusal:
             text = refusal.message
-        await ack(response_type="ephemeral", text=text)
+        return {"text": text}
 
 
 class _UploadToChannel:
@@ -361,6 +358,28 @@ async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
         await respond(text=refusal.message, replace_original=True)
     else:
         await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
+
+
+async def _answer_in_time(
+    ack: Callable[..., Awaitable[None]], respond: Respond, answer: Awaitable[dict[str, Any]]
+) -> None:
+    """Answer a slash command with ``answer``'s message fields, within Slack's 3 s.
+
+    If the answer is not ready in time, Slack is answered "Working on it…" and
+    the answer replaces it when it comes, through the command's ``response_url``.
+    """
+    acknowledged = False
+
+    async def working_on_it() -> None:
+        nonlocal acknowledged
+        acknowledged = True
+        await ack(response_type="ephemeral", text=messages.SLACK_PREPARING)
+
+    fields = await answer_in_time(answer, working_on_it)
+    if acknowledged:
+        await respond(response_type="ephemeral", replace_original=True, **fields)
+    else:
+        await ack(response_type="ephemeral", **fields)
 
 
 def _clicker(body: Mapping[str, Any]) -> str:

@@ -233,8 +233,12 @@ class SlackDriver:
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
+        trigger_id: str | None = None,
     ) -> tuple[int, dict[str, Any], str]:
-        """Run a slash command; returns the status, the acknowledgement's JSON and the response_url."""
+        """Run a slash command; returns the status, the acknowledgement's JSON and the response_url.
+
+        ``trigger_id``: Slack's id of this invocation; by default a new one, as Slack gives.
+        """
         response_url = self.slack.response_url()
         form = {
             "token": "legacy-token",
@@ -249,7 +253,7 @@ class SlackDriver:
             "api_app_id": "A0APP",
             "is_enterprise_install": "false",
             "response_url": response_url,
-            "trigger_id": f"trigger-{time.time_ns()}",
+            "trigger_id": trigger_id or f"trigger-{time.time_ns()}",
         }
         status, body = await self._post(urllib.parse.urlencode(form), headers, timestamp)
         return status, (json.loads(body) if body.startswith("{") else {}), response_url

@@ -670,6 +670,26 @@ async def test_credits_shows_the_balance_and_recent_generations(
     assert said == f"{messages.balance_line(50, 0)}\n{messages.NO_HISTORY}"
 
 
+async def test_a_credits_command_slower_than_the_deadline_allows_is_deferred_then_shown(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow_down(service.credits, "statement", monkeypatch)
+
+    interaction = await discord_fake.slash("credits", {})
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content.startswith("Balance")
+        )
+    )
+
+    assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
+    assert discord_fake.original(interaction).ephemeral
+
+
 async def test_a_non_admin_cannot_grant(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:

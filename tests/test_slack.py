@@ -464,6 +464,35 @@ async def test_an_admin_revoke_takes_credits_back(
     assert acknowledgement["text"] == messages.revoked(f"<@{BOB}>", 20, 30)
 
 
+async def test_the_same_grant_command_delivered_twice_grants_once(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    for _ in range(2):
+        _, acknowledgement, _ = await driver.command(
+            "/credits", f"grant <@{BOB}|bob> 100", user=ADMIN, trigger_id="trigger-once"
+        )
+        assert acknowledgement["text"] == messages.granted(f"<@{BOB}>", 100, 150)
+
+    assert await available(service, f"slack:{TEAM}:{BOB}") == 150
+
+
+async def test_a_credits_command_slower_than_slacks_deadline_is_acknowledged_then_sent(
+    driver: SlackDriver,
+    slack: LoopbackSlack,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow_down(service.credits, "statement", monkeypatch)
+
+    status, acknowledgement, response_url = await driver.command("/credits", "")
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    assert status == 200
+    assert acknowledgement["text"] == messages.SLACK_PREPARING
+    [answer] = slack.responded(response_url)
+    assert answer["text"] == f"{messages.balance_line(50, 0)}\n{messages.NO_HISTORY}"
+
+
 async def test_a_grant_without_a_mention_says_how_to_grant(driver: SlackDriver) -> None:
     _, acknowledgement, _ = await driver.command("/credits", "grant bob 100", user=ADMIN)
 
