@@ -11,10 +11,11 @@ from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
-from bot.errors import RegistryUnusable
+from bot.errors import DatabaseUnavailable, RegistryUnusable
 from bot.flow import Clock, ImagineService
 from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
@@ -50,15 +51,29 @@ def load_catalog(settings: Settings) -> tuple[ModelCatalog, ProviderPool]:
 
 @contextlib.asynccontextmanager
 async def open_ledger(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Ledger]:
-    """The ledger on ``DATABASE_URL``, with every pending migration applied first."""
+    """The ledger on ``DATABASE_URL``, with every pending migration applied first.
+
+    Raises ``DatabaseUnavailable`` if the database cannot be reached or migrated.
+    """
     _create_sqlite_folder(settings.database_url)
     engine = create_engine(settings.database_url)
     ledger = Ledger(engine, clock)
     try:
-        await migrate.upgrade(engine)
+        try:
+            await migrate.upgrade(engine)
+        except (DBAPIError, OSError) as error:
+            raise DatabaseUnavailable(shown_database_url(settings.database_url), error) from error
         yield ledger
     finally:
         await ledger.close()
+
+
+def shown_database_url(database_url: str) -> str:
+    """``database_url`` as it may be printed: without its password."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 @contextlib.asynccontextmanager

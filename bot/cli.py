@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
 from bot import messages
 from bot.accounts import CONSOLE_OWNER, parse_account
@@ -33,6 +32,7 @@ from bot.app import (
     open_credits,
     open_ledger,
     open_service,
+    shown_database_url,
 )
 from bot.catalog import check_models_online
 from bot.console import ConsoleChat, stdin_reader
@@ -69,8 +69,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(EXIT_USAGE, error.message)
     except ImagineError as error:
         _fail(EXIT_REFUSED, error.message)
-    except (DBAPIError, OSError) as error:
-        _fail(EXIT_REFUSED, messages.database_unreachable(_safe_url(settings.database_url), error))
+    except DBAPIError as error:
+        _fail(
+            EXIT_REFUSED,
+            messages.database_unreachable(shown_database_url(settings.database_url), error),
+        )
+    except OSError as error:
+        # Not the database's (opening it raises DatabaseUnavailable): a port, a platform's API.
+        _fail(EXIT_REFUSED, messages.system_error(error))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
@@ -433,13 +439,6 @@ def _describe_settings_error(error: ValidationError) -> str:
         variable = "_".join(str(part) for part in problem["loc"]).upper()
         lines.append(f"  {variable}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
-
-
-def _safe_url(database_url: str) -> str:
-    try:
-        return make_url(database_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(not a database URL)"
 
 
 def _fail(code: int, message: str) -> NoReturn:

@@ -15,7 +15,8 @@ and nothing changed.
     ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
     ├── UnknownAccount          an admin command named an account that never used the bot
     ├── RevokeExceedsBalance    a revoke of more than the account has available
-    └── RegistryUnusable        the models file failed validation
+    ├── RegistryUnusable        the models file failed validation
+    └── DatabaseUnavailable     the database at DATABASE_URL could not be opened
 """
 
 from __future__ import annotations
@@ -128,3 +129,8 @@ class RegistryUnusable(ImagineError):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__(messages.registry_unusable(problems))
         self.problems = tuple(problems)
+
+
+class DatabaseUnavailable(ImagineError):
+    def __init__(self, shown_url: str, error: BaseException) -> None:
+        super().__init__(messages.database_unreachable(shown_url, error))

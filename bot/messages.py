@@ -399,6 +399,10 @@ def saved_to(path: str) -> str:
     return f"  saved {path}"
 
 
+def system_error(error: OSError) -> str:
+    return f"Stopped: {error}."
+
+
 def database_unreachable(url: str, error: BaseException) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (

@@ -113,6 +113,33 @@ def test_admin_commands_refuse_bad_input_with_an_exit_code(
     assert says in result.stderr
 
 
+def test_a_database_that_cannot_be_reached_is_named_with_what_to_check(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path,
+        "balance",
+        "discord:7",
+        DATABASE_URL="postgresql+asyncpg://bot:secret@127.0.0.1:1/imagine",
+    )
+    assert result.returncode == 1
+    assert "Cannot use the database at postgresql+asyncpg://bot:***@127.0.0.1:1/imagine" in (
+        result.stderr
+    )
+    assert "Check DATABASE_URL" in result.stderr
+
+
+def test_a_platform_that_cannot_be_reached_is_not_blamed_on_the_database(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path,
+        "discord",
+        "sync",
+        DISCORD_TOKEN="token",
+        DISCORD_API_BASE="http://127.0.0.1:1/api/v10",
+    )
+    assert result.returncode == 1
+    assert "Stopped: Cannot connect to host 127.0.0.1:1" in result.stderr
+    assert "database" not in result.stderr
+
+
 def test_revoking_more_than_the_balance_is_refused(tmp_path: Path) -> None:
     imagine_bot(tmp_path, "grant", "discord:42", "5")
     result = imagine_bot(tmp_path, "revoke", "discord:42", "6")
