@@ -13,12 +13,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.accounts import parse_account
+from bot.credits import MAX_GRANT
 
 _ASYNC_DRIVERS_BY_BACKEND = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _ASYNC_DRIVERS = frozenset(_ASYNC_DRIVERS_BY_BACKEND.values())
 
 
 SECRET_FIELD = re.compile(r"(token|secret|api_key|password)")
+_A_DAY = 86_400
+_AN_HOUR = 3_600
 
 
 def _mask(value: str) -> str:
@@ -37,16 +40,16 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./imagine.db"
     models_file: Path = Path("config/models.toml")
     admin_accounts: Annotated[tuple[str, ...], NoDecode] = ()
-    starting_credits: int = Field(default=0, ge=0)
+    starting_credits: int = Field(default=0, ge=0, le=MAX_GRANT)
     output_dir: Path = Path("./imagine-out")
 
-    console_welcome_credits: int = Field(default=100, ge=0)
+    console_welcome_credits: int = Field(default=100, ge=0, le=MAX_GRANT)
     """The one-time grant ``console:local`` receives so the quick start can generate."""
-    quote_ttl_seconds: float = Field(default=600, gt=0)
+    quote_ttl_seconds: float = Field(default=600, gt=0, le=_A_DAY, allow_inf_nan=False)
     """How long a quote's Generate button stays valid."""
-    generation_timeout_seconds: float = Field(default=180, gt=0)
+    generation_timeout_seconds: float = Field(default=180, gt=0, le=_AN_HOUR, allow_inf_nan=False)
     """Deadline for one whole generation at the provider."""
-    sweep_interval_seconds: float = Field(default=60, gt=0)
+    sweep_interval_seconds: float = Field(default=60, gt=0, le=_AN_HOUR, allow_inf_nan=False)
     """How often stale holds and quotes are swept while the bot runs."""
     provider_concurrency: int = Field(default=4, ge=1, le=10_000)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     """Generations one user may run at once; more wait their turn and are told their place."""
     provider_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     """Per-provider overrides of PROVIDER_CONCURRENCY, as ``google=8,openai=2``."""
-    shutdown_grace_seconds: float = Field(default=30, ge=0)
+    shutdown_grace_seconds: float = Field(default=30, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """On SIGTERM, how long running generations may go on before they are stopped and released."""
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
     """``json`` lines for log collectors, ``text`` for people; ``auto`` is JSON unless on a terminal."""
@@ -62,7 +65,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """When set, ``/healthz`` and Prometheus ``/metrics`` are served on this port."""
     metrics_host: str = "0.0.0.0"
-    local_delay_seconds: float | None = Field(default=None, ge=0)
+    local_delay_seconds: float | None = Field(default=None, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """A pause before each ``local`` image, to try progress and shutdown with a slow provider."""
     credit_value_usd: float = Field(default=0.02, gt=0)
     """What one credit is worth; ``models --check`` warns where a price is below the provider's cost."""
@@ -74,7 +77,7 @@ class Settings(BaseSettings):
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
     slack_http_host: str = "0.0.0.0"
-    slack_http_port: int = 3000
+    slack_http_port: int = Field(default=3000, ge=1, le=65535)
     slack_api_base_url: str | None = None
     gemini_api_key: str | None = None
     google_api_key: str | None = None
@@ -101,6 +104,17 @@ class Settings(BaseSettings):
             wanted = _ASYNC_DRIVERS_BY_BACKEND.get(backend)
             hint = f"use {wanted}://…" if wanted else "use sqlite+aiosqlite or postgresql+asyncpg"
             raise ValueError(f"{url.drivername} is not supported; {hint}")
+        return value
+
+    @field_validator("discord_guild_ids")
+    @classmethod
+    def _guild_ids_are_numbers(cls, value: str | None) -> str | None:
+        for part in re.split(r"[,\s]+", value or ""):
+            if part and not (part.isascii() and part.isdigit()):
+                raise ValueError(
+                    f"{part!r} is not a server id; give the numeric ids, comma-separated "
+                    "(Discord: Developer Mode, then right-click the server, Copy Server ID)"
+                )
         return value
 
     @field_validator("provider_limits", mode="before")

@@ -135,6 +135,25 @@ def test_negative_starting_credits_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SLACK_HTTP_PORT", "99999", "less than or equal to 65535"),
+        ("QUOTE_TTL_SECONDS", "inf", "finite number"),
+        ("GENERATION_TIMEOUT_SECONDS", "nan", "finite number"),
+        ("STARTING_CREDITS", "99999999999999999999", "less than or equal to 1000000000"),
+        ("CONSOLE_WELCOME_CREDITS", "99999999999999999999", "less than or equal to 1000000000"),
+        ("DISCORD_GUILD_IDS", "123,myguild", "'myguild' is not a server id"),
+    ],
+)
+def test_a_value_the_bot_could_not_use_names_its_variable(
+    variable: str, value: str, says: str
+) -> None:
+    [(named, message)] = validation_problems(**{variable: value})
+    assert named == variable
+    assert says in message
+
+
+@pytest.mark.parametrize(
     ("url", "says"),
     [
         ("sqlite:///imagine.db", "use sqlite+aiosqlite"),
