@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     history = commands.add_parser("history", help="show an account's recent generations")
     history.add_argument("account")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=_at_least_one, default=20)
     history.set_defaults(handler=_history)
 
     database = commands.add_parser("db", help="database maintenance")
@@ -161,8 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="generations, credits and failures per model, provider, day and user"
     )
-    report.add_argument("--days", type=int, help="only the last N days (default: everything)")
-    report.add_argument("--top", type=int, default=10, help="how many top users (default 10)")
+    report.add_argument(
+        "--days", type=_at_least_one, help="only the last N days (default: everything)"
+    )
+    report.add_argument(
+        "--top", type=_at_least_one, default=10, help="how many top users (default 10)"
+    )
     report.add_argument(
         "--table",
         choices=("models", "providers", "daily", "top_users"),
@@ -410,8 +414,6 @@ async def _config(settings: Settings, _arguments: argparse.Namespace) -> int:
 
 
 async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
-    if arguments.days is not None and arguments.days < 1:
-        _fail(EXIT_USAGE, "--days must be 1 or more")
     since = utc_now() - timedelta(days=arguments.days) if arguments.days else None
     async with open_ledger(settings) as ledger:
         built = await build_report(ledger.engine, since=since, top=arguments.top)
@@ -439,6 +441,17 @@ def _describe_settings_error(error: ValidationError) -> str:
         variable = "_".join(str(part) for part in problem["loc"]).upper()
         lines.append(f"  {variable}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+def _at_least_one(text: str) -> int:
+    """A count given on the command line; argparse names the option when this refuses."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
 
 
 def _fail(code: int, message: str) -> NoReturn:

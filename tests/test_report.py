@@ -149,8 +149,18 @@ def test_the_command_exports_json_from_a_fresh_database(tmp_path: Path) -> None:
     }
 
 
-def test_the_command_refuses_a_window_of_no_days(tmp_path: Path) -> None:
-    result = imagine_bot(tmp_path, "report", "--days", "0")
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("report", "--days", "0"),
+        ("report", "--top", "-1"),
+        ("history", "console:local", "--limit", "0"),
+    ],
+)
+def test_a_count_below_one_is_refused_with_its_option_named(
+    tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    result = imagine_bot(tmp_path, *arguments)
 
     assert result.returncode == 2
-    assert "--days must be 1 or more" in result.stderr
+    assert f"argument {arguments[-2]}: must be 1 or more" in result.stderr
