@@ -377,8 +377,11 @@ class ImagineService:
 
     def _longest_generation_seconds(self) -> float:
         """How long a provider may take: the time limit and the grace after it."""
-        time_limit = self.generation_timeout.total_seconds()
-        return time_limit + min(_PROVIDER_GRACE_SECONDS, time_limit / 10)
+        return self.generation_timeout.total_seconds() + self._grace_seconds()
+
+    def _grace_seconds(self) -> float:
+        """How long after its time limit a provider has to hand back the images it finished."""
+        return min(_PROVIDER_GRACE_SECONDS, self.generation_timeout.total_seconds() / 10)
 
     async def _run(
         self,
@@ -410,20 +413,25 @@ class ImagineService:
             await _report(delivery, Queued(position))
 
         async def image_done(finished: int, total: int) -> None:
-            await _report(delivery, Generating(model_name, finished, total))
+            # Reported inside the provider's call: a slow edit (a platform's rate
+            # limit) at the time limit must leave the provider its grace to hand
+            # back the finished images.
+            await _report(
+                delivery, Generating(model_name, finished, total), within=self._grace_seconds() / 2
+            )
 
         try:
             async with (
                 self._user_slots[generation.account_id].acquire(queued, start_by),
                 self._slots[generation.provider].acquire(queued, start_by),
-                # The provider keeps the finished images at the time limit; this only
-                # stops one that ignores it.
-                asyncio.timeout(self._longest_generation_seconds()),
             ):
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
                 try:
-                    result = await provider.generate(request, image_done)
+                    # The provider keeps the finished images at the time limit, which
+                    # starts with this call; this only stops one that ignores it.
+                    async with asyncio.timeout(self._longest_generation_seconds()):
+                        result = await provider.generate(request, image_done)
                 finally:
                     self.metrics.provider_latency.labels(generation.provider).observe(
                         time.monotonic() - provider_started
@@ -592,10 +600,11 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-async def _report(delivery: Delivery, event: ProgressEvent) -> None:
-    """Show progress; a message that fails to update must not stop the generation."""
+async def _report(delivery: Delivery, event: ProgressEvent, within: float | None = None) -> None:
+    """Show progress; a message that fails (or takes over ``within`` s) must not stop anything."""
     try:
-        await delivery.progress(event)
+        async with asyncio.timeout(within):
+            await delivery.progress(event)
     except Exception:
         logger.warning("progress update %s failed", event, exc_info=True)
 

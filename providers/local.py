@@ -33,6 +33,7 @@ from providers.base import (
     ProviderConfig,
     pixel_size,
 )
+from providers.errors import ProviderError, ProviderTimeout
 
 RGB = tuple[int, int, int]
 RGBA = tuple[int, int, int, int]
@@ -96,16 +97,29 @@ class LocalProvider(ImageProvider):
     async def generate(self, request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
         width, height = pixel_size(request.resolution, request.aspect_ratio)
         images: list[GeneratedImage] = []
-        # One at a time: progress then arrives in order, and a 4K request
-        # does not hold several full-size pictures in memory at once.
-        for index in range(request.count):
-            if self.delay_seconds:
-                await asyncio.sleep(self.delay_seconds)
-            seed = image_seed(request.provider_model, request.prompt, index)
-            data = await asyncio.to_thread(draw_png, request.prompt, seed, width, height)
-            images.append(GeneratedImage(data, "image/png", width, height))
-            await on_image_done(index + 1, request.count)
-        return GenerationResult(tuple(images))
+        failures: tuple[ProviderError, ...] = ()
+        loop = asyncio.get_running_loop()
+        deadline = (
+            None if request.time_limit_seconds is None else loop.time() + request.time_limit_seconds
+        )
+        try:
+            # One at a time: progress then arrives in order, and a 4K request
+            # does not hold several full-size pictures in memory at once.
+            async with asyncio.timeout_at(deadline):
+                for index in range(request.count):
+                    if self.delay_seconds:
+                        await asyncio.sleep(self.delay_seconds)
+                    seed = image_seed(request.provider_model, request.prompt, index)
+                    data = await asyncio.to_thread(draw_png, request.prompt, seed, width, height)
+                    images.append(GeneratedImage(data, "image/png", width, height))
+                    await on_image_done(index + 1, request.count)
+        except TimeoutError:
+            # As every provider does at its time limit: the finished images are kept.
+            late = ProviderTimeout("the images were not ready before the deadline")
+            if not images:
+                raise late from None
+            failures = (late,)
+        return GenerationResult(tuple(images), failures)
 
 
 def image_seed(provider_model: str, prompt: str, index: int) -> int:

@@ -25,7 +25,14 @@ from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
 from ledger import Generation, GenerationStatus
-from providers.base import GeneratedImage, ReferenceImage
+from providers.base import (
+    GeneratedImage,
+    GenerationResult,
+    ImageDone,
+    ImageRequest,
+    ReferenceImage,
+    generate_each,
+)
 from providers.errors import ContentBlocked, RateLimited
 from tests.conftest import FakeClock
 from tests.fakes import Script, ScriptedProvider, fail_first, tiny_png
@@ -459,6 +466,39 @@ async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_th
     )
     balance = await service.credits.balance(OWNER)
     assert (balance.available, balance.held) == (80, 0)
+
+
+async def test_a_slow_progress_message_at_the_time_limit_does_not_lose_the_finished_images(
+    service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.generation_timeout = timedelta(seconds=1)  # a grace of 0.1 s after it
+
+    async def first_image_only(request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
+        async def make(index: int) -> GeneratedImage:
+            if index:
+                await asyncio.Event().wait()
+            return GeneratedImage(tiny_png(), "image/png", 8, 8)
+
+        return await generate_each(request, make, on_image_done)
+
+    monkeypatch.setattr(scripted, "generate", first_image_only)
+
+    class SlowAtTheLimit(RecordingDelivery):
+        async def progress(self, event: ProgressEvent) -> None:
+            await super().progress(event)
+            if isinstance(event, Generating) and event.finished == 2:
+                await asyncio.sleep(0.3)  # a platform's rate limit, say
+
+    quote = await service.quote(
+        OWNER, parse_imagine("model:scripted count:2 a fox", service.catalog)
+    )
+    delivery = SlowAtTheLimit()
+
+    outcome = await service.confirm(quote.id, OWNER, delivery)
+
+    assert len(delivery.delivered) == 1
+    assert outcome.generation.images_delivered == 1
+    assert await available(service) == 90
 
 
 async def test_holds_left_by_a_crash_are_released_at_start_up(

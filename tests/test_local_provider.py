@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import replace
 
 import pytest
 from PIL import Image, ImageStat
 
 from providers import PROVIDERS
 from providers.base import ImageRequest, ProviderConfig, ReferenceImage, pixel_size
+from providers.errors import ProviderTimeout
 from providers.local import LocalProvider
 
 ASPECT_RATIOS = ["1:1", "9:16", "16:9", "3:2", "2:3"]
@@ -206,3 +208,21 @@ def test_pixel_size_scales_the_long_side_and_keeps_the_ratio(
 def test_pixel_size_refuses_what_is_not_a_size(resolution: str, aspect: str) -> None:
     with pytest.raises(ValueError):
         pixel_size(resolution, aspect)
+
+
+async def test_at_the_time_limit_the_finished_images_are_kept_and_the_rest_time_out() -> None:
+    slow = LocalProvider(ProviderConfig(options={"delay_seconds": "0.2"}))
+    limited = replace(request(count=20), time_limit_seconds=0.5)
+
+    result = await slow.generate(limited, ignore_progress)
+
+    assert 0 < len(result.images) < 20
+    [late] = result.failures
+    assert isinstance(late, ProviderTimeout)
+
+
+async def test_a_request_with_no_image_ready_at_the_time_limit_times_out() -> None:
+    slow = LocalProvider(ProviderConfig(options={"delay_seconds": "5"}))
+
+    with pytest.raises(ProviderTimeout):
+        await slow.generate(replace(request(), time_limit_seconds=0.1), ignore_progress)
