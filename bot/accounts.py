@@ -9,7 +9,7 @@ from bot.errors import InvalidAccount
 CONSOLE_OWNER = "console:local"
 
 _ACCOUNT = re.compile(
-    r"^(?:discord:[0-9]{1,20}|slack:[A-Z0-9]{1,20}:[A-Z0-9]{1,20}|console:[A-Za-z0-9_.\-]{1,64})$"
+    r"^(?:discord:[1-9][0-9]{0,19}|slack:[A-Z0-9]{1,20}:[A-Z0-9]{1,20}|console:[A-Za-z0-9_.\-]{1,64})$"
 )
 
 

@@ -13,6 +13,7 @@ import functools
 import getpass
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -349,7 +350,14 @@ def _version() -> str:
 
 
 def _cli_actor() -> str:
-    return f"cli:{getpass.getuser()}"
+    """Who ran an admin command, for its ledger entry: the login name, else the user id.
+
+    A container run as a bare user id (``docker run --user 1234``) has no login name.
+    """
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
 
 
 async def _grant(settings: Settings, arguments: argparse.Namespace) -> int:

@@ -183,7 +183,8 @@ def _admin_arguments(command: str, arguments: str) -> tuple[str, str, str]:
     try:
         words = shlex.split(arguments)
     except ValueError:
-        words = []
+        # An unpaired quote, as in a reason like "Bob's prize": taken as typed.
+        words = arguments.split()
     if len(words) < 2:
         raise RequestError(messages.admin_usage(command))
     return words[0], words[1], " ".join(words[2:])

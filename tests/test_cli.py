@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from bot import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = REPO / "config" / "models.toml"
@@ -252,3 +255,18 @@ def test_sigterm_lets_a_running_generation_finish_within_the_grace_period(
     assert "Done: 2 images for 2 credits." in rest
     balance = imagine_bot(tmp_path, "balance", "console:local")
     assert "Balance: 98 credits available." in balance.stdout
+
+
+def test_an_admin_command_run_as_a_user_id_without_a_name_is_recorded_by_that_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As in a container started with a bare user id (docker run --user 1234).
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_such_user(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_such_user)
+
+    assert cli._cli_actor() == f"cli:uid{os.getuid()}"

@@ -581,6 +581,7 @@ async def test_a_revoke_beyond_the_available_balance_is_refused(
         ("/grant console:guest ²", messages.invalid_amount("²")),
         ("/grant console:guest ١٢", messages.invalid_amount("١٢")),
         ("/grant bob 5", messages.invalid_account("bob")),
+        ("/grant discord:0123 5", messages.invalid_account("discord:0123")),
         ("/revoke console:nobody 5", messages.unknown_account("console:nobody")),
     ],
 )
@@ -588,6 +589,15 @@ async def test_bad_admin_commands_are_explained(
     console: ScriptedConsole, line: str, expected: str
 ) -> None:
     assert await console.say(line) == expected
+
+
+async def test_a_grant_reason_may_hold_an_apostrophe(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/grant console:guest 5 Bob's prize")
+
+    [entry, *_] = await service.ledger.entries(GUEST)
+    assert (entry.amount, entry.reason) == (5, "Bob's prize")
 
 
 async def test_a_bad_request_is_explained_and_changes_nothing(
