@@ -520,5 +520,12 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
     return "\n".join(lines)
 
 
+def slack_credits_usage(typed: str) -> str:
+    return (
+        f"/credits does not know “{typed}”. Use /credits for your balance and recent "
+        "images; admins: /credits grant @someone <amount> [reason], or revoke."
+    )
+
+
 def slack_admin_usage(action: str) -> str:
     return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 contest prize"

@@ -245,6 +245,8 @@ class SlackImagine:
                     # The same command delivered again must not grant again.
                     idempotency_key=f"{action}:slack:{command['trigger_id']}",
                 )
+            elif words:
+                raise RequestError(messages.slack_credits_usage(words[0]))
             else:
                 text = await self.service.credits.statement(account)
         except ImagineError as refusal:

@@ -493,6 +493,12 @@ async def test_a_credits_command_slower_than_slacks_deadline_is_acknowledged_the
     assert answer["text"] == f"{messages.balance_line(50, 0)}\n{messages.NO_HISTORY}"
 
 
+async def test_an_unknown_credits_word_says_what_credits_takes(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", "give <@U0BOB|bob> 5")
+
+    assert acknowledgement["text"] == messages.slack_credits_usage("give")
+
+
 async def test_a_grant_without_a_mention_says_how_to_grant(driver: SlackDriver) -> None:
     _, acknowledgement, _ = await driver.command("/credits", "grant bob 100", user=ADMIN)
 
