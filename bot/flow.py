@@ -151,9 +151,9 @@ _ONE_TRY = Retry(give_up_after_seconds=0)
 
 _PROVIDER_GRACE_SECONDS = 5.0
 DELIVERY_ALLOWANCE_SECONDS = 60.0
+"""What a generation keeps of its reply window, past the provider's time, to post its images."""
 _CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to tell the user of a generation it cut short."""
-"""What a generation keeps of its reply window, past the provider's time, to post its images."""
 # Heartbeats missed before a running generation counts as abandoned by a dead process.
 _MISSED_HEARTBEATS = 3
 
@@ -309,30 +309,32 @@ class ImagineService:
             - DELIVERY_ALLOWANCE_SECONDS
         )
         try:
-            outcome = await self._run(generation, held.reference_images, delivery, start_by)
-        except Exception:
-            logger.exception("generation %s failed unexpectedly", generation.id)
-            outcome = await self._release(generation, "internal")
-        except BaseException:
-            # Cancelled at shutdown: the hold must not outlive the generation, and
-            # the shutdown must not wait on an unreachable database (the next
-            # start-up settles what this could not). Images already posted are
-            # charged, not given away.
-            posted = self._posted.get(generation.id)
-            stopped = await asyncio.shield(
-                self._capture(generation, posted, None, retry=_ONE_TRY)
-                if posted
-                else self._release(generation, "interrupted", retry=_ONE_TRY)
-            )
-            await asyncio.shield(_conclude(delivery, stopped, _CONCLUDE_WHEN_STOPPING_SECONDS))
-            raise
+            try:
+                outcome = await self._run(generation, held.reference_images, delivery, start_by)
+            except Exception:
+                logger.exception("generation %s failed unexpectedly", generation.id)
+                outcome = await self._release(generation, "internal")
+            except BaseException:
+                # Cancelled at shutdown: the hold must not outlive the generation, and
+                # the shutdown must not wait on an unreachable database (the next
+                # start-up settles what this could not). Images already posted are
+                # charged, not given away.
+                posted = self._posted.get(generation.id)
+                stopped = await asyncio.shield(
+                    self._capture(generation, posted, None, retry=_ONE_TRY)
+                    if posted
+                    else self._release(generation, "interrupted", retry=_ONE_TRY)
+                )
+                await asyncio.shield(_conclude(delivery, stopped, _CONCLUDE_WHEN_STOPPING_SECONDS))
+                raise
+            self._record(outcome, time.monotonic() - started)
+            # Still in flight until the user is told, so a shutdown's drain waits for it.
+            await _conclude(delivery, outcome)
         finally:
             self._posted.pop(generation.id, None)
             self._in_flight.discard(generation.id)
             if not self._in_flight:
                 self._idle.set()
-        self._record(outcome, time.monotonic() - started)
-        await _conclude(delivery, outcome)
         return outcome
 
     def _record(self, outcome: Outcome, seconds: float) -> None:

@@ -153,7 +153,7 @@ class SlackImagine:
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
             return
-        await _answer_in_time(ack, respond, self._quote(account, text, command))
+        await _answer_command(ack, respond, self._quote(account, text, command))
 
     async def _quote(self, account: str, text: str, command: dict[str, Any]) -> dict[str, Any]:
         """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
@@ -222,7 +222,7 @@ class SlackImagine:
     async def _credits(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
     ) -> None:
-        await _answer_in_time(ack, respond, self._credits_answer(command))
+        await _answer_command(ack, respond, self._credits_answer(command))
 
     async def _credits_answer(self, command: dict[str, Any]) -> dict[str, Any]:
         """The balance and history, or an admin's grant or revoke reported, as message fields."""
@@ -362,7 +362,7 @@ async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
         await respond(text=refusal.message, response_type="ephemeral", replace_original=False)
 
 
-async def _answer_in_time(
+async def _answer_command(
     ack: Callable[..., Awaitable[None]], respond: Respond, answer: Awaitable[dict[str, Any]]
 ) -> None:
     """Answer a slash command with ``answer``'s message fields, within Slack's 3 s.
