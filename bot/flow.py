@@ -280,6 +280,11 @@ class ImagineService:
             generation = await self.ledger.hold(generation_id, account)
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
+        if not self.accepting:
+            # The bot began stopping while the hold was taken: its drain may already
+            # have found nothing running, so nothing would generate or settle this.
+            await asyncio.shield(self._release(generation, "shutting_down", retry=_ONE_TRY))
+            raise ShuttingDown()
         self._reference_images.pop(generation_id, None)
         self._in_flight.add(generation_id)
         self._idle.clear()

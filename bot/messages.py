@@ -187,6 +187,7 @@ _FAILURES = {
     "not_configured": "This model's provider is not configured{detail}",
     "delivery_failed": "The images were made but could not be posted here{detail}",
     "interrupted": "The bot stopped while this was generating",
+    "shutting_down": "The bot began stopping as this was confirmed, so it never started",
     "references_lost": "The bot restarted and lost this request's reference images; run /imagine again with them",
     "queued_too_long": "So many images are being made right now that this one could not start in time to reach you; try again in a few minutes",
 }
