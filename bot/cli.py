@@ -438,9 +438,12 @@ async def _discord_sync(settings: Settings, _arguments: argparse.Namespace) -> i
     from bot.discord_adapter import sync_discord_commands
 
     async with open_service(settings) as service:
-        scopes = await sync_discord_commands(service, settings)
-    print(f"Synced the slash commands ({', '.join(scopes)}).")
-    return 0
+        done = await sync_discord_commands(service, settings)
+    if done.synced:
+        print(f"Synced the slash commands ({', '.join(done.synced)}).")
+    for refusal in done.refused:
+        print(refusal, file=sys.stderr)
+    return EXIT_REFUSED if done.refused else 0
 
 
 def _describe_settings_error(error: ValidationError) -> str:

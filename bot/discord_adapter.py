@@ -67,6 +67,14 @@ def discord_account(user: discord.abc.User) -> str:
     return f"discord:{user.id}"
 
 
+@dataclass(frozen=True)
+class CommandSync:
+    """What a command sync did: the scopes synced, and a sentence for each Discord refused."""
+
+    synced: tuple[str, ...]
+    refused: tuple[str, ...]
+
+
 class ImagineBot(discord.AutoShardedClient):
     """The bot: a sharded client (shard count from ``GET /gateway/bot``) with the commands."""
 
@@ -105,12 +113,18 @@ class ImagineBot(discord.AutoShardedClient):
         if self.sync_on_start:
             await self.sync_commands()
 
-    async def sync_commands(self, *, force: bool = False) -> list[str]:
-        """Sync where the definitions changed since the last recorded sync; returns the scopes synced."""
+    async def sync_commands(self, *, force: bool = False) -> CommandSync:
+        """Sync where the definitions changed since the last recorded sync.
+
+        A guild Discord refuses (the bot was removed from it, or invited without
+        the commands scope) is logged and skipped, so one stale id in
+        DISCORD_GUILD_IDS does not keep the bot from serving the others.
+        """
         scopes: list[discord.Object | None] = [discord.Object(id) for id in self.guild_ids] or [
             None
         ]
         synced: list[str] = []
+        refused: list[str] = []
         for guild in scopes:
             if guild is not None:
                 self.tree.copy_global_to(guild=guild)
@@ -125,11 +139,17 @@ class ImagineBot(discord.AutoShardedClient):
             if not force and await self.service.ledger.read_state(key) == fingerprint:
                 logger.info("Discord commands (%s) unchanged since the last sync", scope)
                 continue
-            await self.tree.sync(guild=guild)
+            try:
+                await self.tree.sync(guild=guild)
+            except discord.HTTPException as error:
+                refusal = messages.discord_sync_refused(scope, f"{error.status} {error.text}")
+                logger.warning("%s", refusal)
+                refused.append(refusal)
+                continue
             await self.service.ledger.write_state(key, fingerprint)
             logger.info("synced %d Discord commands (%s)", len(definitions), scope)
             synced.append(scope)
-        return synced
+        return CommandSync(tuple(synced), tuple(refused))
 
     async def close(self) -> None:
         self.quotes_shown.close()
@@ -643,7 +663,7 @@ async def serve_discord(service: ImagineService, settings: Settings) -> None:
         await bot.close()
 
 
-async def sync_discord_commands(service: ImagineService, settings: Settings) -> list[str]:
+async def sync_discord_commands(service: ImagineService, settings: Settings) -> CommandSync:
     """``imagine-bot discord sync``: log in over HTTP only and sync the commands now."""
     if not settings.discord_token:
         raise ValueError("DISCORD_TOKEN is not set")

@@ -521,6 +521,13 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
     return "\n".join(lines)
 
 
+def discord_sync_refused(scope: str, detail: str) -> str:
+    return (
+        f"Discord refused the slash commands for {scope} ({detail}); check that the bot is "
+        "still in that server and was invited with the applications.commands scope."
+    )
+
+
 def slack_credits_usage(typed: str) -> str:
     return (
         f"/credits does not know “{typed}”. Use /credits for your balance and recent "

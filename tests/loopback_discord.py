@@ -172,6 +172,8 @@ class LoopbackDiscord:
         self.fail_callbacks_with: int | None = None
         """An HTTP status to refuse interaction callbacks with, as Discord does once an
         interaction's 3 s have passed (404, Unknown interaction)."""
+        self.refuse_commands_for: set[str] = set()
+        """Guild ids whose command sync is refused, as for a server the bot was removed from."""
         self.fail_downloads_with: int | None = None
         """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
@@ -479,6 +481,8 @@ class LoopbackDiscord:
 
     async def _put_commands(self, request: web.Request) -> web.Response:
         scope = request.match_info.get("guild", "global")
+        if scope in self.refuse_commands_for:
+            return _json({"message": "Missing Access", "code": 50001}, status=403)
         payload = await request.json()
         self.sync_calls.append((scope, payload))
         self.commands[scope] = [

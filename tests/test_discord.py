@@ -200,6 +200,20 @@ async def test_without_guild_ids_the_commands_are_synced_globally(
     assert [scope for scope, _ in discord_fake.sync_calls] == ["global"]
 
 
+async def test_a_guild_that_refuses_the_commands_is_skipped_and_the_bot_still_serves(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    removed_from = "900000000000000777"
+    discord_fake.refuse_commands_for.add(removed_from)
+    both = settings.model_copy(update={"discord_guild_ids": f"{removed_from},{GUILD_ID}"})
+
+    async with running_bot(service, both, discord_fake):
+        said = await answer_to(discord_fake, "credits", {}, ALICE)
+
+    assert said.startswith("Balance")
+    assert [scope for scope, _ in discord_fake.sync_calls] == [str(GUILD_ID)]
+
+
 # -- /imagine -----------------------------------------------------------------
 
 
