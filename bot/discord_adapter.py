@@ -178,13 +178,14 @@ class ImagineBot(discord.AutoShardedClient):
 
             text, view, quote_id = await answer_in_time(quoting, thinking)
         message_id = await _answer(interaction, text, view=view)
-        if quote_id is not None and message_id is not None:
+        ttl = self.service.quote_ttl.total_seconds()
+        # A quote that outlives the token cannot be marked expired when it does;
+        # its buttons stay, and a late click is told it expired, in their place.
+        if quote_id is not None and message_id is not None and ttl <= _LONGEST_EDITABLE_SECONDS:
             self.quotes_shown.add(
                 quote_id,
                 ShownQuote(interaction.application_id, interaction.token, message_id),
-                due_in_seconds=min(
-                    self.service.quote_ttl.total_seconds(), _LONGEST_EDITABLE_SECONDS
-                ),
+                due_in_seconds=ttl,
             )
 
     async def _quote(

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import discord
 import pytest
 from PIL import Image
 
-from bot import messages
+from bot import discord_adapter, messages
 from bot.app import open_service
 from bot.discord_adapter import ImagineBot, point_at
 from bot.flow import ImagineService
@@ -460,6 +461,24 @@ async def test_an_expired_quote_disables_its_buttons_and_says_so(
         )
 
     assert [button["disabled"] for button in message.buttons] == [True, True]
+
+
+async def test_a_quote_that_outlives_the_token_keeps_its_buttons_past_the_tokens_life(
+    service: ImagineService,
+    settings: Settings,
+    discord_fake: LoopbackDiscord,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(discord_adapter, "_LONGEST_EDITABLE_SECONDS", 0.2)  # 14 minutes
+    service.quote_ttl = timedelta(hours=1)
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+        shown = message.content
+        await asyncio.sleep(0.5)
+
+    # Still valid for most of an hour: it must not be said to have expired.
+    assert message.content == shown
+    assert [button["disabled"] for button in message.buttons] == [False, False]
 
 
 async def test_quotes_waiting_for_a_click_keep_no_task_running(
