@@ -46,6 +46,7 @@ from providers.base import GeneratedImage, ReferenceImage
 logger = logging.getLogger(__name__)
 
 _ATTACHMENTS_PER_MESSAGE = 10
+_MESSAGE_CHARACTERS = 2000
 _CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
@@ -337,8 +338,10 @@ class ImagineBot(discord.AutoShardedClient):
     async def show_models(self, interaction: discord.Interaction) -> None:
         catalog = self.service.catalog
         rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
-        table = messages.models_table(rows)
-        await interaction.response.send_message(f"```\n{table[:1900]}\n```", ephemeral=True)
+        first, *more = _code_blocks(messages.models_table(rows))
+        await interaction.response.send_message(first, ephemeral=True)
+        for block in more:
+            await interaction.followup.send(block, ephemeral=True)
 
     async def show_help(self, interaction: discord.Interaction) -> None:
         usable = self.service.catalog.usable()
@@ -590,6 +593,22 @@ class _PostToChannel:
                 raise DeliveryFailed(f"Discord refused the upload ({error.status})") from error
             posted += len(batch)
         return posted
+
+
+def _code_blocks(table: str) -> list[str]:
+    """``table`` as code blocks that each fit a message, split between rows, each with the header."""
+    header, *rows = table.splitlines()
+    room = _MESSAGE_CHARACTERS - len("```\n\n```") - len(header) - 1
+    blocks: list[list[str]] = [[]]
+    used = 0
+    for row in rows:
+        line = row[:room]
+        if blocks[-1] and used + len(line) + 1 > room:
+            blocks.append([])
+            used = 0
+        blocks[-1].append(line)
+        used += len(line) + 1
+    return ["```\n" + "\n".join([header, *block]) + "\n```" for block in blocks]
 
 
 def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> ImagineOptions:

@@ -779,6 +779,32 @@ async def test_models_lists_the_models_with_prices(
     assert said.startswith("```")
 
 
+async def test_a_models_table_too_long_for_one_message_is_sent_in_several_whole(
+    settings: Settings, discord_fake: LoopbackDiscord, tmp_path: Path
+) -> None:
+    many = "".join(
+        f'[models.local-{number}]\nprovider = "local"\nprovider_model = "procedural-v1"\n'
+        f'name = "Local number {number} with a long name"\ncredits_per_image = 1\n'
+        'resolutions = ["1K", "2K"]\naspect_ratios = ["1:1", "16:9", "9:16", "4:3"]\n'
+        "max_images = 1\n"
+        for number in range(40)
+    )
+    models_file = tmp_path / "many.toml"
+    models_file.write_text(many)
+    crowded = settings.model_copy(update={"models_file": models_file})
+    async with open_service(crowded) as service, running_bot(service, crowded, discord_fake):
+        interaction = await discord_fake.slash("models", {})
+        await discord_fake.wait_for(lambda: len(discord_fake.followups(interaction)) >= 1)
+        await asyncio.sleep(0.2)
+        messages_sent = [discord_fake.original(interaction), *discord_fake.followups(interaction)]
+
+    said = [message.content for message in messages_sent]
+    assert len(said) > 1
+    assert all(len(text) <= 2000 and text.startswith("```\nmodel ") for text in said)
+    listed = "\n".join(said)
+    assert all(f"local-{number} " in listed for number in range(40))
+
+
 async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     bot: ImagineBot, discord_fake: LoopbackDiscord
 ) -> None:
