@@ -46,6 +46,9 @@ from providers.base import GeneratedImage, ReferenceImage
 logger = logging.getLogger(__name__)
 
 _ATTACHMENTS_PER_MESSAGE = 10
+_BYTES_PER_MESSAGE = 24_000_000
+"""Below the 25 MB a whole message may carry (a limit Discord enforces on the request,
+beyond each file's own), with room for the rest of the form."""
 _MESSAGE_CHARACTERS = 2000
 _CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -571,8 +574,8 @@ class _PostToChannel:
             generation.credits_per_image * len(fitted),
         )
         posted = 0
-        for start in range(0, len(fitted), _ATTACHMENTS_PER_MESSAGE):
-            batch = fitted[start : start + _ATTACHMENTS_PER_MESSAGE]
+        for start, end in _message_batches([len(image.data) for image in fitted]):
+            batch = fitted[start:end]
             files = [
                 discord.File(
                     io.BytesIO(image.data),
@@ -593,6 +596,22 @@ class _PostToChannel:
                 raise DeliveryFailed(f"Discord refused the upload ({error.status})") from error
             posted += len(batch)
         return posted
+
+
+def _message_batches(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Files of ``sizes``, in order, as (start, end) runs that each fit one message."""
+    batches: list[tuple[int, int]] = []
+    start = 0
+    carried = 0
+    for index, size in enumerate(sizes):
+        full = index - start == _ATTACHMENTS_PER_MESSAGE or carried + size > _BYTES_PER_MESSAGE
+        if index > start and full:
+            batches.append((start, index))
+            start, carried = index, 0
+        carried += size
+    if start < len(sizes):
+        batches.append((start, len(sizes)))
+    return batches
 
 
 def _code_blocks(table: str) -> list[str]:

@@ -853,3 +853,18 @@ async def test_a_quote_slower_than_the_deadline_allows_is_deferred_then_shown(
 
     assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
     assert discord_fake.original(interaction).content.startswith("Local Sketch · 1 image")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "batches"),
+    [
+        ([1_000] * 4, [(0, 4)]),
+        ([1_000] * 12, [(0, 10), (10, 12)]),
+        ([9_000_000] * 4, [(0, 2), (2, 4)]),
+        ([30_000_000, 1_000], [(0, 1), (1, 2)]),
+    ],
+)
+def test_images_go_in_as_few_messages_as_discords_per_message_limits_allow(
+    sizes: list[int], batches: list[tuple[int, int]]
+) -> None:
+    assert discord_adapter._message_batches(sizes) == batches
