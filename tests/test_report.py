@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import messages
+from bot import cli, messages
 from bot.app import open_service
 from bot.flow import ImagineService
 from bot.parsing import parse_imagine
@@ -158,9 +158,11 @@ def test_the_command_exports_json_from_a_fresh_database(tmp_path: Path) -> None:
     ],
 )
 def test_a_count_below_one_is_refused_with_its_option_named(
-    tmp_path: Path, arguments: tuple[str, ...]
+    arguments: tuple[str, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = imagine_bot(tmp_path, *arguments)
+    # Refused while the arguments are read, before any setting or database is touched.
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(list(arguments))
 
-    assert result.returncode == 2
-    assert f"argument {arguments[-2]}: must be 1 or more" in result.stderr
+    assert stopped.value.code == 2
+    assert f"argument {arguments[-2]}: must be 1 or more" in capsys.readouterr().err
