@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import aiohttp
 import discord
@@ -44,6 +44,7 @@ from ledger import Generation, GenerationStatus
 from providers.base import GeneratedImage, ReferenceImage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ATTACHMENTS_PER_MESSAGE = 10
 _BYTES_PER_MESSAGE = 24_000_000
@@ -176,11 +177,7 @@ class ImagineBot(discord.AutoShardedClient):
         if interaction.response.is_done():
             text, view, quote_id = await quoting
         else:
-
-            async def thinking() -> None:
-                await interaction.response.defer(ephemeral=True, thinking=True)
-
-            text, view, quote_id = await answer_in_time(quoting, thinking)
+            text, view, quote_id = await _ready_in_time(interaction, quoting)
         message_id = await _answer(interaction, text, view=view)
         ttl = self.service.quote_ttl.total_seconds()
         # A quote that outlives the token cannot be marked expired when it does;
@@ -296,47 +293,33 @@ class ImagineBot(discord.AutoShardedClient):
         amount: int | None,
         reason: str | None,
     ) -> None:
-        async def thinking() -> None:
-            await interaction.response.defer(ephemeral=True, thinking=True)
-
-        text = await answer_in_time(
-            self._credits_answer(interaction, action, user, amount, reason), thinking
-        )
-        await _answer(interaction, text)
-
-    async def _credits_answer(
-        self,
-        interaction: discord.Interaction,
-        action: str | None,
-        user: discord.User | discord.Member | None,
-        amount: int | None,
-        reason: str | None,
-    ) -> str:
         """The balance and history, or an admin's grant or revoke reported."""
-        account = discord_account(interaction.user)
-        try:
-            if action in ("grant", "revoke"):
-                if user is None or amount is None:
-                    raise RequestError(
-                        messages.DISCORD_GRANT_USAGE
-                        if action == "grant"
-                        else messages.DISCORD_REVOKE_USAGE
-                    )
-                text = await self.service.credits.adjust(
-                    action,
-                    account,
-                    discord_account(user),
-                    amount,
-                    reason or "",
-                    shown_as=messages.discord_account_name(user.id),
-                    # The same interaction delivered again (a resumed gateway) must not grant again.
-                    idempotency_key=f"{action}:discord:{interaction.id}",
+
+        async def statement_or_adjustment() -> str:
+            account = discord_account(interaction.user)
+            if action not in ("grant", "revoke"):
+                return await self.service.credits.statement(account)
+            if user is None or amount is None:
+                grant = action == "grant"
+                raise RequestError(
+                    messages.DISCORD_GRANT_USAGE if grant else messages.DISCORD_REVOKE_USAGE
                 )
-            else:
-                text = await self.service.credits.statement(account)
+            return await self.service.credits.adjust(
+                action,
+                account,
+                discord_account(user),
+                amount,
+                reason or "",
+                shown_as=messages.discord_account_name(user.id),
+                # The same interaction delivered again (a resumed gateway) must not grant again.
+                idempotency_key=f"{action}:discord:{interaction.id}",
+            )
+
+        try:
+            text = await _ready_in_time(interaction, statement_or_adjustment())
         except ImagineError as refusal:
             text = refusal.message
-        return text
+        await _answer(interaction, text)
 
     async def show_models(self, interaction: discord.Interaction) -> None:
         catalog = self.service.catalog
@@ -639,6 +622,15 @@ def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> Imagi
         aspect=options.aspect,
         reference_images=(reference,),
     )
+
+
+async def _ready_in_time(interaction: discord.Interaction, work: Awaitable[T]) -> T:
+    """``work``'s result; if it is not ready in time for Discord, "thinking…" is shown first."""
+
+    async def thinking() -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+
+    return await answer_in_time(work, thinking)
 
 
 async def _answer(

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -213,15 +213,19 @@ class Transactions:
         300 µs a quote (bench.latency).
         """
         sql, arguments = statements.for_driver(statement, self.engine.dialect, values)
+        async with self._driver_connection() as connection:
+            row: asyncpg.Record | None = await connection.fetchrow(sql, *arguments)
+            return row
+
+    @contextlib.asynccontextmanager
+    async def _driver_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's asyncpg connection, in its turn, for statements that commit as they run."""
         async with self._turn():
             pooled = await self.engine.raw_connection()
             try:
-                row: asyncpg.Record | None = await pooled.driver_connection.fetchrow(
-                    sql, *arguments
-                )
-                return row
+                yield pooled.driver_connection
             finally:
-                # No transaction was begun, so returning it to the pool costs no round trip.
+                # No transaction was left open, so returning it to the pool costs no round trip.
                 pooled.close()
 
     async def grouped(self, statement: Executable, values: Mapping[str, Any]) -> asyncpg.Record:
@@ -285,14 +289,10 @@ class Transactions:
             statements.for_driver(statement, self.engine.dialect, values) for values in runs
         ]
         try:
-            async with self._turn():
-                pooled = await self.engine.raw_connection()
-                try:
-                    rows = await pooled.driver_connection.fetchmany(
-                        compiled[0][0], [arguments for _, arguments in compiled]
-                    )
-                finally:
-                    pooled.close()
+            async with self._driver_connection() as connection:
+                rows = await connection.fetchmany(
+                    compiled[0][0], [arguments for _, arguments in compiled]
+                )
         except Exception:
             alone = await asyncio.gather(
                 *(self.statement(statement, values) for values in runs), return_exceptions=True
