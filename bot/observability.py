@@ -1,17 +1,19 @@
-"""What operators see: structured logs without secrets, Prometheus metrics, and a health endpoint.
+"""What operators see: structured logs without secrets, Prometheus metrics, and health endpoints.
 
 Logs are JSON lines when not on a terminal (``LOG_FORMAT``), and every record
 passes a filter that replaces each configured secret (tokens, API keys, the
-signing secret, the database password) wherever it appears. ``/metrics`` and
-``/healthz`` are served on ``METRICS_PORT`` when it is set.
+signing secret, the database password) wherever it appears. ``/livez``,
+``/readyz`` (also ``/healthz``) and ``/metrics`` are served on ``METRICS_PORT``
+when it is set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,27 +151,46 @@ def configure_logging(settings: Settings, level: str) -> None:
 
 HealthCheck = Callable[[], bool]
 
+DATABASE_ANSWER_SECONDS = 1.0
+"""How long ``/readyz`` waits for the database: longer, and the bot is not fit to take traffic."""
+
 
 def health_application(
-    metrics: Metrics, database_ok: Callable[[], Any], platforms: dict[str, HealthCheck]
+    metrics: Metrics, database_ok: Callable[[], Awaitable[Any]], platforms: dict[str, HealthCheck]
 ) -> web.Application:
-    """``/healthz`` (database reachable, platforms connected) and ``/metrics``."""
+    """``/livez`` (the event loop answers), ``/readyz`` and its alias ``/healthz``, and ``/metrics``.
 
-    async def healthz(_request: web.Request) -> web.Response:
+    Liveness is for restarts, readiness for sending traffic: a slow database
+    makes the bot unready, but restarting it would only cut short the
+    generations it is running.
+    """
+
+    async def livez(_request: web.Request) -> web.Response:
+        # Nothing but the loop itself: a blocked loop leaves this unanswered, and that is the signal.
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        deadline = asyncio.timeout(DATABASE_ANSWER_SECONDS)
         try:
-            await database_ok()
+            async with deadline:
+                await database_ok()
             database = "ok"
         except Exception as error:
-            database = f"unreachable: {type(error).__name__}"
+            # A driver's own TimeoutError is its failure, not our deadline passing.
+            database = (
+                f"unreachable: timed out after {DATABASE_ANSWER_SECONDS:g} s"
+                if deadline.expired()
+                else f"unreachable: {type(error).__name__}"
+            )
         connected = {name: check() for name, check in platforms.items()}
-        healthy = database == "ok" and all(connected.values())
+        ready = database == "ok" and all(connected.values())
         return web.json_response(
             {
-                "status": "ok" if healthy else "unhealthy",
+                "status": "ok" if ready else "unready",
                 "database": database,
                 "platforms": connected,
             },
-            status=200 if healthy else 503,
+            status=200 if ready else 503,
         )
 
     async def metrics_page(_request: web.Request) -> web.Response:
@@ -178,6 +199,9 @@ def health_application(
         return response
 
     application = web.Application()
-    application.router.add_get("/healthz", healthz)
+    application.router.add_get("/livez", livez)
+    application.router.add_get("/readyz", readyz)
+    # Probes configured with the name ``/healthz`` get the readiness answer.
+    application.router.add_get("/healthz", readyz)
     application.router.add_get("/metrics", metrics_page)
     return application

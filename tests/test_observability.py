@@ -1,4 +1,4 @@
-"""Logs, metrics and health: JSON lines, no secret in any log line, /healthz and /metrics over HTTP."""
+"""Logs, metrics and health: JSON lines, no secret in any log line, /livez, /readyz and /metrics over HTTP."""
 
 from __future__ import annotations
 
@@ -6,15 +6,23 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bot.app import open_service
 from bot.flow import ImagineService
-from bot.observability import JsonFormatter, RedactSecrets, secrets_of
+from bot.observability import (
+    JsonFormatter,
+    Metrics,
+    RedactSecrets,
+    health_application,
+    secrets_of,
+)
 from bot.parsing import parse_imagine
 from bot.settings import Settings
 from bot.slack_app import EVENTS_PATH, GENERATE_ACTION
@@ -92,30 +100,83 @@ async def service(
 
 async def fetch(port: int, path: str) -> tuple[int, str]:
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         session.get(f"http://127.0.0.1:{port}{path}") as response,
     ):
         return response.status, await response.text()
 
 
-async def test_healthz_reports_the_database_and_platforms(
+async def database_that_hangs() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.fixture
+async def hung_database_port() -> AsyncIterator[int]:
+    """The health endpoints alone, in front of a database ping that never answers."""
+    port = free_port()
+    runner = web.AppRunner(
+        health_application(Metrics(), database_that_hangs, {"discord": lambda: True}),
+        access_log=None,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield port
+    await runner.cleanup()
+
+
+async def test_livez_answers_while_the_database_hangs(hung_database_port: int) -> None:
+    status, body = await fetch(hung_database_port, "/livez")
+
+    assert status == 200
+    assert json.loads(body) == {"status": "ok"}
+
+
+async def test_readyz_is_unready_within_seconds_when_the_database_hangs(
+    hung_database_port: int,
+) -> None:
+    started = time.monotonic()
+    status, body = await fetch(hung_database_port, "/readyz")
+
+    assert time.monotonic() - started < 5
+    assert status == 503
+    assert json.loads(body) == {
+        "status": "unready",
+        "database": "unreachable: timed out after 1 s",
+        "platforms": {"discord": True},
+    }
+
+
+async def test_readyz_reports_the_database_and_platforms(
     service: ImagineService, metrics_port: int
 ) -> None:
-    status, body = await fetch(metrics_port, "/healthz")
+    status, body = await fetch(metrics_port, "/readyz")
 
     assert status == 200
     assert json.loads(body) == {"status": "ok", "database": "ok", "platforms": {}}
 
 
-async def test_healthz_is_unhealthy_while_a_platform_is_disconnected(
+async def test_readyz_is_unready_while_a_platform_is_disconnected(
     service: ImagineService, metrics_port: int
 ) -> None:
     service.platform_checks["discord"] = lambda: False
 
-    status, body = await fetch(metrics_port, "/healthz")
+    status, body = await fetch(metrics_port, "/readyz")
 
     assert status == 503
-    assert json.loads(body)["platforms"] == {"discord": False}
+    assert json.loads(body) == {
+        "status": "unready",
+        "database": "ok",
+        "platforms": {"discord": False},
+    }
+
+
+@pytest.mark.parametrize("discord_connected", [True, False])
+async def test_healthz_answers_as_readyz(
+    service: ImagineService, metrics_port: int, discord_connected: bool
+) -> None:
+    service.platform_checks["discord"] = lambda: discord_connected
+
+    assert await fetch(metrics_port, "/healthz") == await fetch(metrics_port, "/readyz")
 
 
 async def test_metrics_count_generations_credits_and_provider_latency(
