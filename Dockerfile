@@ -30,8 +30,9 @@ ENV DATABASE_URL=sqlite+aiosqlite:////data/imagine.db \
 VOLUME ["/data"]
 USER imagine
 EXPOSE 3000 9090
+# Liveness, not readiness: a slow database must not get a busy bot restarted mid-generation.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9090/livez', timeout=4).status != 200)"]
 # Every command applies pending migrations before it starts.
 ENTRYPOINT ["imagine-bot"]
 CMD ["run"]

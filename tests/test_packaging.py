@@ -87,7 +87,9 @@ def test_no_secret_is_baked_into_a_layer() -> None:
 
 def test_the_image_checks_its_health_and_runs_the_bot() -> None:
     assert "HEALTHCHECK" in DOCKERFILE
-    assert "/healthz" in DOCKERFILE
+    [healthcheck] = re.findall(r"^HEALTHCHECK (?:.*\\\n)*.*", DOCKERFILE, re.MULTILINE)
+    assert "CMD [" in healthcheck
+    assert "/livez" in healthcheck
     assert 'ENTRYPOINT ["imagine-bot"]' in DOCKERFILE
     assert 'CMD ["run"]' in DOCKERFILE
 
