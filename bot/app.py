@@ -134,7 +134,7 @@ async def open_service(
 
 
 async def _start_health_server(settings: Settings, service: ImagineService) -> web.AppRunner | None:
-    """``/healthz`` and ``/metrics`` on ``METRICS_PORT``, when it is set."""
+    """``/livez``, ``/readyz`` (and ``/healthz``) and ``/metrics`` on ``METRICS_PORT``, when it is set."""
     if settings.metrics_port is None:
         return None
     runner = web.AppRunner(

@@ -208,7 +208,7 @@ class ImagineService:
         for name, slots in self._slots.items():
             self.metrics.queue_depth.labels(name).set_function(lambda slots=slots: slots.waiting)
         self.platform_checks: dict[str, HealthCheck] = {}
-        """Adapters add ``name → is connected`` here for ``/healthz``."""
+        """Adapters add ``name → is connected`` here for ``/readyz``."""
 
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None

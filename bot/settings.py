@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     """``json`` lines for log collectors, ``text`` for people; ``auto`` is JSON unless on a terminal."""
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    """When set, ``/healthz`` and Prometheus ``/metrics`` are served on this port."""
+    """When set, ``/livez`` (liveness), ``/readyz`` (readiness) and Prometheus ``/metrics`` are served on this port."""
     metrics_host: str = "0.0.0.0"
     local_delay_seconds: float | None = Field(default=None, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """A pause before each ``local`` image, to try progress and shutdown with a slow provider."""
