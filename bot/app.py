@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
-from bot.errors import DatabaseUnavailable, RegistryUnusable
+from bot.errors import DatabaseOutdated, DatabaseTooNew, DatabaseUnavailable, RegistryUnusable
 from bot.flow import Clock, ImagineService
 from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
@@ -50,19 +50,29 @@ def load_catalog(settings: Settings) -> tuple[ModelCatalog, ProviderPool]:
 
 
 @contextlib.asynccontextmanager
-async def open_ledger(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Ledger]:
-    """The ledger on ``DATABASE_URL``, with every pending migration applied first.
+async def open_ledger(
+    settings: Settings, clock: Clock = utc_now, *, upgrade: bool = False
+) -> AsyncIterator[Ledger]:
+    """The ledger on ``DATABASE_URL``; a fresh, empty database is set up first.
 
-    Raises ``DatabaseUnavailable`` if the database cannot be reached or migrated.
+    A database at an older revision is upgraded only with ``upgrade`` (``run``,
+    ``console``, ``db upgrade``); otherwise, and for one written by a newer
+    version, the command is refused with a sentence saying what to do. Raises
+    ``DatabaseUnavailable`` if the database cannot be reached or set up.
     """
     _create_sqlite_folder(settings.database_url)
     engine = create_engine(settings.database_url)
     ledger = Ledger(engine, clock)
+    shown_url = shown_database_url(settings.database_url)
     try:
         try:
-            await migrate.upgrade(engine)
+            await migrate.prepare(engine, upgrade=upgrade)
+        except migrate.SchemaOutdated as outdated:
+            raise DatabaseOutdated(shown_url, outdated.current) from None
+        except migrate.SchemaUnknown as unknown:
+            raise DatabaseTooNew(shown_url, unknown.current) from None
         except (DBAPIError, OSError) as error:
-            raise DatabaseUnavailable(shown_database_url(settings.database_url), error) from error
+            raise DatabaseUnavailable(shown_url, error) from error
         yield ledger
     finally:
         await ledger.close()
@@ -78,9 +88,13 @@ def shown_database_url(database_url: str) -> str:
 
 @contextlib.asynccontextmanager
 async def open_credits(
-    settings: Settings, *, extra_admins: frozenset[str] = frozenset(), clock: Clock = utc_now
+    settings: Settings,
+    *,
+    extra_admins: frozenset[str] = frozenset(),
+    clock: Clock = utc_now,
+    upgrade: bool = False,
 ) -> AsyncIterator[Credits]:
-    async with open_ledger(settings, clock) as ledger:
+    async with open_ledger(settings, clock, upgrade=upgrade) as ledger:
         yield Credits(
             ledger,
             admins=frozenset(settings.admin_accounts) | extra_admins,
@@ -95,17 +109,23 @@ async def open_service(
     extra_admins: frozenset[str] = frozenset(),
     clock: Clock = utc_now,
     check_online: bool = False,
+    serving: bool = True,
 ) -> AsyncIterator[ImagineService]:
     """Everything the imagine flow needs: models, providers, and the ledger.
 
     ``check_online`` first asks each provider with a key whether the configured
     model ids exist, and disables those that do not (a network failure keeps them).
+    ``serving`` (``run`` and ``console``): upgrade an older database, settle
+    what dead processes left behind, sweep periodically, and serve health and
+    metrics. Without it (a one-off command) nothing is upgraded or settled.
     """
     catalog, providers = load_catalog(settings)
     try:
         if check_online:
             catalog = (await check_models_online(catalog, providers)).catalog
-        async with open_credits(settings, extra_admins=extra_admins, clock=clock) as credits:
+        async with open_credits(
+            settings, extra_admins=extra_admins, clock=clock, upgrade=serving
+        ) as credits:
             service = ImagineService(
                 catalog=catalog,
                 providers=providers,
@@ -118,6 +138,9 @@ async def open_service(
                 heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
                 clock=clock,
             )
+            if not serving:
+                yield service
+                return
             await service.recover()
             sweeper = asyncio.create_task(service.sweep_periodically())
             health = await _start_health_server(settings, service)

@@ -142,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
 
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    upgrade = database_commands.add_parser("upgrade", help="apply pending migrations")
+    upgrade = database_commands.add_parser(
+        "upgrade", help="upgrade the database to this version (run and console do it too)"
+    )
     upgrade.set_defaults(handler=_db_upgrade)
 
     ledger_parser = commands.add_parser("ledger", help="ledger audits")
@@ -392,7 +394,7 @@ async def _history(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 async def _db_upgrade(settings: Settings, _arguments: argparse.Namespace) -> int:
-    async with open_ledger(settings) as ledger:
+    async with open_ledger(settings, upgrade=True) as ledger:
         revision = await migrate.current_revision(ledger.engine)
     print(f"Database is at revision {revision} (latest).")
     return 0
@@ -437,7 +439,7 @@ async def _discord_sync(settings: Settings, _arguments: argparse.Namespace) -> i
         _fail(EXIT_USAGE, "Set DISCORD_TOKEN to the bot token from the Discord developer portal.")
     from bot.discord_adapter import sync_discord_commands
 
-    async with open_service(settings) as service:
+    async with open_service(settings, serving=False) as service:
         done = await sync_discord_commands(service, settings)
     if done.synced:
         print(f"Synced the slash commands ({', '.join(done.synced)}).")

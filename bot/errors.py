@@ -134,3 +134,13 @@ class RegistryUnusable(ImagineError):
 class DatabaseUnavailable(ImagineError):
     def __init__(self, shown_url: str, error: BaseException) -> None:
         super().__init__(messages.database_unreachable(shown_url, error))
+
+
+class DatabaseOutdated(ImagineError):
+    def __init__(self, shown_url: str, current: str) -> None:
+        super().__init__(messages.database_outdated(shown_url, current))
+
+
+class DatabaseTooNew(ImagineError):
+    def __init__(self, shown_url: str, current: str) -> None:
+        super().__init__(messages.database_too_new(shown_url, current))

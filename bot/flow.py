@@ -123,7 +123,7 @@ class Retry:
 
     An outage, a dropped connection or a long wait for a pooled connection must
     not turn images already posted into images given away, nor leave the user
-    without an outcome. Only such failures are tried again (``ledger.unreachable``),
+    without an outcome. Only such failures are tried again (``ledger.transient``),
     which is safe because settling twice returns the first settlement; a
     refusal or a bug fails at once.
     """
@@ -139,7 +139,7 @@ class Retry:
             try:
                 return await operation()
             except Exception as error:
-                if not ledger.unreachable(error) or time.monotonic() + wait > give_up_at:
+                if not ledger.transient(error) or time.monotonic() + wait > give_up_at:
                     raise
                 logger.warning("could not %s; trying again in %.1f s", what, wait, exc_info=True)
             await asyncio.sleep(wait)
@@ -154,8 +154,8 @@ DELIVERY_ALLOWANCE_SECONDS = 60.0
 """What a generation keeps of its reply window, past the provider's time, to post its images."""
 _CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to tell the user of a generation it cut short."""
-# Heartbeats missed before a running generation counts as abandoned by a dead process.
-_MISSED_HEARTBEATS = 3
+_LEASE_IN_HEARTBEATS = 3
+"""A hold's lease lasts three renewals: a process that misses them has stopped answering for it."""
 
 
 class ImagineService:
@@ -183,6 +183,7 @@ class ImagineService:
         self.quote_ttl = quote_ttl
         self.generation_timeout = generation_timeout
         self.heartbeat_interval = heartbeat_interval
+        """How often this process renews the leases of its generations and sweeps abandoned ones."""
         self.settle_retry = settle_retry
         self._clock = clock
         limits = provider_limits or {}
@@ -277,7 +278,7 @@ class ImagineService:
             raise ShuttingDown()
         _, references = self._reference_images.get(generation_id, (None, ()))
         try:
-            generation = await self.ledger.hold(generation_id, account)
+            generation = await self.ledger.hold(generation_id, account, lease=self.lease)
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
         if not self.accepting:
@@ -364,6 +365,11 @@ class ImagineService:
                 "error_code": settled.error_code,
             },
         )
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a hold of this process's is its alone to settle without a renewal."""
+        return _LEASE_IN_HEARTBEATS * self.heartbeat_interval
 
     @property
     def in_flight(self) -> int:
@@ -490,12 +496,25 @@ class ImagineService:
                 f"record the images posted for {generation.id}",
             )
             settled = await retry.run(
-                partial(self.ledger.capture, generation.id, len(posted), running=generation),
+                partial(self.ledger.capture, generation.id, len(posted)),
                 f"capture the credits of {generation.id}",
             )
         except Exception:
             logger.exception("could not settle %s after posting its images", generation.id)
             return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
+        if settled.images_delivered != len(posted):
+            sentence = messages.settled_before_capture(len(posted), settled)
+            self.metrics.settled_before_capture.labels(settled.model_id).inc()
+            logger.warning(
+                "generation %s posted %d images after it was settled for %d (charged %d)",
+                settled.id,
+                len(posted),
+                settled.images_delivered,
+                settled.credits_charged,
+            )
+            return Outcome(
+                settled, posted, await self._balance(settled.account_id, retry), sentence
+            )
         sentence = messages.outcome(settled, partial_failure)
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
 
@@ -511,7 +530,6 @@ class ImagineService:
                     generation.id,
                     error_code=code,
                     error_message=sentence,
-                    running=generation,
                 ),
                 f"release the credits of {generation.id}",
             )
@@ -532,37 +550,45 @@ class ImagineService:
             return None
 
     async def recover(self) -> list[Generation]:
-        """Settle holds no live process is working on any more, and expire stale quotes.
+        """Settle the generations no process answers for any more, and expire stale quotes.
 
-        A running generation's process beats its heart every ``heartbeat_interval``
-        (``sweep_periodically``); one silent for three beats belongs to a process
-        that died. Its hold is released, or captured for the images already
-        posted. Run at start-up and by every sweep; this process's own
-        generations are never touched, and neither are those of other live
-        processes sharing the database.
+        A hold's lease says until when, by the database's clock, its process
+        answers for the generation; the process renews it every
+        ``heartbeat_interval`` (``sweep_periodically``), so the lease runs out
+        only when that process has died or stalled. Such a generation's hold is
+        released, or captured for the images already posted, each decided on
+        the row as locked then (``Ledger.settle_abandoned``). Run at start-up
+        and by every sweep; this process's own running generations are never
+        touched, and processes may sweep at intervals of their own.
         """
-        silent_since = self._clock() - _MISSED_HEARTBEATS * self.heartbeat_interval
-        released = await self.ledger.release_stale_holds(
-            silent_since,
-            reason=messages.INTERRUPTED_RELEASED,
-            posted_reason=messages.INTERRUPTED_AFTER_POSTING,
-            keep=frozenset(self._in_flight),
-        )
+        settled = []
+        for generation_id in await self.ledger.expired_leases():
+            if generation_id in self._in_flight:
+                continue
+            abandoned = await self.ledger.settle_abandoned(
+                generation_id,
+                reason=messages.INTERRUPTED_RELEASED,
+                posted_reason=messages.INTERRUPTED_AFTER_POSTING,
+            )
+            if abandoned is not None:
+                settled.append(abandoned)
         await self.ledger.expire_quotes()
-        return released
+        return settled
 
     async def sweep_periodically(self) -> None:
-        """Heartbeat this process's generations, then ``recover``, forever, as a background task."""
+        """Renew this process's leases, then ``recover``, forever, as a background task."""
         while True:
             await asyncio.sleep(self.heartbeat_interval.total_seconds())
             try:
-                await self.ledger.heartbeat(frozenset(self._in_flight))
-                released = await self.recover()
+                await self.ledger.renew_leases(frozenset(self._in_flight), self.lease)
+                settled = await self.recover()
             except Exception:
-                logger.exception("the periodic sweep of stale holds failed; trying again later")
+                logger.exception("the periodic sweep of abandoned holds failed; trying again later")
                 continue
-            for generation in released:
-                logger.warning("released the stale hold of generation %s", generation.id)
+            for generation in settled:
+                logger.warning(
+                    "settled generation %s, abandoned by %s", generation.id, generation.owner
+                )
 
 
 class QueuedTooLong(Exception):

@@ -222,6 +222,18 @@ CAPTURE_DELAYED = (
 )
 
 
+def settled_before_capture(posted: int, settled: Generation) -> str:
+    """The images were posted after the bot had already settled the request as interrupted.
+
+    Says what the user got and what it actually cost, which the settlement decided.
+    """
+    return (
+        f"{images(posted).capitalize()} posted, but this request had already been settled"
+        f" as interrupted while the bot was not answering for it:"
+        f" charged {credits(settled.credits_charged)}."
+    )
+
+
 def outcome(generation: Generation, partial_failure: ProviderError | None = None) -> str:
     delivered, requested = generation.images_delivered, generation.images_requested
     charged = credits(generation.credits_charged)
@@ -402,6 +414,20 @@ def saved_to(path: str) -> str:
 
 def system_error(error: OSError) -> str:
     return f"Stopped: {error}."
+
+
+def database_outdated(shown_url: str, revision: str) -> str:
+    return (
+        f"The database at {shown_url} is from an older version of the bot (revision {revision});"
+        " upgrade it with `imagine-bot db upgrade` (starting the bot does it too), then try again."
+    )
+
+
+def database_too_new(shown_url: str, revision: str) -> str:
+    return (
+        f"The database at {shown_url} was written by a newer version of the bot"
+        f" (revision {revision}, unknown to this one); run that version instead."
+    )
 
 
 def database_unreachable(url: str, error: BaseException) -> str:

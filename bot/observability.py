@@ -59,6 +59,12 @@ class Metrics:
             buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180),
             registry=self.registry,
         )
+        self.settled_before_capture = Counter(
+            "imagine_settled_before_capture",
+            "Generations whose images were posted after another settlement had ended them",
+            ["model"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "imagine_generations_in_flight",
             "Generations held and not yet settled (queued or running)",

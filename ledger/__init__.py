@@ -10,12 +10,13 @@ from ledger.errors import (
     InsufficientFunds,
     InvalidAmount,
     InvalidTransition,
+    LeaseHeld,
     LedgerError,
     QuoteExpired,
     WrongAccount,
-    unreachable,
+    transient,
 )
-from ledger.ledger import Ledger, create_engine, utc_now
+from ledger.ledger import DEFAULT_LEASE, Ledger, create_engine, process_identity, utc_now
 from ledger.values import (
     Balance,
     Discrepancy,
@@ -27,6 +28,7 @@ from ledger.values import (
 )
 
 __all__ = [
+    "DEFAULT_LEASE",
     "AccountNotFound",
     "Balance",
     "Discrepancy",
@@ -39,12 +41,14 @@ __all__ = [
     "InsufficientFunds",
     "InvalidAmount",
     "InvalidTransition",
+    "LeaseHeld",
     "Ledger",
     "LedgerError",
     "NewGeneration",
     "QuoteExpired",
     "WrongAccount",
     "create_engine",
-    "unreachable",
+    "process_identity",
+    "transient",
     "utc_now",
 ]

@@ -9,11 +9,13 @@ The ledger knows nothing of chat; the bot translates these into sentences.
     ├── WrongAccount           a generation confirmed or cancelled by another account
     ├── QuoteExpired           a hold asked after the quote's expiry
     ├── InvalidTransition      the generation is not in a state that allows the operation
+    ├── LeaseHeld              a running generation another live process still answers for
     ├── IdempotencyConflict    a key reused with different parameters
     └── InvalidAmount          zero or negative credits
 
-Anything else an operation raises is the database's or a bug's; ``unreachable``
-tells the first kind, worth trying again, from the second.
+Anything else an operation raises is the database's or a bug's; ``transient``
+tells a failure worth trying again (busy, disconnected, timed out) from one
+that will fail every time.
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ class InvalidTransition(LedgerError):
         self.operation = operation
 
 
+class LeaseHeld(LedgerError):
+    def __init__(self, generation_id: str, owner: str) -> None:
+        super().__init__(
+            f"generation {generation_id!r} is still run by {owner!r}, whose lease lasts"
+        )
+        self.generation_id = generation_id
+        self.owner = owner
+
+
 class IdempotencyConflict(LedgerError):
     def __init__(self, key: str) -> None:
         super().__init__(
@@ -79,24 +90,39 @@ class InvalidAmount(LedgerError):
         self.amount = amount
 
 
-def unreachable(error: BaseException) -> bool:
-    """Whether ``error`` says the database could not be reached, or dropped the connection.
+_TRANSIENT_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")
+"""SQLite's result codes (and their extended forms) that another try may get past."""
 
-    Such an operation may succeed if tried again (settling twice is safe); a
-    syntax error or a bug would fail the same way every time.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+"""PostgreSQL's: connection lost, serialization or deadlock, out of resources, the
+operator's (shutdown, a cancelled or timed-out statement), and the system's (I/O)."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether trying the operation that raised ``error`` again may succeed.
+
+    Busy or locked databases, dropped connections, timeouts and I/O errors
+    pass; settling twice is safe, so such an operation is worth another try.
+    A permanent failure (a read-only file, a missing table, a constraint, a
+    bug) would fail the same way every time, and is not.
     """
     if isinstance(error, exc.DBAPIError):
-        return error.connection_invalidated or isinstance(
-            error, exc.OperationalError | exc.InterfaceError
-        )
-    return isinstance(
+        return error.connection_invalidated or (error.orig is not None and transient(error.orig))
+    if isinstance(error, sqlite3.Error):
+        return (getattr(error, "sqlite_errorname", None) or "").startswith(_TRANSIENT_SQLITE_ERRORS)
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    if isinstance(
         error,
         OSError
+        | TimeoutError
         | exc.TimeoutError
         | exc.DisconnectionError
-        | sqlite3.OperationalError
-        | asyncpg.PostgresConnectionError
         | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError,
-    )
+        | asyncpg.PostgresConnectionError,
+    ):
+        return True
+    # SQLAlchemy's adaptation of an asyncpg error keeps the original as its cause.
+    cause = error.__cause__
+    return isinstance(cause, asyncpg.InterfaceError | asyncpg.PostgresConnectionError | OSError)

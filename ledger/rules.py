@@ -1,12 +1,7 @@
-"""The money rules, written once: what confirming a quote and settling a generation change.
+"""The money rules, written once: what opening, confirming and settling change, and who may.
 
-Pure functions of what was read, so that both databases apply the same
-answers. SQLite reads, decides and applies inside its writer's transaction.
-PostgreSQL applies an answer in one statement (``statements.HOLD_AT_ONCE``,
-``SETTLE_AT_ONCE``) guarded on every column of the generation the rule read,
-and on the balance still covering what it moves: if another connection
-changed any of them in between, nothing is applied, and the ledger reads
-again and decides again.
+Pure functions of what a ledger transaction read under its lock; ``ledger.ledger``
+applies their answers in the same transaction, the same way on every database.
 """
 
 from __future__ import annotations
@@ -14,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.errors import InsufficientFunds, InvalidTransition, QuoteExpired, WrongAccount
+from ledger.errors import (
+    InsufficientFunds,
+    InvalidTransition,
+    LeaseHeld,
+    QuoteExpired,
+    WrongAccount,
+)
 from ledger.values import EntryKind, Generation, GenerationStatus
 
 SYSTEM_ACTOR = "system"
@@ -41,7 +42,6 @@ class Hold:
     """Confirming a quote: its price moves from available to held."""
 
     quote: Generation
-    """As read; the hold applies only while it is still so."""
     price: int
     line: Line
 
@@ -51,7 +51,6 @@ class Settlement:
     """Ending a running generation: the delivered images are charged, the rest returned."""
 
     running: Generation
-    """As read; the settlement applies only while it is still so."""
     delivered: int
     charged: int
     returned: int
@@ -170,6 +169,36 @@ def settlement(
     )
 
 
+def abandoned(running: Generation, *, reason: str, posted_reason: str) -> Settlement:
+    """Settling a generation whose owner stopped answering for it (its lease ran out).
+
+    The images its owner recorded as posted were received, so they are
+    charged (noted with ``posted_reason``); with none, the whole hold goes
+    back, recorded as interrupted with ``reason``.
+    """
+    posted = running.images_posted or 0
+    if posted:
+        return settlement(running, posted, None, posted_reason or None)
+    return settlement(running, 0, "interrupted", reason)
+
+
 def missing_hold(generation_id: str) -> InvalidTransition:
     """A running generation whose account no longer holds its credits: never applied."""
     return InvalidTransition(generation_id, "missing its hold", "settle")
+
+
+def lease_expired(running: Generation, database_now: datetime) -> bool:
+    """Whether the process running ``running`` no longer answers for it.
+
+    A generation held before leases existed has none: nobody answers for it.
+    """
+    return running.lease_until is None or running.lease_until <= database_now
+
+
+def check_settler(running: Generation, settler: str, database_now: datetime) -> None:
+    """Only its owner settles a generation while its lease lasts; anyone may once it has run out.
+
+    Raises ``LeaseHeld`` otherwise: another live process is still working on it.
+    """
+    if running.owner != settler and not lease_expired(running, database_now):
+        raise LeaseHeld(running.id, running.owner or "")

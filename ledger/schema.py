@@ -54,20 +54,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    @staticmethod
-    def sqlite_text(value: datetime | None) -> str | None:
-        """What this type and SQLAlchemy's SQLite ``DATETIME`` store for ``value``, in one step.
-
-        Their chain (this decorator, then a ``%``-format of a dict of fields) was a
-        quarter of the Python around a quote on the ledger's SQLite thread.
-        """
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("ledger timestamps must be timezone-aware")
-        # Without the "+00:00" that ends every UTC time's ISO form: SQLite keeps them naive.
-        return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
-
 
 accounts = Table(
     "accounts",
@@ -104,8 +90,9 @@ generations = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
-    Column("heartbeat_at", UTCDateTime, nullable=True),
     Column("images_posted", Integer, nullable=True),
+    Column("owner", String(120), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",

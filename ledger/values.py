@@ -104,10 +104,12 @@ class Generation:
     expires_at: datetime
     confirmed_at: datetime | None
     finished_at: datetime | None
-    heartbeat_at: datetime | None = None
-    """Last time the process running it said it still was; a crashed process stops saying so."""
     images_posted: int | None = None
     """Images the platform confirmed posted, recorded before the capture in case of a crash."""
+    owner: str | None = None
+    """The process running it (``Ledger.owner``), from the hold on."""
+    lease_until: datetime | None = None
+    """Until when, by the database's clock, only its owner may settle it; the owner renews it."""
 
     @property
     def price(self) -> int:

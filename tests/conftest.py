@@ -11,9 +11,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import update
 
 import providers
-from ledger import Ledger, create_engine, migrate
+from ledger import GenerationStatus, Ledger, create_engine, migrate
+from ledger.schema import generations
 from providers import ProviderSpec
 
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -83,3 +85,13 @@ async def ledger(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
         yield opened
     finally:
         await opened.close()
+
+
+async def run_out_leases(ledger: Ledger) -> None:
+    """What time does to a process that stopped renewing: every running generation's lease is over."""
+    async with ledger.engine.begin() as connection:
+        await connection.execute(
+            update(generations)
+            .where(generations.c.status == GenerationStatus.RUNNING)
+            .values(lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+        )

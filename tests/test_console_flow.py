@@ -34,7 +34,7 @@ from providers.base import (
     generate_each,
 )
 from providers.errors import ContentBlocked, RateLimited
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, run_out_leases
 from tests.fakes import Script, ScriptedProvider, fail_first, tiny_png
 
 OWNER = "console:local"
@@ -501,12 +501,9 @@ async def test_a_slow_progress_message_at_the_time_limit_does_not_lose_the_finis
     assert await available(service) == 90
 
 
-async def test_holds_left_by_a_crash_are_released_at_start_up(
-    service: ImagineService, clock: FakeClock
-) -> None:
+async def test_holds_left_by_a_crash_are_released_at_start_up(service: ImagineService) -> None:
     quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
-    await service.ledger.hold(quote.id, OWNER)
-    clock.advance(hours=1)
+    await service.ledger.hold(quote.id, OWNER, lease=timedelta(0))
     [released] = await service.recover()
     assert released.error_message == messages.INTERRUPTED_RELEASED
     assert await available(service) == 100
@@ -693,7 +690,7 @@ async def test_the_sweep_leaves_a_generation_this_process_is_running(
     quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
     running = asyncio.create_task(service.confirm(quote.id, OWNER, RecordingDelivery()))
     await scripted.started.wait()
-    clock.advance(hours=1)
+    await run_out_leases(service.ledger)
     assert await service.recover() == []
     scripted.release.set()
     outcome = await running
@@ -705,8 +702,7 @@ async def test_the_periodic_sweep_releases_stale_holds(
     service: ImagineService, clock: FakeClock
 ) -> None:
     quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
-    await service.ledger.hold(quote.id, OWNER)
-    clock.advance(hours=1)
+    await service.ledger.hold(quote.id, OWNER, lease=timedelta(0))
     service.heartbeat_interval = timedelta(milliseconds=1)
     sweeper = asyncio.create_task(service.sweep_periodically())
     try:
@@ -725,8 +721,8 @@ async def test_the_periodic_sweep_releases_stale_holds(
 QUICK_RETRY = Retry(first_wait_seconds=0.01, longest_wait_seconds=0.02, give_up_after_seconds=0.2)
 
 
-async def sweep_after_three_missed_heartbeats(service: ImagineService, clock: FakeClock) -> None:
-    clock.advance(seconds=4 * service.heartbeat_interval.total_seconds())
+async def sweep_after_the_lease_ran_out(service: ImagineService) -> None:
+    await run_out_leases(service.ledger)
     await service.recover()
 
 
@@ -754,7 +750,7 @@ async def test_images_posted_while_the_database_is_unreachable_are_charged_by_th
     assert (outcome.report, len(delivery.delivered)) == (messages.CAPTURE_DELAYED, 1)
     assert (await service.credits.balance(OWNER)).held == 10
     monkeypatch.undo()
-    await sweep_after_three_missed_heartbeats(service, clock)
+    await sweep_after_the_lease_ran_out(service)
     settled = await service.ledger.generation(quote.id)
     assert (settled.status, settled.credits_charged) == (GenerationStatus.COMPLETED, 10)
     balance = await service.credits.balance(OWNER)
@@ -788,7 +784,7 @@ async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
     assert outcome.report == messages.failure("rate_limited", returned_later=True)
     assert "held credits will be returned automatically" in outcome.report
     monkeypatch.undo()
-    await sweep_after_three_missed_heartbeats(service, clock)
+    await sweep_after_the_lease_ran_out(service)
     balance = await service.credits.balance(OWNER)
     assert (balance.available, balance.held) == (100, 0)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, timedelta, timezone
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -24,13 +25,14 @@ from ledger import (
     InsufficientFunds,
     InvalidAmount,
     InvalidTransition,
+    LeaseHeld,
     Ledger,
     NewGeneration,
     QuoteExpired,
     WrongAccount,
     create_engine,
     migrate,
-    unreachable,
+    transient,
 )
 from ledger.schema import accounts
 from tests.conftest import POSTGRES_ADMIN_DSN, FakeClock, postgres_database
@@ -405,53 +407,6 @@ async def test_settling_a_quote_that_was_never_held_is_refused(
         await ledger.capture("g1", 2)
 
 
-async def test_settling_with_the_generation_as_held_keeps_the_first_settlement(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    held = await ledger.hold("g1", ALICE)
-    first = await ledger.capture("g1", 2, running=held)
-
-    again = await ledger.release("g1", error_code="timeout", error_message="late", running=held)
-
-    assert again == first
-    assert (await ledger.balance(ALICE)).available == 80
-    assert await ledger.verify() == []
-
-
-async def test_a_settlement_takes_nothing_on_trust_from_the_generation_it_is_handed(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await funded(ledger)
-    await funded(ledger, BOB)
-    await quoted(ledger, clock)
-    held = await ledger.hold("g1", ALICE)
-    forged = replace(held, account_id=BOB, credits_per_image=1, credits_held=2)
-
-    captured = await ledger.capture("g1", 1, running=forged)
-
-    assert (captured.account_id, captured.credits_charged) == (ALICE, 10)
-    assert await ledger.balance(ALICE) == Balance(ALICE, available=90, held=0)
-    assert await ledger.balance(BOB) == Balance(BOB, available=100, held=0)
-    assert await ledger.verify() == []
-
-
-async def test_a_settlement_handed_a_generation_said_to_be_settled_still_settles_the_stored_one(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    held = await ledger.hold("g1", ALICE)
-
-    captured = await ledger.capture(
-        "g1", 2, running=replace(held, status=GenerationStatus.COMPLETED)
-    )
-
-    assert (captured.status, captured.credits_charged) == (GenerationStatus.COMPLETED, 20)
-    assert await ledger.balance(ALICE) == Balance(ALICE, available=80, held=0)
-
-
 async def test_a_settlement_whose_hold_is_missing_from_the_account_is_refused_and_changes_nothing(
     ledger: Ledger, clock: FakeClock
 ) -> None:
@@ -462,7 +417,7 @@ async def test_a_settlement_whose_hold_is_missing_from_the_account_is_refused_an
         await connection.execute(update(accounts).where(accounts.c.id == ALICE).values(held=0))
 
     with pytest.raises(InvalidTransition, match="missing its hold"):
-        await ledger.capture("g1", 2, running=held)
+        await ledger.capture("g1", 2)
 
     assert await ledger.generation("g1") == held
     assert len(await ledger.entries(ALICE)) == 2
@@ -538,26 +493,175 @@ async def test_history_lists_confirmed_generations_newest_first(
     ]
 
 
-async def test_stale_holds_are_released_with_a_reason(ledger: Ledger, clock: FakeClock) -> None:
+# -- leases: who may settle a running generation ---------------------------------
+
+LONG = timedelta(hours=1)
+RUN_OUT = timedelta(0)
+"""A lease that has run out by the time anyone looks: the database's clock has moved on."""
+
+
+@contextlib.asynccontextmanager
+async def another_bot(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
+    """A second process on the same database, with an identity of its own."""
+    other = Ledger(create_engine(database_url), clock, owner="other-process")
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+async def test_a_hold_makes_its_generation_this_processs_for_the_lease(
+    ledger: Ledger, clock: FakeClock
+) -> None:
     await funded(ledger)
     await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE)
-    clock.advance(hours=1)
-    [released] = await ledger.release_stale_holds(clock.now, reason="The bot restarted.")
+    held = await ledger.hold("g1", ALICE, lease=LONG)
+    assert held.owner == ledger.owner
+    assert held.lease_until is not None and held.lease_until > held.confirmed_at
+
+
+async def test_a_lease_is_timed_by_the_database_not_by_the_bots_clock(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=timedelta(minutes=1))
+    clock.advance(hours=5)
+    assert await ledger.expired_leases() == []
+
+
+async def test_a_generation_whose_lease_ran_out_is_released_as_interrupted(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+
+    assert await ledger.expired_leases() == ["g1"]
+    released = await ledger.settle_abandoned("g1", reason="The bot restarted.", posted_reason="")
+
+    assert released is not None
     assert (released.status, released.error_code, released.error_message) == (
         GenerationStatus.FAILED,
         "interrupted",
         "The bot restarted.",
     )
-    assert (await ledger.balance(ALICE)).available == 100
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=100, held=0)
 
 
-async def test_recent_holds_are_not_swept(ledger: Ledger, clock: FakeClock) -> None:
+async def test_a_generation_whose_lease_lasts_is_not_settled_as_abandoned(
+    ledger: Ledger, clock: FakeClock
+) -> None:
     await funded(ledger)
     await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE)
-    assert await ledger.release_stale_holds(clock.now - timedelta(minutes=5), reason="") == []
+    await ledger.hold("g1", ALICE, lease=LONG)
+
+    assert await ledger.expired_leases() == []
+    assert await ledger.settle_abandoned("g1", reason="", posted_reason="") is None
     assert (await ledger.balance(ALICE)).held == 20
+
+
+async def test_a_renewed_lease_keeps_its_generation_from_the_sweep(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await ledger.renew_leases({"g1"}, LONG)
+    assert await ledger.expired_leases() == []
+
+
+async def test_only_its_owner_renews_a_lease(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    async with another_bot(database_url, clock) as other:
+        await other.renew_leases({"g1"}, LONG)
+    assert await ledger.expired_leases() == ["g1"]
+
+
+async def test_an_abandoned_generation_whose_images_were_posted_is_charged_for_them(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock, images=2, credits_per_image=10)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await ledger.mark_posted("g1", 1)
+
+    settled = await ledger.settle_abandoned(
+        "g1", reason="released", posted_reason="charged for what was posted"
+    )
+
+    assert settled is not None
+    assert (settled.status, settled.credits_charged, settled.error_message) == (
+        GenerationStatus.PARTIAL,
+        10,
+        "charged for what was posted",
+    )
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=90, held=0)
+    assert await ledger.verify() == []
+
+
+async def test_another_process_cannot_settle_a_generation_whose_lease_lasts(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=LONG)
+    async with another_bot(database_url, clock) as other:
+        with pytest.raises(LeaseHeld):
+            await other.release("g1", error_code="interrupted", error_message="")
+    assert (await ledger.capture("g1", 2)).credits_charged == 20
+
+
+async def test_another_process_may_settle_a_generation_once_its_lease_ran_out(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    async with another_bot(database_url, clock) as other:
+        released = await other.release("g1", error_code="interrupted", error_message="")
+    assert released.status == GenerationStatus.FAILED
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=100, held=0)
+
+
+async def test_a_sweep_that_read_an_expired_lease_before_its_owner_renewed_it_settles_nothing(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    async with another_bot(database_url, clock) as sweeper:
+        seen_expired = await sweeper.expired_leases()
+        # Between the sweep's read and its settlement, the owner renews and posts.
+        await ledger.renew_leases({"g1"}, LONG)
+        await ledger.mark_posted("g1", 2)
+        assert await sweeper.settle_abandoned("g1", reason="", posted_reason="") is None
+
+    captured = await ledger.capture("g1", 2)
+
+    assert seen_expired == ["g1"]
+    assert (captured.status, captured.credits_charged) == (GenerationStatus.COMPLETED, 20)
+    assert await ledger.balance(ALICE) == Balance(ALICE, available=80, held=0)
+
+
+async def test_a_sweep_settles_with_the_images_posted_after_it_read_the_list(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    async with another_bot(database_url, clock) as sweeper:
+        assert await sweeper.expired_leases() == ["g1"]
+        await ledger.mark_posted("g1", 2)
+        settled = await sweeper.settle_abandoned("g1", reason="", posted_reason="posted")
+
+    assert settled is not None
+    assert (settled.status, settled.credits_charged) == (GenerationStatus.COMPLETED, 20)
+    assert await ledger.capture("g1", 2) == settled
 
 
 async def test_expired_quotes_are_marked_expired(ledger: Ledger, clock: FakeClock) -> None:
@@ -607,42 +711,6 @@ async def test_state_keeps_the_last_value_written(ledger: Ledger) -> None:
     await ledger.write_state("discord:commands", "second")
 
     assert await ledger.read_state("discord:commands") == "second"
-
-
-async def test_a_generation_still_heard_from_is_not_settled_however_old(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE)
-    clock.advance(hours=1)
-
-    await ledger.heartbeat({"g1"})
-
-    assert await ledger.release_stale_holds(clock.now - timedelta(minutes=3), reason="") == []
-
-
-async def test_a_silent_generation_whose_images_were_posted_is_captured_for_them(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock, images=2, credits_per_image=10)
-    await ledger.hold("g1", ALICE)
-    await ledger.mark_posted("g1", 1)
-    clock.advance(minutes=10)
-
-    [settled] = await ledger.release_stale_holds(
-        clock.now, reason="released", posted_reason="charged for what was posted"
-    )
-
-    assert (settled.status, settled.credits_charged, settled.error_message) == (
-        GenerationStatus.PARTIAL,
-        10,
-        "charged for what was posted",
-    )
-    balance = await ledger.balance(ALICE)
-    assert (balance.available, balance.held) == (90, 0)
-    assert await ledger.verify() == []
 
 
 async def test_many_engines_racing_like_separate_processes_hold_only_what_is_covered(
@@ -854,30 +922,6 @@ async def test_a_hold_whose_quote_another_process_confirmed_meanwhile_is_refused
         assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
 
 
-@pytest.mark.postgres
-async def test_a_hold_whose_guarded_statement_never_applies_fails_as_a_bug_and_changes_nothing(
-    clock: FakeClock,
-) -> None:
-    async with postgres_ledger(clock) as (ledger, url):
-        await funded(ledger)
-        await quoted(ledger, clock, "g1")
-        async with another_process(url) as (other, _):
-            # Every balance update is skipped, as a guard that disagrees with the read would be.
-            await other.execute(
-                """
-                CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN RETURN NULL; END $$;
-                CREATE TRIGGER skip BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION skip();
-                """
-            )
-
-            with pytest.raises(RuntimeError, match="applied nothing"):
-                await ledger.hold("g1", ALICE)
-
-        assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
-        assert [entry.kind for entry in await ledger.entries(ALICE)] == [EntryKind.GRANT]
-
-
 async def record_how_each_generation_change_commits(url: str) -> asyncpg.Connection:
     """A deferred trigger: it runs at commit, so it sees the setting the commit follows."""
     watcher = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -898,7 +942,7 @@ async def record_how_each_generation_change_commits(url: str) -> asyncpg.Connect
 
 
 @pytest.mark.postgres
-async def test_only_a_quote_is_committed_without_waiting_for_the_disk(clock: FakeClock) -> None:
+async def test_every_change_is_committed_waiting_for_the_disk(clock: FakeClock) -> None:
     async with postgres_ledger(clock) as (ledger, url):
         watcher = await record_how_each_generation_change_commits(url)
         try:
@@ -913,29 +957,85 @@ async def test_only_a_quote_is_committed_without_waiting_for_the_disk(clock: Fak
         finally:
             await watcher.close()
         assert [tuple(commit) for commit in commits] == [
-            ("INSERT", "off"),
+            ("INSERT", "on"),
             ("UPDATE", "on"),
-            ("INSERT", "off"),
+            ("INSERT", "on"),
             ("UPDATE", "on"),
         ]
+
+
+def sqlite_error(path: Path, action: Callable[[sqlite3.Connection], object]) -> sqlite3.Error:
+    """The error the real ``sqlite3`` raises for ``action`` on a database at ``path``."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        action(connection)
+    except sqlite3.Error as error:
+        return error
+    finally:
+        connection.close()
+    raise AssertionError("the action did not fail")
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "errors.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (x INTEGER)")
+    return path
+
+
+def test_a_busy_sqlite_database_is_worth_trying_again(sqlite_file: Path) -> None:
+    locker = sqlite3.connect(sqlite_file, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        busy = sqlite3.connect(sqlite_file, timeout=0)
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            busy.execute("SELECT * FROM t")
+        busy.close()
+    finally:
+        locker.close()
+    assert transient(raised.value)
+
+
+def test_a_read_only_sqlite_database_is_not_worth_trying_again(sqlite_file: Path) -> None:
+    error = sqlite_error(
+        sqlite_file, lambda connection: connection.execute("INSERT INTO t VALUES (1)")
+    )
+    assert "readonly" in str(error)
+    assert not transient(error)
+    assert not transient(sa_exc.OperationalError("INSERT", {}, error))
+
+
+def test_a_missing_sqlite_table_is_not_worth_trying_again(sqlite_file: Path) -> None:
+    error = sqlite_error(
+        sqlite_file, lambda connection: connection.execute("SELECT * FROM nowhere")
+    )
+    assert "no such table" in str(error)
+    assert not transient(sa_exc.OperationalError("SELECT", {}, error))
 
 
 @pytest.mark.parametrize(
     ("error", "worth_trying_again"),
     [
         (ConnectionResetError("reset by peer"), True),
-        (sqlite3.OperationalError("database is locked"), True),
+        (TimeoutError(), True),
         (asyncpg.ConnectionDoesNotExistError("closed in the middle"), True),
         (asyncpg.CannotConnectNowError("the database system is starting up"), True),
-        (sa_exc.OperationalError("UPDATE", {}, Exception("server closed")), True),
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), True),
+        (asyncpg.DeadlockDetectedError("deadlock detected"), True),
         (sa_exc.TimeoutError("QueuePool limit reached"), True),
         (asyncpg.PostgresSyntaxError("syntax error at or near ?"), False),
+        (asyncpg.UndefinedTableError('relation "generations" does not exist'), False),
+        (
+            asyncpg.ReadOnlySQLTransactionError("cannot execute UPDATE in a read-only transaction"),
+            False,
+        ),
         (sa_exc.ProgrammingError("UPDATE", {}, Exception("no such column")), False),
         (InsufficientFunds(ALICE, 10, 5), False),
         (ValueError("a bug"), False),
     ],
 )
-def test_only_a_database_out_of_reach_is_worth_trying_again(
+def test_only_a_failure_that_may_pass_is_worth_trying_again(
     error: Exception, worth_trying_again: bool
 ) -> None:
-    assert unreachable(error) is worth_trying_again
+    assert transient(error) is worth_trying_again

@@ -165,7 +165,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def hold(self, quote: Quote) -> Held | MultipleResults[Held]:
         generation_id, account, images, price = quote
         try:
-            held = self.run(self.ledger.hold(generation_id, account))
+            # A lease that has run out at once: the owner or a sweep may settle it.
+            held = self.run(self.ledger.hold(generation_id, account, lease=timedelta(0)))
         except LedgerError:
             assert images * price > self.available[account]
             return multiple()
@@ -186,28 +187,38 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(held=consumes(holds), data=st.data())
     def capture(self, held: Held, data: st.DataObject) -> None:
-        (generation_id, account, images, price), as_held = held
+        (generation_id, account, images, price), _ = held
         delivered = data.draw(st.integers(0, images))
-        # With the generation as held, as the flow settles, or without, as the sweep does.
-        running = as_held if data.draw(st.booleans()) else None
-        settled = self.run(self.ledger.capture(generation_id, delivered, running=running))
+        # By its owner, as the flow settles, or by a sweep, after the owner recorded the posts.
+        if data.draw(st.booleans()):
+            settled = self.run(self.ledger.capture(generation_id, delivered))
+        else:
+            self.run(self.ledger.mark_posted(generation_id, delivered))
+            swept = self.run(
+                self.ledger.settle_abandoned(generation_id, reason="", posted_reason="")
+            )
+            assert swept is not None
+            settled = swept
         self.held[account] -= images * price
         self.captured[account] += delivered * price
         self.available[account] += (images - delivered) * price
         assert settled.credits_charged == delivered * price
-        # Handed the generation as it was held, now stale: still the first settlement.
-        again = self.run(
-            self.ledger.release(generation_id, error_code="x", error_message="x", running=as_held)
-        )
-        assert again.credits_charged == settled.credits_charged, "settling twice changed it"
+        again = self.run(self.ledger.release(generation_id, error_code="x", error_message="x"))
+        assert again == settled, "settling twice changed it"
 
     @rule(held=consumes(holds), data=st.data())
     def release(self, held: Held, data: st.DataObject) -> None:
-        (generation_id, account, images, price), as_held = held
-        running = as_held if data.draw(st.booleans()) else None
-        settled = self.run(
-            self.ledger.release(generation_id, error_code="x", error_message="x", running=running)
-        )
+        (generation_id, account, images, price), _ = held
+        if data.draw(st.booleans()):
+            settled = self.run(
+                self.ledger.release(generation_id, error_code="x", error_message="x")
+            )
+        else:
+            swept = self.run(
+                self.ledger.settle_abandoned(generation_id, reason="", posted_reason="")
+            )
+            assert swept is not None
+            settled = swept
         assert settled.status == GenerationStatus.FAILED
         self.held[account] -= images * price
         self.available[account] += images * price

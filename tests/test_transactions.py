@@ -1,33 +1,22 @@
-"""How ledger transactions run: on a SQLite file queued writes commit together, each undone alone."""
+"""How ledger transactions run: one whole transaction each, writes one at a time on SQLite."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy import Integer, bindparam, func, insert, literal, select
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import Connection, make_url
 
-from ledger import Ledger, create_engine, migrate, unreachable
-from ledger import transactions as transactions_module
+from ledger import create_engine, migrate, transient
 from ledger.schema import bot_state
-from ledger.transactions import (
-    POSTGRES_GROUPS_AT_ONCE,
-    POSTGRES_POOL_SIZE,
-    POSTGRES_POOL_WAIT_SECONDS,
-    POSTGRES_RUNS_PER_GROUP,
-    SQLITE_WRITES_PER_BATCH,
-    ThreadedSQLite,
-    transactions_for,
-)
-from tests.conftest import FakeClock, postgres_database
+from ledger.transactions import POSTGRES_POOL_SIZE, Database
+from tests.conftest import postgres_database
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -37,15 +26,14 @@ class Refused(Exception):
 
 
 @pytest.fixture
-async def transactions(tmp_path: Path) -> AsyncIterator[ThreadedSQLite]:
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}")
     await migrate.upgrade(engine)
-    runner = transactions_for(engine)
-    assert isinstance(runner, ThreadedSQLite)
+    opened = Database(engine)
     try:
-        yield runner
+        yield opened
     finally:
-        await runner.close()
+        await opened.close()
 
 
 def remember(key: str, *, then_refuse: bool = False) -> Callable[[Connection], str]:
@@ -64,302 +52,251 @@ def keys(connection: Connection) -> list[str]:
     return list(connection.scalars(select(bot_state.c.key).order_by(bot_state.c.key)))
 
 
-async def test_writes_queued_together_each_keep_their_own_outcome(
-    transactions: ThreadedSQLite,
-) -> None:
-    outcomes = await asyncio.gather(
-        *(
-            transactions.write(remember(f"k{n:03}", then_refuse=n % 3 == 1))
-            for n in range(3 * SQLITE_WRITES_PER_BATCH)
-        ),
-        return_exceptions=True,
-    )
+async def test_writes_run_one_at_a_time_in_the_order_they_were_asked(database: Database) -> None:
+    order: list[int] = []
 
-    refused = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, Refused)]
-    assert refused == [n for n in range(3 * SQLITE_WRITES_PER_BATCH) if n % 3 == 1]
-    kept = [f"k{n:03}" for n in range(3 * SQLITE_WRITES_PER_BATCH) if n % 3 != 1]
-    assert await transactions.read(keys) == kept
-
-
-async def test_a_batch_without_a_refusal_runs_each_write_once(
-    transactions: ThreadedSQLite,
-) -> None:
-    ran: list[str] = []
-
-    def counted(key: str) -> Callable[[Connection], str]:
-        def work(connection: Connection) -> str:
-            ran.append(key)
-            return remember(key)(connection)
+    def numbered(number: int) -> Callable[[Connection], None]:
+        def work(connection: Connection) -> None:
+            order.append(number)
+            remember(f"k{number:02}")(connection)
 
         return work
 
-    await asyncio.gather(
-        *(transactions.write(counted(f"k{n:03}")) for n in range(2 * SQLITE_WRITES_PER_BATCH))
+    await asyncio.gather(*(database.write(numbered(number)) for number in range(20)))
+
+    assert order == list(range(20))
+    assert len(await database.read(keys)) == 20
+
+
+async def test_a_refused_write_leaves_nothing_behind_and_the_others_keep_theirs(
+    database: Database,
+) -> None:
+    outcomes = await asyncio.gather(
+        database.write(remember("a")),
+        database.write(remember("b", then_refuse=True)),
+        database.write(remember("c")),
+        return_exceptions=True,
     )
 
-    assert sorted(ran) == [f"k{n:03}" for n in range(2 * SQLITE_WRITES_PER_BATCH)]
-    assert transactions.batches_written_again == 0
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], Refused)
+    assert await database.read(keys) == ["a", "c"]
 
 
-async def test_a_refusal_runs_only_its_own_batch_again(transactions: ThreadedSQLite) -> None:
-    # The first write goes alone to the idle writer; the next batch queues behind it.
-    first = asyncio.ensure_future(transactions.write(remember("a")))
-    await asyncio.sleep(0)
-    queued = [
-        transactions.write(remember(f"k{n:03}", then_refuse=n == 3))
-        for n in range(SQLITE_WRITES_PER_BATCH)
-    ]
-    outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
-
-    assert [isinstance(outcome, Refused) for outcome in outcomes].count(True) == 1
-    assert transactions.batches_written_again == 1
-    assert len(await transactions.read(keys)) == SQLITE_WRITES_PER_BATCH
-
-
-async def test_a_write_refused_alone_leaves_nothing_behind(transactions: ThreadedSQLite) -> None:
-    with pytest.raises(Refused):
-        await transactions.write(remember("lonely", then_refuse=True))
-
-    assert await transactions.read(keys) == []
-
-
-async def test_a_cancelled_callers_write_still_commits_as_do_those_queued_with_it(
-    transactions: ThreadedSQLite,
+async def test_a_write_whose_caller_is_cancelled_while_it_runs_still_commits(
+    database: Database,
 ) -> None:
-    first = asyncio.ensure_future(transactions.write(remember("a")))
-    second = asyncio.ensure_future(transactions.write(remember("b")))
-    third = asyncio.ensure_future(transactions.write(remember("c")))
-    await asyncio.sleep(0)
-    second.cancel()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    assert await first == "a"
-    assert await third == "c"
-    assert await transactions.read(keys) == ["a", "b", "c"]
+    def slow(connection: Connection) -> str:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(0.2)
+        return remember("a")(connection)
+
+    write = asyncio.ensure_future(database.write(slow))
+    await started.wait()
+    write.cancel()
+
+    await database.write(remember("b"))
+    assert await database.read(keys) == ["a", "b"]
 
 
 async def test_closing_finishes_the_writes_already_asked_for(
-    transactions: ThreadedSQLite, tmp_path: Path
+    database: Database, tmp_path: Path
 ) -> None:
-    writes = [
-        asyncio.ensure_future(transactions.write(remember(f"k{n:03}")))
-        for n in range(2 * SQLITE_WRITES_PER_BATCH)
-    ]
+    writes = [asyncio.ensure_future(database.write(remember(f"k{n:02}"))) for n in range(20)]
     await asyncio.sleep(0)
 
-    await transactions.close()
+    await database.close()
 
-    assert [await write for write in writes] == [
-        f"k{n:03}" for n in range(2 * SQLITE_WRITES_PER_BATCH)
-    ]
-    reopened = transactions_for(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"))
+    assert [await write for write in writes] == [f"k{n:02}" for n in range(20)]
+    reopened = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"))
     try:
-        assert len(await reopened.read(keys)) == 2 * SQLITE_WRITES_PER_BATCH
+        assert len(await reopened.read(keys)) == 20
     finally:
         await reopened.close()
 
 
-async def test_an_in_memory_database_runs_the_ledger_through_the_async_driver(
-    clock: FakeClock,
-) -> None:
-    engine = create_engine("sqlite+aiosqlite:///:memory:")
-    await migrate.upgrade(engine)
-    ledger = Ledger(engine, clock)
-    try:
-        await ledger.grant("discord:1", 10, actor="test", reason="", idempotency_key="g")
-        await asyncio.gather(
-            *(
-                ledger.revoke("discord:1", 1, actor="test", reason="", idempotency_key=f"r{n}")
-                for n in range(4)
-            )
-        )
-        assert (await ledger.balance("discord:1")).available == 6
-        assert await ledger.verify() == []
-    finally:
-        await ledger.close()
-
-
-async def test_a_writer_connection_left_broken_is_replaced_for_the_next_write(
-    transactions: ThreadedSQLite,
-) -> None:
+async def test_a_connection_left_broken_is_replaced_for_the_next_write(database: Database) -> None:
     def break_connection(connection: Connection) -> None:
         connection.invalidate()
         raise Refused("the connection broke")
 
     with pytest.raises(Refused):
-        await transactions.write(break_connection)
+        await database.write(break_connection)
 
-    assert await transactions.write(remember("after")) == "after"
-    assert await transactions.read(keys) == ["after"]
+    assert await database.write(remember("after")) == "after"
+    assert await database.read(keys) == ["after"]
 
 
-@pytest.mark.postgres
-async def test_a_write_after_a_lone_statement_is_still_one_transaction() -> None:
-    async with postgres_database() as url:
-        engine = create_engine(url)
-        await migrate.upgrade(engine)
-        runner = transactions_for(engine)
-        try:
-            # A lone statement commits as it runs; the connection must not stay that way.
-            await runner.statement(
-                insert(bot_state).values(key="alone", value="v", updated_at=NOW), {}
+async def test_writers_of_two_processes_on_one_file_wait_for_each_other_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+    schema = create_engine(url)
+    await migrate.upgrade(schema)
+    await schema.dispose()
+    first, second = Database(create_engine(url)), Database(create_engine(url))
+
+    def read_then_write(key: str) -> Callable[[Connection], str]:
+        # A reader upgrading to a writer is what SQLite refuses at once under a plain BEGIN.
+        def work(connection: Connection) -> str:
+            keys(connection)
+            return remember(key)(connection)
+
+        return work
+
+    try:
+        await asyncio.gather(
+            *(
+                (first if number % 2 else second).write(read_then_write(f"k{number:03}"))
+                for number in range(100)
             )
+        )
+        assert len(await first.read(keys)) == 100
+    finally:
+        await first.close()
+        await second.close()
 
-            with pytest.raises(Refused):
-                await runner.write(remember("refused", then_refuse=True))
 
-            assert await runner.read(keys) == ["alone"]
+async def test_a_read_runs_beside_a_write_in_progress(database: Database) -> None:
+    writing = asyncio.Event()
+    finish = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_write(connection: Connection) -> None:
+        remember("slow")(connection)
+        loop.call_soon_threadsafe(writing.set)
+        asyncio.run_coroutine_threadsafe(finish.wait(), loop).result(timeout=10)
+
+    write = asyncio.ensure_future(database.write(slow_write))
+    await writing.wait()
+    try:
+        assert await asyncio.wait_for(database.read(keys), 5) == []
+    finally:
+        finish.set()
+        await write
+    assert await database.read(keys) == ["slow"]
+
+
+@contextlib.asynccontextmanager
+async def postgres(**engine_options: float) -> AsyncIterator[Database]:
+    async with postgres_database() as url:
+        engine = create_engine(url, **engine_options)
+        await migrate.upgrade(engine)
+        opened = Database(engine)
+        try:
+            yield opened
         finally:
-            await runner.close()
+            await opened.close()
 
 
 @pytest.mark.postgres
 async def test_a_write_waits_its_turn_while_every_pooled_connection_is_busy() -> None:
-    async with postgres_database() as url:
-        engine = create_engine(url)
-        await migrate.upgrade(engine)
-        runner = transactions_for(engine)
-        busy = [await engine.connect() for _ in range(POSTGRES_POOL_SIZE)]
+    async with postgres() as database:
+        busy = [await database.engine.connect() for _ in range(POSTGRES_POOL_SIZE)]
         try:
-            waiting = asyncio.ensure_future(runner.write(remember("queued")))
+            waiting = asyncio.ensure_future(database.write(remember("queued")))
             await asyncio.sleep(0.2)
             assert not waiting.done()
 
             await busy.pop().close()
 
             assert await waiting == "queued"
-            # Not SQLAlchemy's 30 s: under a burst the line moves slower than that.
-            assert engine.sync_engine.pool.timeout() == POSTGRES_POOL_WAIT_SECONDS >= 600
         finally:
             for connection in busy:
                 await connection.close()
-            await runner.close()
 
 
 @pytest.mark.postgres
-async def test_pooled_connections_go_to_the_tasks_in_the_order_they_asked() -> None:
-    async with postgres_database() as url:
-        engine = create_async_engine(url, pool_size=1, max_overflow=0)
-        runner = transactions_for(engine)
-        turns: list[tuple[int, int]] = []
+async def test_a_transaction_cancelled_while_it_runs_leaves_its_connection_usable() -> None:
+    async with postgres() as database:
+        sleeping = asyncio.ensure_future(
+            database.read(lambda connection: connection.execute(select(func.pg_sleep(5))))
+        )
+        await asyncio.sleep(0.2)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
 
-        async def one_after_another(task: int) -> None:
-            for step in range(3):
-                await runner.statement(select(literal(task)), {})
-                turns.append((task, step))
-
-        try:
-            await asyncio.gather(*(one_after_another(task) for task in range(4)))
-        finally:
-            await runner.close()
-        # A task asking again as soon as it is served queues behind those already waiting.
-        assert turns == [(task, step) for step in range(3) for task in range(4)]
+        assert await database.read(lambda connection: connection.scalar(select(7))) == 7
 
 
 @pytest.mark.postgres
-async def test_a_statement_cancelled_while_it_runs_leaves_its_connection_usable() -> None:
-    async with postgres_database() as url:
-        engine = create_async_engine(url, pool_size=1, max_overflow=0)
-        runner = transactions_for(engine)
-        try:
-            sleeping = asyncio.ensure_future(runner.statement(select(func.pg_sleep(5)), {}))
-            await asyncio.sleep(0.2)
-            sleeping.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await sleeping
-
-            row = await runner.typed_statement(select(literal(7).label("answer")), {})
-            assert row == {"answer": 7}
-        finally:
-            await runner.close()
+async def test_every_connection_has_a_server_side_statement_timeout() -> None:
+    async with postgres() as database:
+        shown = await database.read(
+            lambda connection: connection.scalar(text("SHOW statement_timeout"))
+        )
+    assert shown not in {"0", "0ms"}
 
 
 @pytest.mark.postgres
-async def test_a_statement_that_waited_too_long_for_a_connection_fails_as_worth_retrying(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(transactions_module, "POSTGRES_POOL_WAIT_SECONDS", 0.2)
-    async with postgres_database() as url:
-        engine = create_async_engine(url, pool_size=1, max_overflow=0)
-        runner = transactions_for(engine)
-        busy = asyncio.ensure_future(runner.statement(select(func.pg_sleep(1)), {}))
-        try:
-            await asyncio.sleep(0.1)
-            with pytest.raises(sa_exc.TimeoutError) as waited:
-                await runner.statement(select(literal(1)), {})
-            assert unreachable(waited.value)
-        finally:
-            await busy
-            await runner.close()
+async def test_a_statement_past_the_command_timeout_fails_as_worth_retrying() -> None:
+    async with postgres(command_timeout=0.3) as database:
+        with pytest.raises(Exception) as timed_out:
+            await database.read(lambda connection: connection.execute(select(func.pg_sleep(3))))
+        assert transient(timed_out.value)
+
+        assert await database.read(lambda connection: connection.scalar(select(7))) == 7
 
 
-RUN_NUMBER = bindparam("run", type_=Integer)
+class FrozenLink:
+    """A TCP relay to PostgreSQL that can stop passing bytes: a half-open connection."""
 
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.frozen = False
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
 
-@pytest.mark.postgres
-async def test_grouped_runs_asked_for_while_others_are_out_go_together_in_one_transaction() -> None:
-    statement = select(func.txid_current().label("transaction"), RUN_NUMBER.label("run"))
-    runs = POSTGRES_GROUPS_AT_ONCE + 2 * POSTGRES_RUNS_PER_GROUP
-    async with postgres_database() as url:
-        runner = transactions_for(create_engine(url))
-        try:
-            rows = await asyncio.gather(
-                *(runner.grouped(statement, {"run": run}) for run in range(runs))
-            )
-        finally:
-            await runner.close()
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
 
-    assert [row["run"] for row in rows] == list(range(runs))
-    runs_per_transaction = Counter(row["transaction"] for row in rows)
-    # The first go at once, alone; the rest waited for them, and went in full groups.
-    assert sorted(runs_per_transaction.values()) == (
-        [1] * POSTGRES_GROUPS_AT_ONCE + [POSTGRES_RUNS_PER_GROUP] * 2
-    )
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, upstream_writer]
 
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    if not self.frozen:
+                        sink.write(data)
+                        await sink.drain()
 
-@pytest.mark.postgres
-async def test_a_grouped_run_that_fails_fails_alone_and_the_rest_of_its_group_is_answered() -> None:
-    statement = select((literal(60) / bindparam("divisor", type_=Integer)).label("quotient"))
-    divisors = [1] * POSTGRES_GROUPS_AT_ONCE + [2, 0, 3]
-    async with postgres_database() as url:
-        runner = transactions_for(create_engine(url))
-        try:
-            answers = await asyncio.gather(
-                *(runner.grouped(statement, {"divisor": divisor}) for divisor in divisors),
-                return_exceptions=True,
-            )
-        finally:
-            await runner.close()
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
-    *alone, half, by_zero, third = answers
-    assert [row["quotient"] for row in alone] == [60] * POSTGRES_GROUPS_AT_ONCE
-    assert (half["quotient"], third["quotient"]) == (30, 20)
-    assert isinstance(by_zero, asyncpg.DivisionByZeroError)
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 @pytest.mark.postgres
-async def test_a_grouped_run_cancelled_before_its_group_went_is_never_sent() -> None:
-    remembered = insert(bot_state).values(key=bindparam("key"), value="v", updated_at=NOW)
+async def test_a_connection_whose_server_stopped_answering_fails_in_seconds_not_minutes() -> None:
     async with postgres_database() as url:
-        engine = create_engine(url)
+        parsed = make_url(url)
+        link = FrozenLink(parsed.host or "127.0.0.1", parsed.port or 5432)
+        port = await link.start()
+        engine = create_engine(parsed.set(port=port).render_as_string(False), command_timeout=0.5)
         await migrate.upgrade(engine)
-        runner = transactions_for(engine)
+        database = Database(engine)
         try:
-            busy = [
-                asyncio.ensure_future(runner.grouped(select(func.pg_sleep(0.3)), {}))
-                for _ in range(POSTGRES_GROUPS_AT_ONCE)
-            ]
-            await asyncio.sleep(0.1)
-            waiting = {
-                key: asyncio.ensure_future(
-                    runner.grouped(remembered.returning(bot_state.c.key), {"key": key})
-                )
-                for key in ("kept", "cancelled", "also kept")
-            }
-            await asyncio.sleep(0)
-            waiting["cancelled"].cancel()
-            await asyncio.gather(*busy, *waiting.values(), return_exceptions=True)
+            assert await database.read(lambda connection: connection.scalar(select(1))) == 1
+            link.frozen = True
 
-            assert waiting["kept"].result()["key"] == "kept"
-            assert sorted(await runner.read(keys)) == ["also kept", "kept"]
+            with pytest.raises(Exception) as stuck:
+                await asyncio.wait_for(
+                    database.write(remember("never")), timeout=POSTGRES_POOL_SIZE
+                )
+            assert transient(stuck.value)
         finally:
-            await runner.close()
+            await link.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(database.close(), 5)
