@@ -11,9 +11,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from bot import messages
 from bot.app import open_service
@@ -24,7 +26,7 @@ from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
-from ledger import Generation, GenerationStatus
+from ledger import Generation, GenerationStatus, Ledger, create_engine
 from providers.base import (
     GeneratedImage,
     GenerationResult,
@@ -716,6 +718,45 @@ async def test_the_periodic_sweep_releases_stale_holds(
     assert await available(service) == 100
 
 
+async def test_images_posted_after_another_process_settled_the_request_are_told_as_they_are(
+    service: ImagineService,
+    scripted: ScriptedProvider,
+    database_url: str,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scripted.release = asyncio.Event()
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    running = asyncio.create_task(service.confirm(quote.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    # This process stalls past its lease, and another one settles the request as abandoned.
+    await run_out_leases(service.ledger)
+    other = Ledger(create_engine(database_url), clock, owner="another-process")
+    try:
+        assert await other.settle_abandoned(
+            quote.id, reason=messages.INTERRUPTED_RELEASED, posted_reason=""
+        )
+    finally:
+        await other.close()
+
+    scripted.release.set()
+    outcome = await running
+
+    assert outcome.message == (
+        "1 image posted, but this request had already been settled as interrupted"
+        " while the bot was not answering for it: charged 0 credits."
+    )
+    assert len(outcome.images) == 1
+    assert await available(service) == 100
+    assert (
+        service.metrics.registry.get_sample_value(
+            "imagine_settled_before_capture_total", {"model": "scripted"}
+        )
+        == 1
+    )
+    assert any("after it was settled" in record.getMessage() for record in caplog.records)
+
+
 # -- the database failing while a generation settles ---------------------------
 
 QUICK_RETRY = Retry(first_wait_seconds=0.01, longest_wait_seconds=0.02, give_up_after_seconds=0.2)
@@ -755,6 +796,40 @@ async def test_images_posted_while_the_database_is_unreachable_are_charged_by_th
     assert (settled.status, settled.credits_charged) == (GenerationStatus.COMPLETED, 10)
     balance = await service.credits.balance(OWNER)
     assert (balance.available, balance.held) == (90, 0)
+
+
+async def test_a_capture_the_database_refuses_for_good_is_not_tried_again_and_its_cause_logged(
+    service: ImagineService,
+    scripted: ScriptedProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    attempts = 0
+    capture = service.ledger.capture
+
+    async def counted(*args: Any, **kwargs: Any) -> Generation:
+        nonlocal attempts
+        attempts += 1
+        return await capture(*args, **kwargs)
+
+    monkeypatch.setattr(service.ledger, "capture", counted)
+    scripted.release = asyncio.Event()
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    running = asyncio.create_task(service.confirm(quote.id, OWNER, RecordingDelivery()))
+    await scripted.started.wait()
+    async with service.ledger.engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE ledger_entries RENAME TO misplaced"))
+    try:
+        scripted.release.set()
+        outcome = await running
+    finally:
+        async with service.ledger.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE misplaced RENAME TO ledger_entries"))
+
+    assert outcome.report == messages.CAPTURE_DELAYED
+    assert attempts == 1
+    assert "ledger_entries" in caplog.text
 
 
 async def test_a_release_the_database_drops_is_tried_again(

@@ -1,4 +1,5 @@
-"""A bot killed outright (SIGKILL) mid-generation: the next run settles the hold it left behind."""
+"""Bot processes sharing one database, for real: a killed one's hold is settled by the next run,
+and a live one's generation is never settled by another, whatever its sweep interval."""
 
 from __future__ import annotations
 
@@ -26,11 +27,16 @@ async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
         await opened.close()
 
 
-async def start_console(tmp_path: Path) -> asyncio.subprocess.Process:
+async def start_console(
+    tmp_path: Path,
+    *,
+    local_delay: str = "60",
+    sweep_interval: str = "0.2",
+    stdout: int = asyncio.subprocess.DEVNULL,
+) -> asyncio.subprocess.Process:
+    # A slow "provider" keeps the generation running; a fast sweep notices a dead one soon.
     command, env = command_and_environment(
-        tmp_path,
-        # A slow "provider" keeps the generation running; a fast sweep notices the dead one soon.
-        {"LOCAL_DELAY_SECONDS": "60", "SWEEP_INTERVAL_SECONDS": "0.2"},
+        tmp_path, {"LOCAL_DELAY_SECONDS": local_delay, "SWEEP_INTERVAL_SECONDS": sweep_interval}
     )
     return await asyncio.create_subprocess_exec(
         *command,
@@ -38,7 +44,7 @@ async def start_console(tmp_path: Path) -> asyncio.subprocess.Process:
         cwd=tmp_path,
         env=env,
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
 
@@ -99,4 +105,39 @@ async def test_a_hold_left_by_a_killed_bot_is_released_by_the_next_run(
     )
     balance = await ledger.balance(OWNER)
     assert (balance.available, balance.held) == (100, 0)
+    assert await ledger.verify() == []
+
+
+async def test_a_process_sweeping_often_never_settles_a_generation_another_live_one_runs(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    # The generation takes about 3 s; its process renews its lease every 2 s.
+    generating = await start_console(
+        tmp_path, local_delay="1.5", sweep_interval="2", stdout=asyncio.subprocess.PIPE
+    )
+    assert generating.stdin is not None
+    generating.stdin.write(b"/imagine model:local-sketch count:2 a fox in snow\ny\n")
+    await generating.stdin.drain()
+
+    async def running() -> bool:
+        generation = await only_generation(ledger)
+        return generation is not None and generation.status == GenerationStatus.RUNNING
+
+    await until(running)
+    # Another bot on the same database sweeps twenty times a second meanwhile.
+    sweeping = await start_console(tmp_path, sweep_interval="0.05")
+    try:
+        generating.stdin.close()
+        stdout, stderr = await asyncio.wait_for(generating.communicate(), 60)
+    finally:
+        sweeping.send_signal(signal.SIGTERM)
+        await sweeping.communicate()
+
+    assert generating.returncode == 0, stderr.decode()
+    assert "Done: 2 images for 2 credits." in stdout.decode()
+    generation = await only_generation(ledger)
+    assert generation is not None
+    assert (generation.status, generation.credits_charged) == (GenerationStatus.COMPLETED, 2)
+    balance = await ledger.balance(OWNER)
+    assert (balance.available, balance.held) == (98, 0)
     assert await ledger.verify() == []

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import inspect, text
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 
-from ledger import create_engine, migrate
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger import Ledger, create_engine, migrate
+from tests.conftest import postgres_database
 
 LEDGER_TABLES = {"accounts", "generations", "ledger_entries"}
 
@@ -59,3 +68,112 @@ async def test_sqlite_database_runs_in_wal_mode_with_a_busy_timeout(tmp_path) ->
         await engine.dispose()
     assert journal == "wal"
     assert timeout is not None and timeout >= 5000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database no version of the bot has touched yet."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def engine_for(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_a_fresh_database_is_set_up_even_without_upgrading(empty_database_url: str) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.prepare(engine, upgrade=False)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+
+
+async def test_an_older_database_is_refused_unless_upgrading_and_left_as_it_was(
+    empty_database_url: str,
+) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.upgrade(engine, "0003")
+
+        with pytest.raises(migrate.SchemaOutdated) as refused:
+            await migrate.prepare(engine, upgrade=False)
+
+        assert (refused.value.current, refused.value.head) == ("0003", migrate.head_revision())
+        assert await migrate.current_revision(engine) == "0003"
+
+
+async def test_an_older_database_is_upgraded_when_asked(empty_database_url: str) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.upgrade(engine, "0003")
+        await migrate.prepare(engine, upgrade=True)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+
+
+async def test_a_database_written_by_a_newer_version_is_refused_even_when_upgrading(
+    empty_database_url: str,
+) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.upgrade(engine)
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '9001'"))
+
+        with pytest.raises(migrate.SchemaUnknown) as refused:
+            await migrate.prepare(engine, upgrade=True)
+
+        assert refused.value.current == "9001"
+
+
+async def test_processes_starting_at_once_on_an_older_database_upgrade_it_once(
+    empty_database_url: str,
+) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.upgrade(engine, "0002")
+    engines = [create_engine(empty_database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate.prepare(each, upgrade=True) for each in engines))
+        assert await migrate.current_revision(engines[0]) == migrate.head_revision()
+    finally:
+        for each in engines:
+            await each.dispose()
+
+
+async def test_generations_running_at_the_upgrade_to_leases_keep_a_lease(
+    empty_database_url: str,
+) -> None:
+    async with engine_for(empty_database_url) as engine:
+        await migrate.upgrade(engine, "0003")
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO accounts (id, available, held, created_at, updated_at)"
+                    " VALUES ('discord:1', 0, 10, :at, :at)"
+                ),
+                {"at": datetime(2026, 12, 1, tzinfo=UTC)},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO generations (id, account_id, model_id, provider, provider_model,"
+                    " prompt, options, images_requested, images_delivered, credits_per_image,"
+                    " credits_held, credits_charged, status, created_at, expires_at,"
+                    " confirmed_at) VALUES ('g1', 'discord:1', 'm', 'local', 'p', 'a fox', '{}',"
+                    " 1, 0, 10, 10, 0, 'running', :at, :at, :at)"
+                ),
+                {"at": datetime(2026, 12, 1, tzinfo=UTC)},
+            )
+
+        await migrate.prepare(engine, upgrade=True)
+
+        ledger = Ledger(engine)
+        try:
+            assert await ledger.expired_leases() == []
+            running = await ledger.generation("g1")
+        finally:
+            await ledger.close()
+        assert running.lease_until is not None
+        assert running.lease_until > datetime.now(UTC)
