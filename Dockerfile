@@ -33,6 +33,6 @@ EXPOSE 3000 9090
 # Liveness, not readiness: a slow database must not get a busy bot restarted mid-generation.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9090/livez', timeout=4).status != 200)"]
-# Every command applies pending migrations before it starts.
+# `run` upgrades an older database before it starts; other commands refuse one.
 ENTRYPOINT ["imagine-bot"]
 CMD ["run"]
