@@ -29,10 +29,9 @@ def freeze_startup_heap() -> None:
 
     A bot process holds a few hundred thousand long-lived objects (discord.py,
     slack-bolt, SQLAlchemy, the provider SDKs), and each full collection
-    walked all of them: under a burst of 500 commands the collector took
-    about a third of the time (bench.latency: the last quote at 0.5 s instead
-    of 0.33 s). Called once, when the service is built and the platforms are
-    about to connect.
+    walked all of them, a large share of a burst's time (bench.latency).
+    Called once, when the service is built and the platforms are about to
+    connect.
     """
     gc.collect()
     gc.freeze()

@@ -37,7 +37,7 @@ def _shrink(image: GeneratedImage, max_bytes: int) -> GeneratedImage:
         for quality in _QUALITIES:
             buffer = io.BytesIO()
             # No optimize=True: Pillow then encodes in one call that holds the GIL
-            # (~240 ms for 4K, measured by bench.delivery), stalling the event loop.
+            # for the whole image (bench.delivery), stalling the event loop.
             picture.save(buffer, format="JPEG", quality=quality)
             if buffer.tell() <= max_bytes:
                 return GeneratedImage(buffer.getvalue(), "image/jpeg", *picture.size)

@@ -296,7 +296,7 @@ class Ledger:
             connection.execute(
                 update(generations)
                 .where(
-                    generations.c.id.in_(generation_ids),
+                    generations.c.id.in_(list(generation_ids)),
                     generations.c.status == GenerationStatus.RUNNING,
                     generations.c.owner == self.owner,
                 )
