@@ -65,7 +65,19 @@ class LoopLag:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}"
+    """What the figures were measured on: architecture, CPU model, cores, Python, system."""
+    return (
+        f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 def mean(values: Sequence[float]) -> float:
@@ -89,6 +101,15 @@ async def postgres_database(name: str) -> AsyncIterator[tuple[str, str]]:
         await admin.close()
 
 
+async def postgres_version() -> str:
+    """The version of the PostgreSQL server at ``POSTGRES``, e.g. "15.20"."""
+    connection = await asyncpg.connect(POSTGRES, timeout=5)
+    try:
+        return str(await connection.fetchval("SHOW server_version")).split(" ", 1)[0]
+    finally:
+        await connection.close()
+
+
 async def postgres_reachable() -> bool:
     try:
         connection = await asyncpg.connect(POSTGRES, timeout=3)
@@ -106,6 +127,13 @@ def add_database_option(parser: argparse.ArgumentParser) -> None:
         default="sqlite",
         help="where the bot keeps its ledger (PostgreSQL at TEST_POSTGRES_DSN)",
     )
+
+
+async def database_name(kind: str) -> str:
+    """``kind`` as a header line names it: "sqlite", or "PostgreSQL 15.20" with the server's version."""
+    if kind == "sqlite" or not await postgres_reachable():
+        return kind
+    return f"PostgreSQL {await postgres_version()}"
 
 
 @contextlib.asynccontextmanager

@@ -12,8 +12,9 @@ prints one JSON line, ``{"api_base": ..., "control": ...}``, and serves until
 its standard input closes. ``POST {control}/burst`` with
 ``{"users": N, "first_user": ID, "click": bool, "bot": K}`` runs /imagine from
 N users at once, sent to the K-th bot connected (0 the first, -1 the newest),
-and answers ``{"answered": [...], "delivered": [...]}`` in seconds: until each
-quote arrived, and from each click until its images arrived.
+and answers ``{"answered": [...], "delivered": [...], "without_images": K}``: in
+seconds, until each quote arrived and from each click until its follow-up
+arrived; and how many clicks were followed up without an image (refused or failed).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool)
     # The quote's arrival: the first answer, or the edit after a "thinking…" one.
     answered = [fake.original(command).updated_at - command.sent_at for command in commands]
     delivered: list[float] = []
+    without_images = 0
     if click:
         clicks = await asyncio.gather(
             *(
@@ -78,7 +80,11 @@ async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool)
             patience=DELIVERY_PATIENCE_SECONDS,
         )
         delivered = [press.followed_up_at - press.sent_at for press in clicks]  # type: ignore[operator]
-    return {"answered": answered, "delivered": delivered}
+        # A click the bot could not serve is followed up too, with a message and no file.
+        without_images = sum(
+            not any(message.files for message in fake.followups(press)) for press in clicks
+        )
+    return {"answered": answered, "delivered": delivered, "without_images": without_images}
 
 
 async def serve() -> None:

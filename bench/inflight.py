@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 import providers
-from bench.common import LoopLag, add_database_option, ledger_database, machine
+from bench.common import LoopLag, add_database_option, database_name, ledger_database, machine
 from bot.app import open_service
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
@@ -134,7 +134,7 @@ async def main(quick: bool, database: str) -> None:
     providers.register(ProviderSpec("slow", "bench.inflight:SlowProvider"))
     print(
         f"bench.inflight on {machine()}: {count} generations in flight, "
-        f"provider waits {WAIT_SECONDS:g} s, ledger on {database}"
+        f"provider waits {WAIT_SECONDS:g} s, ledger on {await database_name(database)}"
     )
     with tempfile.TemporaryDirectory() as folder:
         async with ledger_database(database, Path(folder), "inflight") as database_url:
