@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, func, insert, or_, select, type_coerce, update
+from sqlalchemy import ColumnElement, Row, bindparam, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -145,9 +145,7 @@ class Ledger:
     async def create_quote(self, new: NewGeneration) -> Generation:
         """Record a quote; no credits move until ``hold``."""
         stored = self._quote_row(new)
-        await self._database.write(
-            lambda connection: connection.execute(insert(generations), stored)
-        )
+        await self._database.write(lambda connection: connection.execute(_NEW_GENERATION, stored))
         return _quoted_generation(stored)
 
     async def open_quote(
@@ -164,7 +162,7 @@ class Ledger:
         def work(connection: Connection) -> Balance:
             balance = self._open_account(connection, new.account_id, starting_credits)
             if balance.available >= new.price:
-                connection.execute(insert(generations), stored)
+                connection.execute(_NEW_GENERATION, stored)
             return balance
 
         balance = await self._database.write(work)
@@ -205,15 +203,17 @@ class Ledger:
         if not self._apply(connection, account, hold.line, generation_id):
             # Spent by another connection after the read above (PostgreSQL).
             raise InsufficientFunds(account, hold.price, _balance(connection, account).available)
-        return _update_generation(
-            connection,
-            generation_id,
-            status=GenerationStatus.RUNNING,
-            credits_held=hold.price,
-            confirmed_at=now,
-            owner=self.owner,
-            lease_until=database_now + lease,
+        started = connection.execute(
+            _START_GENERATION,
+            {
+                "generation_id": generation_id,
+                "credits_held": hold.price,
+                "confirmed_at": now,
+                "owner": self.owner,
+                "lease_until": database_now + lease,
+            },
         )
+        return _generation_from(started.one())
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         """Withdraw a quote that was never confirmed."""
@@ -274,17 +274,19 @@ class Ledger:
         for line in settlement.lines:
             if not self._apply(connection, running.account_id, line, running.id):
                 raise rules.missing_hold(running.id)
-        return _update_generation(
-            connection,
-            running.id,
-            status=settlement.status,
-            images_delivered=settlement.delivered,
-            credits_held=0,
-            credits_charged=settlement.charged,
-            error_code=settlement.error_code,
-            error_message=settlement.error_message,
-            finished_at=self._clock(),
+        finished = connection.execute(
+            _FINISH_GENERATION,
+            {
+                "generation_id": running.id,
+                "status": settlement.status,
+                "images_delivered": settlement.delivered,
+                "credits_charged": settlement.charged,
+                "error_code": settlement.error_code,
+                "error_message": settlement.error_message,
+                "finished_at": self._clock(),
+            },
         )
+        return _generation_from(finished.one())
 
     async def renew_leases(self, generation_ids: Collection[str], lease: timedelta) -> None:
         """Say this process still answers for these running generations, for ``lease`` from now."""
@@ -311,16 +313,8 @@ class Ledger:
         If this process dies between the post and the capture, whoever settles
         the generation charges for what the user received instead of giving it away.
         """
-        await self._database.write(
-            lambda connection: connection.execute(
-                update(generations)
-                .where(
-                    generations.c.id == generation_id,
-                    generations.c.status == GenerationStatus.RUNNING,
-                )
-                .values(images_posted=images)
-            )
-        )
+        values = {"generation_id": generation_id, "images": images}
+        await self._database.write(lambda connection: connection.execute(_MARK_POSTED, values))
 
     async def expired_leases(self) -> list[str]:
         """The running generations whose lease has run out: their owner no longer answers for them."""
@@ -488,9 +482,14 @@ class Ledger:
         """Open ``account`` with ``available`` credits (its entries are the caller's); False if it exists."""
         now = self._clock()
         opened = connection.execute(
-            _dialect_insert(connection, accounts)
-            .values(id=account, available=available, held=0, created_at=now, updated_at=now)
-            .on_conflict_do_nothing(index_elements=["id"])
+            _OPEN_ACCOUNT[connection.dialect.name],
+            {
+                "id": account,
+                "available": available,
+                "held": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         return opened.rowcount == 1
 
@@ -504,17 +503,13 @@ class Ledger:
         """Change ``account``'s balance by ``line`` and record it; False (nothing done) if a part
         of the balance would go below zero or the account does not exist."""
         changed = connection.execute(
-            update(accounts)
-            .where(
-                accounts.c.id == account,
-                accounts.c.available >= -line.available_delta,
-                accounts.c.held >= -line.held_delta,
-            )
-            .values(
-                available=accounts.c.available + line.available_delta,
-                held=accounts.c.held + line.held_delta,
-                updated_at=self._clock(),
-            )
+            _CHANGE_BALANCE,
+            {
+                "account": account,
+                "available_delta": line.available_delta,
+                "held_delta": line.held_delta,
+                "now": self._clock(),
+            },
         )
         if changed.rowcount != 1:
             return False
@@ -529,7 +524,7 @@ class Ledger:
         generation_id: str | None = None,
     ) -> None:
         connection.execute(
-            insert(ledger_entries),
+            _NEW_ENTRY,
             {
                 "account_id": account,
                 "kind": line.kind,
@@ -572,12 +567,19 @@ def _require_positive(amount: int) -> None:
 
 def _dialect_insert(connection: Connection, table: Any) -> Any:
     """An INSERT with the dialect's ``ON CONFLICT`` clauses, which SQLAlchemy keeps per dialect."""
-    return (sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert)(table)
+    return _DIALECT_INSERTS[connection.dialect.name](table)
+
+
+_DIALECT_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def _database_now(connection: Connection) -> ColumnElement[datetime]:
+    return _database_clock(connection.dialect.name)
+
+
+def _database_clock(dialect: str) -> ColumnElement[datetime]:
     """The database's clock, which every process sharing it reads alike: leases are timed by it."""
-    if connection.dialect.name == "sqlite":
+    if dialect == "sqlite":
         # In the form SQLite's timestamps are stored in, microseconds included, so they compare as text.
         return type_coerce(func.strftime("%Y-%m-%d %H:%M:%f000", "now"), UTCDateTime)
     return type_coerce(func.now(), UTCDateTime)
@@ -585,11 +587,7 @@ def _database_now(connection: Connection) -> ColumnElement[datetime]:
 
 def _replayed(connection: Connection, account: str, line: rules.Line) -> bool:
     """Whether ``line``'s key was used already, for the same change; a different one is refused."""
-    row = connection.execute(
-        select(ledger_entries.c.account_id, ledger_entries.c.kind, ledger_entries.c.amount).where(
-            ledger_entries.c.idempotency_key == line.idempotency_key
-        )
-    ).first()
+    row = connection.execute(_ENTRY_BY_KEY, {"key": line.idempotency_key}).first()
     if row is None:
         return False
     if tuple(row) != (account, line.kind, line.amount):
@@ -598,9 +596,7 @@ def _replayed(connection: Connection, account: str, line: rules.Line) -> bool:
 
 
 def _find_balance(connection: Connection, account: str) -> Balance | None:
-    row = connection.execute(
-        select(accounts.c.available, accounts.c.held).where(accounts.c.id == account)
-    ).first()
+    row = connection.execute(_BALANCE, {"account": account}).first()
     return None if row is None else Balance(account=account, available=row[0], held=row[1])
 
 
@@ -612,7 +608,7 @@ def _balance(connection: Connection, account: str) -> Balance:
 
 
 def _generation(connection: Connection, generation_id: str) -> Generation:
-    row = connection.execute(select(generations).where(generations.c.id == generation_id)).first()
+    row = connection.execute(_GENERATION, {"generation_id": generation_id}).first()
     if row is None:
         raise GenerationNotFound(generation_id)
     return _generation_from(row)
@@ -621,9 +617,7 @@ def _generation(connection: Connection, generation_id: str) -> Generation:
 def _locked_generation(connection: Connection, generation_id: str) -> tuple[Generation, datetime]:
     """The generation, locked until the transaction ends, and the database's clock."""
     row = connection.execute(
-        select(generations, _database_now(connection).label("database_now"))
-        .where(generations.c.id == generation_id)
-        .with_for_update(of=generations)
+        _LOCKED_GENERATION[connection.dialect.name], {"generation_id": generation_id}
     ).first()
     if row is None:
         raise GenerationNotFound(generation_id)
@@ -635,20 +629,8 @@ def _close_quote(
 ) -> None:
     """A quote's end without a hold: cancelled or expired."""
     connection.execute(
-        update(generations)
-        .where(generations.c.id == generation_id, generations.c.status == GenerationStatus.QUOTED)
-        .values(status=status, finished_at=now)
+        _CLOSE_QUOTE, {"generation_id": generation_id, "status": status, "finished_at": now}
     )
-
-
-def _update_generation(connection: Connection, generation_id: str, **values: Any) -> Generation:
-    row = connection.execute(
-        update(generations)
-        .where(generations.c.id == generation_id)
-        .values(**values)
-        .returning(*generations.c)
-    ).one()
-    return _generation_from(row)
 
 
 _GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")
@@ -668,3 +650,105 @@ def _quoted_generation(stored: Mapping[str, Any]) -> Generation:
     return Generation(
         **stored, error_code=None, error_message=None, confirmed_at=None, finished_at=None
     )
+
+
+# -- the statements of every generation's path, built once ------------------------
+# SQLAlchemy caches a statement's compiled SQL under a key it computes from the
+# statement object; for a statement built afresh on every call, computing that key
+# cost more than running the statement (bench.ledger). Each is built here once, per
+# dialect where the dialects differ, and every call only binds values.
+
+
+def _datetime(name: str) -> Any:
+    return bindparam(name, type_=UTCDateTime)
+
+
+_BALANCE = select(accounts.c.available, accounts.c.held).where(
+    accounts.c.id == bindparam("account")
+)
+
+_OPEN_ACCOUNT = {
+    name: insert_for(accounts).on_conflict_do_nothing(index_elements=["id"])
+    for name, insert_for in _DIALECT_INSERTS.items()
+}
+"""Executed with a new account's columns; does nothing if it exists already."""
+
+_CHANGE_BALANCE = (
+    update(accounts)
+    .where(
+        accounts.c.id == bindparam("account"),
+        accounts.c.available + bindparam("available_delta") >= 0,
+        accounts.c.held + bindparam("held_delta") >= 0,
+    )
+    .values(
+        available=accounts.c.available + bindparam("available_delta"),
+        held=accounts.c.held + bindparam("held_delta"),
+        updated_at=_datetime("now"),
+    )
+)
+"""A line's change to a balance, only if neither part would go below zero."""
+
+_NEW_ENTRY = insert(ledger_entries)
+_NEW_GENERATION = insert(generations)
+
+_ENTRY_BY_KEY = select(
+    ledger_entries.c.account_id, ledger_entries.c.kind, ledger_entries.c.amount
+).where(ledger_entries.c.idempotency_key == bindparam("key"))
+
+_GENERATION = select(generations).where(generations.c.id == bindparam("generation_id"))
+
+_LOCKED_GENERATION = {
+    name: select(generations, _database_clock(name).label("database_now"))
+    .where(generations.c.id == bindparam("generation_id"))
+    .with_for_update(of=generations)
+    for name in _DIALECT_INSERTS
+}
+"""The generation, locked until the transaction ends (SQLite's writer lock covers it there),
+and the database's clock."""
+
+_START_GENERATION = (
+    update(generations)
+    .where(generations.c.id == bindparam("generation_id"))
+    .values(
+        status=GenerationStatus.RUNNING,
+        credits_held=bindparam("credits_held"),
+        confirmed_at=_datetime("confirmed_at"),
+        owner=bindparam("owner"),
+        lease_until=_datetime("lease_until"),
+    )
+    .returning(*generations.c)
+)
+
+_FINISH_GENERATION = (
+    update(generations)
+    .where(generations.c.id == bindparam("generation_id"))
+    .values(
+        status=bindparam("status"),
+        images_delivered=bindparam("images_delivered"),
+        credits_held=0,
+        credits_charged=bindparam("credits_charged"),
+        error_code=bindparam("error_code"),
+        error_message=bindparam("error_message"),
+        finished_at=_datetime("finished_at"),
+    )
+    .returning(*generations.c)
+)
+
+_CLOSE_QUOTE = (
+    update(generations)
+    .where(
+        generations.c.id == bindparam("generation_id"),
+        generations.c.status == GenerationStatus.QUOTED,
+    )
+    .values(status=bindparam("status"), finished_at=_datetime("finished_at"))
+)
+"""A quote's end without a hold: cancelled or expired."""
+
+_MARK_POSTED = (
+    update(generations)
+    .where(
+        generations.c.id == bindparam("generation_id"),
+        generations.c.status == GenerationStatus.RUNNING,
+    )
+    .values(images_posted=bindparam("images"))
+)

@@ -15,6 +15,8 @@ transaction runs and takes its lock differs, here:
 - **PostgreSQL**: the function runs through the async engine's
   ``run_sync``; a write locks the rows it decides on with
   ``SELECT … FOR UPDATE``, written into the operation (SQLite ignores it).
+  Every read is one statement, so it runs without ``BEGIN`` and ``COMMIT``
+  (``AUTOCOMMIT``), each of which would be a round trip of its own.
 
 A thread cannot be interrupted: a caller cancelled while its write runs gets
 ``CancelledError``, but the write still commits. The ledger is built for
@@ -43,6 +45,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_READER_THREADS = 4
 POSTGRES_POOL_SIZE = 10
 """Connections each process opens on PostgreSQL, and keeps: ten processes fit in the default 100."""
+POSTGRES_POOL_WAIT_SECONDS = 300
+"""How long an operation waits for a pooled connection. Under a burst of clicks the line
+moves, only slowly; failing a hold for being late in it would refuse a user for nothing."""
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10.0
 POSTGRES_COMMAND_TIMEOUT_SECONDS = 30.0
 """How long the client waits for any one answer: a connection whose server vanished
@@ -63,6 +68,7 @@ def create_engine(
         database_url,
         pool_size=POSTGRES_POOL_SIZE,
         max_overflow=0,
+        pool_timeout=POSTGRES_POOL_WAIT_SECONDS,
         connect_args={
             "timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
             "command_timeout": command_timeout,
@@ -136,9 +142,10 @@ class Database:
         )
 
     async def read(self, work: Work[T]) -> T:
-        """Run ``work`` in a transaction that only reads."""
+        """Run ``work``, which only reads, in one statement (PostgreSQL) or one transaction."""
         if self._threads is None:
             async with self.engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 return await connection.run_sync(_in_transaction, work)
         file_engine, _, readers = self._threads
         return await asyncio.get_running_loop().run_in_executor(
