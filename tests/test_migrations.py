@@ -18,18 +18,18 @@ async def table_names(database_url: str) -> set[str]:
         await engine.dispose()
 
 
-async def test_upgrade_from_empty_creates_the_schema_at_head(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_upgrade_from_empty_creates_the_schema_at_head(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
-    assert await table_names(database_url) >= LEDGER_TABLES
+    assert await table_names(fresh_database_url) >= LEDGER_TABLES
 
 
-async def test_upgrade_twice_changes_nothing(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_upgrade_twice_changes_nothing(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         await migrate.upgrade(engine)
@@ -38,15 +38,15 @@ async def test_upgrade_twice_changes_nothing(database_url: str) -> None:
         await engine.dispose()
 
 
-async def test_downgrade_to_base_removes_the_schema(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_downgrade_to_base_removes_the_schema(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         await migrate.downgrade(engine, "base")
         assert await migrate.current_revision(engine) is None
     finally:
         await engine.dispose()
-    assert not LEDGER_TABLES & await table_names(database_url)
+    assert not LEDGER_TABLES & await table_names(fresh_database_url)
 
 
 async def test_sqlite_database_runs_in_wal_mode_with_a_busy_timeout(tmp_path) -> None:
