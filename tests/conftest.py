@@ -1,10 +1,10 @@
 """Shared fixtures: real SQLite and PostgreSQL databases, a controllable clock, the test providers.
 
-PostgreSQL: each test session (each pytest-xdist worker) migrates one database of its own
-once, and every test that takes ``database_url`` or ``ledger`` gets it with the ledger's
-tables emptied. A test that needs a brand-new database (migrations from empty, an old
-revision, server-side changes to the schema) takes ``fresh_database_url`` or opens
-``postgres_database()``.
+Each test session (each pytest-xdist worker) migrates one PostgreSQL database and one
+SQLite file of its own, once. A test that takes ``database_url`` or ``ledger`` gets that
+PostgreSQL database with the ledger's tables emptied, or a copy of that SQLite file. A test
+that needs a database no migration has touched (migrations from empty, an old revision)
+takes ``fresh_database_url`` or opens ``postgres_database()``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -181,16 +182,37 @@ def session_postgres() -> Iterator[SessionPostgres]:
     asyncio.run(database.drop())
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session, copied for each test that wants one."""
+    path = tmp_path_factory.mktemp("template") / "imagine.db"
+
+    async def migrated() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrated())
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, session_postgres: SessionPostgres
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    session_postgres: SessionPostgres,
+    migrated_sqlite_file: Path,
 ) -> str:
     """Each test that takes this runs once on a SQLite file and once on PostgreSQL.
 
-    The database is empty: a new SQLite file, or the session's migrated PostgreSQL
-    database with its tables emptied. Migrating it again changes nothing.
+    The database is migrated and empty: a copy of the session's migrated SQLite file, or
+    the session's PostgreSQL database with its tables emptied. Migrating it again changes
+    nothing.
     """
     if request.param == "sqlite":
+        shutil.copyfile(migrated_sqlite_file, tmp_path / "imagine.db")
         return f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
     return await session_postgres.emptied()
 
