@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,9 @@ def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             await engine.dispose()
 
     asyncio.run(migrated())
+    # Everything into the one file that is copied (the last connection to close does this too).
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path
 
 
