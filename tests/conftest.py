@@ -1,26 +1,40 @@
-"""Shared fixtures: real SQLite and PostgreSQL databases, a controllable clock, the test providers."""
+"""Shared fixtures: real SQLite and PostgreSQL databases, a controllable clock, the test providers.
+
+Each test session (each pytest-xdist worker) migrates one PostgreSQL database and one
+SQLite file of its own, once. A test that takes ``database_url`` or ``ledger`` gets that
+PostgreSQL database with the ledger's tables emptied, or a copy of that SQLite file. A test
+that needs a database no migration has touched (migrations from empty, an old revision)
+takes ``fresh_database_url`` or opens ``postgres_database()``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import pytest
 from sqlalchemy import update
 
 import providers
-from ledger import GenerationStatus, Ledger, create_engine, migrate
+from ledger import GenerationStatus, Ledger, create_engine, migrate, schema
 from ledger.schema import generations
 from providers import ProviderSpec
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
+_POSTGRES_SERVER = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+"""Part of every database name, so two xdist workers never share one."""
 
 # Test providers go through the same registration line a real provider uses.
 providers.register(ProviderSpec("scripted", "tests.fakes:ScriptedProvider"))
@@ -46,29 +60,172 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def _postgres_unreachable(error: BaseException | str) -> NoReturn:
+    """Skip the test, or fail it when the run must cover PostgreSQL (``REQUIRE_POSTGRES=1``)."""
+    message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {error}"
+    if os.environ.get("REQUIRE_POSTGRES") == "1":
+        pytest.fail(message + " (REQUIRE_POSTGRES=1)")
+    pytest.skip(message)
+
+
+async def _admin_connection() -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        _postgres_unreachable(error)
+
+
+def _new_database_name() -> str:
+    return f"imagine_test_{_WORKER}_{uuid.uuid4().hex[:12]}"
+
+
+def _sqlalchemy_url(name: str) -> str:
+    return f"{_POSTGRES_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+
+
+async def require_postgres() -> None:
+    """Skip (or fail, with ``REQUIRE_POSTGRES=1``) as every PostgreSQL test does when it is down."""
+    await (await _admin_connection()).close()
+
+
 @contextlib.asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    try:
-        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {error}"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + " (REQUIRE_POSTGRES=1)")
-        pytest.skip(message)
-    name = f"imagine_test_{uuid.uuid4().hex[:12]}"
+    """A brand-new, empty PostgreSQL database for one test, dropped afterwards."""
+    admin = await _admin_connection()
+    name = _new_database_name()
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        host = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].removeprefix("postgresql://")
-        yield f"postgresql+asyncpg://{host}/{name}"
+        yield _sqlalchemy_url(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 
+_LEDGER_TABLES = ", ".join(f'"{table.name}"' for table in schema.metadata.sorted_tables)
+"""Every table the schema declares, so a new one is emptied too; never ``alembic_version``."""
+_EMPTY_THE_LEDGER = (
+    # Connections a previous test left open would hold locks the TRUNCATE waits for.
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid();"
+    f"TRUNCATE {_LEDGER_TABLES} RESTART IDENTITY CASCADE"
+)
+
+
+class SessionPostgres:
+    """This session's (this xdist worker's) migrated PostgreSQL database.
+
+    It is created and migrated when a test first asks for it, in that test's event loop
+    (its connections are closed again at once), and dropped when the session ends. A test
+    that left it at another revision (a downgrade) gets it rebuilt for the tests after it.
+    """
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.revision: str | None = None
+        self._unreachable: str | None = None
+
+    async def emptied(self) -> str:
+        """The database's URL, with every ledger table empty and its identities restarted."""
+        if self._unreachable is not None:
+            _postgres_unreachable(self._unreachable)
+        if self.name is None or not await self._empty_if_still_migrated(self.name):
+            await self.drop()
+            await self._create()
+        assert self.name is not None
+        return _sqlalchemy_url(self.name)
+
+    async def _empty_if_still_migrated(self, name: str) -> bool:
+        connection = await asyncpg.connect(f"{_POSTGRES_SERVER}/{name}", timeout=5)
+        try:
+            try:
+                revision = await connection.fetchval("SELECT version_num FROM alembic_version")
+            except asyncpg.UndefinedTableError:
+                return False
+            if revision != self.revision:
+                return False
+            await connection.execute(_EMPTY_THE_LEDGER)
+            return True
+        finally:
+            await connection.close()
+
+    async def _create(self) -> None:
+        try:
+            admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+            self._unreachable = str(error)
+            _postgres_unreachable(error)
+        name = _new_database_name()
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        self.name = name
+        engine = create_engine(_sqlalchemy_url(name))
+        try:
+            await migrate.upgrade(engine)
+            self.revision = await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    async def drop(self) -> None:
+        if self.name is None:
+            return
+        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        self.name = None
+
+
+@pytest.fixture(scope="session")
+def session_postgres() -> Iterator[SessionPostgres]:
+    database = SessionPostgres()
+    yield database
+    asyncio.run(database.drop())
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session, copied for each test that wants one."""
+    path = tmp_path_factory.mktemp("template") / "imagine.db"
+
+    async def migrated() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrated())
+    # Everything into the one file that is copied (the last connection to close does this too).
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each test that takes this runs once on a SQLite file and once on PostgreSQL."""
+async def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    session_postgres: SessionPostgres,
+    migrated_sqlite_file: Path,
+) -> str:
+    """Each test that takes this runs once on a SQLite file and once on PostgreSQL.
+
+    The database is migrated and empty: a copy of the session's migrated SQLite file, or
+    the session's PostgreSQL database with its tables emptied. Migrating it again changes
+    nothing.
+    """
+    if request.param == "sqlite":
+        shutil.copyfile(migrated_sqlite_file, tmp_path / "imagine.db")
+        return f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+    return await session_postgres.emptied()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database no migration has touched yet, on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import postgres_database
+from tests.conftest import require_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,9 +37,7 @@ def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> 
 async def test_a_quick_run_with_the_ledger_on_postgresql_prints_its_headline(
     name: str, headline: str
 ) -> None:
-    # Only to skip (or fail, with REQUIRE_POSTGRES=1) as every PostgreSQL test does.
-    async with postgres_database():
-        pass
+    await require_postgres()
 
     assert last_line_of_quick_run(name, "--database", "postgresql").startswith(headline)
 

@@ -1,4 +1,8 @@
-"""`imagine-bot` as a user runs it: a real subprocess, a fresh database, scripted standard input."""
+"""`imagine-bot` as a user runs it: a fresh database, scripted standard input.
+
+Commands run in this process (``bot.cli.main``, see ``tests/cli_helpers.py``); the console
+reading a pipe and SIGTERM while generating run the real program.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +11,17 @@ import pwd
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot import cli
-
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_MODELS = REPO / "config" / "models.toml"
-
-
-def command_and_environment(
-    cwd: Path, environment: dict[str, str]
-) -> tuple[list[str], dict[str, str]]:
-    script = Path(sys.executable).with_name("imagine-bot")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("DISCORD_", "SLACK_", "GEMINI_", "GOOGLE_", "OPENAI_"))
-    }
-    env.update(
-        DATABASE_URL=f"sqlite+aiosqlite:///{cwd / 'imagine.db'}",
-        MODELS_FILE=str(SHIPPED_MODELS),
-        OUTPUT_DIR=str(cwd / "out"),
-        ADMIN_ACCOUNTS="",
-    )
-    env.update(environment)
-    return command, env
-
-
-def imagine_bot(
-    cwd: Path, *arguments: str, stdin: str = "", **environment: str
-) -> subprocess.CompletedProcess[str]:
-    command, env = command_and_environment(cwd, environment)
-    return subprocess.run(
-        [*command, *arguments],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+from tests.cli_helpers import command_and_environment, imagine_bot, imagine_bot_process
 
 
 def test_console_generates_saves_and_charges(tmp_path: Path) -> None:
-    result = imagine_bot(
+    result = imagine_bot_process(
         tmp_path,
         "console",
         stdin="/imagine model:local-sketch count:2 aspect:16:9 a fox in snow\ny\n/credits\n",

@@ -4,53 +4,23 @@ only run and console settle what other processes left behind."""
 from __future__ import annotations
 
 import asyncio
-import io
-import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from bot import cli
 from ledger import GenerationStatus, Ledger, NewGeneration, create_engine, migrate
+from tests.cli_helpers import imagine_bot
 from tests.conftest import run_out_leases
 
-REPO = Path(__file__).resolve().parent.parent
 OWNER = "console:local"
-
-Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
 def database_file(tmp_path: Path) -> Path:
+    """Where ``imagine_bot`` keeps the database, in the test's own folder."""
     return tmp_path / "imagine.db"
-
-
-@pytest.fixture
-def imagine_bot(
-    tmp_path: Path,
-    database_file: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Run:
-    """``imagine-bot`` in this process: its exit code, standard output and standard error."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "METRICS_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{database_file}")
-    monkeypatch.setenv("MODELS_FILE", str(REPO / "config" / "models.toml"))
-    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))
-
-    def run(*arguments: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        with pytest.raises(SystemExit) as exited:
-            cli.main(list(arguments))
-        out, err = capsys.readouterr()
-        return int(exited.value.code or 0), out, err
-
-    return run
 
 
 def at_revision(database_file: Path, revision: str) -> None:
@@ -76,16 +46,16 @@ def revision_of(database_file: Path) -> str | None:
 
 
 def test_a_command_on_an_older_database_is_refused_with_what_to_run(
-    imagine_bot: Run, database_file: Path
+    tmp_path: Path, database_file: Path
 ) -> None:
     at_revision(database_file, "0003")
 
-    code, _, err = imagine_bot("balance", OWNER)
+    run = imagine_bot(tmp_path, "balance", OWNER)
 
-    assert code == 1
-    assert "older version of the bot (revision 0003)" in err
-    assert "imagine-bot db upgrade" in err
-    assert len(err.strip().splitlines()) == 1
+    assert run.returncode == 1
+    assert "older version of the bot (revision 0003)" in run.stderr
+    assert "imagine-bot db upgrade" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
     assert revision_of(database_file) == "0003"
 
 
@@ -94,32 +64,32 @@ def test_a_command_on_an_older_database_is_refused_with_what_to_run(
     [("report",), ("ledger", "verify"), ("grant", OWNER, "5"), ("history", OWNER)],
 )
 def test_no_other_command_upgrades_an_older_database(
-    imagine_bot: Run, database_file: Path, arguments: tuple[str, ...]
+    tmp_path: Path, database_file: Path, arguments: tuple[str, ...]
 ) -> None:
     at_revision(database_file, "0003")
-    code, _, err = imagine_bot(*arguments)
-    assert (code, revision_of(database_file)) == (1, "0003"), err
+    run = imagine_bot(tmp_path, *arguments)
+    assert (run.returncode, revision_of(database_file)) == (1, "0003"), run.stderr
 
 
-def test_db_upgrade_upgrades_an_older_database(imagine_bot: Run, database_file: Path) -> None:
+def test_db_upgrade_upgrades_an_older_database(tmp_path: Path, database_file: Path) -> None:
     at_revision(database_file, "0003")
 
-    code, out, err = imagine_bot("db", "upgrade")
+    run = imagine_bot(tmp_path, "db", "upgrade")
 
-    assert code == 0, err
-    assert f"revision {migrate.head_revision()} (latest)" in out
+    assert run.returncode == 0, run.stderr
+    assert f"revision {migrate.head_revision()} (latest)" in run.stdout
     assert revision_of(database_file) == migrate.head_revision()
 
 
-def test_the_console_upgrades_an_older_database(imagine_bot: Run, database_file: Path) -> None:
+def test_the_console_upgrades_an_older_database(tmp_path: Path, database_file: Path) -> None:
     at_revision(database_file, "0003")
-    code, _, err = imagine_bot("console", stdin="/credits\n")
-    assert code == 0, err
+    run = imagine_bot(tmp_path, "console", stdin="/credits\n")
+    assert run.returncode == 0, run.stderr
     assert revision_of(database_file) == migrate.head_revision()
 
 
 def test_every_command_refuses_a_database_written_by_a_newer_version(
-    imagine_bot: Run, database_file: Path
+    tmp_path: Path, database_file: Path
 ) -> None:
     at_revision(database_file, "head")
 
@@ -134,9 +104,9 @@ def test_every_command_refuses_a_database_written_by_a_newer_version(
     asyncio.run(from_the_future())
 
     for arguments in (("balance", OWNER), ("db", "upgrade"), ("console",)):
-        code, _, err = imagine_bot(*arguments)
-        assert code == 1, arguments
-        assert "newer version of the bot (revision 9001" in err
+        run = imagine_bot(tmp_path, *arguments)
+        assert run.returncode == 1, arguments
+        assert "newer version of the bot (revision 9001" in run.stderr
 
 
 def abandoned_generation(database_file: Path) -> None:
@@ -185,18 +155,16 @@ def status_of_g1(database_file: Path) -> GenerationStatus:
     [("balance", OWNER), ("history", OWNER), ("report",), ("ledger", "verify"), ("models",)],
 )
 def test_a_one_off_command_settles_nothing_another_process_left(
-    imagine_bot: Run, database_file: Path, arguments: tuple[str, ...]
+    tmp_path: Path, database_file: Path, arguments: tuple[str, ...]
 ) -> None:
     abandoned_generation(database_file)
-    code, _, err = imagine_bot(*arguments)
-    assert code == 0, err
+    run = imagine_bot(tmp_path, *arguments)
+    assert run.returncode == 0, run.stderr
     assert status_of_g1(database_file) == GenerationStatus.RUNNING
 
 
-def test_the_console_settles_what_a_dead_process_left(
-    imagine_bot: Run, database_file: Path
-) -> None:
+def test_the_console_settles_what_a_dead_process_left(tmp_path: Path, database_file: Path) -> None:
     abandoned_generation(database_file)
-    code, _, err = imagine_bot("console", stdin="/credits\n")
-    assert code == 0, err
+    run = imagine_bot(tmp_path, "console", stdin="/credits\n")
+    assert run.returncode == 0, run.stderr
     assert status_of_g1(database_file) == GenerationStatus.FAILED

@@ -1,4 +1,4 @@
-"""`imagine-bot run` and `imagine-bot discord sync` as real processes against the loopback Discord."""
+"""`imagine-bot discord sync` and `imagine-bot run` (a real process) against the loopback Discord."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import Finished, command_and_environment, imagine_bot
 from tests.loopback_discord import GUILD_ID, TOKEN, LoopbackDiscord
-from tests.test_cli import command_and_environment
 
 
 @pytest.fixture
@@ -19,19 +19,27 @@ async def discord_fake() -> AsyncIterator[LoopbackDiscord]:
         yield fake
 
 
+def discord_settings(discord_fake: LoopbackDiscord, environment: dict[str, str]) -> dict[str, str]:
+    return {
+        "DISCORD_TOKEN": TOKEN,
+        "DISCORD_API_BASE": discord_fake.api_base,
+        "DISCORD_GUILD_IDS": str(GUILD_ID),
+        "STARTING_CREDITS": "10",
+        **environment,
+    }
+
+
+async def sync(cwd: Path, discord_fake: LoopbackDiscord, **environment: str) -> Finished:
+    """``imagine-bot discord sync``, in a thread so that this test's loop goes on serving the fake."""
+    return await asyncio.to_thread(
+        imagine_bot, cwd, "discord", "sync", **discord_settings(discord_fake, environment)
+    )
+
+
 async def start(
     cwd: Path, discord_fake: LoopbackDiscord, *arguments: str, **environment: str
 ) -> asyncio.subprocess.Process:
-    command, env = command_and_environment(
-        cwd,
-        {
-            "DISCORD_TOKEN": TOKEN,
-            "DISCORD_API_BASE": discord_fake.api_base,
-            "DISCORD_GUILD_IDS": str(GUILD_ID),
-            "STARTING_CREDITS": "10",
-            **environment,
-        },
-    )
+    command, env = command_and_environment(cwd, discord_settings(discord_fake, environment))
     return await asyncio.create_subprocess_exec(
         *command,
         *arguments,
@@ -45,11 +53,10 @@ async def start(
 async def test_discord_sync_registers_the_commands_and_says_where(
     tmp_path: Path, discord_fake: LoopbackDiscord
 ) -> None:
-    process = await start(tmp_path, discord_fake, "discord", "sync")
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    result = await sync(tmp_path, discord_fake)
 
-    assert process.returncode == 0, stderr.decode()
-    assert stdout.decode().strip() == f"Synced the slash commands (guild {GUILD_ID})."
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Synced the slash commands (guild {GUILD_ID})."
     [(scope, commands)] = discord_fake.sync_calls
     assert scope == str(GUILD_ID)
     assert "imagine" in {command["name"] for command in commands}
@@ -58,11 +65,10 @@ async def test_discord_sync_registers_the_commands_and_says_where(
 async def test_discord_sync_without_a_token_says_what_to_set(
     tmp_path: Path, discord_fake: LoopbackDiscord
 ) -> None:
-    process = await start(tmp_path, discord_fake, "discord", "sync", DISCORD_TOKEN="")
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    result = await sync(tmp_path, discord_fake, DISCORD_TOKEN="")
 
-    assert process.returncode == 2
-    assert "Set DISCORD_TOKEN" in stderr.decode()
+    assert result.returncode == 2
+    assert "Set DISCORD_TOKEN" in result.stderr
 
 
 async def test_run_serves_discord_generates_and_stops_cleanly_on_sigterm(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.test_cli import imagine_bot
+from tests.cli_helpers import imagine_bot
 
 
 def test_verify_names_the_tampered_account_and_exits_1(tmp_path: Path) -> None:

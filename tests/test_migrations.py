@@ -6,14 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import Ledger, create_engine, migrate
-from tests.conftest import postgres_database
 
 LEDGER_TABLES = {"accounts", "generations", "ledger_entries"}
 
@@ -27,18 +25,18 @@ async def table_names(database_url: str) -> set[str]:
         await engine.dispose()
 
 
-async def test_upgrade_from_empty_creates_the_schema_at_head(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_upgrade_from_empty_creates_the_schema_at_head(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
-    assert await table_names(database_url) >= LEDGER_TABLES
+    assert await table_names(fresh_database_url) >= LEDGER_TABLES
 
 
-async def test_upgrade_twice_changes_nothing(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_upgrade_twice_changes_nothing(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         await migrate.upgrade(engine)
@@ -47,15 +45,15 @@ async def test_upgrade_twice_changes_nothing(database_url: str) -> None:
         await engine.dispose()
 
 
-async def test_downgrade_to_base_removes_the_schema(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_downgrade_to_base_removes_the_schema(fresh_database_url: str) -> None:
+    engine = create_engine(fresh_database_url)
     try:
         await migrate.upgrade(engine)
         await migrate.downgrade(engine, "base")
         assert await migrate.current_revision(engine) is None
     finally:
         await engine.dispose()
-    assert not LEDGER_TABLES & await table_names(database_url)
+    assert not LEDGER_TABLES & await table_names(fresh_database_url)
 
 
 async def test_sqlite_database_runs_in_wal_mode_with_a_busy_timeout(tmp_path) -> None:
@@ -70,16 +68,6 @@ async def test_sqlite_database_runs_in_wal_mode_with_a_busy_timeout(tmp_path) ->
     assert timeout is not None and timeout >= 5000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A database no version of the bot has touched yet."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-        return
-    async with postgres_database() as url:
-        yield url
-
-
 @contextlib.asynccontextmanager
 async def engine_for(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
@@ -89,16 +77,16 @@ async def engine_for(database_url: str) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
-async def test_a_fresh_database_is_set_up_even_without_upgrading(empty_database_url: str) -> None:
-    async with engine_for(empty_database_url) as engine:
+async def test_a_fresh_database_is_set_up_even_without_upgrading(fresh_database_url: str) -> None:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.prepare(engine, upgrade=False)
         assert await migrate.current_revision(engine) == migrate.head_revision()
 
 
 async def test_an_older_database_is_refused_unless_upgrading_and_left_as_it_was(
-    empty_database_url: str,
+    fresh_database_url: str,
 ) -> None:
-    async with engine_for(empty_database_url) as engine:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.upgrade(engine, "0003")
 
         with pytest.raises(migrate.SchemaOutdated) as refused:
@@ -108,17 +96,17 @@ async def test_an_older_database_is_refused_unless_upgrading_and_left_as_it_was(
         assert await migrate.current_revision(engine) == "0003"
 
 
-async def test_an_older_database_is_upgraded_when_asked(empty_database_url: str) -> None:
-    async with engine_for(empty_database_url) as engine:
+async def test_an_older_database_is_upgraded_when_asked(fresh_database_url: str) -> None:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.upgrade(engine, "0003")
         await migrate.prepare(engine, upgrade=True)
         assert await migrate.current_revision(engine) == migrate.head_revision()
 
 
 async def test_a_database_written_by_a_newer_version_is_refused_even_when_upgrading(
-    empty_database_url: str,
+    fresh_database_url: str,
 ) -> None:
-    async with engine_for(empty_database_url) as engine:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.upgrade(engine)
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE alembic_version SET version_num = '9001'"))
@@ -130,11 +118,11 @@ async def test_a_database_written_by_a_newer_version_is_refused_even_when_upgrad
 
 
 async def test_processes_starting_at_once_on_an_older_database_upgrade_it_once(
-    empty_database_url: str,
+    fresh_database_url: str,
 ) -> None:
-    async with engine_for(empty_database_url) as engine:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.upgrade(engine, "0002")
-    engines = [create_engine(empty_database_url) for _ in range(4)]
+    engines = [create_engine(fresh_database_url) for _ in range(4)]
     try:
         await asyncio.gather(*(migrate.prepare(each, upgrade=True) for each in engines))
         assert await migrate.current_revision(engines[0]) == migrate.head_revision()
@@ -144,9 +132,9 @@ async def test_processes_starting_at_once_on_an_older_database_upgrade_it_once(
 
 
 async def test_generations_running_at_the_upgrade_to_leases_keep_a_lease(
-    empty_database_url: str,
+    fresh_database_url: str,
 ) -> None:
-    async with engine_for(empty_database_url) as engine:
+    async with engine_for(fresh_database_url) as engine:
         await migrate.upgrade(engine, "0003")
         async with engine.begin() as connection:
             await connection.execute(

@@ -14,8 +14,8 @@ from bot.registry import load_registry
 from bot.settings import Settings
 from providers import PROVIDERS
 from tests import fake_gemini
+from tests.cli_helpers import imagine_bot
 from tests.fake_gemini import FakeGemini
-from tests.test_cli import command_and_environment
 
 MODELS = """
 [models.pro]
@@ -143,18 +143,9 @@ async def test_start_up_disables_models_the_provider_does_not_offer(
 
 
 async def run_cli(cwd: Path, *arguments: str, **environment: str) -> tuple[int, str, str]:
-    command, env = command_and_environment(cwd, environment)
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        *arguments,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    """``imagine-bot ARGUMENTS``, in a thread so that this test's loop goes on serving fakes."""
+    result = await asyncio.to_thread(imagine_bot, cwd, *arguments, **environment)
+    return result.returncode, result.stdout, result.stderr
 
 
 async def test_check_warns_on_stderr_when_a_price_is_below_cost(tmp_path: Path) -> None:

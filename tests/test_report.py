@@ -17,9 +17,9 @@ from bot.parsing import parse_imagine
 from bot.settings import Settings
 from ledger.report import Report, build_report
 from providers.errors import ContentBlocked, ProviderUnavailable
+from tests.cli_helpers import imagine_bot
 from tests.conftest import FakeClock
 from tests.fakes import Script, ScriptedProvider
-from tests.test_cli import imagine_bot
 from tests.test_console_flow import MODELS, RecordingDelivery
 
 ANA, BEN = "console:ana", "console:ben"

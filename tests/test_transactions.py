@@ -234,7 +234,7 @@ async def test_every_connection_has_a_server_side_statement_timeout() -> None:
 
 @pytest.mark.postgres
 async def test_a_statement_past_the_command_timeout_fails_as_worth_retrying() -> None:
-    async with postgres(command_timeout=0.3) as database:
+    async with postgres(command_timeout=1.0) as database:
         with pytest.raises(Exception) as timed_out:
             await database.read(lambda connection: connection.execute(select(func.pg_sleep(3))))
         assert transient(timed_out.value)
@@ -284,7 +284,7 @@ async def test_a_connection_whose_server_stopped_answering_fails_in_seconds_not_
         parsed = make_url(url)
         link = FrozenLink(parsed.host or "127.0.0.1", parsed.port or 5432)
         port = await link.start()
-        engine = create_engine(parsed.set(port=port).render_as_string(False), command_timeout=0.5)
+        engine = create_engine(parsed.set(port=port).render_as_string(False), command_timeout=1.0)
         await migrate.upgrade(engine)
         database = Database(engine)
         try:
