@@ -4,15 +4,16 @@ only run and console settle what other processes left behind."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from ledger import GenerationStatus, Ledger, NewGeneration, create_engine, migrate
+from ledger import GenerationStatus, Ledger, create_engine, migrate
 from tests.cli_helpers import imagine_bot
-from tests.conftest import run_out_leases
+from tests.conftest import FakeClock, run_out_leases
+from tests.test_ledger import new_quote
 
 OWNER = "console:local"
 
@@ -117,20 +118,8 @@ def abandoned_generation(database_file: Path) -> None:
         try:
             await migrate.upgrade(ledger.engine)
             await ledger.grant(OWNER, 10, actor="test", reason="", idempotency_key="fund")
-            await ledger.create_quote(
-                NewGeneration(
-                    id="g1",
-                    account_id=OWNER,
-                    model_id="local-sketch",
-                    provider="local",
-                    provider_model="procedural-v1",
-                    prompt="a fox",
-                    options={"resolution": "1K", "aspect_ratio": "1:1"},
-                    images_requested=1,
-                    credits_per_image=1,
-                    expires_at=datetime.now(UTC) + timedelta(minutes=10),
-                )
-            )
+            now = FakeClock(datetime.now(UTC))
+            await ledger.create_quote(new_quote(now, "g1", OWNER, images=1, credits_per_image=1))
             await ledger.hold("g1", OWNER)
             await run_out_leases(ledger)
         finally:

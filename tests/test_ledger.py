@@ -20,6 +20,7 @@ from ledger import (
     AccountNotFound,
     Balance,
     EntryKind,
+    Generation,
     GenerationStatus,
     IdempotencyConflict,
     InsufficientFunds,
@@ -500,6 +501,13 @@ RUN_OUT = timedelta(0)
 """A lease that has run out by the time anyone looks: the database's clock has moved on."""
 
 
+async def running_g1(ledger: Ledger, clock: FakeClock, *, lease: timedelta) -> Generation:
+    """Alice's generation g1, two images at 10 credits, held by this process for ``lease``."""
+    await funded(ledger)
+    await quoted(ledger, clock)
+    return await ledger.hold("g1", ALICE, lease=lease)
+
+
 @contextlib.asynccontextmanager
 async def another_bot(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
     """A second process on the same database, with an identity of its own."""
@@ -513,9 +521,7 @@ async def another_bot(database_url: str, clock: FakeClock) -> AsyncIterator[Ledg
 async def test_a_hold_makes_its_generation_this_processs_for_the_lease(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    held = await ledger.hold("g1", ALICE, lease=LONG)
+    held = await running_g1(ledger, clock, lease=LONG)
     assert held.owner == ledger.owner
     assert held.lease_until is not None and held.lease_until > held.confirmed_at
 
@@ -523,9 +529,7 @@ async def test_a_hold_makes_its_generation_this_processs_for_the_lease(
 async def test_a_lease_is_timed_by_the_database_not_by_the_bots_clock(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=timedelta(minutes=1))
+    await running_g1(ledger, clock, lease=timedelta(minutes=1))
     clock.advance(hours=5)
     assert await ledger.expired_leases() == []
 
@@ -533,9 +537,7 @@ async def test_a_lease_is_timed_by_the_database_not_by_the_bots_clock(
 async def test_a_generation_whose_lease_ran_out_is_released_as_interrupted(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
 
     assert await ledger.expired_leases() == ["g1"]
     released = await ledger.settle_abandoned("g1", reason="The bot restarted.", posted_reason="")
@@ -552,9 +554,7 @@ async def test_a_generation_whose_lease_ran_out_is_released_as_interrupted(
 async def test_a_generation_whose_lease_lasts_is_not_settled_as_abandoned(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=LONG)
+    await running_g1(ledger, clock, lease=LONG)
 
     assert await ledger.expired_leases() == []
     assert await ledger.settle_abandoned("g1", reason="", posted_reason="") is None
@@ -564,9 +564,7 @@ async def test_a_generation_whose_lease_lasts_is_not_settled_as_abandoned(
 async def test_a_renewed_lease_keeps_its_generation_from_the_sweep(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     await ledger.renew_leases({"g1"}, LONG)
     assert await ledger.expired_leases() == []
 
@@ -574,9 +572,7 @@ async def test_a_renewed_lease_keeps_its_generation_from_the_sweep(
 async def test_only_its_owner_renews_a_lease(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     async with another_bot(database_url, clock) as other:
         await other.renew_leases({"g1"}, LONG)
     assert await ledger.expired_leases() == ["g1"]
@@ -585,9 +581,7 @@ async def test_only_its_owner_renews_a_lease(
 async def test_an_abandoned_generation_whose_images_were_posted_is_charged_for_them(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock, images=2, credits_per_image=10)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     await ledger.mark_posted("g1", 1)
 
     settled = await ledger.settle_abandoned(
@@ -607,9 +601,7 @@ async def test_an_abandoned_generation_whose_images_were_posted_is_charged_for_t
 async def test_another_process_cannot_settle_a_generation_whose_lease_lasts(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=LONG)
+    await running_g1(ledger, clock, lease=LONG)
     async with another_bot(database_url, clock) as other:
         with pytest.raises(LeaseHeld):
             await other.release("g1", error_code="interrupted", error_message="")
@@ -619,9 +611,7 @@ async def test_another_process_cannot_settle_a_generation_whose_lease_lasts(
 async def test_another_process_may_settle_a_generation_once_its_lease_ran_out(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     async with another_bot(database_url, clock) as other:
         released = await other.release("g1", error_code="interrupted", error_message="")
     assert released.status == GenerationStatus.FAILED
@@ -631,9 +621,7 @@ async def test_another_process_may_settle_a_generation_once_its_lease_ran_out(
 async def test_a_sweep_that_read_an_expired_lease_before_its_owner_renewed_it_settles_nothing(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     async with another_bot(database_url, clock) as sweeper:
         seen_expired = await sweeper.expired_leases()
         # Between the sweep's read and its settlement, the owner renews and posts.
@@ -651,9 +639,7 @@ async def test_a_sweep_that_read_an_expired_lease_before_its_owner_renewed_it_se
 async def test_a_sweep_settles_with_the_images_posted_after_it_read_the_list(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
-    await funded(ledger)
-    await quoted(ledger, clock)
-    await ledger.hold("g1", ALICE, lease=RUN_OUT)
+    await running_g1(ledger, clock, lease=RUN_OUT)
     async with another_bot(database_url, clock) as sweeper:
         assert await sweeper.expired_leases() == ["g1"]
         await ledger.mark_posted("g1", 2)
