@@ -124,8 +124,15 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._threads: tuple[Engine, ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._writer_connection: Connection | None = None
+        """The writer thread's own, kept open: checking one out of the pool costs as much
+        as a short write."""
         if engine.dialect.name == "sqlite":
-            file_engine = sqlalchemy.create_engine(engine.url.set(drivername="sqlite"))
+            # Every transaction ends in a commit or a rollback, so the pool's own
+            # rollback when a connection comes back would do nothing but cost.
+            file_engine = sqlalchemy.create_engine(
+                engine.url.set(drivername="sqlite"), pool_reset_on_return=None
+            )
             configure_sqlite(file_engine)
             writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
             readers = ThreadPoolExecutor(SQLITE_READER_THREADS, thread_name_prefix="ledger-read")
@@ -136,10 +143,17 @@ class Database:
         if self._threads is None:
             async with self.engine.connect() as connection:
                 return await connection.run_sync(_in_transaction, work)
-        file_engine, writer, _ = self._threads
-        return await asyncio.get_running_loop().run_in_executor(
-            writer, _on_a_connection, file_engine, {"ledger_write": True}, work
-        )
+        _, writer, _ = self._threads
+        return await asyncio.get_running_loop().run_in_executor(writer, self._write_here, work)
+
+    def _write_here(self, work: Work[T]) -> T:
+        """On the writer thread: ``work`` in a transaction on the thread's own connection."""
+        if self._writer_connection is None:
+            assert self._threads is not None
+            self._writer_connection = self._threads[0].connect()
+            self._writer_connection.execution_options(ledger_write=True)
+        # A connection that broke on the way is invalidated, and opens again on next use.
+        return _in_transaction(self._writer_connection, work)
 
     async def read(self, work: Work[T]) -> T:
         """Run ``work``, which only reads, in one statement (PostgreSQL) or one transaction."""
@@ -149,7 +163,7 @@ class Database:
                 return await connection.run_sync(_in_transaction, work)
         file_engine, _, readers = self._threads
         return await asyncio.get_running_loop().run_in_executor(
-            readers, _on_a_connection, file_engine, {}, work
+            readers, _on_a_connection, file_engine, work
         )
 
     async def close(self) -> None:
@@ -158,13 +172,15 @@ class Database:
             file_engine, writer, readers = self._threads
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, writer.shutdown)
+            if self._writer_connection is not None:
+                # The writer thread is done with it: every write asked for has run.
+                await loop.run_in_executor(None, self._writer_connection.close)
+                self._writer_connection = None
             await loop.run_in_executor(None, readers.shutdown)
             file_engine.dispose()
         await self.engine.dispose()
 
 
-def _on_a_connection(engine: Engine, options: dict[str, Any], work: Work[T]) -> T:
+def _on_a_connection(engine: Engine, work: Work[T]) -> T:
     with engine.connect() as connection:
-        if options:
-            connection.execution_options(**options)
         return _in_transaction(connection, work)
