@@ -68,7 +68,6 @@ _OUTPUT_BLOCKED = {
     "SPII": "the answer would reveal personal information",
     "RECITATION": "the picture was too close to an existing work",
     "IMAGE_RECITATION": "the picture was too close to an existing work",
-    "NO_IMAGE": "the model declined to draw this prompt",
     "IMAGE_OTHER": "the model could not draw this prompt",
 }
 
@@ -195,6 +194,9 @@ def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
     finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else ""
     if finish in _OUTPUT_BLOCKED:
         raise ContentBlocked(_OUTPUT_BLOCKED[finish])
+    if finish == "NO_IMAGE":
+        # Not a safety filter: the model simply answered without drawing.
+        raise NoImageReturned("the model returned no image")
     text = " ".join(part.text.strip() for part in answer if part.text and part.text.strip())
     if text:
         raise NoImageReturned(f"it replied: “{_shorten(text)}”")

@@ -228,7 +228,6 @@ async def test_a_blocked_prompt_is_content_blocked_in_words(
         ("IMAGE_RECITATION", "the picture was too close to an existing work"),
         ("RECITATION", "the picture was too close to an existing work"),
         ("SPII", "the answer would reveal personal information"),
-        ("NO_IMAGE", "the model declined to draw this prompt"),
         ("IMAGE_OTHER", "the model could not draw this prompt"),
     ],
 )
@@ -241,6 +240,17 @@ async def test_a_blocked_output_is_content_blocked_in_words(
         await provider.generate(request(), Progress())
 
     assert blocked.value.reason == words
+
+
+async def test_no_image_is_an_answer_without_a_picture_not_a_safety_block(
+    fake: FakeGemini, provider: GoogleProvider
+) -> None:
+    fake.script(Reply(body=blocked_output("NO_IMAGE")))
+
+    with pytest.raises(NoImageReturned) as no_image:
+        await provider.generate(request(), Progress())
+
+    assert no_image.value.detail == "the model returned no image"
 
 
 async def test_a_text_only_answer_says_what_the_model_replied(
