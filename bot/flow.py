@@ -132,7 +132,12 @@ class Retry:
     longest_wait_seconds: float = 10.0
     give_up_after_seconds: float = 120.0
 
-    async def run(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+    async def run(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        on_retry: Callable[[], object] | None = None,
+    ) -> T:
         give_up_at = time.monotonic() + self.give_up_after_seconds
         wait = self.first_wait_seconds
         while True:
@@ -142,6 +147,8 @@ class Retry:
                 if not ledger.transient(error) or time.monotonic() + wait > give_up_at:
                     raise
                 logger.warning("could not %s; trying again in %.1f s", what, wait, exc_info=True)
+                if on_retry is not None:
+                    on_retry()
             await asyncio.sleep(wait)
             wait = min(wait * 2, self.longest_wait_seconds)
 
@@ -494,10 +501,12 @@ class ImagineService:
             await retry.run(
                 partial(self.ledger.mark_posted, generation.id, len(posted)),
                 f"record the images posted for {generation.id}",
+                self.metrics.settlement_retries.inc,
             )
             settled = await retry.run(
                 partial(self.ledger.capture, generation.id, len(posted)),
                 f"capture the credits of {generation.id}",
+                self.metrics.settlement_retries.inc,
             )
         except Exception:
             logger.exception("could not settle %s after posting its images", generation.id)
@@ -515,6 +524,7 @@ class ImagineService:
             return Outcome(
                 settled, posted, await self._balance(settled.account_id, retry), sentence
             )
+        self.metrics.settlements.labels("capture", str(settled.status)).inc()
         sentence = messages.outcome(settled, partial_failure)
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
 
@@ -532,12 +542,14 @@ class ImagineService:
                     error_message=sentence,
                 ),
                 f"release the credits of {generation.id}",
+                self.metrics.settlement_retries.inc,
             )
         except Exception:
             logger.exception("could not release the hold of %s", generation.id)
             return Outcome(
                 generation, (), None, messages.failure(code, detail, returned_later=True)
             )
+        self.metrics.settlements.labels("release", code).inc()
         return Outcome(settled, (), await self._balance(settled.account_id, retry), sentence)
 
     async def _balance(self, account: str, retry: Retry) -> Balance | None:
@@ -571,6 +583,7 @@ class ImagineService:
                 posted_reason=messages.INTERRUPTED_AFTER_POSTING,
             )
             if abandoned is not None:
+                self.metrics.settlements.labels("sweep", str(abandoned.status)).inc()
                 settled.append(abandoned)
         await self.ledger.expire_quotes()
         return settled

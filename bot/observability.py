@@ -59,6 +59,17 @@ class Metrics:
             buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180),
             registry=self.registry,
         )
+        self.settlements = Counter(
+            "imagine_settlements",
+            "Holds this process settled: captured (by outcome), released (by reason) or swept",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.settlement_retries = Counter(
+            "imagine_settlement_retries",
+            "Settlement writes tried again after the database failed in a way that may pass",
+            registry=self.registry,
+        )
         self.settled_before_capture = Counter(
             "imagine_settled_before_capture",
             "Generations whose images were posted after another settlement had ended them",

@@ -832,6 +832,31 @@ async def test_a_capture_the_database_refuses_for_good_is_not_tried_again_and_it
     assert "ledger_entries" in caplog.text
 
 
+def sample(service: ImagineService, name: str, **labels: str) -> float:
+    return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_settlements_are_counted_by_kind_and_reason_with_their_retries(
+    service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settle_retry = QUICK_RETRY
+    fail_first(service.ledger, "capture", monkeypatch, times=2)
+    first = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.confirm(first.id, OWNER, RecordingDelivery())
+    scripted.script = Script(images=0, error=RateLimited("429 quota"))
+    second = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.confirm(second.id, OWNER, RecordingDelivery())
+    third = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    await service.ledger.hold(third.id, OWNER, lease=timedelta(0))
+    await service.recover()
+
+    total = "imagine_settlements_total"
+    assert sample(service, total, kind="capture", reason="completed") == 1
+    assert sample(service, total, kind="release", reason="rate_limited") == 1
+    assert sample(service, total, kind="sweep", reason="failed") == 1
+    assert sample(service, "imagine_settlement_retries_total") == 2
+
+
 async def test_a_release_the_database_drops_is_tried_again(
     service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
