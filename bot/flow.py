@@ -238,6 +238,8 @@ class ImagineService:
                         "aspect_ratio": request.aspect_ratio,
                         "reference_images": len(request.reference_images),
                         "model_name": request.model.display_name,
+                        # What was priced is what is made, whatever the registry says later.
+                        "provider_options": dict(request.model.provider_options),
                     },
                     images_requested=request.count,
                     credits_per_image=request.credits_per_image,
@@ -285,6 +287,10 @@ class ImagineService:
             raise ShuttingDown()
         _, references = self._reference_images.get(generation_id, (None, ()))
         try:
+            quote = await self.ledger.generation(generation_id)
+            if quote.account_id == account and quote.status == GenerationStatus.QUOTED:
+                # The model may have been switched off, or lost its key, since the quote.
+                self.catalog.require(quote.model_id)
             generation = await self.ledger.hold(generation_id, account, lease=self.lease)
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
@@ -425,7 +431,9 @@ class ImagineService:
             resolution=str(generation.options["resolution"]),
             aspect_ratio=str(generation.options["aspect_ratio"]),
             reference_images=references,
-            options=model.provider_options if model is not None else {},
+            options=generation.options.get(
+                "provider_options", model.provider_options if model is not None else {}
+            ),
             time_limit_seconds=time_limit,
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ from bot import messages
 from bot.app import open_service
 from bot.console import ConsoleChat
 from bot.credits import parse_amount
-from bot.errors import AlreadyHandled, NotYourRequest, QuoteExpired
+from bot.errors import AlreadyHandled, ModelUnavailable, NotYourRequest, QuoteExpired
 from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
-from ledger import Generation, GenerationStatus, Ledger, create_engine
+from ledger import Balance, Generation, GenerationStatus, Ledger, create_engine
 from providers.base import (
     GeneratedImage,
     GenerationResult,
@@ -755,6 +756,44 @@ async def test_images_posted_after_another_process_settled_the_request_are_told_
         == 1
     )
     assert any("after it was settled" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_click_on_a_model_switched_off_since_the_quote_is_refused_and_holds_nothing(
+    service: ImagineService,
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    # Restarted with the model switched off, or its provider's key gone.
+    service.catalog = replace(service.catalog, unavailable={"scripted": "it has no API key"})
+
+    with pytest.raises(ModelUnavailable) as refused:
+        await service.confirm(quote.id, OWNER, RecordingDelivery())
+
+    assert refused.value.message == (
+        "scripted is unavailable: it has no API key. /models lists the ones you can use."
+    )
+    assert (await service.ledger.generation(quote.id)).status == GenerationStatus.QUOTED
+    assert await service.credits.balance(OWNER) == Balance(OWNER, available=100, held=0)
+
+
+async def test_the_provider_options_priced_in_the_quote_are_the_ones_generated_with(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
+    [scripted_model] = [model for model in service.catalog.registry if model.id == "scripted"]
+    changed = replace(scripted_model, provider_options={"quality": "high"})
+    registry = service.catalog.registry
+    service.catalog = replace(
+        service.catalog,
+        registry=replace(
+            registry,
+            models=tuple(changed if m.id == "scripted" else m for m in registry.models),
+        ),
+    )
+
+    await service.confirm(quote.id, OWNER, RecordingDelivery())
+
+    assert quote.generation.options["provider_options"] == {}
+    assert scripted.requests[-1].options == {}
 
 
 # -- the database failing while a generation settles ---------------------------
