@@ -37,6 +37,7 @@ from bot.errors import (
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
 from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, check_reference_image, validate_request
+from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.progress import ProgressEvent
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
@@ -50,8 +51,6 @@ _ATTACHMENTS_PER_MESSAGE = 10
 _BYTES_PER_MESSAGE = 24_000_000
 """Below the 25 MB a whole message may carry (a limit Discord enforces on the request,
 beyond each file's own), with room for the rest of the form."""
-_MESSAGE_CHARACTERS = 2000
-_CHOICES_LIMIT = 25
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
@@ -356,7 +355,7 @@ class ImagineBot(discord.AutoShardedClient):
             app_commands.Choice(name=value, value=value)
             for value in values
             if typed in value.lower()
-        ][:_CHOICES_LIMIT]
+        ][:DISCORD_CHOICES]
 
     async def _on_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -375,7 +374,7 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             name=messages.discord_model_choice(model.display_name, model.credits_per_image),
             value=model.id,
         )
-        for model in usable[:_CHOICES_LIMIT]
+        for model in usable[:DISCORD_CHOICES]
     ]
 
     async def imagine(
@@ -600,7 +599,7 @@ def _message_batches(sizes: Sequence[int]) -> list[tuple[int, int]]:
 def _code_blocks(table: str) -> list[str]:
     """``table`` as code blocks that each fit a message, split between rows, each with the header."""
     header, *rows = table.splitlines()
-    room = _MESSAGE_CHARACTERS - len("```\n\n```") - len(header) - 1
+    room = DISCORD_MESSAGE_CHARACTERS - len("```\n\n```") - len(header) - 1
     blocks: list[list[str]] = [[]]
     used = 0
     for row in rows:

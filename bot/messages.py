@@ -490,7 +490,8 @@ DISCORD_REFERENCE_DESCRIPTION = "An image for the model to work from (PNG, JPEG 
 
 
 def discord_model_choice(model_name: str, price: int) -> str:
-    return _shorten(f"{model_name} · {credits(price)}/image", 100)
+    # Not shortened: the registry refuses a name that makes this too long, so the price always shows.
+    return f"{model_name} · {credits(price)}/image"
 
 
 def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) -> str:

@@ -28,7 +28,7 @@ from prometheus_client import (
 )
 from sqlalchemy.engine import make_url
 
-from bot.settings import SECRET_FIELD, Settings
+from bot.settings import Settings
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and belongs in the line.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -137,11 +137,11 @@ class RedactSecrets(logging.Filter):
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value the settings hold, including the database password."""
+    """Every secret value set, every provider's API key among them, and the database password."""
     values = [
-        str(getattr(settings, name))
-        for name in type(settings).model_fields
-        if SECRET_FIELD.search(name) and getattr(settings, name)
+        value
+        for name in settings.secret_variables()
+        if (value := settings.environment_value(name)) is not None
     ]
     password = make_url(settings.database_url).password
     if password:

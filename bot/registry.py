@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot import messages
+from bot.platform_limits import DISCORD_CHOICE_CHARACTERS
 from providers import ProviderSpec
 from providers.base import OptionValue
 
@@ -185,6 +187,11 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
                 "starting with a letter or digit"
             )
             continue
+        if len(raw_id) > DISCORD_CHOICE_CHARACTERS:
+            problems.append(
+                f"{where}: the id is {len(raw_id)} characters long; Discord takes at most "
+                f"{DISCORD_CHOICE_CHARACTERS} as a model choice"
+            )
         if model_id in seen_ids:
             problems.append(f"{where}: defined more than once")
             continue
@@ -217,6 +224,10 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
         option_problems = _option_problems(spec, entry.provider_options)
         if option_problems:
             problems.extend(f"{where}: key 'provider_options': {p}" for p in option_problems)
+            continue
+        choice_problems = _choice_problems(entry)
+        if choice_problems:
+            problems.extend(f"{where}: {p}" for p in choice_problems)
             continue
         models.append(_to_spec(model_id, entry))
 
@@ -255,6 +266,29 @@ def _option_problems(spec: ProviderSpec, options: Mapping[str, OptionValue]) -> 
             )
         elif (problem := option.problem(value)) is not None:
             problems.append(problem)
+    return problems
+
+
+def _choice_problems(entry: _ModelEntry) -> list[str]:
+    """Text that would become a Discord choice longer than Discord accepts.
+
+    One such choice makes Discord refuse the whole command sync, so it is refused here.
+    """
+    problems: list[str] = []
+    choice = messages.discord_model_choice(entry.name, entry.credits_per_image)
+    if len(choice) > DISCORD_CHOICE_CHARACTERS:
+        problems.append(
+            f"key 'name': the model choice '{choice}' is {len(choice)} characters long; "
+            f"Discord takes at most {DISCORD_CHOICE_CHARACTERS}, so shorten the name by "
+            f"{len(choice) - DISCORD_CHOICE_CHARACTERS}"
+        )
+    for key, values in (("resolutions", entry.resolutions), ("aspect_ratios", entry.aspect_ratios)):
+        problems.extend(
+            f"key '{key}': '{value}' is {len(value)} characters long; Discord takes at most "
+            f"{DISCORD_CHOICE_CHARACTERS} as a choice"
+            for value in values
+            if len(value) > DISCORD_CHOICE_CHARACTERS
+        )
     return problems
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 
 from bot.accounts import parse_account
 from bot.credits import MAX_GRANT
+from providers import PROVIDERS
 
 _ASYNC_DRIVERS_BY_BACKEND = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _ASYNC_DRIVERS = frozenset(_ASYNC_DRIVERS_BY_BACKEND.values())
@@ -155,17 +156,28 @@ class Settings(BaseSettings):
             return None if value is None else (str(value) or None)
         return os.environ.get(name) or None
 
+    def secret_variables(self) -> tuple[str, ...]:
+        """Variables whose values are never shown or logged, each provider's API keys among them.
+
+        The keys are read from the registrations, so a provider added with one ``register`` line is
+        covered without a field here; the database password is part of DATABASE_URL.
+        """
+        own = [name.upper() for name in type(self).model_fields if SECRET_FIELD.search(name)]
+        keys = [variable for spec in PROVIDERS.values() for variable in spec.api_key_env]
+        return tuple(dict.fromkeys([*own, *keys]))
+
     def concurrency_for(self, provider: str) -> int:
         return self.provider_limits.get(provider, self.provider_concurrency)
 
     def described(self) -> list[tuple[str, str]]:
         """Every setting as ``(VARIABLE, value)``, secrets masked, for ``imagine-bot config``."""
+        secret = self.secret_variables()
         rows = []
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "database_url":
                 shown = make_url(value).render_as_string(hide_password=True)
-            elif value is not None and SECRET_FIELD.search(name):
+            elif value is not None and name.upper() in secret:
                 shown = _mask(str(value))
             elif isinstance(value, dict):
                 shown = ",".join(f"{key}={number}" for key, number in value.items())
@@ -174,6 +186,12 @@ class Settings(BaseSettings):
             else:
                 shown = "" if value is None else str(value)
             rows.append((name.upper(), shown))
+        # A provider's key need not be a declared setting; the operator still sees whether it is set.
+        declared = {name.upper() for name in type(self).model_fields}
+        for variable in secret:
+            if variable not in declared:
+                value = self.environment_value(variable)
+                rows.append((variable, "" if value is None else _mask(value)))
         return rows
 
     @property

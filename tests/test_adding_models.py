@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ from PIL import Image
 
 import providers
 from bot.app import open_service
+from bot.observability import configure_logging
 from bot.registry import load_registry
 from bot.settings import Settings
 from providers import PROVIDERS, ProviderSpec
+from tests.cli_helpers import imagine_bot
 from tests.conftest import FakeClock
 from tests.test_console_flow import OWNER, ScriptedConsole, available
 
@@ -189,3 +192,42 @@ async def test_without_its_key_the_new_providers_models_say_what_to_set(
         assert service.catalog.reason_unavailable(model) == (
             "no API key is configured (set ACME_API_KEY)"
         )
+
+
+# -- its key is a secret like any other --------------------------------------------
+# Which variables are secret comes from the registrations: the guide's one line is enough.
+
+
+@pytest.fixture
+def root_logging_put_back() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("acme_registered", "root_logging_put_back")
+def test_the_new_providers_key_is_redacted_from_log_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ACME_API_KEY", ACME_KEY)
+    configure_logging(Settings(_env_file=None), level="INFO")
+
+    # What an HTTP library's error might carry: the request's headers.
+    logging.getLogger("providers.acme").error("Acme refused %s", f"Bearer {ACME_KEY}")
+
+    logged = capsys.readouterr().err
+    assert "Acme refused Bearer [redacted]" in logged
+    assert ACME_KEY not in logged
+
+
+@pytest.mark.usefixtures("acme_registered")
+def test_the_new_providers_key_is_masked_in_config(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "config", ACME_API_KEY=ACME_KEY)
+
+    assert result.returncode == 0, result.stderr
+    assert ACME_KEY not in result.stdout
+    assert re.search(r"^ACME_API_KEY\s+set$", result.stdout, re.MULTILINE)

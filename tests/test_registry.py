@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bot import messages
+from bot.platform_limits import DISCORD_CHOICE_CHARACTERS
 from bot.registry import Registry, RegistryError, load_registry
 from providers import PROVIDERS
 
@@ -334,6 +336,58 @@ def test_an_id_defined_twice_is_refused_by_the_toml_parser(tmp_path: Path) -> No
 def test_an_id_with_spaces_is_refused(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID.replace("[models.sketch]", '[models."my model"]'))
     assert problem.startswith(at(tmp_path, "my model") + "the id must be lowercase letters")
+
+
+# -- what Discord accepts -------------------------------------------------------
+# One choice too long and Discord refuses the whole command sync, leaving a server with
+# no commands; so such text is refused at load, like any other mistake in the file.
+
+
+def test_an_id_longer_than_a_discord_choice_value_is_refused(tmp_path: Path) -> None:
+    long_id = "m" * (DISCORD_CHOICE_CHARACTERS + 1)
+    [problem] = problems(tmp_path, VALID.replace("[models.sketch]", f"[models.{long_id}]"))
+    assert problem == (
+        at(tmp_path, long_id) + "the id is 101 characters long; "
+        "Discord takes at most 100 as a model choice"
+    )
+
+
+def test_an_id_exactly_as_long_as_a_discord_choice_value_is_accepted(tmp_path: Path) -> None:
+    long_id = "m" * DISCORD_CHOICE_CHARACTERS
+    [model] = load(tmp_path, VALID.replace("[models.sketch]", f"[models.{long_id}]")).models
+    assert model.id == long_id
+
+
+def priced_name(name: str) -> str:
+    """``VALID`` named ``name`` at the highest price, the longest a choice's price can be."""
+    return VALID.replace('name = "Sketch"', f'name = "{name}"').replace(
+        "credits_per_image = 2", "credits_per_image = 1000000"
+    )
+
+
+def test_a_name_that_makes_the_discord_choice_too_long_is_refused(tmp_path: Path) -> None:
+    """The choice reads "<name> · 1000000 credits/image": 24 characters besides the name."""
+    name = "N" * 77
+    [problem] = problems(tmp_path, priced_name(name))
+    assert problem == (
+        at(tmp_path, "sketch") + f"key 'name': the model choice '{name} · 1000000 credits/image' "
+        "is 101 characters long; Discord takes at most 100, so shorten the name by 1"
+    )
+
+
+def test_a_name_that_makes_the_discord_choice_exactly_fit_is_accepted(tmp_path: Path) -> None:
+    [model] = load(tmp_path, priced_name("N" * 76)).models
+    choice = messages.discord_model_choice(model.display_name, model.credits_per_image)
+    assert len(choice) == DISCORD_CHOICE_CHARACTERS
+
+
+def test_a_resolution_longer_than_a_discord_choice_is_refused(tmp_path: Path) -> None:
+    resolution = "1" * DISCORD_CHOICE_CHARACTERS + "K"
+    [problem] = problems(tmp_path, VALID.replace('"4K"]', f'"{resolution}"]'))
+    assert problem == (
+        at(tmp_path, "sketch") + f"key 'resolutions': '{resolution}' is 101 characters long; "
+        "Discord takes at most 100 as a choice"
+    )
 
 
 # -- the file as a whole -------------------------------------------------------
