@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the bot: Discord/Slack when their tokens are set, else the console"
+        "run",
+        help="run the bot: Discord/Slack when their tokens are set, else (on a terminal) the console",
     )
     run.set_defaults(handler=_run, account=None)
 
@@ -192,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
     if not settings.has_chat_platform:
+        # Only a person at a terminal wants the console here; in a container or a
+        # service manager a missing token would otherwise look like a bot that serves.
+        if not sys.stdin.isatty():
+            _fail(EXIT_USAGE, messages.NO_CHAT_PLATFORM)
         return await _console(settings, arguments)
     servers = _chat_platforms(settings)
     with _stop_on_sigterm(settings.shutdown_grace_seconds) as shutdown:

@@ -416,6 +416,12 @@ def system_error(error: OSError) -> str:
     return f"Stopped: {error}."
 
 
+NO_CHAT_PLATFORM = (
+    "No chat platform is configured and there is no terminal to chat in: set DISCORD_TOKEN"
+    " or SLACK_BOT_TOKEN (see README), or run `imagine-bot console` to chat from a pipe."
+)
+
+
 def database_outdated(shown_url: str, revision: str) -> str:
     return (
         f"The database at {shown_url} is from an older version of the bot (revision {revision});"

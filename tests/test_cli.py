@@ -7,6 +7,7 @@ reading a pipe and SIGTERM while generating run the real program.
 from __future__ import annotations
 
 import os
+import pty
 import pwd
 import re
 import signal
@@ -36,11 +37,44 @@ def test_console_generates_saves_and_charges(tmp_path: Path) -> None:
         assert image.size == (1024, 576)
 
 
-def test_run_without_chat_tokens_is_the_console(tmp_path: Path) -> None:
-    result = imagine_bot(tmp_path, "run", stdin="/models\n")
+def test_the_console_reads_commands_from_a_pipe(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "console", stdin="/models\n")
     assert result.returncode == 0, result.stderr
     assert "local-sketch" in result.stdout
     assert "unavailable: no API key is configured (set GEMINI_API_KEY)" in result.stdout
+
+
+def test_run_without_chat_tokens_or_a_terminal_exits_2_and_opens_no_database(
+    tmp_path: Path,
+) -> None:
+    # As in a container started without its token: failing loudly beats a console nobody reads.
+    result = imagine_bot(tmp_path, "run", stdin="/grant console:local 5\n")
+    assert result.returncode == 2
+    assert "No chat platform is configured and there is no terminal to chat in" in result.stderr
+    assert "imagine-bot console" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "imagine.db").exists()
+
+
+def test_run_without_chat_tokens_on_a_terminal_is_the_console(tmp_path: Path) -> None:
+    command, env = command_and_environment(tmp_path, {})
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"/quit\n")
+        result = subprocess.run(
+            [*command, "run"],
+            cwd=tmp_path,
+            env=env,
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert "chatting as console:local (admin)" in result.stdout
 
 
 def test_another_account_in_the_console_has_only_its_own_rights(tmp_path: Path) -> None:
