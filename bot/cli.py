@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
         admin.add_argument("account", help="e.g. discord:1234, slack:T01:U02, console:alice")
         admin.add_argument("amount", help="whole number of credits, greater than 0")
         admin.add_argument("--reason", default="", help="recorded in the ledger")
+        admin.add_argument(
+            "--idempotency-key",
+            metavar="KEY",
+            help="run again with the same KEY and nothing more changes (for scripts that retry)",
+        )
         admin.set_defaults(handler=_grant if name == "grant" else _revoke)
 
     balance = commands.add_parser("balance", help="show an account's balance")
@@ -368,18 +373,27 @@ def _cli_actor() -> str:
 
 
 async def _grant(settings: Settings, arguments: argparse.Namespace) -> int:
-    actor = _cli_actor()
-    async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
-        balance = await credits.grant(actor, arguments.account, arguments.amount, arguments.reason)
-        print(messages.granted(balance.account, parse_amount(arguments.amount), balance.available))
-    return 0
+    return await _adjust(settings, arguments, "grant")
 
 
 async def _revoke(settings: Settings, arguments: argparse.Namespace) -> int:
+    return await _adjust(settings, arguments, "revoke")
+
+
+async def _adjust(settings: Settings, arguments: argparse.Namespace, action: str) -> int:
     actor = _cli_actor()
+    # Prefixed so an operator's key never matches one a platform or the welcome grant made.
+    key = f"cli:{arguments.idempotency_key}" if arguments.idempotency_key else None
     async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
-        balance = await credits.revoke(actor, arguments.account, arguments.amount, arguments.reason)
-        print(messages.revoked(balance.account, parse_amount(arguments.amount), balance.available))
+        # Asked first only to word the answer; the ledger itself decides, in its transaction.
+        repeat = key is not None and await credits.ledger.key_used(key)
+        change = credits.grant if action == "grant" else credits.revoke
+        balance = await change(actor, arguments.account, arguments.amount, arguments.reason, key)
+    if action == "grant":
+        report = messages.already_granted if repeat else messages.granted
+    else:
+        report = messages.already_revoked if repeat else messages.revoked
+    print(report(balance.account, parse_amount(arguments.amount), balance.available))
     return 0
 
 

@@ -327,6 +327,26 @@ def revoked(account: str, amount: int, available: int) -> str:
     return f"Revoked {credits(amount)} from {account}; their balance is now {credits(available)}."
 
 
+def already_granted(account: str, amount: int, available: int) -> str:
+    return (
+        f"Already granted {credits(amount)} to {account} with this key, so nothing changed;"
+        f" their balance is {credits(available)}."
+    )
+
+
+def already_revoked(account: str, amount: int, available: int) -> str:
+    return (
+        f"Already revoked {credits(amount)} from {account} with this key, so nothing changed;"
+        f" their balance is {credits(available)}."
+    )
+
+
+IDEMPOTENCY_KEY_REUSED = (
+    "That idempotency key was already used for a different grant or revoke (another account,"
+    " amount or action), so this one was not made; use a new key for a new change."
+)
+
+
 def delivered_caption(account: str, prompt: str, model_name: str, charged: int) -> str:
     return f"{account} asked for “{_shorten(prompt, 300)}” · {model_name} · {credits(charged)}"
 

@@ -143,6 +143,47 @@ def test_a_platform_that_cannot_be_reached_is_not_blamed_on_the_database(tmp_pat
     assert "database" not in result.stderr
 
 
+def test_a_grant_run_twice_with_one_idempotency_key_grants_once(tmp_path: Path) -> None:
+    first = imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+    again = imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+
+    assert first.returncode == 0, first.stderr
+    assert "Granted 50 credits to discord:42" in first.stdout
+    assert again.returncode == 0, again.stderr
+    assert "Already granted 50 credits to discord:42 with this key" in again.stdout
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 50 credits available." in balance.stdout
+
+
+def test_a_revoke_run_twice_with_one_idempotency_key_revokes_once(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+    for _ in range(2):
+        result = imagine_bot(tmp_path, "revoke", "discord:42", "20", "--idempotency-key", "r-1")
+        assert result.returncode == 0, result.stderr
+
+    assert "Already revoked 20 credits from discord:42 with this key" in result.stdout
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 30 credits available." in balance.stdout
+
+
+@pytest.mark.parametrize(
+    "reused_for",
+    [("grant", "discord:42", "60"), ("grant", "discord:43", "50"), ("revoke", "discord:42", "50")],
+    ids=["another amount", "another account", "another action"],
+)
+def test_an_idempotency_key_reused_for_a_different_change_is_refused(
+    tmp_path: Path, reused_for: tuple[str, str, str]
+) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+
+    result = imagine_bot(tmp_path, *reused_for, "--idempotency-key", "march-1")
+
+    assert result.returncode == 1
+    assert "That idempotency key was already used for a different grant or revoke" in result.stderr
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 50 credits available." in balance.stdout
+
+
 def test_revoking_more_than_the_balance_is_refused(tmp_path: Path) -> None:
     imagine_bot(tmp_path, "grant", "discord:42", "5")
     result = imagine_bot(tmp_path, "revoke", "discord:42", "6")
