@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from bot import messages
@@ -44,6 +45,7 @@ from bot.observability import configure_logging
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate, utc_now
+from ledger.backup import NoDatabaseFile, backup_sqlite
 from ledger.report import build_report
 
 EXIT_REFUSED = 1
@@ -152,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="upgrade the database to this version (run and console do it too)"
     )
     upgrade.set_defaults(handler=_db_upgrade)
+    backup = database_commands.add_parser(
+        "backup", help="copy the SQLite database, consistently, to a new file (PostgreSQL: pg_dump)"
+    )
+    backup.add_argument("path", help="the file to write; an existing one is never overwritten")
+    backup.set_defaults(handler=_db_backup)
 
     ledger_parser = commands.add_parser("ledger", help="ledger audits")
     ledger_commands = ledger_parser.add_subparsers(
@@ -416,6 +423,24 @@ async def _db_upgrade(settings: Settings, _arguments: argparse.Namespace) -> int
     async with open_ledger(settings, upgrade=True) as ledger:
         revision = await migrate.current_revision(ledger.engine)
     print(f"Database is at revision {revision} (latest).")
+    return 0
+
+
+async def _db_backup(settings: Settings, arguments: argparse.Namespace) -> int:
+    url = make_url(settings.database_url)
+    shown_url = shown_database_url(settings.database_url)
+    if url.get_backend_name() != "sqlite":
+        # Refused before connecting: pg_dump is the right tool, whether or not the server is up.
+        _fail(EXIT_REFUSED, messages.backup_with_pg_dump(arguments.path))
+    if not url.database or url.database == ":memory:":
+        _fail(EXIT_REFUSED, messages.nothing_to_back_up(shown_url))
+    try:
+        source = await asyncio.to_thread(backup_sqlite, url.database, Path(arguments.path))
+    except FileExistsError:
+        _fail(EXIT_REFUSED, messages.backup_exists(arguments.path))
+    except NoDatabaseFile:
+        _fail(EXIT_REFUSED, messages.nothing_to_back_up(shown_url))
+    print(messages.backed_up(str(source), arguments.path))
     return 0
 
 

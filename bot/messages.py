@@ -442,6 +442,28 @@ NO_CHAT_PLATFORM = (
 )
 
 
+def backed_up(source: str, target: str) -> str:
+    return (
+        f"Backed up {source} to {target}; to restore it, follow"
+        " “Backing up and restoring” in docs/ledger.md."
+    )
+
+
+def backup_exists(target: str) -> str:
+    return f"{target} already exists; back up to a new path so no earlier backup is overwritten."
+
+
+def backup_with_pg_dump(target: str) -> str:
+    return (
+        "On PostgreSQL, back up with pg_dump instead, which copies a running database"
+        f" consistently: pg_dump -Fc -d <database> -f {target} (docs/ledger.md says how to restore)."
+    )
+
+
+def nothing_to_back_up(shown_url: str) -> str:
+    return f"There is no database file at {shown_url} to back up; check DATABASE_URL."
+
+
 def database_outdated(shown_url: str, revision: str) -> str:
     return (
         f"The database at {shown_url} is from an older version of the bot (revision {revision});"
