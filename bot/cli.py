@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from bot import messages
@@ -44,6 +45,7 @@ from bot.observability import configure_logging
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate, utc_now
+from ledger.backup import NoDatabaseFile, backup_sqlite
 from ledger.report import build_report
 
 EXIT_REFUSED = 1
@@ -94,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the bot: Discord/Slack when their tokens are set, else the console"
+        "run",
+        help="run the bot: Discord/Slack when their tokens are set, else (on a terminal) the console",
     )
     run.set_defaults(handler=_run, account=None)
 
@@ -129,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         admin.add_argument("account", help="e.g. discord:1234, slack:T01:U02, console:alice")
         admin.add_argument("amount", help="whole number of credits, greater than 0")
         admin.add_argument("--reason", default="", help="recorded in the ledger")
+        admin.add_argument(
+            "--idempotency-key",
+            metavar="KEY",
+            help="run again with the same KEY and nothing more changes (for scripts that retry)",
+        )
         admin.set_defaults(handler=_grant if name == "grant" else _revoke)
 
     balance = commands.add_parser("balance", help="show an account's balance")
@@ -146,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="upgrade the database to this version (run and console do it too)"
     )
     upgrade.set_defaults(handler=_db_upgrade)
+    backup = database_commands.add_parser(
+        "backup", help="copy the SQLite database, consistently, to a new file (PostgreSQL: pg_dump)"
+    )
+    backup.add_argument("path", help="the file to write; an existing one is never overwritten")
+    backup.set_defaults(handler=_db_backup)
 
     ledger_parser = commands.add_parser("ledger", help="ledger audits")
     ledger_commands = ledger_parser.add_subparsers(
@@ -192,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
     if not settings.has_chat_platform:
+        # Only a person at a terminal wants the console here; in a container or a
+        # service manager a missing token would otherwise look like a bot that serves.
+        if not sys.stdin.isatty():
+            _fail(EXIT_USAGE, messages.NO_CHAT_PLATFORM)
         return await _console(settings, arguments)
     servers = _chat_platforms(settings)
     with _stop_on_sigterm(settings.shutdown_grace_seconds) as shutdown:
@@ -363,18 +380,27 @@ def _cli_actor() -> str:
 
 
 async def _grant(settings: Settings, arguments: argparse.Namespace) -> int:
-    actor = _cli_actor()
-    async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
-        balance = await credits.grant(actor, arguments.account, arguments.amount, arguments.reason)
-        print(messages.granted(balance.account, parse_amount(arguments.amount), balance.available))
-    return 0
+    return await _adjust(settings, arguments, "grant")
 
 
 async def _revoke(settings: Settings, arguments: argparse.Namespace) -> int:
+    return await _adjust(settings, arguments, "revoke")
+
+
+async def _adjust(settings: Settings, arguments: argparse.Namespace, action: str) -> int:
     actor = _cli_actor()
+    # Prefixed so an operator's key never matches one a platform or the welcome grant made.
+    key = f"cli:{arguments.idempotency_key}" if arguments.idempotency_key else None
     async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
-        balance = await credits.revoke(actor, arguments.account, arguments.amount, arguments.reason)
-        print(messages.revoked(balance.account, parse_amount(arguments.amount), balance.available))
+        # Asked first only to word the answer; the ledger itself decides, in its transaction.
+        repeat = key is not None and await credits.ledger.key_used(key)
+        change = credits.grant if action == "grant" else credits.revoke
+        balance = await change(actor, arguments.account, arguments.amount, arguments.reason, key)
+    if action == "grant":
+        report = messages.already_granted if repeat else messages.granted
+    else:
+        report = messages.already_revoked if repeat else messages.revoked
+    print(report(balance.account, parse_amount(arguments.amount), balance.available))
     return 0
 
 
@@ -397,6 +423,24 @@ async def _db_upgrade(settings: Settings, _arguments: argparse.Namespace) -> int
     async with open_ledger(settings, upgrade=True) as ledger:
         revision = await migrate.current_revision(ledger.engine)
     print(f"Database is at revision {revision} (latest).")
+    return 0
+
+
+async def _db_backup(settings: Settings, arguments: argparse.Namespace) -> int:
+    url = make_url(settings.database_url)
+    shown_url = shown_database_url(settings.database_url)
+    if url.get_backend_name() != "sqlite":
+        # Refused before connecting: pg_dump is the right tool, whether or not the server is up.
+        _fail(EXIT_REFUSED, messages.backup_with_pg_dump(arguments.path))
+    if not url.database or url.database == ":memory:":
+        _fail(EXIT_REFUSED, messages.nothing_to_back_up(shown_url))
+    try:
+        source = await asyncio.to_thread(backup_sqlite, url.database, Path(arguments.path))
+    except FileExistsError:
+        _fail(EXIT_REFUSED, messages.backup_exists(arguments.path))
+    except NoDatabaseFile:
+        _fail(EXIT_REFUSED, messages.nothing_to_back_up(shown_url))
+    print(messages.backed_up(str(source), arguments.path))
     return 0
 
 

@@ -8,7 +8,13 @@ import uuid
 import ledger
 from bot import messages
 from bot.accounts import parse_account
-from bot.errors import InvalidAmount, NotAdmin, RevokeExceedsBalance, UnknownAccount
+from bot.errors import (
+    IdempotencyKeyReused,
+    InvalidAmount,
+    NotAdmin,
+    RevokeExceedsBalance,
+    UnknownAccount,
+)
 from ledger import Balance, Generation, Ledger
 
 MAX_GRANT = 1_000_000_000
@@ -99,13 +105,16 @@ class Credits:
         """Add credits to ``target`` (creating the account if new); only admins may."""
         account, credits = self._admin_arguments(actor, target, amount)
         await self.open_account(account)
-        return await self.ledger.grant(
-            account,
-            credits,
-            actor=actor,
-            reason=reason or "granted by an admin",
-            idempotency_key=idempotency_key or f"grant:{uuid.uuid4()}",
-        )
+        try:
+            return await self.ledger.grant(
+                account,
+                credits,
+                actor=actor,
+                reason=reason or "granted by an admin",
+                idempotency_key=idempotency_key or f"grant:{uuid.uuid4()}",
+            )
+        except ledger.IdempotencyConflict:
+            raise IdempotencyKeyReused() from None
 
     async def revoke(
         self,
@@ -129,6 +138,8 @@ class Credits:
             raise UnknownAccount(account) from None
         except ledger.InsufficientFunds as refusal:
             raise RevokeExceedsBalance(credits, refusal.available) from None
+        except ledger.IdempotencyConflict:
+            raise IdempotencyKeyReused() from None
 
     def _admin_arguments(self, actor: str, target: str, amount: int | str) -> tuple[str, int]:
         if not self.is_admin(actor):

@@ -15,6 +15,7 @@ and nothing changed.
     ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
     ├── UnknownAccount          an admin command named an account that never used the bot
     ├── RevokeExceedsBalance    a revoke of more than the account has available
+    ├── IdempotencyKeyReused    a grant or revoke's key was used for a different change
     ├── RegistryUnusable        the models file failed validation
     └── DatabaseUnavailable     the database at DATABASE_URL could not be opened
 """
@@ -123,6 +124,11 @@ class RevokeExceedsBalance(ImagineError):
         super().__init__(messages.revoke_exceeds_balance(amount, available))
         self.amount = amount
         self.available = available
+
+
+class IdempotencyKeyReused(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.IDEMPOTENCY_KEY_REUSED)
 
 
 class RegistryUnusable(ImagineError):

@@ -327,6 +327,26 @@ def revoked(account: str, amount: int, available: int) -> str:
     return f"Revoked {credits(amount)} from {account}; their balance is now {credits(available)}."
 
 
+def already_granted(account: str, amount: int, available: int) -> str:
+    return (
+        f"Already granted {credits(amount)} to {account} with this key, so nothing changed;"
+        f" their balance is {credits(available)}."
+    )
+
+
+def already_revoked(account: str, amount: int, available: int) -> str:
+    return (
+        f"Already revoked {credits(amount)} from {account} with this key, so nothing changed;"
+        f" their balance is {credits(available)}."
+    )
+
+
+IDEMPOTENCY_KEY_REUSED = (
+    "That idempotency key was already used for a different grant or revoke (another account,"
+    " amount or action), so this one was not made; use a new key for a new change."
+)
+
+
 def delivered_caption(account: str, prompt: str, model_name: str, charged: int) -> str:
     return f"{account} asked for “{_shorten(prompt, 300)}” · {model_name} · {credits(charged)}"
 
@@ -414,6 +434,34 @@ def saved_to(path: str) -> str:
 
 def system_error(error: OSError) -> str:
     return f"Stopped: {error}."
+
+
+NO_CHAT_PLATFORM = (
+    "No chat platform is configured and there is no terminal to chat in: set DISCORD_TOKEN"
+    " or SLACK_BOT_TOKEN (see README), or run `imagine-bot console` to chat from a pipe."
+)
+
+
+def backed_up(source: str, target: str) -> str:
+    return (
+        f"Backed up {source} to {target}; to restore it, follow"
+        " “Backing up and restoring” in docs/ledger.md."
+    )
+
+
+def backup_exists(target: str) -> str:
+    return f"{target} already exists; back up to a new path so no earlier backup is overwritten."
+
+
+def backup_with_pg_dump(target: str) -> str:
+    return (
+        "On PostgreSQL, back up with pg_dump instead, which copies a running database"
+        f" consistently: pg_dump -Fc -d <database> -f {target} (docs/ledger.md says how to restore)."
+    )
+
+
+def nothing_to_back_up(shown_url: str) -> str:
+    return f"There is no database file at {shown_url} to back up; check DATABASE_URL."
 
 
 def database_outdated(shown_url: str, revision: str) -> str:

@@ -106,6 +106,17 @@ class Ledger:
     async def account_exists(self, account: str) -> bool:
         return await self._database.read(partial(_find_balance, account=account)) is not None
 
+    async def key_used(self, idempotency_key: str) -> bool:
+        """Whether an entry carries ``idempotency_key`` already, so a repeat would change nothing."""
+        return (
+            await self._database.read(
+                lambda connection: connection.execute(
+                    _ENTRY_BY_KEY, {"key": idempotency_key}
+                ).first()
+            )
+            is not None
+        )
+
     async def balance(self, account: str) -> Balance:
         return await self._database.read(partial(_balance, account=account))
 

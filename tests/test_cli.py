@@ -7,6 +7,7 @@ reading a pipe and SIGTERM while generating run the real program.
 from __future__ import annotations
 
 import os
+import pty
 import pwd
 import re
 import signal
@@ -36,11 +37,44 @@ def test_console_generates_saves_and_charges(tmp_path: Path) -> None:
         assert image.size == (1024, 576)
 
 
-def test_run_without_chat_tokens_is_the_console(tmp_path: Path) -> None:
-    result = imagine_bot(tmp_path, "run", stdin="/models\n")
+def test_the_console_reads_commands_from_a_pipe(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "console", stdin="/models\n")
     assert result.returncode == 0, result.stderr
     assert "local-sketch" in result.stdout
     assert "unavailable: no API key is configured (set GEMINI_API_KEY)" in result.stdout
+
+
+def test_run_without_chat_tokens_or_a_terminal_exits_2_and_opens_no_database(
+    tmp_path: Path,
+) -> None:
+    # As in a container started without its token: failing loudly beats a console nobody reads.
+    result = imagine_bot(tmp_path, "run", stdin="/grant console:local 5\n")
+    assert result.returncode == 2
+    assert "No chat platform is configured and there is no terminal to chat in" in result.stderr
+    assert "imagine-bot console" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "imagine.db").exists()
+
+
+def test_run_without_chat_tokens_on_a_terminal_is_the_console(tmp_path: Path) -> None:
+    command, env = command_and_environment(tmp_path, {})
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"/quit\n")
+        result = subprocess.run(
+            [*command, "run"],
+            cwd=tmp_path,
+            env=env,
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert "chatting as console:local (admin)" in result.stdout
 
 
 def test_another_account_in_the_console_has_only_its_own_rights(tmp_path: Path) -> None:
@@ -107,6 +141,47 @@ def test_a_platform_that_cannot_be_reached_is_not_blamed_on_the_database(tmp_pat
     assert result.returncode == 1
     assert "Stopped: Cannot connect to host 127.0.0.1:1" in result.stderr
     assert "database" not in result.stderr
+
+
+def test_a_grant_run_twice_with_one_idempotency_key_grants_once(tmp_path: Path) -> None:
+    first = imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+    again = imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+
+    assert first.returncode == 0, first.stderr
+    assert "Granted 50 credits to discord:42" in first.stdout
+    assert again.returncode == 0, again.stderr
+    assert "Already granted 50 credits to discord:42 with this key" in again.stdout
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 50 credits available." in balance.stdout
+
+
+def test_a_revoke_run_twice_with_one_idempotency_key_revokes_once(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+    for _ in range(2):
+        result = imagine_bot(tmp_path, "revoke", "discord:42", "20", "--idempotency-key", "r-1")
+        assert result.returncode == 0, result.stderr
+
+    assert "Already revoked 20 credits from discord:42 with this key" in result.stdout
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 30 credits available." in balance.stdout
+
+
+@pytest.mark.parametrize(
+    "reused_for",
+    [("grant", "discord:42", "60"), ("grant", "discord:43", "50"), ("revoke", "discord:42", "50")],
+    ids=["another amount", "another account", "another action"],
+)
+def test_an_idempotency_key_reused_for_a_different_change_is_refused(
+    tmp_path: Path, reused_for: tuple[str, str, str]
+) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50", "--idempotency-key", "march-1")
+
+    result = imagine_bot(tmp_path, *reused_for, "--idempotency-key", "march-1")
+
+    assert result.returncode == 1
+    assert "That idempotency key was already used for a different grant or revoke" in result.stderr
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert "discord:42: Balance: 50 credits available." in balance.stdout
 
 
 def test_revoking_more_than_the_balance_is_refused(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ only run and console settle what other processes left behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,3 +159,61 @@ def test_the_console_settles_what_a_dead_process_left(tmp_path: Path, database_f
     run = imagine_bot(tmp_path, "console", stdin="/credits\n")
     assert run.returncode == 0, run.stderr
     assert status_of_g1(database_file) == GenerationStatus.FAILED
+
+
+def test_db_backup_copies_the_ledger_while_another_connection_holds_it_open(
+    tmp_path: Path, database_file: Path
+) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+    backup = tmp_path / "backups" / "imagine-backup.db"
+    backup.parent.mkdir()
+
+    # A reader in the middle of a transaction, as a running bot may be.
+    with contextlib.closing(sqlite3.connect(database_file)) as running_bot:
+        running_bot.execute("BEGIN")
+        running_bot.execute("SELECT count(*) FROM ledger_entries").fetchone()
+        result = imagine_bot(tmp_path, "db", "backup", str(backup))
+
+    assert result.returncode == 0, result.stderr
+    assert f"Backed up {database_file} to {backup}" in result.stdout
+    assert "docs/ledger.md" in result.stdout
+    from_backup = imagine_bot(
+        tmp_path, "balance", "discord:42", DATABASE_URL=f"sqlite+aiosqlite:///{backup}"
+    )
+    assert "discord:42: Balance: 50 credits available." in from_backup.stdout
+
+
+def test_db_backup_never_overwrites_an_existing_file(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+    earlier = tmp_path / "earlier-backup.db"
+    earlier.write_bytes(b"the only good backup")
+
+    result = imagine_bot(tmp_path, "db", "backup", str(earlier))
+
+    assert result.returncode == 1
+    assert f"{earlier} already exists" in result.stderr
+    assert earlier.read_bytes() == b"the only good backup"
+
+
+def test_db_backup_of_a_missing_database_creates_nothing(tmp_path: Path) -> None:
+    result = imagine_bot(tmp_path, "db", "backup", str(tmp_path / "backup.db"))
+
+    assert result.returncode == 1
+    assert "There is no database file at" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_db_backup_on_postgresql_says_to_use_pg_dump_without_connecting(tmp_path: Path) -> None:
+    # Port 1: nothing listens there, so a connection attempt would fail differently.
+    result = imagine_bot(
+        tmp_path,
+        "db",
+        "backup",
+        "imagine.dump",
+        DATABASE_URL="postgresql+asyncpg://bot:secret@127.0.0.1:1/imagine",
+    )
+
+    assert result.returncode == 1
+    assert "On PostgreSQL, back up with pg_dump" in result.stderr
+    assert "pg_dump -Fc -d <database> -f imagine.dump" in result.stderr
+    assert not (tmp_path / "imagine.dump").exists()
