@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
 from bot.errors import DatabaseOutdated, DatabaseTooNew, DatabaseUnavailable, RegistryUnusable
-from bot.flow import Clock, ImagineService
+from bot.flow import Clock, ImagineService, check_ledger_periodically
 from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
@@ -141,16 +141,23 @@ async def open_service(
                 yield service
                 return
             await service.recover()
-            sweeper = asyncio.create_task(service.sweep_periodically())
+            background = [
+                asyncio.create_task(service.sweep_periodically()),
+                asyncio.create_task(
+                    check_ledger_periodically(
+                        service, timedelta(hours=settings.verify_interval_hours)
+                    )
+                ),
+            ]
             health = await _start_health_server(settings, service)
             try:
                 yield service
             finally:
                 if health is not None:
                     await health.cleanup()
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
     finally:
         await providers.aclose()
 

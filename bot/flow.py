@@ -596,6 +596,29 @@ class ImagineService:
         await self.ledger.expire_quotes()
         return settled
 
+    async def check_ledger(self) -> int:
+        """Recompute every balance from its entries (``ledger verify``); how many disagree.
+
+        The count is exported as ``imagine_ledger_discrepancies``; each account
+        that disagrees is logged as an error, for an operator to look into.
+        """
+        discrepancies = await self.ledger.verify()
+        self.metrics.ledger_discrepancies.set(len(discrepancies))
+        self.metrics.ledger_checked.set_to_current_time()
+        for found in discrepancies:
+            logger.error(
+                "ledger check: %s stores %d available / %d held, its entries add up to %d / %d",
+                found.account,
+                found.stored_available,
+                found.stored_held,
+                found.entries_available,
+                found.entries_held,
+                extra={"event": "ledger_discrepancy", "account": found.account},
+            )
+        if not discrepancies:
+            logger.info("ledger check: every balance agrees with its entries")
+        return len(discrepancies)
+
     async def sweep_periodically(self) -> None:
         """Renew this process's leases, then ``recover``, forever, as a background task."""
         while True:
@@ -610,6 +633,16 @@ class ImagineService:
                 logger.warning(
                     "settled generation %s, abandoned by %s", generation.id, generation.owner
                 )
+
+
+async def check_ledger_periodically(service: ImagineService, interval: timedelta) -> None:
+    """``ImagineService.check_ledger`` now and every ``interval``, forever, as a background task."""
+    while True:
+        try:
+            await service.check_ledger()
+        except Exception:
+            logger.exception("the periodic ledger check failed; trying again later")
+        await asyncio.sleep(interval.total_seconds())
 
 
 class QueuedTooLong(Exception):

@@ -76,6 +76,16 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.ledger_discrepancies = Gauge(
+            "imagine_ledger_discrepancies",
+            "Accounts whose balance disagreed with their ledger entries at the last check",
+            registry=self.registry,
+        )
+        self.ledger_checked = Gauge(
+            "imagine_ledger_checked_timestamp_seconds",
+            "When the ledger was last checked (Unix time)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "imagine_generations_in_flight",
             "Generations held and not yet settled (queued or running)",

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     generation_timeout_seconds: float = Field(default=180, gt=0, le=_AN_HOUR, allow_inf_nan=False)
     """Deadline for one whole generation at the provider."""
     sweep_interval_seconds: float = Field(default=60, gt=0, le=_AN_HOUR, allow_inf_nan=False)
-    """How often stale holds and quotes are swept while the bot runs."""
+    """How often the bot renews its generations' leases and settles those whose lease ran out."""
+    verify_interval_hours: float = Field(default=6, gt=0, le=24 * 7, allow_inf_nan=False)
+    """How often a running bot recomputes every balance from the ledger (``ledger verify``)."""
     provider_concurrency: int = Field(default=4, ge=1, le=10_000)
     """Generations one provider runs at once; the rest wait in a queue and are told their place."""
     user_concurrency: int = Field(default=2, ge=1, le=64)

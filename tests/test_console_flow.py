@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from bot import messages
 from bot.app import open_service
@@ -28,6 +28,7 @@ from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
 from ledger import Balance, Generation, GenerationStatus, Ledger, create_engine
+from ledger.schema import accounts
 from providers.base import (
     GeneratedImage,
     GenerationResult,
@@ -894,6 +895,29 @@ async def test_settlements_are_counted_by_kind_and_reason_with_their_retries(
     assert sample(service, total, kind="release", reason="rate_limited") == 1
     assert sample(service, total, kind="sweep", reason="failed") == 1
     assert sample(service, "imagine_settlement_retries_total") == 2
+
+
+async def test_a_running_bot_checks_the_ledger_as_it_starts(service: ImagineService) -> None:
+    for _ in range(500):
+        if sample(service, "imagine_ledger_checked_timestamp_seconds"):
+            break
+        await asyncio.sleep(0.01)
+    assert sample(service, "imagine_ledger_checked_timestamp_seconds") > 0
+    assert sample(service, "imagine_ledger_discrepancies") == 0
+
+
+async def test_a_balance_changed_behind_the_ledgers_back_is_counted_and_logged(
+    service: ImagineService, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service.ledger.engine.begin() as connection:
+        await connection.execute(
+            update(accounts).where(accounts.c.id == OWNER).values(available=1_000)
+        )
+
+    assert await service.check_ledger() == 1
+
+    assert sample(service, "imagine_ledger_discrepancies") == 1
+    assert "console:local stores 1000 available / 0 held" in caplog.text
 
 
 async def test_a_release_the_database_drops_is_tried_again(
