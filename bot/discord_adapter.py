@@ -551,7 +551,8 @@ class _PostToChannel:
             raise DeliveryFailed(str(error)) from error
         caption = messages.delivered_caption(
             messages.discord_account_name(self.interaction.user.id),
-            generation.prompt,
+            # The prompt is anyone's text, shown in a public message under the bot's name.
+            messages.discord_inert(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(fitted),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -349,6 +350,15 @@ IDEMPOTENCY_KEY_REUSED = (
 
 def delivered_caption(account: str, prompt: str, model_name: str, charged: int) -> str:
     return f"{account} asked for “{_shorten(prompt, 300)}” · {model_name} · {credits(charged)}"
+
+
+_DISCORD_MARKUP = re.compile(r"([\\`*_~|>#\[\]()<@:-])")
+
+
+def discord_inert(text: str) -> str:
+    """``text`` as Discord shows it to the letter, on one line: no masked link, heading,
+    mention, emoji, list or formatting can be made of it."""
+    return _DISCORD_MARKUP.sub(r"\\\1", " ".join(text.split()))
 
 
 def _shorten(text: str, limit: int) -> str:

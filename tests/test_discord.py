@@ -236,6 +236,30 @@ async def test_imagine_answers_privately_with_the_price_and_two_buttons(
     ]
 
 
+@pytest.mark.parametrize(
+    ("prompt", "shown"),
+    [
+        ("[Free Nitro](https://evil.example)", r"\[Free Nitro\]\(https\://evil.example\)"),
+        ("a fox\n# FREE CREDITS", r"a fox \# FREE CREDITS"),
+        ("<@1001> and @everyone", r"\<\@1001\> and \@everyone"),
+        (
+            "**bold** __under__ ||spoiler|| `code`",
+            r"\*\*bold\*\* \_\_under\_\_ \|\|spoiler\|\| \`code\`",
+        ),
+    ],
+)
+async def test_a_prompt_in_the_public_caption_is_shown_as_typed_never_as_markup(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, prompt: str, shown: str
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": prompt})
+
+    click = await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    [posted] = discord_fake.followups(click)
+    assert posted.content == f"<@{ALICE.id}> asked for “{shown}” · Local Sketch · 1 credit"
+
+
 async def test_generate_posts_real_images_in_the_channel_and_charges_for_them(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:
