@@ -287,11 +287,9 @@ class ImagineService:
             raise ShuttingDown()
         _, references = self._reference_images.get(generation_id, (None, ()))
         try:
-            quote = await self.ledger.generation(generation_id)
-            if quote.account_id == account and quote.status == GenerationStatus.QUOTED:
-                # The model may have been switched off, or lost its key, since the quote.
-                self.catalog.require(quote.model_id)
-            generation = await self.ledger.hold(generation_id, account, lease=self.lease)
+            generation = await self.ledger.hold(
+                generation_id, account, lease=self.lease, accept=self._model_still_usable
+            )
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
         if not self.accepting:
@@ -303,6 +301,10 @@ class ImagineService:
         self._in_flight.add(generation_id)
         self._idle.clear()
         return HeldGeneration(generation, references)
+
+    def _model_still_usable(self, quote: Generation) -> None:
+        """The model may have been switched off, or lost its key, since the quote."""
+        self.catalog.require(quote.model_id)
 
     async def generate(
         self, held: HeldGeneration, delivery: Delivery, *, reachable_for: float | None = None

@@ -185,15 +185,28 @@ class Ledger:
         return await self._database.read(partial(_generation, generation_id=generation_id))
 
     async def hold(
-        self, generation_id: str, account: str, *, lease: timedelta = DEFAULT_LEASE
+        self,
+        generation_id: str,
+        account: str,
+        *,
+        lease: timedelta = DEFAULT_LEASE,
+        accept: Callable[[Generation], None] | None = None,
     ) -> Generation:
         """Confirm a quote: move its price from available to held, exactly once (``rules.hold``).
 
         The generation is then this process's to settle for ``lease``, by the
         database's clock, and for as long again each time it renews it.
+        ``accept``, the caller's own last word on a quote the rules allow, may
+        raise to refuse it; nothing is held then.
         """
         held = await self._database.write(
-            partial(self._hold, generation_id=generation_id, account=account, lease=lease)
+            partial(
+                self._hold,
+                generation_id=generation_id,
+                account=account,
+                lease=lease,
+                accept=accept,
+            )
         )
         if held is None:
             # The quote's change to expired is committed by now.
@@ -201,7 +214,12 @@ class Ledger:
         return held
 
     def _hold(
-        self, connection: Connection, generation_id: str, account: str, lease: timedelta
+        self,
+        connection: Connection,
+        generation_id: str,
+        account: str,
+        lease: timedelta,
+        accept: Callable[[Generation], None] | None,
     ) -> Generation | None:
         now = self._clock()
         quote, database_now = _locked_generation(connection, generation_id)
@@ -211,6 +229,8 @@ class Ledger:
         except QuoteExpired:
             _close_quote(connection, generation_id, GenerationStatus.EXPIRED, now)
             return None
+        if accept is not None:
+            accept(quote)
         if not self._apply(connection, account, hold.line, generation_id):
             # Spent by another connection after the read above (PostgreSQL).
             raise InsufficientFunds(account, hold.price, _balance(connection, account).available)
