@@ -45,7 +45,7 @@ from bench.common import (
     summary_ms,
 )
 from bot.app import freeze_startup_heap, open_service
-from bot.discord_adapter import ImagineBot, point_at
+from bot.platforms.discord import ImagineBot, point_at
 from bot.settings import Settings
 from tests.loopback_discord import GUILD_ID, TOKEN
 

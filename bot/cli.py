@@ -37,11 +37,11 @@ from bot.app import (
     shown_database_url,
 )
 from bot.catalog import check_models_online
-from bot.console import ConsoleChat, stdin_reader
 from bot.credits import parse_amount
 from bot.errors import ImagineError, RequestError
 from bot.flow import ImagineService
 from bot.observability import configure_logging
+from bot.platforms.console import ConsoleChat, stdin_reader
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate, utc_now
@@ -230,11 +230,11 @@ def _chat_platforms(settings: Settings) -> list[PlatformServer]:
     """The adapters whose tokens are set; each serves until cancelled, then closes its connections."""
     servers: list[PlatformServer] = []
     if settings.discord_token:
-        from bot.discord_adapter import serve_discord
+        from bot.platforms.discord import serve_discord
 
         servers.append(serve_discord)
     if settings.slack_bot_token:
-        from bot.slack_app import serve_slack
+        from bot.platforms.slack import serve_slack
 
         servers.append(serve_slack)
     return servers
@@ -481,7 +481,7 @@ async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
 async def _discord_sync(settings: Settings, _arguments: argparse.Namespace) -> int:
     if not settings.discord_token:
         _fail(EXIT_USAGE, "Set DISCORD_TOKEN to the bot token from the Discord developer portal.")
-    from bot.discord_adapter import sync_discord_commands
+    from bot.platforms.discord import sync_discord_commands
 
     async with open_service(settings, serving=False) as service:
         done = await sync_discord_commands(service, settings)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,9 +70,12 @@ def test_the_import_reader_sees_every_kind_of_absolute_import() -> None:
     assert imported_packages(source) == {"typing", "ledger", "providers", "bot"}
 
 
-def test_the_console_adapter_reaches_the_ledger_only_through_the_flow() -> None:
+@pytest.mark.parametrize(
+    "adapter", sorted(path.name for path in (REPO / "bot" / "platforms").glob("*.py"))
+)
+def test_each_platform_adapter_reaches_the_ledger_only_through_the_flow(adapter: str) -> None:
     """Adapters translate; every credit rule is behind ImagineService and Credits."""
-    tree = ast.parse((REPO / "bot" / "console.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "bot" / "platforms" / adapter).read_text(encoding="utf-8"))
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -80,3 +85,8 @@ def test_the_console_adapter_reaches_the_ledger_only_through_the_flow() -> None:
     assert not {name for name in imported if name.startswith("sqlalchemy")}
     assert "ledger.Ledger" not in imported
     assert not {name for name in imported if name.startswith("ledger.ledger")}
+
+
+def test_the_platform_adapters_live_together_apart_from_the_core() -> None:
+    adapters = {path.stem for path in (REPO / "bot" / "platforms").glob("*.py")}
+    assert adapters == {"__init__", "console", "discord", "slack"}

@@ -20,11 +20,11 @@ from sqlalchemy import text, update
 
 from bot import messages
 from bot.app import open_service
-from bot.console import ConsoleChat
 from bot.credits import parse_amount
 from bot.errors import AlreadyHandled, ModelUnavailable, NotYourRequest, QuoteExpired
 from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
+from bot.platforms.console import ConsoleChat
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
 from ledger import Balance, Generation, GenerationStatus, Ledger, create_engine

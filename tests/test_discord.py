@@ -17,10 +17,11 @@ import discord
 import pytest
 from PIL import Image
 
-from bot import discord_adapter, messages
+from bot import messages
 from bot.app import open_service
-from bot.discord_adapter import ImagineBot, point_at
 from bot.flow import ImagineService
+from bot.platforms import discord as discord_adapter
+from bot.platforms.discord import ImagineBot, point_at
 from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable

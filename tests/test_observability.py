@@ -24,8 +24,8 @@ from bot.observability import (
     secrets_of,
 )
 from bot.parsing import parse_imagine
+from bot.platforms.slack import EVENTS_PATH, GENERATE_ACTION
 from bot.settings import Settings
-from bot.slack_app import EVENTS_PATH, GENERATE_ACTION
 from tests.conftest import FakeClock
 from tests.loopback_discord import TOKEN, LoopbackDiscord
 from tests.loopback_slack import BOT_TOKEN, SIGNING_SECRET, LoopbackSlack, SlackDriver

@@ -18,8 +18,7 @@ from PIL import Image
 from bot import messages
 from bot.app import open_service
 from bot.flow import ImagineService
-from bot.settings import Settings
-from bot.slack_app import (
+from bot.platforms.slack import (
     CANCEL_ACTION,
     EVENTS_PATH,
     GENERATE_ACTION,
@@ -27,6 +26,7 @@ from bot.slack_app import (
     events_application,
     serve_slack,
 )
+from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.slack_app import EVENTS_PATH, GENERATE_ACTION
+from bot.platforms.slack import EVENTS_PATH, GENERATE_ACTION
 from tests.cli_helpers import command_and_environment
 from tests.loopback_discord import GUILD_ID, TOKEN, LoopbackDiscord
 from tests.loopback_slack import BOT_TOKEN, SIGNING_SECRET, LoopbackSlack, SlackDriver
