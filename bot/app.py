@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
 from bot.errors import DatabaseOutdated, DatabaseTooNew, DatabaseUnavailable, RegistryUnusable
-from bot.flow import Clock, ImagineService, check_ledger_periodically
+from bot.flow import Clock, ImagineService
 from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
@@ -144,8 +144,8 @@ async def open_service(
             background = [
                 asyncio.create_task(service.sweep_periodically()),
                 asyncio.create_task(
-                    check_ledger_periodically(
-                        service, timedelta(hours=settings.verify_interval_hours)
+                    service.check_ledger_periodically(
+                        timedelta(hours=settings.verify_interval_hours)
                     )
                 ),
             ]

@@ -531,11 +531,9 @@ class ImagineService:
                 settled.images_delivered,
                 settled.credits_charged,
             )
-            return Outcome(
-                settled, posted, await self._balance(settled.account_id, retry), sentence
-            )
-        self.metrics.settlements.labels("capture", str(settled.status)).inc()
-        sentence = messages.outcome(settled, partial_failure)
+        else:
+            sentence = messages.outcome(settled, partial_failure)
+            self.metrics.settlements.labels("capture", str(settled.status)).inc()
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
 
     async def _release(
@@ -621,6 +619,15 @@ class ImagineService:
             logger.info("ledger check: every balance agrees with its entries")
         return len(discrepancies)
 
+    async def check_ledger_periodically(self, interval: timedelta) -> None:
+        """``check_ledger`` now and every ``interval``, forever, as a background task."""
+        while True:
+            try:
+                await self.check_ledger()
+            except Exception:
+                logger.exception("the periodic ledger check failed; trying again later")
+            await asyncio.sleep(interval.total_seconds())
+
     async def sweep_periodically(self) -> None:
         """Renew this process's leases, then ``recover``, forever, as a background task."""
         while True:
@@ -635,16 +642,6 @@ class ImagineService:
                 logger.warning(
                     "settled generation %s, abandoned by %s", generation.id, generation.owner
                 )
-
-
-async def check_ledger_periodically(service: ImagineService, interval: timedelta) -> None:
-    """``ImagineService.check_ledger`` now and every ``interval``, forever, as a background task."""
-    while True:
-        try:
-            await service.check_ledger()
-        except Exception:
-            logger.exception("the periodic ledger check failed; trying again later")
-        await asyncio.sleep(interval.total_seconds())
 
 
 class QueuedTooLong(Exception):

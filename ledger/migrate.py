@@ -66,20 +66,21 @@ def _prepare(connection: Connection, upgrade: bool) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
         current = MigrationContext.configure(connection).get_current_revision()
-        head = head_revision()
+        scripts = ScriptDirectory.from_config(_config())
+        head = scripts.get_current_head()
         if current == head:
             return
         if current is not None:
-            if not _known(current):
+            if not _known(scripts, current):
                 raise SchemaUnknown(current)
             if not upgrade:
                 raise SchemaOutdated(current, head or "")
         command.upgrade(_config(connection), "head")
 
 
-def _known(revision: str) -> bool:
+def _known(scripts: ScriptDirectory, revision: str) -> bool:
     try:
-        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+        return scripts.get_revision(revision) is not None
     except CommandError:
         return False
 

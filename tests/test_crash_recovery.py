@@ -66,6 +66,16 @@ async def only_generation(ledger: Ledger) -> Generation | None:
     return found[0] if found else None
 
 
+async def until_generating(ledger: Ledger) -> None:
+    """Until the one generation another process started is running."""
+
+    async def running() -> bool:
+        generation = await only_generation(ledger)
+        return generation is not None and generation.status == GenerationStatus.RUNNING
+
+    await until(running)
+
+
 async def test_a_hold_left_by_a_killed_bot_is_released_by_the_next_run(
     tmp_path: Path, ledger: Ledger
 ) -> None:
@@ -74,11 +84,7 @@ async def test_a_hold_left_by_a_killed_bot_is_released_by_the_next_run(
     first.stdin.write(b"/imagine model:local-sketch count:2 a fox in snow\ny\n")
     await first.stdin.drain()
 
-    async def running() -> bool:
-        generation = await only_generation(ledger)
-        return generation is not None and generation.status == GenerationStatus.RUNNING
-
-    await until(running)
+    await until_generating(ledger)
     first.send_signal(signal.SIGKILL)
     await first.wait()
     assert (await ledger.balance(OWNER)).held == 2
@@ -119,11 +125,7 @@ async def test_a_process_sweeping_often_never_settles_a_generation_another_live_
     generating.stdin.write(b"/imagine model:local-sketch count:2 a fox in snow\ny\n")
     await generating.stdin.drain()
 
-    async def running() -> bool:
-        generation = await only_generation(ledger)
-        return generation is not None and generation.status == GenerationStatus.RUNNING
-
-    await until(running)
+    await until_generating(ledger)
     # Another bot on the same database sweeps twenty times a second meanwhile.
     sweeping = await start_console(tmp_path, sweep_interval="0.05")
     try:
