@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -93,6 +94,7 @@ generations = Table(
     Column("images_posted", Integer, nullable=True),
     Column("owner", String(120), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
+    Column("provider_attempts", JSON, nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",
@@ -101,7 +103,32 @@ generations = Table(
     CheckConstraint("credits_charged >= 0 AND credits_held >= 0", name="credits_not_negative"),
     Index("ix_generations_account_created", "account_id", "created_at"),
     Index("ix_generations_status", "status"),
+    Index("ix_generations_finished_at", "finished_at"),
 )
+
+quote_references = Table(
+    "quote_references",
+    metadata,
+    Column(
+        "generation_id",
+        String(64),
+        ForeignKey("generations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),
+    Column("account_id", String(120), nullable=False),
+    Column("media_type", String(50), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("byte_size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_quote_references_account_id", "account_id"),
+    Index("ix_quote_references_expires_at", "expires_at"),
+)
+"""A quote's reference images, kept with it so any process can generate it after a restart.
+
+Purged once the quote is settled or expires.
+"""
 
 ledger_entries = Table(
     "ledger_entries",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -110,6 +111,8 @@ class Generation:
     """The process running it (``Ledger.owner``), from the hold on."""
     lease_until: datetime | None = None
     """Until when, by the database's clock, only its owner may settle it; the owner renews it."""
+    provider_attempts: Sequence[Mapping[str, Any]] | None = None
+    """Each call made to the provider for it, in order, once it has run."""
 
     @property
     def price(self) -> int:

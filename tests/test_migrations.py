@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import Ledger, create_engine, migrate
+from ledger import Ledger, create_engine, migrate, schema
 
 LEDGER_TABLES = {"accounts", "generations", "ledger_entries"}
 
@@ -33,6 +35,21 @@ async def test_upgrade_from_empty_creates_the_schema_at_head(fresh_database_url:
     finally:
         await engine.dispose()
     assert await table_names(fresh_database_url) >= LEDGER_TABLES
+
+
+async def test_migrations_at_head_build_exactly_the_tables_the_code_declares(
+    fresh_database_url: str,
+) -> None:
+    engine = create_engine(fresh_database_url)
+    try:
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            differences = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), schema.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert differences == []
 
 
 async def test_upgrade_twice_changes_nothing(fresh_database_url: str) -> None:
