@@ -12,6 +12,7 @@ from bot.errors import (
     IdempotencyKeyReused,
     InvalidAmount,
     NotAdmin,
+    ReasonTooLong,
     RevokeExceedsBalance,
     UnknownAccount,
 )
@@ -103,7 +104,7 @@ class Credits:
         idempotency_key: str | None = None,
     ) -> Balance:
         """Add credits to ``target`` (creating the account if new); only admins may."""
-        account, credits = self._admin_arguments(actor, target, amount)
+        account, credits = self._admin_arguments(actor, target, amount, reason)
         await self.open_account(account)
         try:
             return await self.ledger.grant(
@@ -125,7 +126,7 @@ class Credits:
         idempotency_key: str | None = None,
     ) -> Balance:
         """Take available credits back from ``target``; only admins may."""
-        account, credits = self._admin_arguments(actor, target, amount)
+        account, credits = self._admin_arguments(actor, target, amount, reason)
         try:
             return await self.ledger.revoke(
                 account,
@@ -141,9 +142,13 @@ class Credits:
         except ledger.IdempotencyConflict:
             raise IdempotencyKeyReused() from None
 
-    def _admin_arguments(self, actor: str, target: str, amount: int | str) -> tuple[str, int]:
+    def _admin_arguments(
+        self, actor: str, target: str, amount: int | str, reason: str
+    ) -> tuple[str, int]:
         if not self.is_admin(actor):
             raise NotAdmin()
+        if len(reason) > messages.REASON_MAX_CHARS:
+            raise ReasonTooLong(len(reason))
         return parse_account(target), parse_amount(amount)
 
 

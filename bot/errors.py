@@ -57,6 +57,11 @@ class InvalidAmount(RequestError):
         super().__init__(messages.invalid_amount(text))
 
 
+class ReasonTooLong(RequestError):
+    def __init__(self, length: int) -> None:
+        super().__init__(messages.reason_too_long(length))
+
+
 class UnknownModel(RequestError):
     def __init__(self, model_id: str, suggestions: Sequence[str]) -> None:
         super().__init__(messages.unknown_model(model_id, suggestions))

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
+REASON_MAX_CHARS = 500
+"""The longest reason a grant or revoke records (the ledger's column)."""
 
 OPTION_NAMES = ("model", "count", "resolution", "aspect", "prompt")
 
@@ -39,20 +41,36 @@ CANCELLED = "Cancelled; nothing was charged."
 SHUTTING_DOWN = "The bot is restarting; nothing was charged, so try again in a minute."
 
 
+ECHO_MAX_CHARS = 40
+"""The most of a user's own input a sentence repeats back: a 100 KB value must not come back whole."""
+
+
+def _echo(text: str) -> str:
+    """What the user typed, as a sentence quotes it: on one line, and shortened."""
+    return _shorten(" ".join(text.split()), ECHO_MAX_CHARS)
+
+
+def reason_too_long(length: int) -> str:
+    return (
+        f"The reason is {length} characters long; the limit is {REASON_MAX_CHARS}. "
+        "Shorten it and try again."
+    )
+
+
 def invalid_account(text: str) -> str:
     return (
-        f"'{text}' is not an account; use discord:<user id>, slack:<team id>:<user id> "
+        f"'{_echo(text)}' is not an account; use discord:<user id>, slack:<team id>:<user id> "
         "or console:<name>."
     )
 
 
 def invalid_amount(text: str) -> str:
-    return f"'{text}' is not an amount; give a whole number of credits greater than 0."
+    return f"'{_echo(text)}' is not an amount; give a whole number of credits greater than 0."
 
 
 def unknown_model(model_id: str, suggestions: Sequence[str]) -> str:
     hint = f" Did you mean {_either(suggestions)}?" if suggestions else ""
-    return f"There is no model called '{model_id}'.{hint} /models lists them all."
+    return f"There is no model called '{_echo(model_id)}'.{hint} /models lists them all."
 
 
 def model_unavailable(model_id: str, reason: str) -> str:
@@ -61,7 +79,7 @@ def model_unavailable(model_id: str, reason: str) -> str:
 
 def unknown_option(key: str) -> str:
     return (
-        f"'{key}:' is not an option; the options are {', '.join(o + ':' for o in OPTION_NAMES)}. "
+        f"'{_echo(key)}:' is not an option; the options are {', '.join(o + ':' for o in OPTION_NAMES)}. "
         f'If it is part of your prompt, quote the prompt: prompt:"..."'
     )
 
@@ -83,15 +101,17 @@ def prompt_given_twice() -> str:
 
 
 def bad_count(text: str, max_images: int, model_id: str) -> str:
-    return f"count must be a whole number from 1 to {max_images} for {model_id}, not '{text}'."
+    return (
+        f"count must be a whole number from 1 to {max_images} for {model_id}, not '{_echo(text)}'."
+    )
 
 
 def unsupported_resolution(resolution: str, model_id: str, supported: Sequence[str]) -> str:
-    return f"{model_id} does not make {resolution} images; it supports {_either(supported)}."
+    return f"{model_id} does not make {_echo(resolution)} images; it supports {_either(supported)}."
 
 
 def unsupported_aspect(aspect: str, model_id: str, supported: Sequence[str]) -> str:
-    return f"{model_id} does not make {aspect} images; it supports {_either(supported)}."
+    return f"{model_id} does not make {_echo(aspect)} images; it supports {_either(supported)}."
 
 
 def prompt_too_long(length: int) -> str:
@@ -435,7 +455,7 @@ NOT_A_COMMAND = "Commands start with a slash; to draw that, type /imagine follow
 
 
 def unknown_command(command: str) -> str:
-    return f"There is no /{command} command; /help lists them."
+    return f"There is no /{_echo(command)} command; /help lists them."
 
 
 def saved_to(path: str) -> str:
@@ -615,7 +635,7 @@ def discord_sync_refused(scope: str, detail: str) -> str:
 
 def slack_credits_usage(typed: str) -> str:
     return (
-        f"/credits does not know “{typed}”. Use /credits for your balance and recent "
+        f"/credits does not know “{_echo(typed)}”. Use /credits for your balance and recent "
         "images; admins: /credits grant @someone <amount> [reason], or revoke."
     )
 

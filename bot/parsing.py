@@ -12,8 +12,9 @@ prompt. Discord passes the same options natively and shares ``validate_request``
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot import messages
 from bot.catalog import ModelCatalog
@@ -125,6 +126,7 @@ def parse_imagine_text(text: str) -> ImagineOptions:
 
 def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineRequest:
     """Apply every rule and the registry's defaults; raises ``RequestError`` with what to fix."""
+    options = _visible(options)
     model = catalog.require(options.model) if options.model else catalog.default_model()
 
     prompt = " ".join((options.prompt or "").split())
@@ -174,6 +176,42 @@ def check_reference_image(filename: str, content_type: str | None, size: int) ->
     if size > REFERENCE_IMAGE_MAX_BYTES:
         raise RequestError(messages.reference_too_large(filename, size, REFERENCE_IMAGE_MAX_BYTES))
     return mime_type
+
+
+_KEPT_FORMAT_CHARACTERS = frozenset("\u200d")
+"""The zero-width joiner: emoji such as 👩‍🚀 are made with it."""
+
+
+def visible_text(text: str) -> str:
+    """``text`` without control and invisible formatting characters.
+
+    Zero-width spaces, bidi overrides, tag characters, terminal escapes and NUL
+    can hide words from the person reading a caption or a log, smuggle
+    instructions past them to the model, or be refused by the database; no
+    prompt needs them. Whitespace controls (tab, newline) stay for the caller
+    to fold into spaces.
+    """
+    return "".join(
+        character
+        for character in text
+        if character.isspace()
+        or character in _KEPT_FORMAT_CHARACTERS
+        or unicodedata.category(character) not in ("Cc", "Cf")
+    )
+
+
+def _visible(options: ImagineOptions) -> ImagineOptions:
+    def cleaned(value: str | None) -> str | None:
+        return None if value is None else visible_text(value)
+
+    return replace(
+        options,
+        prompt=cleaned(options.prompt),
+        model=cleaned(options.model),
+        count=cleaned(options.count) if isinstance(options.count, str) else options.count,
+        resolution=cleaned(options.resolution),
+        aspect=cleaned(options.aspect),
+    )
 
 
 def parse_imagine(text: str, catalog: ModelCatalog) -> ImagineRequest:

@@ -244,8 +244,12 @@ class LoopbackDiscord:
         *,
         user: User = ALICE,
         attachment: tuple[str, str, bytes] | None = None,
+        attachment_size: int | None = None,
     ) -> Interaction:
-        """Run ``/name`` with ``options``; ``attachment`` is ``(filename, type, bytes)`` for its attachment option."""
+        """Run ``/name`` with ``options``; ``attachment`` is ``(filename, type, bytes)`` for its attachment option.
+
+        ``attachment_size``: the size Discord reports for it, when not its length.
+        """
         command, scope = self._command(name)
         typed = {option["name"]: option for option in command.get("options", [])}
         values = []
@@ -268,7 +272,7 @@ class LoopbackDiscord:
                 str(attachment_id): {
                     "id": str(attachment_id),
                     "filename": filename,
-                    "size": len(data),
+                    "size": len(data) if attachment_size is None else attachment_size,
                     "content_type": content_type,
                     "url": f"{self.files_base}/{attachment_id}-{filename}",
                     "proxy_url": f"{self.files_base}/{attachment_id}-{filename}",
@@ -507,6 +511,8 @@ class LoopbackDiscord:
         body, files = await _read_body(request)
         kind = body["type"]
         data = body.get("data") or {}
+        if (refusal := _refuse_long_content(data)) is not None:
+            return refusal
         interaction.callbacks.append((kind, data))
         if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
             message = self._post(data, files, default_flags=data.get("flags", 0))
@@ -535,6 +541,8 @@ class LoopbackDiscord:
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         message = self._webhook_message(request)
         body, files = await _read_body(request)
+        if (refusal := _refuse_long_content(body)) is not None:
+            return refusal
         self._edit(message, body, files)
         return _json(message.payload())
 
@@ -544,6 +552,8 @@ class LoopbackDiscord:
             status = self.fail_followups_with
             return _json({"message": "Request entity too large", "code": 40005}, status=status)
         body, files = await _read_body(request)
+        if (refusal := _refuse_long_content(body)) is not None:
+            return refusal
         message = self._post(body, files, default_flags=body.get("flags", 0))
         interaction.followup_ids.append(message.id)
         interaction.followed_up_at = time.perf_counter()
@@ -606,6 +616,20 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], list[Uploade
                 )
             )
     return body, files
+
+
+MESSAGE_CONTENT_LIMIT = 2000
+
+
+def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:
+    """Discord's answer to message content over its limit: 400, Invalid Form Body."""
+    content = body.get("content") or ""
+    if len(content) <= MESSAGE_CONTENT_LIMIT:
+        return None
+    error = {
+        "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]
+    }
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": error}}, 400)
 
 
 def _json(payload: object, status: int = 200) -> web.Response:

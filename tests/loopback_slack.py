@@ -234,10 +234,13 @@ class SlackDriver:
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
         trigger_id: str | None = None,
+        drop: tuple[str, ...] = (),
+        extra: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any], str]:
         """Run a slash command; returns the status, the acknowledgement's JSON and the response_url.
 
         ``trigger_id``: Slack's id of this invocation; by default a new one, as Slack gives.
+        ``drop`` and ``extra``: fields to leave out of, or add to, what Slack sends.
         """
         response_url = self.slack.response_url()
         form = {
@@ -254,7 +257,9 @@ class SlackDriver:
             "is_enterprise_install": "false",
             "response_url": response_url,
             "trigger_id": trigger_id or f"trigger-{time.time_ns()}",
-        }
+        } | (extra or {})
+        for name in drop:
+            del form[name]
         status, body = await self._post(urllib.parse.urlencode(form), headers, timestamp)
         return status, (json.loads(body) if body.startswith("{") else {}), response_url
 
@@ -274,6 +279,33 @@ class SlackDriver:
         ``user_team``: the clicker's ``user.team_id``, which on an Enterprise
         organization is the org's id (``E…``) rather than the workspace's.
         """
+        action = {
+            "action_id": action_id,
+            "block_id": "imagine_quote",
+            "value": value,
+            "type": "button",
+            "action_ts": f"{time.time():.6f}",
+        }
+        return await self.click_raw(
+            action,
+            user=user,
+            user_team=user_team,
+            channel=channel,
+            headers=headers,
+            response_url=response_url,
+        )
+
+    async def click_raw(
+        self,
+        action: dict[str, Any],
+        *,
+        user: str = "U0ALICE",
+        user_team: str = TEAM,
+        channel: str = CHANNEL,
+        headers: dict[str, str] | None = None,
+        response_url: str | None = None,
+    ) -> tuple[int, str]:
+        """Press a button described by ``action`` as Slack sends it (fields may be missing)."""
         response_url = response_url or self.slack.response_url()
         payload = {
             "type": "block_actions",
@@ -285,15 +317,7 @@ class SlackDriver:
             "team": {"id": TEAM, "domain": "fake"},
             "channel": {"id": channel, "name": "general"},
             "response_url": response_url,
-            "actions": [
-                {
-                    "action_id": action_id,
-                    "block_id": "imagine_quote",
-                    "value": value,
-                    "type": "button",
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
+            "actions": [action],
         }
         body = urllib.parse.urlencode({"payload": json.dumps(payload)})
         status, _ = await self._post(body, headers, None)
