@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     """Names are the contract in ``DESIGN.md``; each field reads the upper-cased variable."""
 
     # An empty variable means "not set", as in .env.example, where most lines are empty.
+    # Unknown names are kept only to let a provider's own variables come from .env
+    # (see ``_provider_variables_only``).
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+        env_file=".env", extra="allow", frozen=True, env_ignore_empty=True
     )
 
     database_url: str = "sqlite+aiosqlite:///./imagine.db"
@@ -140,6 +142,21 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_variables_only(cls, values: object) -> object:
+        """Drop unknown names, except the variables registered providers read.
+
+        A provider added with one registration line has no field here, yet its
+        key may be written in ``.env`` like any other setting.
+        """
+        if not isinstance(values, dict):
+            return values
+        wanted = set(cls.model_fields) | {
+            variable.lower() for spec in PROVIDERS.values() for variable in spec.variables
+        }
+        return {name: value for name, value in values.items() if name.lower() in wanted}
+
     @field_validator("admin_accounts")
     @classmethod
     def _accounts_are_well_formed(cls, accounts: tuple[str, ...]) -> tuple[str, ...]:
@@ -148,15 +165,16 @@ class Settings(BaseSettings):
     def environment_value(self, name: str) -> str | None:
         """The value of a setting by its variable name, for provider keys named by the provider.
 
-        Declared settings come from here (and so from ``.env``); any other name
-        is read from the process environment, so a new provider needs no new field.
-        An empty value counts as unset either way.
+        Declared settings come from here; a provider's own variables come from
+        the process environment, else from ``.env``, so a new provider needs no
+        new field. An empty value counts as unset either way.
         """
         field_name = name.lower()
         if field_name in type(self).model_fields:
             value = getattr(self, field_name)
             return None if value is None else (str(value) or None)
-        return os.environ.get(name) or None
+        from_dotenv = (self.model_extra or {}).get(field_name)
+        return os.environ.get(name) or (None if from_dotenv is None else str(from_dotenv) or None)
 
     def secret_variables(self) -> tuple[str, ...]:
         """Variables whose values are never shown or logged, each provider's API keys among them.

@@ -50,6 +50,12 @@ class ProviderSpec:
     model_options: tuple[ModelOption, ...] = ()
     """What a model of this provider may set under ``provider_options``; anything else is refused."""
 
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Every environment variable this provider reads."""
+        base_url = (self.base_url_env,) if self.base_url_env else ()
+        return (*self.api_key_env, *base_url, *(variable for _, variable in self.option_env))
+
     def build(self, config: ProviderConfig) -> ImageProvider:
         module_name, _, attribute = self.factory.partition(":")
         factory = getattr(importlib.import_module(module_name), attribute)

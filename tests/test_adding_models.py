@@ -231,3 +231,27 @@ def test_the_new_providers_key_is_masked_in_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert ACME_KEY not in result.stdout
     assert re.search(r"^ACME_API_KEY\s+set$", result.stdout, re.MULTILINE)
+
+
+@pytest.mark.usefixtures("acme_registered")
+def test_the_new_providers_key_written_only_in_dotenv_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"ACME_API_KEY={ACME_KEY}\nACME_TYPO_KEY=ignored\n")
+
+    settings = Settings()
+
+    assert settings.environment_value("ACME_API_KEY") == ACME_KEY
+    assert settings.model_extra == {"acme_api_key": ACME_KEY}
+
+
+@pytest.mark.usefixtures("acme_registered")
+def test_the_new_providers_key_written_only_in_dotenv_is_masked_in_config(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"ACME_API_KEY={ACME_KEY}\n")
+
+    result = imagine_bot(tmp_path, "config")
+
+    assert result.returncode == 0, result.stderr
+    assert ACME_KEY not in result.stdout
+    assert re.search(r"^ACME_API_KEY\s+set$", result.stdout, re.MULTILINE)
