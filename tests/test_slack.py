@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import io
 import time
 from collections.abc import AsyncIterator
@@ -626,6 +627,56 @@ async def test_slack_entities_are_unescaped_for_the_model_and_escaped_in_the_cap
     [upload] = slack.uploads
     assert "fish &amp; chips &lt;!channel&gt;" in upload.initial_comment
     assert "<!channel>" not in upload.initial_comment
+
+
+async def test_mentions_channels_and_links_reach_the_model_as_the_user_saw_them(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    # What Slack sends, with "Escape channels, users, and links" on, for:
+    # "@bob and @devs at #general, @here: x.com, https://example.com/a, this, mail a@b.co on <date>"
+    generation = await quote_id(
+        driver,
+        "model:scripted <@U0BOB|bob> and <!subteam^S0DEVS|@devs> at <#C0GENERAL|general>,"
+        " <!here>: <http://x.com|x.com>, <https://example.com/a>,"
+        " <https://example.com/b|this>, mail <mailto:a@b.co|a@b.co>"
+        " on <!date^1700000000^{date}|Nov 14>",
+    )
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    assert scripted.requests[0].prompt == (
+        "@bob and @devs at #general, @here: x.com, https://example.com/a,"
+        " this (https://example.com/b), mail a@b.co on Nov 14"
+    )
+
+
+async def test_a_prompt_in_the_public_caption_cannot_ping_link_or_format(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    typed = (
+        "@here <!channel> *loud* _slanted_ ~gone~ `code` #general :fire: see https://evil.example"
+    )
+    escaped = typed.replace("<", "&lt;").replace(">", "&gt;")
+    generation = await quote_id(
+        driver, f"model:scripted <@U0BOB|bob> {escaped}\n&gt; quoted <https://evil.example|click>"
+    )
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    prompt = scripted.requests[0].prompt
+    [upload] = slack.uploads
+    caption = upload.initial_comment
+    # Slack reads control sequences only between < and >; none is left but the asker's mention.
+    assert caption.count("<") == 1 and caption.startswith("<@U0ALICE> asked for")
+    for made in ("@here", "@bob", "*loud*", "_slanted_", "~gone~", "`code`", "#general", ":fire:"):
+        assert made in prompt and made not in caption
+    assert "://" not in caption and "evil.example" not in caption
+    assert "\n" not in caption
+    # Read back as Slack shows it, the caption holds the prompt to the letter, on one line.
+    shown = html.unescape(caption).replace("\u200b", "")
+    assert f"“{' '.join(prompt.split())}”" in shown
 
 
 async def test_a_generation_cut_short_by_stopping_the_bot_tells_the_user_so(

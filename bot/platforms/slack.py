@@ -32,7 +32,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages
+from bot import messages, slack_text
 from bot.errors import (
     ImagineError,
     RequestError,
@@ -148,7 +148,7 @@ class SlackImagine:
     async def _imagine(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
     ) -> None:
-        text = _unescape(command.get("text", "")).strip()
+        text = slack_text.typed(command.get("text", "")).strip()
         account = slack_account(command["team_id"], command["user_id"])
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
@@ -277,8 +277,8 @@ class _UploadToChannel:
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         caption = messages.delivered_caption(
             f"<@{self.user}>",
-            # Escaped, so a prompt holding "<!channel>" cannot ping a whole channel.
-            _escape(generation.prompt),
+            # The prompt is anyone's text, shown in the channel under the bot's name.
+            slack_text.inert(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(images),
         )
@@ -343,15 +343,6 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
             ],
         },
     ]
-
-
-def _unescape(text: str) -> str:
-    """Slack sends &, < and > in command text as entities; the prompt is what the user typed."""
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
