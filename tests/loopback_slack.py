@@ -230,6 +230,7 @@ class SlackDriver:
         text: str,
         *,
         user: str = "U0ALICE",
+        team: str = TEAM,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
@@ -237,12 +238,13 @@ class SlackDriver:
     ) -> tuple[int, dict[str, Any], str]:
         """Run a slash command; returns the status, the acknowledgement's JSON and the response_url.
 
+        ``team``: the workspace it is run in.
         ``trigger_id``: Slack's id of this invocation; by default a new one, as Slack gives.
         """
         response_url = self.slack.response_url()
         form = {
             "token": "legacy-token",
-            "team_id": TEAM,
+            "team_id": team,
             "team_domain": "fake",
             "channel_id": channel,
             "channel_name": "general",
@@ -264,25 +266,27 @@ class SlackDriver:
         value: str,
         *,
         user: str = "U0ALICE",
-        user_team: str = TEAM,
+        team: str = TEAM,
+        user_team: str | None = None,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
     ) -> tuple[int, str]:
         """Press a button; returns the status and the response_url the bot answers on.
 
-        ``user_team``: the clicker's ``user.team_id``, which on an Enterprise
-        organization is the org's id (``E…``) rather than the workspace's.
+        ``team``: the workspace the click comes from.
+        ``user_team``: the clicker's ``user.team_id`` (by default ``team``), which on an
+        Enterprise organization is the org's id (``E…``) rather than the workspace's.
         """
         response_url = response_url or self.slack.response_url()
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "team_id": user_team, "username": user.lower()},
+            "user": {"id": user, "team_id": user_team or team, "username": user.lower()},
             "api_app_id": "A0APP",
             "token": "legacy-token",
             "container": {"type": "message", "is_ephemeral": True, "channel_id": channel},
             "trigger_id": f"trigger-{time.time_ns()}",
-            "team": {"id": TEAM, "domain": "fake"},
+            "team": {"id": team, "domain": "fake"},
             "channel": {"id": channel, "name": "general"},
             "response_url": response_url,
             "actions": [

@@ -426,6 +426,52 @@ async def test_a_private_channel_it_is_not_in_explains_the_invite_and_charges_no
     assert await available(service) == 50
 
 
+# -- where the bot serves -----------------------------------------------------------
+
+ELSEWHERE = "T0ELSEWHERE"
+
+
+@pytest.fixture
+async def listed_driver(
+    service: ImagineService, settings: Settings, slack: LoopbackSlack
+) -> AsyncIterator[SlackDriver]:
+    """The bot serving only TEAM."""
+    listed = settings.model_copy(update={"slack_team_allowlist": (TEAM,)})
+    async with serving(SlackImagine(service, listed), slack) as driver:
+        yield driver
+
+
+async def test_only_a_listed_workspace_is_served_elsewhere_no_account_is_opened(
+    listed_driver: SlackDriver, service: ImagineService
+) -> None:
+    for command, text in (("/imagine", "a lighthouse"), ("/credits", ""), ("/imagine", "")):
+        status, acknowledgement, _ = await listed_driver.command(command, text, team=ELSEWHERE)
+
+        assert status == 200
+        assert acknowledgement == {"response_type": "ephemeral", "text": messages.NOT_SERVED_HERE}
+    assert await service.ledger.account_exists(f"slack:{ELSEWHERE}:U0ALICE") is False
+
+    generation = await quote_id(listed_driver, "a lighthouse")
+
+    assert generation
+    assert await available(service) == 50
+
+
+@pytest.mark.parametrize("action", [GENERATE_ACTION, CANCEL_ACTION])
+async def test_a_button_pressed_where_the_bot_does_not_serve_is_refused_and_changes_nothing(
+    listed_driver: SlackDriver, slack: LoopbackSlack, service: ImagineService, action: str
+) -> None:
+    generation = await quote_id(listed_driver, "a lighthouse")
+
+    _, response_url = await listed_driver.click(action, generation, team=ELSEWHERE)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert (answer["text"], answer["replace_original"]) == (messages.NOT_SERVED_HERE, False)
+    assert (await service.ledger.generation(generation)).status == GenerationStatus.QUOTED
+    assert await available(service) == 50
+
+
 # -- /credits ---------------------------------------------------------------------
 
 

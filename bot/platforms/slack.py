@@ -73,6 +73,7 @@ class SlackImagine:
         self, service: ImagineService, settings: Settings, client: AsyncWebClient | None = None
     ) -> None:
         self.service = service
+        self.settings = settings
         self.background = BackgroundTasks()
         socket_mode = bool(settings.slack_app_token)
         if not socket_mode and not settings.slack_signing_secret:
@@ -88,6 +89,7 @@ class SlackImagine:
             request_verification_enabled=not socket_mode,
         )
         self.app.middleware(self._skip_redeliveries)
+        self.app.middleware(self._serve_allowed_workspaces)
         self.app.command("/imagine")(self._imagine)
         self.app.command("/credits")(self._credits)
         self.app.action(GENERATE_ACTION)(self._generate)
@@ -112,6 +114,30 @@ class SlackImagine:
             return BoltResponse(status=200, body="")
         return await next()
 
+    async def _serve_allowed_workspaces(
+        self,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse:
+        # Before any listener, so no account is opened (nor starting credits
+        # granted) in a workspace the operator did not list.
+        context = req.context
+        if self.settings.serves_slack(context.team_id, context.enterprise_id):
+            return await next()
+        logger.info("refused a Slack request from workspace %s: not allowed", context.team_id)
+        if "command" in req.body:
+            return _ephemeral_answer(messages.NOT_SERVED_HERE)
+        # A click's answer goes through its response_url; Slack shows none of the HTTP body.
+        if context.response_url:
+            with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
+                await context.respond(
+                    text=messages.NOT_SERVED_HERE,
+                    response_type="ephemeral",
+                    replace_original=False,
+                )
+        return BoltResponse(status=200, body="")
+
     async def _tell_what_failed(
         self,
         error: Exception,
@@ -127,12 +153,7 @@ class SlackImagine:
         logger.error("Slack %s failed", body.get("command") or body.get("type"), exc_info=error)
         if response is not None:
             # Not acknowledged yet: the sentence is the acknowledgement.
-            answer = {"response_type": "ephemeral", "text": messages.SOMETHING_WENT_WRONG}
-            return BoltResponse(
-                status=200,
-                body=json.dumps(answer),
-                headers={"content-type": "application/json;charset=utf-8"},
-            )
+            return _ephemeral_answer(messages.SOMETHING_WENT_WRONG)
         if respond is not None:
             with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
                 # A click's quote stays as it was; a command's "Preparing…" is replaced.
@@ -343,6 +364,15 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
             ],
         },
     ]
+
+
+def _ephemeral_answer(text: str) -> BoltResponse:
+    """A slash command's acknowledgement saying ``text`` to the user alone."""
+    return BoltResponse(
+        status=200,
+        body=json.dumps({"response_type": "ephemeral", "text": text}),
+        headers={"content-type": "application/json;charset=utf-8"},
+    )
 
 
 async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
