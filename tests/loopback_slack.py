@@ -2,8 +2,8 @@
 
 The fake serves the Web API methods the bot calls (``auth.test``,
 ``conversations.join``/``info``, the three steps of ``files_upload_v2``, the
-``chat`` methods), the upload URLs it hands out, and ``response_url``s; it
-records every call. The driver signs slash commands and button clicks as
+``chat`` methods), the upload URLs it hands out, and ``response_url``s, which
+take at most five messages each, as Slack's do; it records every call. The driver signs slash commands and button clicks as
 Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
 bot's ``/slack/events`` over HTTP.
 """
@@ -33,6 +33,8 @@ PRIVATE_CHANNEL = "G0SECRET"
 _PATIENCE_SECONDS = 10
 LISTEN_BACKLOG = 4096
 """Slack takes thousands of connections at once (the default backlog is 128)."""
+RESPONSE_URL_MESSAGES = 5
+"""What one response_url takes; Slack refuses any more."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class LoopbackSlack:
     base_url: str = ""
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refused: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Messages a response_url refused (its sixth and later, or any once expired), by response id."""
+    expired: set[str] = field(default_factory=set)
     uploads: list[Upload] = field(default_factory=list)
     member_of: set[str] = field(default_factory=lambda: {CHANNEL})
     private: set[str] = field(default_factory=lambda: {PRIVATE_CHANNEL})
@@ -106,6 +111,10 @@ class LoopbackSlack:
         response_id = f"r{next(self._ids)}"
         self.responses[response_id] = []
         return f"{self._root}/respond/{response_id}"
+
+    def expire(self, response_url: str) -> None:
+        """Let ``response_url`` outlive its 30 minutes: it takes no more messages."""
+        self.expired.add(response_url.rsplit("/", 1)[1])
 
     def responded(self, response_url: str) -> list[dict[str, Any]]:
         """What the bot posted to ``response_url``, in order."""
@@ -210,9 +219,20 @@ class LoopbackSlack:
         return socket
 
     async def _respond(self, request: web.Request) -> web.Response:
-        self.responses[request.match_info["response_id"]].append(await request.json())
+        response_id = request.match_info["response_id"]
+        message = await request.json()
+        if response_id in self.expired:
+            refusal = "expired_url"
+        elif len(self.responses[response_id]) >= RESPONSE_URL_MESSAGES:
+            refusal = "used_url"
+        else:
+            self.responses[response_id].append(message)
+            await self._changed_now()
+            return web.Response(text="ok")
+        # As Slack answers a response_url that takes no more: a 404 naming why, nothing shown.
+        self.refused.append((response_id, message))
         await self._changed_now()
-        return web.Response(text="ok")
+        return web.Response(status=404, text=refusal)
 
 
 @dataclass

@@ -30,11 +30,14 @@ from bot.platforms.slack import (
 from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
+from tests import fake_gemini
 from tests.conftest import FakeClock
+from tests.fake_gemini import FakeGemini, Reply, error_body
 from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
 from tests.loopback_slack import (
     APP_TOKEN,
     BOT_TOKEN,
+    CHANNEL,
     PRIVATE_CHANNEL,
     SIGNING_SECRET,
     TEAM,
@@ -203,12 +206,92 @@ async def test_progress_replaces_the_quote_before_the_outcome(
 
     posted = slack.responded(response_url)
     assert all(message["replace_original"] for message in posted)
-    assert [message["text"] for message in posted][:3] == [
+    assert [message["text"] for message in posted][:4] == [
         messages.SLACK_STARTING,
         "Generating 2 images with Local Sketch…",
+        "Generating with Local Sketch: 1 of 2 done…",
         "Posting 2 images…",
     ]
-    assert len(posted) <= 5
+    assert len(posted) == 5
+
+
+GEMINI_MODELS = """
+[models.gemini]
+provider = "google"
+provider_model = "gemini-3-pro-image"
+name = "Gemini"
+credits_per_image = 5
+resolutions = ["1K"]
+aspect_ratios = ["1:1"]
+max_images = 4
+"""
+
+
+async def test_with_every_step_a_queue_and_a_retry_progress_leaves_the_last_message_to_the_outcome(
+    settings: Settings, slack: LoopbackSlack, clock: FakeClock, tmp_path: Path
+) -> None:
+    models_file = tmp_path / "gemini.toml"
+    models_file.write_text(GEMINI_MODELS)
+    one_at_a_time = settings.model_copy(
+        update={
+            "models_file": models_file,
+            "gemini_api_key": fake_gemini.API_KEY,
+            "gemini_base_url": None,
+            "provider_limits": {"google": 1},
+        }
+    )
+    async with FakeGemini() as gemini:
+        gemini_settings = one_at_a_time.model_copy(update={"gemini_base_url": gemini.base_url})
+        # Bob's image takes a while; the first call for Alice's is rate-limited, then retried.
+        gemini.script(
+            Reply(delay_seconds=2),
+            Reply(429, error_body(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.")),
+        )
+        async with (
+            open_service(gemini_settings, clock=clock) as service,
+            serving(SlackImagine(service, gemini_settings), slack) as driver,
+        ):
+            bobs = await quote_id(driver, "a harbour", user=BOB)
+            _, bobs_url = await driver.click(GENERATE_ACTION, bobs, user=BOB)
+            # Bob holds the only Gemini slot from here until his image is done.
+            await final_text(driver, bobs_url, "Generating")
+            alices = await quote_id(driver, "count:3 a lighthouse")
+
+            _, response_url = await driver.click(GENERATE_ACTION, alices)
+            said = await final_text(driver, response_url, "Balance")
+            await final_text(driver, bobs_url, "Balance")
+
+    assert [message["text"] for message in slack.responded(response_url)] == [
+        messages.SLACK_STARTING,
+        "Queued: 1 ahead of you…",
+        "Generating 3 images with Gemini…",
+        "Generating with Gemini: 1 of 3 done…",
+        said,
+    ]
+    assert said.startswith("Done: 3 images for 15 credits.")
+    assert len(gemini.calls) == 1 + 3 + 1
+    assert slack.refused == []
+
+
+async def test_an_outcome_the_response_url_no_longer_takes_is_sent_privately(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    scripted.release = asyncio.Event()
+    generation = await quote_id(driver, "model:scripted a fox")
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await scripted.wait_for_requests(1)
+
+    slack.expire(response_url)
+    scripted.release.set()
+    await slack.wait_for(lambda: slack.called("chat.postEphemeral"))
+
+    [sent] = slack.called("chat.postEphemeral")
+    assert (sent["channel"], sent["user"]) == (CHANNEL, "U0ALICE")
+    assert sent["text"] == "Done: 1 image for 10 credits.\nBalance: 40 credits available."
+    assert [refused["text"] for _, refused in slack.refused] == [
+        "Posting 1 image…",
+        sent["text"],
+    ]
 
 
 async def test_help_and_a_bare_imagine_show_usage_with_the_models(driver: SlackDriver) -> None:
