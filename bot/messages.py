@@ -38,6 +38,9 @@ NO_MODEL_AVAILABLE = (
     "No model is available right now; an admin can run `imagine-bot models` to see why."
 )
 CANCELLED = "Cancelled; nothing was charged."
+NOT_SERVED_HERE = "This bot is not enabled here; its operator can allow this server or workspace."
+"""For a command, click or autocomplete from outside DISCORD_GUILD_ALLOWLIST or
+SLACK_TEAM_ALLOWLIST; at most 100 characters, so it fits an autocomplete choice."""
 SHUTTING_DOWN = "The bot is restarting; nothing was charged, so try again in a minute."
 
 

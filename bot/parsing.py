@@ -38,10 +38,11 @@ _OPTION_ALIASES = {
 }
 
 # An option is a word of letters and underscores directly followed by a colon,
-# at the start of the text or after whitespace. Its value runs to the next
-# whitespace, or to the closing quote when it opens with one.
+# at the start of the text or after whitespace, but not by "//": that is a web
+# address. Its value runs to the next whitespace, or to the closing quote when
+# it opens with one.
 _OPTION = re.compile(
-    r"""(?<!\S)(?P<key>[A-Za-z_]+):(?:"(?P<straight>[^"]*)"|“(?P<curly>[^”]*)”|(?P<bare>[^\s"“]\S*)?)"""
+    r"""(?<!\S)(?P<key>[A-Za-z_]+):(?!//)(?:"(?P<straight>[^"]*)"|“(?P<curly>[^”]*)”|(?P<bare>[^\s"“]\S*)?)"""
 )
 _UNCLOSED_QUOTE = re.compile(r"""(?<!\S)(?P<key>[A-Za-z_]+):["“]""")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,16 @@ _AN_HOUR = 3_600
 def _mask(value: str) -> str:
     """Enough to tell two keys apart, never enough to use one."""
     return "set (…" + value[-4:] + ")" if len(value) >= 16 else "set"
+
+
+def _server_ids(ids: Sequence[str]) -> tuple[str, ...]:
+    for part in ids:
+        if part and not (part.isascii() and part.isdigit()):
+            raise ValueError(
+                f"{part!r} is not a server id; give the numeric ids, comma-separated "
+                "(Discord: Developer Mode, then right-click the server, Copy Server ID)"
+            )
+    return tuple(ids)
 
 
 class Settings(BaseSettings):
@@ -78,6 +89,10 @@ class Settings(BaseSettings):
     discord_token: str | None = None
     discord_guild_ids: str | None = None
     discord_api_base: str = "https://discord.com/api/v10"
+    discord_guild_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    """The servers the bot serves; empty: every server and direct messages."""
+    slack_team_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    """The workspaces (or Enterprise organizations) the bot serves; empty: every one."""
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
@@ -114,12 +129,7 @@ class Settings(BaseSettings):
     @field_validator("discord_guild_ids")
     @classmethod
     def _guild_ids_are_numbers(cls, value: str | None) -> str | None:
-        for part in re.split(r"[,\s]+", value or ""):
-            if part and not (part.isascii() and part.isdigit()):
-                raise ValueError(
-                    f"{part!r} is not a server id; give the numeric ids, comma-separated "
-                    "(Discord: Developer Mode, then right-click the server, Copy Server ID)"
-                )
+        _server_ids(re.split(r"[,\s]+", value or ""))
         return value
 
     @field_validator("provider_limits", mode="before")
@@ -135,9 +145,11 @@ class Settings(BaseSettings):
             limits[name.strip()] = int(number)
         return limits
 
-    @field_validator("admin_accounts", mode="before")
+    @field_validator(
+        "admin_accounts", "discord_guild_allowlist", "slack_team_allowlist", mode="before"
+    )
     @classmethod
-    def _split_accounts(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -156,6 +168,22 @@ class Settings(BaseSettings):
             variable.lower() for spec in PROVIDERS.values() for variable in spec.variables
         }
         return {name: value for name, value in values.items() if name.lower() in wanted}
+
+    @field_validator("discord_guild_allowlist")
+    @classmethod
+    def _allowed_guilds_are_numbers(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        return _server_ids(ids)
+
+    @field_validator("slack_team_allowlist")
+    @classmethod
+    def _allowed_teams_are_slack_ids(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        for team in ids:
+            if not re.fullmatch(r"[TE][A-Z0-9]{2,20}", team):
+                raise ValueError(
+                    f"{team!r} is not a workspace id; give workspace ids like T0123ABCD or an"
+                    " Enterprise organization's E0123ABCD, comma-separated"
+                )
+        return ids
 
     @field_validator("admin_accounts")
     @classmethod
@@ -185,6 +213,16 @@ class Settings(BaseSettings):
         own = [name.upper() for name in type(self).model_fields if SECRET_FIELD.search(name)]
         keys = [variable for spec in PROVIDERS.values() for variable in spec.api_key_env]
         return tuple(dict.fromkeys([*own, *keys]))
+
+    def serves_discord(self, guild_id: int | None) -> bool:
+        """Whether the bot serves this server; a direct message has none, so only without a list."""
+        allowed = self.discord_guild_allowlist
+        return not allowed or (guild_id is not None and str(guild_id) in allowed)
+
+    def serves_slack(self, team_id: str | None, enterprise_id: str | None) -> bool:
+        """Whether the bot serves this workspace: listed itself, or its Enterprise organization."""
+        allowed = self.slack_team_allowlist
+        return not allowed or any(place in allowed for place in (team_id, enterprise_id) if place)
 
     def concurrency_for(self, provider: str) -> int:
         return self.provider_limits.get(provider, self.provider_concurrency)

@@ -245,10 +245,12 @@ class LoopbackDiscord:
         user: User = ALICE,
         attachment: tuple[str, str, bytes] | None = None,
         attachment_size: int | None = None,
+        guild: int | None = GUILD_ID,
     ) -> Interaction:
         """Run ``/name`` with ``options``; ``attachment`` is ``(filename, type, bytes)`` for its attachment option.
 
         ``attachment_size``: the size Discord reports for it, when not its length.
+        ``guild``: the server it is run in; None for a direct message with the bot.
         """
         command, scope = self._command(name)
         typed = {option["name"]: option for option in command.get("options", [])}
@@ -283,10 +285,16 @@ class LoopbackDiscord:
             data["guild_id"] = scope
         if resolved:
             data["resolved"] = resolved
-        return await self._send(2, data, user)
+        return await self._send(2, data, user, guild=guild)
 
     async def autocomplete(
-        self, name: str, options: dict[str, str], focused: str, *, user: User = ALICE
+        self,
+        name: str,
+        options: dict[str, str],
+        focused: str,
+        *,
+        user: User = ALICE,
+        guild: int | None = GUILD_ID,
     ) -> list[dict[str, Any]]:
         """The choices the bot offers for option ``focused`` while ``options`` are typed."""
         command, scope = self._command(name)
@@ -299,18 +307,23 @@ class LoopbackDiscord:
         data = {"id": command["id"], "name": name, "type": 1, "options": values}
         if scope != "global":
             data["guild_id"] = scope
-        interaction = await self._send(4, data, user)
+        interaction = await self._send(4, data, user, guild=guild)
         await self.wait_for(lambda: interaction.callbacks)
         callback_type, body = interaction.callbacks[0]
         assert callback_type == AUTOCOMPLETE_RESULT
         return list(body["choices"])
 
     async def click(
-        self, message: Message, button: dict[str, Any], *, user: User = ALICE
+        self,
+        message: Message,
+        button: dict[str, Any],
+        *,
+        user: User = ALICE,
+        guild: int | None = GUILD_ID,
     ) -> Interaction:
         """Press ``button`` on ``message`` as ``user``."""
         data = {"custom_id": button["custom_id"], "component_type": 2}
-        return await self._send(3, data, user, message=message)
+        return await self._send(3, data, user, message=message, guild=guild)
 
     def original(self, interaction: Interaction) -> Message:
         assert interaction.original_id is not None, "the bot has not answered this interaction"
@@ -328,6 +341,7 @@ class LoopbackDiscord:
         user: User,
         *,
         message: Message | None = None,
+        guild: int | None = GUILD_ID,
     ) -> Interaction:
         interaction = Interaction(next(self._ids), f"token-{next(self._ids)}", user)
         if message is not None:
@@ -339,20 +353,26 @@ class LoopbackDiscord:
             "application_id": str(APPLICATION_ID),
             "type": kind,
             "data": data,
-            "guild_id": str(GUILD_ID),
             "channel_id": str(CHANNEL_ID),
-            "channel": _channel(),
-            "member": _member(user, with_user=True),
+            "channel": _channel(guild),
             "token": interaction.token,
             "version": 1,
             "app_permissions": "51200",
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(GUILD_ID)},
-            "context": 0,
             "attachment_size_limit": self.attachment_limit,
         }
+        if guild is None:
+            # A direct message with the bot: no server, no member, the user as is.
+            payload |= {"user": user.payload(), "context": 1, "authorizing_integration_owners": {}}
+        else:
+            payload |= {
+                "guild_id": str(guild),
+                "member": _member(user, with_user=True),
+                "context": 0,
+                "authorizing_integration_owners": {"0": str(guild)},
+            }
         if message is not None:
             payload["message"] = message.payload()
         interaction.sent_at = time.perf_counter()
@@ -639,11 +659,13 @@ def _json(payload: object, status: int = 200) -> web.Response:
     )
 
 
-def _channel() -> dict[str, Any]:
+def _channel(guild: int | None = GUILD_ID) -> dict[str, Any]:
+    if guild is None:
+        return {"id": str(CHANNEL_ID), "type": 1, "last_message_id": None, "recipients": []}
     return {
         "id": str(CHANNEL_ID),
         "type": 0,
-        "guild_id": str(GUILD_ID),
+        "guild_id": str(guild),
         "name": "general",
         "position": 0,
         "permission_overwrites": [],

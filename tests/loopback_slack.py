@@ -2,8 +2,8 @@
 
 The fake serves the Web API methods the bot calls (``auth.test``,
 ``conversations.join``/``info``, the three steps of ``files_upload_v2``, the
-``chat`` methods), the upload URLs it hands out, and ``response_url``s; it
-records every call. The driver signs slash commands and button clicks as
+``chat`` methods), the upload URLs it hands out, and ``response_url``s, which
+take at most five messages each, as Slack's do; it records every call. The driver signs slash commands and button clicks as
 Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
 bot's ``/slack/events`` over HTTP.
 """
@@ -33,6 +33,8 @@ PRIVATE_CHANNEL = "G0SECRET"
 _PATIENCE_SECONDS = 10
 LISTEN_BACKLOG = 4096
 """Slack takes thousands of connections at once (the default backlog is 128)."""
+RESPONSE_URL_MESSAGES = 5
+"""What one response_url takes; Slack refuses any more."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class LoopbackSlack:
     base_url: str = ""
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refused: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Messages a response_url refused (its sixth and later, or any once expired), by response id."""
+    expired: set[str] = field(default_factory=set)
     uploads: list[Upload] = field(default_factory=list)
     member_of: set[str] = field(default_factory=lambda: {CHANNEL})
     private: set[str] = field(default_factory=lambda: {PRIVATE_CHANNEL})
@@ -106,6 +111,10 @@ class LoopbackSlack:
         response_id = f"r{next(self._ids)}"
         self.responses[response_id] = []
         return f"{self._root}/respond/{response_id}"
+
+    def expire(self, response_url: str) -> None:
+        """Let ``response_url`` outlive its 30 minutes: it takes no more messages."""
+        self.expired.add(response_url.rsplit("/", 1)[1])
 
     def responded(self, response_url: str) -> list[dict[str, Any]]:
         """What the bot posted to ``response_url``, in order."""
@@ -210,9 +219,20 @@ class LoopbackSlack:
         return socket
 
     async def _respond(self, request: web.Request) -> web.Response:
-        self.responses[request.match_info["response_id"]].append(await request.json())
+        response_id = request.match_info["response_id"]
+        message = await request.json()
+        if response_id in self.expired:
+            refusal = "expired_url"
+        elif len(self.responses[response_id]) >= RESPONSE_URL_MESSAGES:
+            refusal = "used_url"
+        else:
+            self.responses[response_id].append(message)
+            await self._changed_now()
+            return web.Response(text="ok")
+        # As Slack answers a response_url that takes no more: a 404 naming why, nothing shown.
+        self.refused.append((response_id, message))
         await self._changed_now()
-        return web.Response(text="ok")
+        return web.Response(status=404, text=refusal)
 
 
 @dataclass
@@ -230,6 +250,7 @@ class SlackDriver:
         text: str,
         *,
         user: str = "U0ALICE",
+        team: str = TEAM,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
@@ -239,13 +260,14 @@ class SlackDriver:
     ) -> tuple[int, dict[str, Any], str]:
         """Run a slash command; returns the status, the acknowledgement's JSON and the response_url.
 
+        ``team``: the workspace it is run in.
         ``trigger_id``: Slack's id of this invocation; by default a new one, as Slack gives.
         ``drop`` and ``extra``: fields to leave out of, or add to, what Slack sends.
         """
         response_url = self.slack.response_url()
         form = {
             "token": "legacy-token",
-            "team_id": TEAM,
+            "team_id": team,
             "team_domain": "fake",
             "channel_id": channel,
             "channel_name": "general",
@@ -269,15 +291,17 @@ class SlackDriver:
         value: str,
         *,
         user: str = "U0ALICE",
-        user_team: str = TEAM,
+        team: str = TEAM,
+        user_team: str | None = None,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
     ) -> tuple[int, str]:
         """Press a button; returns the status and the response_url the bot answers on.
 
-        ``user_team``: the clicker's ``user.team_id``, which on an Enterprise
-        organization is the org's id (``E…``) rather than the workspace's.
+        ``team``: the workspace the click comes from.
+        ``user_team``: the clicker's ``user.team_id`` (by default ``team``), which on an
+        Enterprise organization is the org's id (``E…``) rather than the workspace's.
         """
         action = {
             "action_id": action_id,
@@ -289,6 +313,7 @@ class SlackDriver:
         return await self.click_raw(
             action,
             user=user,
+            team=team,
             user_team=user_team,
             channel=channel,
             headers=headers,
@@ -300,7 +325,8 @@ class SlackDriver:
         action: dict[str, Any],
         *,
         user: str = "U0ALICE",
-        user_team: str = TEAM,
+        team: str = TEAM,
+        user_team: str | None = None,
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
@@ -309,12 +335,12 @@ class SlackDriver:
         response_url = response_url or self.slack.response_url()
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "team_id": user_team, "username": user.lower()},
+            "user": {"id": user, "team_id": user_team or team, "username": user.lower()},
             "api_app_id": "A0APP",
             "token": "legacy-token",
             "container": {"type": "message", "is_ephemeral": True, "channel_id": channel},
             "trigger_id": f"trigger-{time.time_ns()}",
-            "team": {"id": TEAM, "domain": "fake"},
+            "team": {"id": team, "domain": "fake"},
             "channel": {"id": channel, "name": "general"},
             "response_url": response_url,
             "actions": [action],

@@ -711,6 +711,71 @@ async def test_autocomplete_without_a_model_follows_the_default_model(
     assert [choice["value"] for choice in choices] == ["2K"]
 
 
+# -- where the bot serves -----------------------------------------------------------
+
+ELSEWHERE = 900_000_000_000_000_888
+
+
+@pytest.fixture
+async def listed_bot(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> AsyncIterator[ImagineBot]:
+    """The bot with global commands, serving only GUILD_ID, so other servers can run them."""
+    listed = settings.model_copy(
+        update={"discord_guild_ids": None, "discord_guild_allowlist": (str(GUILD_ID),)}
+    )
+    async with running_bot(service, listed, discord_fake) as running:
+        yield running
+
+
+@pytest.mark.parametrize("guild", [ELSEWHERE, None], ids=["another-server", "direct-message"])
+async def test_only_a_listed_server_is_served_elsewhere_no_account_is_opened(
+    listed_bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    guild: int | None,
+) -> None:
+    for name, options in (("imagine", {"prompt": "a lighthouse"}), ("credits", {})):
+        interaction = await discord_fake.slash(name, options, guild=guild)
+        await discord_fake.wait_for(lambda sent=interaction: sent.original_id is not None)
+
+        message = discord_fake.original(interaction)
+        assert (message.content, message.ephemeral) == (messages.NOT_SERVED_HERE, True)
+    assert await service.ledger.account_exists(ALICE_ACCOUNT) is False
+
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+
+    assert message.content.startswith("Local Sketch · 1 image")
+    assert await available(service) == 50
+
+
+async def test_autocomplete_where_the_bot_does_not_serve_offers_only_the_refusal(
+    listed_bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "imagine", {"prompt": "a fox", "resolution": ""}, focused="resolution", guild=ELSEWHERE
+    )
+
+    assert [choice["name"] for choice in choices] == [messages.NOT_SERVED_HERE]
+
+
+@pytest.mark.parametrize("label", ["Generate", "Cancel"])
+async def test_a_button_pressed_where_the_bot_does_not_serve_is_refused_and_changes_nothing(
+    listed_bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService, label: str
+) -> None:
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse"})
+    [record] = await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True)
+
+    click = await discord_fake.click(message, message.button(label), guild=ELSEWHERE)
+    await discord_fake.wait_for(lambda: click.callbacks)
+
+    [(kind, answer)] = click.callbacks
+    assert (kind, answer["content"]) == (CHANNEL_MESSAGE, messages.NOT_SERVED_HERE)
+    assert answer["flags"] & 64
+    assert (await service.ledger.generation(record.id)).status == GenerationStatus.QUOTED
+    assert await available(service) == 50
+
+
 # -- /credits, /models, /help -----------------------------------------------------
 
 

@@ -203,6 +203,11 @@ def text_refusal(text: str) -> str:
             ImagineOptions('a sign saying "open" at night'),
             id="quotes-inside-the-prompt-stay",
         ),
+        pytest.param(
+            "count:2 the logo of https://example.com/a in http://x.co style",
+            ImagineOptions("the logo of https://example.com/a in http://x.co style", count="2"),
+            id="web-addresses-are-prompt",
+        ),
     ],
 )
 def test_text_form_splits_options_from_prompt(text: str, expected: ImagineOptions) -> None:

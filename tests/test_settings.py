@@ -30,6 +30,8 @@ CONTRACT_VARIABLES = [
     "GEMINI_BASE_URL",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
+    "DISCORD_GUILD_ALLOWLIST",
+    "SLACK_TEAM_ALLOWLIST",
 ]
 
 
@@ -128,6 +130,29 @@ def test_a_malformed_admin_account_names_the_variable_and_the_account() -> None:
     assert "'alice' is not an account" in message
 
 
+def test_without_allowlists_the_bot_serves_everywhere_direct_messages_too() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.serves_discord(123) and settings.serves_discord(None)
+    assert settings.serves_slack("T0123", None)
+
+
+def test_allowlists_serve_only_the_listed_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_GUILD_ALLOWLIST", "123, 456")
+    monkeypatch.setenv("SLACK_TEAM_ALLOWLIST", "T0123,E0ORG")
+    settings = Settings(_env_file=None)
+    assert [settings.serves_discord(guild) for guild in (123, 456, 789, None)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert settings.serves_slack("T0123", None)
+    # A workspace of a listed Enterprise organization is served, whatever its own id.
+    assert settings.serves_slack("T0OTHER", "E0ORG")
+    assert not settings.serves_slack("T0OTHER", "E0ELSE")
+    assert not settings.serves_slack(None, None)
+
+
 def test_negative_starting_credits_are_refused() -> None:
     [(variable, message)] = validation_problems(STARTING_CREDITS="-1")
     assert variable == "STARTING_CREDITS"
@@ -143,6 +168,8 @@ def test_negative_starting_credits_are_refused() -> None:
         ("STARTING_CREDITS", "99999999999999999999", "less than or equal to 1000000000"),
         ("CONSOLE_WELCOME_CREDITS", "99999999999999999999", "less than or equal to 1000000000"),
         ("DISCORD_GUILD_IDS", "123,myguild", "'myguild' is not a server id"),
+        ("DISCORD_GUILD_ALLOWLIST", "123,myguild", "'myguild' is not a server id"),
+        ("SLACK_TEAM_ALLOWLIST", "T0123,general", "'general' is not a workspace id"),
     ],
 )
 def test_a_value_the_bot_could_not_use_names_its_variable(

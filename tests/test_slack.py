@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import io
 import time
 from collections.abc import AsyncIterator
@@ -29,11 +30,14 @@ from bot.platforms.slack import (
 from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
+from tests import fake_gemini
 from tests.conftest import FakeClock
+from tests.fake_gemini import FakeGemini, Reply, error_body
 from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
 from tests.loopback_slack import (
     APP_TOKEN,
     BOT_TOKEN,
+    CHANNEL,
     PRIVATE_CHANNEL,
     SIGNING_SECRET,
     TEAM,
@@ -202,12 +206,92 @@ async def test_progress_replaces_the_quote_before_the_outcome(
 
     posted = slack.responded(response_url)
     assert all(message["replace_original"] for message in posted)
-    assert [message["text"] for message in posted][:3] == [
+    assert [message["text"] for message in posted][:4] == [
         messages.SLACK_STARTING,
         "Generating 2 images with Local Sketch…",
+        "Generating with Local Sketch: 1 of 2 done…",
         "Posting 2 images…",
     ]
-    assert len(posted) <= 5
+    assert len(posted) == 5
+
+
+GEMINI_MODELS = """
+[models.gemini]
+provider = "google"
+provider_model = "gemini-3-pro-image"
+name = "Gemini"
+credits_per_image = 5
+resolutions = ["1K"]
+aspect_ratios = ["1:1"]
+max_images = 4
+"""
+
+
+async def test_with_every_step_a_queue_and_a_retry_progress_leaves_the_last_message_to_the_outcome(
+    settings: Settings, slack: LoopbackSlack, clock: FakeClock, tmp_path: Path
+) -> None:
+    models_file = tmp_path / "gemini.toml"
+    models_file.write_text(GEMINI_MODELS)
+    one_at_a_time = settings.model_copy(
+        update={
+            "models_file": models_file,
+            "gemini_api_key": fake_gemini.API_KEY,
+            "gemini_base_url": None,
+            "provider_limits": {"google": 1},
+        }
+    )
+    async with FakeGemini() as gemini:
+        gemini_settings = one_at_a_time.model_copy(update={"gemini_base_url": gemini.base_url})
+        # Bob's image takes a while; the first call for Alice's is rate-limited, then retried.
+        gemini.script(
+            Reply(delay_seconds=2),
+            Reply(429, error_body(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.")),
+        )
+        async with (
+            open_service(gemini_settings, clock=clock) as service,
+            serving(SlackImagine(service, gemini_settings), slack) as driver,
+        ):
+            bobs = await quote_id(driver, "a harbour", user=BOB)
+            _, bobs_url = await driver.click(GENERATE_ACTION, bobs, user=BOB)
+            # Bob holds the only Gemini slot from here until his image is done.
+            await final_text(driver, bobs_url, "Generating")
+            alices = await quote_id(driver, "count:3 a lighthouse")
+
+            _, response_url = await driver.click(GENERATE_ACTION, alices)
+            said = await final_text(driver, response_url, "Balance")
+            await final_text(driver, bobs_url, "Balance")
+
+    assert [message["text"] for message in slack.responded(response_url)] == [
+        messages.SLACK_STARTING,
+        "Queued: 1 ahead of you…",
+        "Generating 3 images with Gemini…",
+        "Generating with Gemini: 1 of 3 done…",
+        said,
+    ]
+    assert said.startswith("Done: 3 images for 15 credits.")
+    assert len(gemini.calls) == 1 + 3 + 1
+    assert slack.refused == []
+
+
+async def test_an_outcome_the_response_url_no_longer_takes_is_sent_privately(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    scripted.release = asyncio.Event()
+    generation = await quote_id(driver, "model:scripted a fox")
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await scripted.wait_for_requests(1)
+
+    slack.expire(response_url)
+    scripted.release.set()
+    await slack.wait_for(lambda: slack.called("chat.postEphemeral"))
+
+    [sent] = slack.called("chat.postEphemeral")
+    assert (sent["channel"], sent["user"]) == (CHANNEL, "U0ALICE")
+    assert sent["text"] == "Done: 1 image for 10 credits.\nBalance: 40 credits available."
+    assert [refused["text"] for _, refused in slack.refused] == [
+        "Posting 1 image…",
+        sent["text"],
+    ]
 
 
 async def test_help_and_a_bare_imagine_show_usage_with_the_models(driver: SlackDriver) -> None:
@@ -425,6 +509,52 @@ async def test_a_private_channel_it_is_not_in_explains_the_invite_and_charges_no
     assert await available(service) == 50
 
 
+# -- where the bot serves -----------------------------------------------------------
+
+ELSEWHERE = "T0ELSEWHERE"
+
+
+@pytest.fixture
+async def listed_driver(
+    service: ImagineService, settings: Settings, slack: LoopbackSlack
+) -> AsyncIterator[SlackDriver]:
+    """The bot serving only TEAM."""
+    listed = settings.model_copy(update={"slack_team_allowlist": (TEAM,)})
+    async with serving(SlackImagine(service, listed), slack) as driver:
+        yield driver
+
+
+async def test_only_a_listed_workspace_is_served_elsewhere_no_account_is_opened(
+    listed_driver: SlackDriver, service: ImagineService
+) -> None:
+    for command, text in (("/imagine", "a lighthouse"), ("/credits", ""), ("/imagine", "")):
+        status, acknowledgement, _ = await listed_driver.command(command, text, team=ELSEWHERE)
+
+        assert status == 200
+        assert acknowledgement == {"response_type": "ephemeral", "text": messages.NOT_SERVED_HERE}
+    assert await service.ledger.account_exists(f"slack:{ELSEWHERE}:U0ALICE") is False
+
+    generation = await quote_id(listed_driver, "a lighthouse")
+
+    assert generation
+    assert await available(service) == 50
+
+
+@pytest.mark.parametrize("action", [GENERATE_ACTION, CANCEL_ACTION])
+async def test_a_button_pressed_where_the_bot_does_not_serve_is_refused_and_changes_nothing(
+    listed_driver: SlackDriver, slack: LoopbackSlack, service: ImagineService, action: str
+) -> None:
+    generation = await quote_id(listed_driver, "a lighthouse")
+
+    _, response_url = await listed_driver.click(action, generation, team=ELSEWHERE)
+    await slack.wait_for(lambda: slack.responded(response_url))
+
+    [answer] = slack.responded(response_url)
+    assert (answer["text"], answer["replace_original"]) == (messages.NOT_SERVED_HERE, False)
+    assert (await service.ledger.generation(generation)).status == GenerationStatus.QUOTED
+    assert await available(service) == 50
+
+
 # -- /credits ---------------------------------------------------------------------
 
 
@@ -626,6 +756,56 @@ async def test_slack_entities_are_unescaped_for_the_model_and_escaped_in_the_cap
     [upload] = slack.uploads
     assert "fish &amp; chips &lt;!channel&gt;" in upload.initial_comment
     assert "<!channel>" not in upload.initial_comment
+
+
+async def test_mentions_channels_and_links_reach_the_model_as_the_user_saw_them(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    # What Slack sends, with "Escape channels, users, and links" on, for:
+    # "@bob and @devs at #general, @here: x.com, https://example.com/a, this, mail a@b.co on <date>"
+    generation = await quote_id(
+        driver,
+        "model:scripted <@U0BOB|bob> and <!subteam^S0DEVS|@devs> at <#C0GENERAL|general>,"
+        " <!here>: <http://x.com|x.com>, <https://example.com/a>,"
+        " <https://example.com/b|this>, mail <mailto:a@b.co|a@b.co>"
+        " on <!date^1700000000^{date}|Nov 14>",
+    )
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    assert scripted.requests[0].prompt == (
+        "@bob and @devs at #general, @here: x.com, https://example.com/a,"
+        " this (https://example.com/b), mail a@b.co on Nov 14"
+    )
+
+
+async def test_a_prompt_in_the_public_caption_cannot_ping_link_or_format(
+    driver: SlackDriver, slack: LoopbackSlack, scripted: ScriptedProvider
+) -> None:
+    typed = (
+        "@here <!channel> *loud* _slanted_ ~gone~ `code` #general :fire: see https://evil.example"
+    )
+    escaped = typed.replace("<", "&lt;").replace(">", "&gt;")
+    generation = await quote_id(
+        driver, f"model:scripted <@U0BOB|bob> {escaped}\n&gt; quoted <https://evil.example|click>"
+    )
+
+    _, response_url = await driver.click(GENERATE_ACTION, generation)
+    await final_text(driver, response_url, "Balance")
+
+    prompt = scripted.requests[0].prompt
+    [upload] = slack.uploads
+    caption = upload.initial_comment
+    # Slack reads control sequences only between < and >; none is left but the asker's mention.
+    assert caption.count("<") == 1 and caption.startswith("<@U0ALICE> asked for")
+    for made in ("@here", "@bob", "*loud*", "_slanted_", "~gone~", "`code`", "#general", ":fire:"):
+        assert made in prompt and made not in caption
+    assert "://" not in caption and "evil.example" not in caption
+    assert "\n" not in caption
+    # Read back as Slack shows it, the caption holds the prompt to the letter, on one line.
+    shown = html.unescape(caption).replace("\u200b", "")
+    assert f"“{' '.join(prompt.split())}”" in shown
 
 
 async def test_a_generation_cut_short_by_stopping_the_bot_tells_the_user_so(

@@ -98,7 +98,7 @@ class ImagineBot(discord.AutoShardedClient):
         self.service = service
         self.settings = settings
         self.sync_on_start = sync_on_start
-        self.tree = app_commands.CommandTree(self)
+        self.tree = _ServedTree(self)
         self.tree.on_error = self._on_command_error
         self.background = BackgroundTasks()
         self.quotes_shown: Deadlines[str, ShownQuote] = Deadlines(self._quote_timed_out)
@@ -111,6 +111,24 @@ class ImagineBot(discord.AutoShardedClient):
     def guild_ids(self) -> list[int]:
         raw = self.settings.discord_guild_ids or ""
         return [int(part) for part in re.split(r"[,\s]+", raw) if part]
+
+    async def serves(self, interaction: discord.Interaction) -> bool:
+        """Whether the bot serves where ``interaction`` comes from; elsewhere it says it does not.
+
+        Checked before any handler, so no account is opened (nor any starting
+        credits granted) from a server the operator did not list.
+        """
+        if self.settings.serves_discord(interaction.guild_id):
+            return True
+        logger.info("refused an interaction from guild %s: not allowed", interaction.guild_id)
+        if interaction.type is discord.InteractionType.autocomplete:
+            refusal = messages.NOT_SERVED_HERE
+            await interaction.response.autocomplete(
+                [app_commands.Choice(name=refusal, value=refusal)]
+            )
+        else:
+            await interaction.response.send_message(messages.NOT_SERVED_HERE, ephemeral=True)
+        return False
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(GenerateButton, CancelButton)
@@ -364,6 +382,13 @@ class ImagineBot(discord.AutoShardedClient):
         await _answer(interaction, messages.SOMETHING_WENT_WRONG)
 
 
+class _ServedTree(app_commands.CommandTree[ImagineBot]):
+    """The command tree, answering commands and autocomplete only where the bot serves."""
+
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot], /) -> bool:
+        return await self.client.serves(interaction)
+
+
 def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]:
     """The slash commands, with /imagine's model choices and count range taken from the registry."""
     catalog = bot.service.catalog
@@ -506,6 +531,10 @@ class GenerateButton(
     ) -> "GenerateButton":
         return cls(match["id"])
 
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
     async def callback(self, interaction: discord.Interaction) -> None:
         assert isinstance(interaction.client, ImagineBot)
         bot = interaction.client
@@ -524,6 +553,10 @@ class CancelButton(
         cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
     ) -> "CancelButton":
         return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
 
     async def callback(self, interaction: discord.Interaction) -> None:
         assert isinstance(interaction.client, ImagineBot)

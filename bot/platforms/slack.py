@@ -6,7 +6,9 @@ once as an ephemeral Block Kit message with Generate and Cancel buttons
 carrying the request id; a click holds the credits, and the generation runs in
 the background while the ephemeral message shows progress; the images are
 uploaded to the channel (``files_upload_v2``), and the ephemeral message ends
-with the outcome and the balance.
+with the outcome and the balance. A response_url takes five messages: every
+one sent is counted, progress never takes the last, and an outcome Slack
+refuses anyway is sent with ``chat.postEphemeral``.
 
 Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
 ``SLACK_HTTP_HOST:SLACK_HTTP_PORT`` at ``/slack/events`` with signature
@@ -20,19 +22,23 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook import WebhookResponse
 
-from bot import messages
+from bot import messages, slack_text
 from bot.errors import (
     ImagineError,
     RequestError,
@@ -54,8 +60,11 @@ burst of commands loses connects, and Slack's retry comes after its 3 s have pas
 GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-# A response_url takes messages for 30 minutes; the outcome is the last of them.
-_RESPONSE_URL_SECONDS = 29 * 60
+RESPONSE_URL_MESSAGES = 5
+"""Slack takes at most five messages on one response_url, within 30 minutes of the command or click."""
+_RESPONSE_URL_LIFETIME = 30 * 60
+# The outcome is the last message of a response_url, and must come before it expires.
+_RESPONSE_URL_SECONDS = _RESPONSE_URL_LIFETIME - 60
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 _NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
 
@@ -73,6 +82,7 @@ class SlackImagine:
         self, service: ImagineService, settings: Settings, client: AsyncWebClient | None = None
     ) -> None:
         self.service = service
+        self.settings = settings
         self.background = BackgroundTasks()
         socket_mode = bool(settings.slack_app_token)
         if not socket_mode and not settings.slack_signing_secret:
@@ -87,7 +97,11 @@ class SlackImagine:
             # Socket Mode connections are authenticated by the app token instead.
             request_verification_enabled=not socket_mode,
         )
+        self._response_urls: dict[str, _Sent] = {}
+        """Messages sent to each response_url still alive, oldest first."""
         self.app.middleware(self._skip_redeliveries)
+        self.app.middleware(self._count_responses)
+        self.app.middleware(self._serve_allowed_workspaces)
         self.app.command("/imagine")(self._imagine)
         self.app.command("/credits")(self._credits)
         self.app.action(GENERATE_ACTION)(self._generate)
@@ -112,6 +126,53 @@ class SlackImagine:
             return BoltResponse(status=200, body="")
         return await next()
 
+    async def _count_responses(
+        self,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse:
+        # Every handler's respond() counts against its response_url's five messages.
+        url = req.context.response_url
+        if url:
+            req.context["respond"] = CountedRespond(
+                url, self._sent_to(url), proxy=self.client.proxy, ssl=self.client.ssl
+            )
+        return await next()
+
+    def _sent_to(self, response_url: str) -> _Sent:
+        now = time.monotonic()
+        # Slack forgets a response_url after 30 minutes, and so can the count.
+        for url, sent in list(self._response_urls.items()):
+            if now - sent.since < _RESPONSE_URL_LIFETIME:
+                break
+            del self._response_urls[url]
+        return self._response_urls.setdefault(response_url, _Sent(now))
+
+    async def _serve_allowed_workspaces(
+        self,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse:
+        # Before any listener, so no account is opened (nor starting credits
+        # granted) in a workspace the operator did not list.
+        context = req.context
+        if self.settings.serves_slack(context.team_id, context.enterprise_id):
+            return await next()
+        logger.info("refused a Slack request from workspace %s: not allowed", context.team_id)
+        if "command" in req.body:
+            return _ephemeral_answer(messages.NOT_SERVED_HERE)
+        # A click's answer goes through its response_url; Slack shows none of the HTTP body.
+        if context.response_url:
+            with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
+                await context.respond(
+                    text=messages.NOT_SERVED_HERE,
+                    response_type="ephemeral",
+                    replace_original=False,
+                )
+        return BoltResponse(status=200, body="")
+
     async def _tell_what_failed(
         self,
         error: Exception,
@@ -127,12 +188,7 @@ class SlackImagine:
         logger.error("Slack %s failed", body.get("command") or body.get("type"), exc_info=error)
         if response is not None:
             # Not acknowledged yet: the sentence is the acknowledgement.
-            answer = {"response_type": "ephemeral", "text": messages.SOMETHING_WENT_WRONG}
-            return BoltResponse(
-                status=200,
-                body=json.dumps(answer),
-                headers={"content-type": "application/json;charset=utf-8"},
-            )
+            return _ephemeral_answer(messages.SOMETHING_WENT_WRONG)
         if respond is not None:
             with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
                 # A click's quote stays as it was; a command's "Preparing…" is replaced.
@@ -148,7 +204,7 @@ class SlackImagine:
     async def _imagine(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
     ) -> None:
-        text = _unescape(command.get("text", "")).strip()
+        text = slack_text.typed(command.get("text", "")).strip()
         account = slack_account(command["team_id"], command["user_id"])
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
@@ -184,7 +240,7 @@ class SlackImagine:
         self,
         ack: Callable[..., Awaitable[None]],
         body: dict[str, Any],
-        respond: Respond,
+        respond: CountedRespond,
         client: AsyncWebClient,
     ) -> None:
         await ack()
@@ -197,13 +253,11 @@ class SlackImagine:
         delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
         await self.background.spawn_after(
             respond(text=messages.SLACK_STARTING, replace_original=True),
-            self._run(held, delivery, respond),
+            self._run(held, delivery),
             name=f"slack generation {generation_id}",
         )
 
-    async def _run(
-        self, held: HeldGeneration, delivery: _UploadToChannel, respond: Respond
-    ) -> None:
+    async def _run(self, held: HeldGeneration, delivery: _UploadToChannel) -> None:
         await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
 
     async def _cancel(
@@ -254,31 +308,88 @@ class SlackImagine:
         return {"text": text}
 
 
+@dataclass
+class _Sent:
+    """How many messages went to one response_url, first counted at ``since`` (monotonic)."""
+
+    since: float
+    count: int = 0
+
+
+class ResponseUrlUsedUp(SlackRequestError):
+    """Slack would refuse this message: its response_url has taken all it takes."""
+
+
+class CountedRespond(AsyncRespond):
+    """Bolt's ``respond``, counting the messages sent to its response_url.
+
+    The count is shared by everything answering through the same URL in this
+    process; each command and click has a URL of its own, and a click's (its
+    progress and outcome) is only used by the process running its generation.
+    """
+
+    def __init__(self, response_url: str, sent: _Sent, **connection: Any) -> None:
+        super().__init__(response_url=response_url, **connection)
+        self._sent = sent
+
+    @property
+    def left(self) -> int:
+        return RESPONSE_URL_MESSAGES - self._sent.count
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> WebhookResponse:
+        if self.left <= 0:
+            raise ResponseUrlUsedUp(f"{RESPONSE_URL_MESSAGES} messages already sent")
+        # Counted before the first await, so messages sent at once cannot overdraw.
+        self._sent.count += 1
+        return await super().__call__(*args, **kwargs)
+
+    async def unless_last(self, **fields: Any) -> None:
+        """Send, unless only one message is left: that one is kept for the outcome."""
+        if self.left > 1:
+            await self(**fields)
+
+
 class _UploadToChannel:
     """Delivery on Slack: progress in the ephemeral message, images uploaded to the channel."""
 
-    def __init__(self, client: AsyncWebClient, respond: Respond, channel: str, user: str) -> None:
+    def __init__(
+        self, client: AsyncWebClient, respond: CountedRespond, channel: str, user: str
+    ) -> None:
         self.client = client
         self.respond = respond
         self.channel = channel
         self.user = user
-        self._shown: type[ProgressEvent] | None = None
+        self._shown = ""
 
     async def progress(self, event: ProgressEvent) -> None:
-        # A response_url takes five messages; one per kind of step keeps room for the outcome.
-        if type(event) is self._shown or (isinstance(event, Generating) and event.finished):
+        # The last image done is followed at once by "Posting…" (or the outcome): not worth
+        # one of the five messages.
+        if isinstance(event, Generating) and event.finished == event.total:
             return
-        self._shown = type(event)
-        await self.respond(text=messages.progress(event), replace_original=True)
+        text = slack_text.escaped(messages.progress(event))
+        if text != self._shown:
+            self._shown = text
+            await self.respond.unless_last(text=text, replace_original=True)
 
     async def conclude(self, report: str) -> None:
-        await self.respond(text=report, replace_original=True)
+        text = slack_text.escaped(report)
+        if self.respond.left > 0:
+            answer = await self.respond(text=text, replace_original=True)
+            if answer.status_code == 200:
+                return
+            logger.warning(
+                "Slack refused the outcome on the response_url (%s %s); sending it privately",
+                answer.status_code,
+                answer.body,
+            )
+        # The user must learn how it ended and what it cost, even with the response_url spent.
+        await self.client.chat_postEphemeral(channel=self.channel, user=self.user, text=text)
 
     async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
         caption = messages.delivered_caption(
             f"<@{self.user}>",
-            # Escaped, so a prompt holding "<!channel>" cannot ping a whole channel.
-            _escape(generation.prompt),
+            # The prompt is anyone's text, shown in the channel under the bot's name.
+            slack_text.inert(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(images),
         )
@@ -345,13 +456,13 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
     ]
 
 
-def _unescape(text: str) -> str:
-    """Slack sends &, < and > in command text as entities; the prompt is what the user typed."""
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _ephemeral_answer(text: str) -> BoltResponse:
+    """A slash command's acknowledgement saying ``text`` to the user alone."""
+    return BoltResponse(
+        status=200,
+        body=json.dumps({"response_type": "ephemeral", "text": text}),
+        headers={"content-type": "application/json;charset=utf-8"},
+    )
 
 
 async def _refuse_click(respond: Respond, refusal: ImagineError) -> None:
