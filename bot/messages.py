@@ -603,6 +603,10 @@ SLACK_NO_SIGNING_SECRET = (
     "SLACK_SIGNING_SECRET is not set: copy the Signing Secret from the app's Basic Information "
     "page, or set SLACK_APP_TOKEN to use Socket Mode instead."
 )
+INCOMPLETE_REQUEST = (
+    "Slack sent this without saying who you are or which workspace you are in; "
+    "run the command again."
+)
 SLACK_STARTING = "Starting…"
 SLACK_PREPARING = "Working on it…"
 SLACK_INVITE_ME = (

@@ -396,6 +396,26 @@ CASES = [
         command="credits",
     ),
     Hostile(
+        "a command without a user",
+        "slack",
+        Refused(messages.INCOMPLETE_REQUEST),
+        "a fox",
+        slack_drop=("user_id",),
+    ),
+    Hostile(
+        "a command without a team",
+        "slack",
+        Refused(messages.INCOMPLETE_REQUEST),
+        "a fox",
+        slack_drop=("team_id",),
+    ),
+    Hostile(
+        "a click without a value",
+        "slack",
+        Refused(messages.QUOTE_NOT_FOUND),
+        slack_click={"action_id": "imagine_generate"},
+    ),
+    Hostile(
         "a click on a request that does not exist",
         "slack",
         Refused(messages.QUOTE_NOT_FOUND),

@@ -101,6 +101,7 @@ class SlackImagine:
         """Messages sent to each response_url still alive, oldest first."""
         self.app.middleware(self._skip_redeliveries)
         self.app.middleware(self._count_responses)
+        self.app.middleware(self._refuse_incomplete)
         self.app.middleware(self._serve_allowed_workspaces)
         self.app.command("/imagine")(self._imagine)
         self.app.command("/credits")(self._credits)
@@ -161,17 +162,20 @@ class SlackImagine:
         if self.settings.serves_slack(context.team_id, context.enterprise_id):
             return await next()
         logger.info("refused a Slack request from workspace %s: not allowed", context.team_id)
-        if "command" in req.body:
-            return _ephemeral_answer(messages.NOT_SERVED_HERE)
-        # A click's answer goes through its response_url; Slack shows none of the HTTP body.
-        if context.response_url:
-            with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
-                await context.respond(
-                    text=messages.NOT_SERVED_HERE,
-                    response_type="ephemeral",
-                    replace_original=False,
-                )
-        return BoltResponse(status=200, body="")
+        return await _refuse(req, messages.NOT_SERVED_HERE)
+
+    async def _refuse_incomplete(
+        self,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],
+    ) -> BoltResponse:
+        # Without both there is no account to answer for: never one named "None".
+        context = req.context
+        if context.user_id and (context.team_id or context.enterprise_id):
+            return await next()
+        logger.warning("refused a Slack request that names no user or no workspace")
+        return await _refuse(req, messages.INCOMPLETE_REQUEST)
 
     async def _tell_what_failed(
         self,
@@ -244,7 +248,7 @@ class SlackImagine:
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        generation_id = body["actions"][0]["value"]
+        generation_id = _clicked_request(body)
         try:
             held = await self.service.hold(generation_id, _clicker(body))
         except ImagineError as refusal:
@@ -265,7 +269,7 @@ class SlackImagine:
     ) -> None:
         await ack()
         try:
-            await self.service.cancel(body["actions"][0]["value"], _clicker(body))
+            await self.service.cancel(_clicked_request(body), _clicker(body))
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
@@ -493,6 +497,24 @@ async def _answer_command(
         await respond(response_type="ephemeral", replace_original=True, **fields)
     else:
         await ack(response_type="ephemeral", **fields)
+
+
+async def _refuse(req: AsyncBoltRequest, sentence: str) -> BoltResponse:
+    """Answer a request with ``sentence`` before any listener sees it."""
+    if "command" in req.body:
+        return _ephemeral_answer(sentence)
+    # A click's answer goes through its response_url; Slack shows none of the HTTP body.
+    if req.context.response_url:
+        with contextlib.suppress(SlackApiError, SlackRequestError, OSError):
+            await req.context.respond(
+                text=sentence, response_type="ephemeral", replace_original=False
+            )
+    return BoltResponse(status=200, body="")
+
+
+def _clicked_request(body: Mapping[str, Any]) -> str:
+    """The request id a button carries; a button without one names no request."""
+    return str(body["actions"][0].get("value") or "")
 
 
 def _clicker(body: Mapping[str, Any]) -> str:
