@@ -37,6 +37,10 @@ NO_MODEL_AVAILABLE = (
 )
 CANCELLED = "Cancelled; nothing was charged."
 SHUTTING_DOWN = "The bot is restarting; nothing was charged, so try again in a minute."
+REFERENCE_STORAGE_FULL = (
+    "The bot is holding all the reference images it can for requests not yet generated; "
+    "try again in a few minutes, or without a reference image."
+)
 
 
 def invalid_account(text: str) -> str:
@@ -124,6 +128,26 @@ def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
     return f"{model_id} accepts at most {limit} reference images, not {count}."
 
 
+def too_many_quotes(limit: int) -> str:
+    return (
+        f"You have started {limit} requests in the last minute, the most allowed; "
+        "wait a minute, then run /imagine again."
+    )
+
+
+def account_references_full(pending: int, adding: int, limit: int) -> str:
+    if not pending:
+        return (
+            f"These reference images come to {adding / 1_048_576:.1f} MB, more than the "
+            f"{limit // 1_048_576} MB allowed at once; attach fewer or smaller ones."
+        )
+    return (
+        f"Your requests not yet generated hold {pending / 1_048_576:.1f} MB of reference "
+        f"images already, and {limit // 1_048_576} MB is the most allowed; generate or cancel "
+        "one of them (or let it expire), then try again."
+    )
+
+
 def insufficient_credits(need: int, have: int) -> str:
     return (
         f"Insufficient credits: need {need}, you have {have}. "
@@ -189,7 +213,7 @@ _FAILURES = {
     "delivery_failed": "The images were made but could not be posted here{detail}",
     "interrupted": "The bot stopped while this was generating",
     "shutting_down": "The bot began stopping as this was confirmed, so it never started",
-    "references_lost": "The bot restarted and lost this request's reference images; run /imagine again with them",
+    "references_lost": "This request's reference images could not be read back; run /imagine again with them",
     "queued_too_long": "So many images are being made right now that this one could not start in time to reach you; try again in a few minutes",
 }
 
