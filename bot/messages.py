@@ -120,6 +120,24 @@ def reference_too_large(filename: str, size: int, limit: int) -> str:
     )
 
 
+def reference_empty(filename: str) -> str:
+    return f"{filename} is empty (0 bytes); attach the image file itself."
+
+
+def reference_too_many_pixels(filename: str, limit: int) -> str:
+    return (
+        f"{filename} has more than {limit // 1_000_000} megapixels; "
+        "scale it down and attach it again."
+    )
+
+
+def reference_type_mismatch(filename: str, actual: str, claimed: str) -> str:
+    return (
+        f"{filename} holds a {actual} image, not the {claimed} its name or type says; "
+        f"save it again as {claimed} (or name it as a {actual}) and attach it again."
+    )
+
+
 def reference_unreadable(filename: str) -> str:
     return f"Could not download {filename} from the chat; attach it again and retry."
 
