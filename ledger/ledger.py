@@ -232,7 +232,12 @@ class Ledger:
 
         balance, refusal = await self._database.write(work)
         if refusal is not None:
-            raise refusal
+            try:
+                raise refusal
+            finally:
+                # Named here, the refusal would form a cycle with this frame through its
+                # traceback, keeping the references' megabytes until the garbage collector ran.
+                del refusal
         return balance, _quoted_generation(stored)
 
     async def references(self, generation_id: str) -> tuple[QuoteReference, ...]:
