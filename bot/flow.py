@@ -452,18 +452,22 @@ class ImagineService:
                 self._slots[generation.provider].acquire(queued, start_by),
             ):
                 # Read only now, so that generations waiting for a slot hold no image bytes.
-                request = replace(request, reference_images=await self._references(generation))
+                references = await self._references(generation)
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
                 try:
                     # The provider keeps the finished images at the time limit, which
                     # starts with this call; this only stops one that ignores it.
                     async with asyncio.timeout(self._longest_generation_seconds()):
-                        result = await provider.generate(request, image_done)
+                        result = await provider.generate(
+                            replace(request, reference_images=references), image_done
+                        )
                 finally:
                     self.metrics.provider_latency.labels(generation.provider).observe(
                         time.monotonic() - provider_started
                     )
+                # Nor through the delivery, which can take a while.
+                del references
         except QueuedTooLong:
             return await self._release(generation, "queued_too_long")
         except ReferencesLost:
