@@ -16,11 +16,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
 from bot.errors import DatabaseOutdated, DatabaseTooNew, DatabaseUnavailable, RegistryUnusable
-from bot.flow import Clock, ImagineService
+from bot.flow import MEGABYTE, Clock, ImagineService
 from bot.observability import health_application
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
-from ledger import Ledger, create_engine, migrate, utc_now
+from ledger import Ledger, QuoteLimits, create_engine, migrate, utc_now
 from providers import PROVIDERS
 
 
@@ -135,6 +135,7 @@ async def open_service(
                 provider_limits=settings.provider_limits,
                 user_concurrency=settings.user_concurrency,
                 heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
+                quote_limits=quote_limits(settings),
                 clock=clock,
             )
             if not serving:
@@ -160,6 +161,14 @@ async def open_service(
                 await asyncio.gather(*background, return_exceptions=True)
     finally:
         await providers.aclose()
+
+
+def quote_limits(settings: Settings) -> QuoteLimits:
+    return QuoteLimits(
+        reference_bytes_per_account=settings.reference_storage_mb_per_account * MEGABYTE,
+        reference_bytes_total=settings.reference_storage_mb_total * MEGABYTE,
+        quotes_per_minute=settings.quotes_per_minute,
+    )
 
 
 async def _start_health_server(settings: Settings, service: ImagineService) -> web.AppRunner | None:

@@ -7,6 +7,9 @@ and nothing changed.
     ImagineError
     ├── RequestError            bad input: unknown model, bad option, empty prompt, bad account…
     ├── InsufficientCredits     the price is more than the available balance
+    ├── TooManyQuotes           QUOTES_PER_MINUTE requests in the last minute already
+    ├── AccountReferencesFull   the account's pending reference images would pass their limit
+    ├── ReferenceStorageFull    everyone's pending reference images would pass their limit
     ├── QuoteNotFound           no such request id
     ├── QuoteExpired            the Generate button was pressed too late
     ├── NotYourRequest          someone else pressed the button
@@ -81,6 +84,25 @@ class InsufficientCredits(ImagineError):
         super().__init__(messages.insufficient_credits(need, have))
         self.need = need
         self.have = have
+
+
+class TooManyQuotes(ImagineError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(messages.too_many_quotes(limit))
+        self.limit = limit
+
+
+class AccountReferencesFull(ImagineError):
+    def __init__(self, pending_bytes: int, adding_bytes: int, limit_bytes: int) -> None:
+        super().__init__(messages.account_references_full(pending_bytes, adding_bytes, limit_bytes))
+        self.pending_bytes = pending_bytes
+        self.adding_bytes = adding_bytes
+        self.limit_bytes = limit_bytes
+
+
+class ReferenceStorageFull(ImagineError):
+    def __init__(self) -> None:
+        super().__init__(messages.REFERENCE_STORAGE_FULL)
 
 
 class QuoteNotFound(ImagineError):

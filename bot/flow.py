@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Protocol, TypeVar
@@ -23,18 +23,21 @@ from bot import messages
 from bot.catalog import ModelCatalog, ProviderPool
 from bot.credits import Credits
 from bot.errors import (
+    AccountReferencesFull,
     AlreadyHandled,
     ImagineError,
     InsufficientCredits,
     NotYourRequest,
     QuoteExpired,
     QuoteNotFound,
+    ReferenceStorageFull,
     ShuttingDown,
+    TooManyQuotes,
 )
 from bot.observability import HealthCheck, Metrics
 from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
-from ledger import Balance, Generation, GenerationStatus, NewGeneration
+from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 
@@ -96,7 +99,6 @@ class HeldGeneration:
     """A confirmed request whose credits are held, ready to generate."""
 
     generation: Generation
-    reference_images: tuple[ReferenceImage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,13 @@ _CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to tell the user of a generation it cut short."""
 _LEASE_IN_HEARTBEATS = 3
 """A hold's lease lasts three renewals: a process that misses them has stopped answering for it."""
+MEGABYTE = 1_048_576
+DEFAULT_QUOTE_LIMITS = QuoteLimits(
+    reference_bytes_per_account=40 * MEGABYTE,
+    reference_bytes_total=1000 * MEGABYTE,
+    quotes_per_minute=10,
+)
+"""As the settings' defaults (``REFERENCE_STORAGE_MB_PER_ACCOUNT`` and the others)."""
 
 
 class ImagineService:
@@ -180,6 +189,7 @@ class ImagineService:
         provider_limits: Mapping[str, int] | None = None,
         user_concurrency: int = 2,
         heartbeat_interval: timedelta = timedelta(minutes=1),
+        quote_limits: QuoteLimits = DEFAULT_QUOTE_LIMITS,
         settle_retry: Retry = Retry(),
         clock: Clock = ledger.utc_now,
     ) -> None:
@@ -191,6 +201,7 @@ class ImagineService:
         self.generation_timeout = generation_timeout
         self.heartbeat_interval = heartbeat_interval
         """How often this process renews the leases of its generations and sweeps abandoned ones."""
+        self.quote_limits = quote_limits
         self.settle_retry = settle_retry
         self._clock = clock
         limits = provider_limits or {}
@@ -202,9 +213,6 @@ class ImagineService:
         self._user_slots: defaultdict[str, ProviderSlots] = defaultdict(
             lambda: ProviderSlots(user_concurrency)
         )
-        # Reference images are too large for the quote row; they wait here for the click,
-        # until their quote expires.
-        self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
         self._in_flight: set[str] = set()
         self._posted: dict[str, tuple[GeneratedImage, ...]] = {}
         """Images already in the channel, by generation, until it is settled."""
@@ -221,7 +229,10 @@ class ImagineService:
     async def quote(
         self, account: str, request: ImagineRequest, *, channel: str | None = None
     ) -> Quote:
-        """Price a validated request against the balance; refuses before any button if it cannot be paid."""
+        """Price a validated request against the balance and record it with its reference images.
+
+        Refuses before any button if it cannot be paid, or would pass ``quote_limits``.
+        """
         if not self.accepting:
             raise ShuttingDown()
         try:
@@ -236,7 +247,6 @@ class ImagineService:
                     options={
                         "resolution": request.resolution,
                         "aspect_ratio": request.aspect_ratio,
-                        "reference_images": len(request.reference_images),
                         "model_name": request.model.display_name,
                         # What was priced is what is made, whatever the registry says later.
                         "provider_options": dict(request.model.provider_options),
@@ -247,26 +257,21 @@ class ImagineService:
                     channel=channel,
                 ),
                 starting_credits=self.credits.starting_credits,
+                references=[
+                    QuoteReference(image.mime_type, image.data)
+                    for image in request.reference_images
+                ],
+                limits=self.quote_limits,
             )
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
-        now = self._clock()
-        for expired in [key for key, (until, _) in self._reference_images.items() if until <= now]:
-            del self._reference_images[expired]
-        if request.reference_images:
-            self._reference_images[generation.id] = (
-                generation.expires_at,
-                request.reference_images,
-            )
         return Quote(generation, request, balance)
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         try:
-            generation = await self.ledger.cancel(generation_id, account)
+            return await self.ledger.cancel(generation_id, account)
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
-        self._reference_images.pop(generation_id, None)
-        return generation
 
     async def confirm(self, generation_id: str, account: str, delivery: Delivery) -> Outcome:
         """Hold the credits, generate, deliver and settle; exactly once per request.
@@ -285,7 +290,6 @@ class ImagineService:
         """
         if not self.accepting:
             raise ShuttingDown()
-        _, references = self._reference_images.get(generation_id, (None, ()))
         try:
             generation = await self.ledger.hold(
                 generation_id, account, lease=self.lease, accept=self._model_still_usable
@@ -297,10 +301,9 @@ class ImagineService:
             # have found nothing running, so nothing would generate or settle this.
             await asyncio.shield(self._release(generation, "shutting_down", retry=_ONE_TRY))
             raise ShuttingDown()
-        self._reference_images.pop(generation_id, None)
         self._in_flight.add(generation_id)
         self._idle.clear()
-        return HeldGeneration(generation, references)
+        return HeldGeneration(generation)
 
     def _model_still_usable(self, quote: Generation) -> None:
         """The model may have been switched off, or lost its key, since the quote."""
@@ -331,7 +334,7 @@ class ImagineService:
         )
         try:
             try:
-                outcome = await self._run(generation, held.reference_images, delivery, start_by)
+                outcome = await self._run(generation, delivery, start_by)
             except Exception:
                 logger.exception("generation %s failed unexpectedly", generation.id)
                 outcome = await self._release(generation, "internal")
@@ -412,17 +415,11 @@ class ImagineService:
         return min(_PROVIDER_GRACE_SECONDS, self.generation_timeout.total_seconds() / 10)
 
     async def _run(
-        self,
-        generation: Generation,
-        references: tuple[ReferenceImage, ...],
-        delivery: Delivery,
-        start_by: float | None,
+        self, generation: Generation, delivery: Delivery, start_by: float | None
     ) -> Outcome:
         provider = self.providers.providers.get(generation.provider)
         if provider is None:
             return await self._release(generation, "not_configured")
-        if generation.options.get("reference_images", 0) > len(references):
-            return await self._release(generation, "references_lost")
         model_name = str(generation.options.get("model_name", generation.model_id))
         model = self.catalog.registry.get(generation.model_id)
         time_limit = self.generation_timeout.total_seconds()
@@ -432,7 +429,6 @@ class ImagineService:
             count=generation.images_requested,
             resolution=str(generation.options["resolution"]),
             aspect_ratio=str(generation.options["aspect_ratio"]),
-            reference_images=references,
             options=generation.options.get(
                 "provider_options", model.provider_options if model is not None else {}
             ),
@@ -455,19 +451,27 @@ class ImagineService:
                 self._user_slots[generation.account_id].acquire(queued, start_by),
                 self._slots[generation.provider].acquire(queued, start_by),
             ):
+                # Read only now, so that generations waiting for a slot hold no image bytes.
+                references = await self._references(generation)
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
                 try:
                     # The provider keeps the finished images at the time limit, which
                     # starts with this call; this only stops one that ignores it.
                     async with asyncio.timeout(self._longest_generation_seconds()):
-                        result = await provider.generate(request, image_done)
+                        result = await provider.generate(
+                            replace(request, reference_images=references), image_done
+                        )
                 finally:
                     self.metrics.provider_latency.labels(generation.provider).observe(
                         time.monotonic() - provider_started
                     )
+                # Nor through the delivery, which can take a while.
+                del references
         except QueuedTooLong:
             return await self._release(generation, "queued_too_long")
+        except ReferencesLost:
+            return await self._release(generation, "references_lost")
         except TimeoutError:
             return await self._release(generation, ProviderTimeout.code)
         except ProviderError as error:
@@ -495,6 +499,26 @@ class ImagineService:
             return await self._release(generation, "delivery_failed")
         posted = self._posted[generation.id] = tuple(images[:delivered])
         return await self._capture(generation, posted, partial_failure)
+
+    async def _references(self, generation: Generation) -> tuple[ReferenceImage, ...]:
+        """The reference images stored with the quote, or ``ReferencesLost``."""
+        if not generation.reference_count:
+            return ()
+        try:
+            stored = await self.ledger.references(generation.id)
+        except Exception:
+            # Corrupt, or the database failed: either way the provider must not go without them.
+            logger.exception("could not read the reference images of %s", generation.id)
+            raise ReferencesLost() from None
+        if len(stored) != generation.reference_count:
+            logger.error(
+                "generation %s has %d of its %d reference images",
+                generation.id,
+                len(stored),
+                generation.reference_count,
+            )
+            raise ReferencesLost()
+        return tuple(ReferenceImage(reference.data, reference.media_type) for reference in stored)
 
     async def _capture(
         self,
@@ -648,6 +672,10 @@ class QueuedTooLong(Exception):
     """No slot came free while enough of the reply window was left to use one."""
 
 
+class ReferencesLost(Exception):
+    """The quote's stored reference images are missing or corrupt."""
+
+
 class ProviderSlots:
     """A concurrency limit (a provider's, or one user's); callers that must wait are told their place."""
 
@@ -718,4 +746,10 @@ def _translate(refusal: ledger.LedgerError) -> ImagineError:
         return AlreadyHandled(refusal.status)
     if isinstance(refusal, ledger.InsufficientFunds):
         return InsufficientCredits(refusal.need, refusal.available)
+    if isinstance(refusal, ledger.TooManyQuotes):
+        return TooManyQuotes(refusal.limit)
+    if isinstance(refusal, ledger.AccountReferencesFull):
+        return AccountReferencesFull(refusal.pending, refusal.adding, refusal.limit)
+    if isinstance(refusal, ledger.ReferenceStorageFull):
+        return ReferenceStorageFull()
     raise refusal

@@ -42,6 +42,10 @@ NOT_SERVED_HERE = "This bot is not enabled here; its operator can allow this ser
 """For a command, click or autocomplete from outside DISCORD_GUILD_ALLOWLIST or
 SLACK_TEAM_ALLOWLIST; at most 100 characters, so it fits an autocomplete choice."""
 SHUTTING_DOWN = "The bot is restarting; nothing was charged, so try again in a minute."
+REFERENCE_STORAGE_FULL = (
+    "The bot is holding all the reference images it can for requests not yet generated; "
+    "try again in a few minutes, or without a reference image."
+)
 
 
 ECHO_MAX_CHARS = 40
@@ -129,22 +133,62 @@ def reference_images_not_accepted(model_id: str) -> str:
 
 
 def reference_not_an_image(filename: str) -> str:
-    return f"{filename} is not a PNG, JPEG or WebP image; attach one of those as the reference."
+    return (
+        f"{_echo(filename)} is not a PNG, JPEG or WebP image; attach one of those as the reference."
+    )
 
 
 def reference_too_large(filename: str, size: int, limit: int) -> str:
     return (
-        f"{filename} is {size / 1_048_576:.1f} MB; reference images may be up to "
+        f"{_echo(filename)} is {size / 1_048_576:.1f} MB; reference images may be up to "
         f"{limit // 1_048_576} MB, so attach a smaller one."
     )
 
 
+def reference_empty(filename: str) -> str:
+    return f"{_echo(filename)} is empty (0 bytes); attach the image file itself."
+
+
+def reference_too_many_pixels(filename: str, limit: int) -> str:
+    return (
+        f"{_echo(filename)} has more than {limit // 1_000_000} megapixels; "
+        "scale it down and attach it again."
+    )
+
+
+def reference_type_mismatch(filename: str, actual: str, claimed: str) -> str:
+    return (
+        f"{_echo(filename)} holds a {actual} image, not the {claimed} its name or type says; "
+        f"save it again as {claimed} (or name it as a {actual}) and attach it again."
+    )
+
+
 def reference_unreadable(filename: str) -> str:
-    return f"Could not download {filename} from the chat; attach it again and retry."
+    return f"Could not download {_echo(filename)} from the chat; attach it again and retry."
 
 
 def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
     return f"{model_id} accepts at most {limit} reference images, not {count}."
+
+
+def too_many_quotes(limit: int) -> str:
+    return (
+        f"You have started {limit} requests in the last minute, the most allowed; "
+        "wait a minute, then run /imagine again."
+    )
+
+
+def account_references_full(pending: int, adding: int, limit: int) -> str:
+    if not pending:
+        return (
+            f"These reference images come to {adding / 1_048_576:.1f} MB, more than the "
+            f"{limit // 1_048_576} MB allowed at once; attach fewer or smaller ones."
+        )
+    return (
+        f"Your requests not yet generated hold {pending / 1_048_576:.1f} MB of reference "
+        f"images already, and {limit // 1_048_576} MB is the most allowed; generate or cancel "
+        "one of them (or let it expire), then try again."
+    )
 
 
 def insufficient_credits(need: int, have: int) -> str:
@@ -212,7 +256,7 @@ _FAILURES = {
     "delivery_failed": "The images were made but could not be posted here{detail}",
     "interrupted": "The bot stopped while this was generating",
     "shutting_down": "The bot began stopping as this was confirmed, so it never started",
-    "references_lost": "The bot restarted and lost this request's reference images; run /imagine again with them",
+    "references_lost": "This request's reference images could not be read back; run /imagine again with them",
     "queued_too_long": "So many images are being made right now that this one could not start in time to reach you; try again in a few minutes",
 }
 

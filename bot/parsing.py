@@ -164,21 +164,6 @@ def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineR
     return ImagineRequest(model, prompt, count, resolution, aspect_ratio, references)
 
 
-REFERENCE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
-REFERENCE_IMAGE_MAX_BYTES = 10 * 1024 * 1024
-"""Providers take inline images of a few megabytes; larger ones would fail at generation time."""
-
-
-def check_reference_image(filename: str, content_type: str | None, size: int) -> str:
-    """The MIME type of an attached reference image, or a ``RequestError`` saying what is wrong."""
-    mime_type = (content_type or "").split(";")[0].strip().lower()
-    if mime_type not in REFERENCE_IMAGE_TYPES:
-        raise RequestError(messages.reference_not_an_image(filename))
-    if size > REFERENCE_IMAGE_MAX_BYTES:
-        raise RequestError(messages.reference_too_large(filename, size, REFERENCE_IMAGE_MAX_BYTES))
-    return mime_type
-
-
 _KEPT_FORMAT_CHARACTERS = frozenset("\u200d")
 """The zero-width joiner: emoji such as 👩‍🚀 are made with it."""
 

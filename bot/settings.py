@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     """Generations one user may run at once; more wait their turn and are told their place."""
     provider_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     """Per-provider overrides of PROVIDER_CONCURRENCY, as ``google=8,openai=2``."""
+    reference_storage_mb_per_account: int = Field(default=40, ge=1, le=1_000_000)
+    """Megabytes of reference images one account's requests may hold until they are generated."""
+    reference_storage_mb_total: int = Field(default=1000, ge=1, le=1_000_000)
+    """Megabytes of reference images every account's requests may hold together, in the database."""
+    quotes_per_minute: int = Field(default=10, ge=1, le=10_000)
+    """Requests (quotes) one account may start per minute, counted across every bot process."""
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """On SIGTERM, how long running generations may go on before they are stopped and released."""
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

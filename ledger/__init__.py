@@ -5,6 +5,7 @@ It knows nothing of chat platforms or providers; ``bot`` drives it.
 
 from ledger.errors import (
     AccountNotFound,
+    AccountReferencesFull,
     GenerationNotFound,
     IdempotencyConflict,
     InsufficientFunds,
@@ -13,6 +14,9 @@ from ledger.errors import (
     LeaseHeld,
     LedgerError,
     QuoteExpired,
+    ReferenceCorrupt,
+    ReferenceStorageFull,
+    TooManyQuotes,
     WrongAccount,
     transient,
 )
@@ -25,11 +29,14 @@ from ledger.values import (
     Generation,
     GenerationStatus,
     NewGeneration,
+    QuoteLimits,
+    QuoteReference,
 )
 
 __all__ = [
     "DEFAULT_LEASE",
     "AccountNotFound",
+    "AccountReferencesFull",
     "Balance",
     "Discrepancy",
     "Entry",
@@ -46,6 +53,11 @@ __all__ = [
     "LedgerError",
     "NewGeneration",
     "QuoteExpired",
+    "QuoteLimits",
+    "QuoteReference",
+    "ReferenceCorrupt",
+    "ReferenceStorageFull",
+    "TooManyQuotes",
     "WrongAccount",
     "create_engine",
     "process_identity",

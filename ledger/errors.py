@@ -11,7 +11,11 @@ The ledger knows nothing of chat; the bot translates these into sentences.
     ├── InvalidTransition      the generation is not in a state that allows the operation
     ├── LeaseHeld              a running generation another live process still answers for
     ├── IdempotencyConflict    a key reused with different parameters
-    └── InvalidAmount          zero or negative credits
+    ├── InvalidAmount          zero or negative credits
+    ├── TooManyQuotes          an account's quotes in the last minute reached the limit
+    ├── AccountReferencesFull  an account's pending reference images would pass its limit
+    ├── ReferenceStorageFull   everyone's pending reference images would pass the limit
+    └── ReferenceCorrupt       a stored reference image no longer matches its digest
 
 Anything else an operation raises is the database's or a bug's; ``transient``
 tells a failure worth trying again (busy, disconnected, timed out) from one
@@ -88,6 +92,43 @@ class InvalidAmount(LedgerError):
     def __init__(self, amount: int) -> None:
         super().__init__(f"amount must be a positive whole number of credits, not {amount}")
         self.amount = amount
+
+
+class TooManyQuotes(LedgerError):
+    def __init__(self, account: str, limit: int) -> None:
+        super().__init__(f"{account} made {limit} quotes in the last minute, the most allowed")
+        self.account = account
+        self.limit = limit
+
+
+class AccountReferencesFull(LedgerError):
+    def __init__(self, account: str, pending: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"{account} has {pending} bytes of references pending; {adding} more would pass {limit}"
+        )
+        self.account = account
+        self.pending = pending
+        self.adding = adding
+        self.limit = limit
+
+
+class ReferenceStorageFull(LedgerError):
+    def __init__(self, pending: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"{pending} bytes of references are pending; {adding} more would pass {limit}"
+        )
+        self.pending = pending
+        self.adding = adding
+        self.limit = limit
+
+
+class ReferenceCorrupt(LedgerError):
+    def __init__(self, generation_id: str, position: int) -> None:
+        super().__init__(
+            f"reference {position} of generation {generation_id!r} does not match its digest"
+        )
+        self.generation_id = generation_id
+        self.position = position
 
 
 _TRANSIENT_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL")

@@ -12,15 +12,30 @@ the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, bindparam, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -30,17 +45,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger import rules
 from ledger.errors import (
     AccountNotFound,
+    AccountReferencesFull,
     GenerationNotFound,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
     InvalidTransition,
+    LedgerError,
     QuoteExpired,
+    ReferenceCorrupt,
+    ReferenceStorageFull,
+    TooManyQuotes,
     WrongAccount,
 )
-from ledger.schema import UTCDateTime, accounts, bot_state, generations, ledger_entries
+from ledger.schema import (
+    UTCDateTime,
+    accounts,
+    bot_state,
+    generations,
+    ledger_entries,
+    quote_references,
+)
 from ledger.transactions import Database, Work, create_engine
 from ledger.values import (
+    REFERENCE_COUNT_OPTION,
     Balance,
     Discrepancy,
     Entry,
@@ -48,6 +76,8 @@ from ledger.values import (
     Generation,
     GenerationStatus,
     NewGeneration,
+    QuoteLimits,
+    QuoteReference,
 )
 
 __all__ = ["DEFAULT_LEASE", "Clock", "Ledger", "create_engine", "process_identity", "utc_now"]
@@ -60,6 +90,9 @@ DEFAULT_LEASE = timedelta(minutes=3)
 
 _REASON_LENGTH = 500
 """The longest reason an entry keeps; longer ones are cut."""
+
+_QUOTE_WINDOW = timedelta(minutes=1)
+"""``QuoteLimits.quotes_per_minute`` counts an account's quotes created this long before a new one."""
 
 
 def utc_now() -> datetime:
@@ -160,26 +193,67 @@ class Ledger:
         return _quoted_generation(stored)
 
     async def open_quote(
-        self, new: NewGeneration, *, starting_credits: int = 0
+        self,
+        new: NewGeneration,
+        *,
+        starting_credits: int = 0,
+        references: Sequence[QuoteReference] = (),
+        limits: QuoteLimits | None = None,
     ) -> tuple[Balance, Generation]:
-        """Open the quoting account if it is new (as ``ensure_account``) and record the quote.
+        """Open the quoting account if it is new (as ``ensure_account``) and record the quote
+        with its reference images, which any process reads back with ``references``.
 
-        One transaction for a user's first command. Refused with
-        ``InsufficientFunds``, recording no quote, when the available balance
-        does not cover the price; the account stays opened.
+        One transaction for a user's first command, and no quote without its
+        references. Refused, recording nothing of the quote (the account stays
+        opened), with ``InsufficientFunds`` when the available balance does not
+        cover the price, and, given ``limits``, with ``TooManyQuotes``,
+        ``AccountReferencesFull`` or ``ReferenceStorageFull``. The limits are
+        read with the account's row locked, and for a quote with references the
+        storage's lock held, so that two concurrent quotes cannot both slip past one.
         """
-        stored = self._quote_row(new)
+        stored = self._quote_row(new, len(references))
+        reference_rows = (
+            await asyncio.to_thread(_reference_rows, new, references) if references else []
+        )
+        adding = sum(row["byte_size"] for row in reference_rows)
 
-        def work(connection: Connection) -> Balance:
+        def work(connection: Connection) -> tuple[Balance, LedgerError | None]:
             balance = self._open_account(connection, new.account_id, starting_credits)
-            if balance.available >= new.price:
+            refusal: LedgerError | None = None
+            if balance.available < new.price:
+                refusal = InsufficientFunds(new.account_id, new.price, balance.available)
+            elif limits is not None:
+                refusal = _over_limit(connection, new.account_id, adding, limits, self._clock())
+            if refusal is None:
                 connection.execute(_NEW_GENERATION, stored)
-            return balance
+                if reference_rows:
+                    connection.execute(_NEW_REFERENCE, reference_rows)
+            return balance, refusal
 
-        balance = await self._database.write(work)
-        if balance.available < new.price:
-            raise InsufficientFunds(new.account_id, new.price, balance.available)
+        balance, refusal = await self._database.write(work)
+        if refusal is not None:
+            try:
+                raise refusal
+            finally:
+                # Named here, the refusal would form a cycle with this frame through its
+                # traceback, keeping the references' megabytes until the garbage collector ran.
+                del refusal
         return balance, _quoted_generation(stored)
+
+    async def references(self, generation_id: str) -> tuple[QuoteReference, ...]:
+        """The reference images stored with the generation's quote, in order.
+
+        Empty once the generation has settled or its quote expired. Raises
+        ``ReferenceCorrupt`` for one whose bytes no longer match their digest.
+        """
+        rows = await self._database.read(
+            lambda connection: connection.execute(
+                _REFERENCES, {"generation_id": generation_id}
+            ).all()
+        )
+        if not rows:
+            return ()
+        return await asyncio.to_thread(_verified_references, generation_id, rows)
 
     async def generation(self, generation_id: str) -> Generation:
         return await self._database.read(partial(_generation, generation_id=generation_id))
@@ -227,7 +301,7 @@ class Ledger:
         try:
             hold = rules.hold(quote, account, balance.available if balance else 0, now)
         except QuoteExpired:
-            _close_quote(connection, generation_id, GenerationStatus.EXPIRED, now)
+            _close_quote(connection, quote, GenerationStatus.EXPIRED, now)
             return None
         if accept is not None:
             accept(quote)
@@ -255,7 +329,7 @@ class Ledger:
                 raise WrongAccount(generation_id, account)
             if quote.status != GenerationStatus.QUOTED:
                 raise InvalidTransition(generation_id, quote.status, "cancel")
-            _close_quote(connection, generation_id, GenerationStatus.CANCELLED, self._clock())
+            _close_quote(connection, quote, GenerationStatus.CANCELLED, self._clock())
             return _generation(connection, generation_id)
 
         return await self._database.write(work)
@@ -317,6 +391,7 @@ class Ledger:
                 "finished_at": self._clock(),
             },
         )
+        _forget_references(connection, running)
         return _generation_from(finished.one())
 
     async def renew_leases(self, generation_ids: Collection[str], lease: timedelta) -> None:
@@ -384,14 +459,20 @@ class Ledger:
         return await self._database.write(work)
 
     async def expire_quotes(self) -> int:
-        """Mark quotes past their expiry as expired; returns how many."""
+        """Mark quotes past their expiry as expired and delete their references; returns how many."""
         now = self._clock()
         statement = (
             update(generations)
             .where(generations.c.status == GenerationStatus.QUOTED, generations.c.expires_at <= now)
             .values(status=GenerationStatus.EXPIRED, finished_at=now)
         )
-        return await self._database.write(lambda connection: connection.execute(statement).rowcount)
+
+        def work(connection: Connection) -> int:
+            expired = connection.execute(statement).rowcount
+            connection.execute(_PURGE_REFERENCES, {"now": now})
+            return expired
+
+        return await self._database.write(work)
 
     async def read_state(self, key: str) -> str | None:
         """A value the bot remembered with ``write_state``, or None."""
@@ -499,12 +580,17 @@ class Ledger:
             return await self._database.write(work)
 
     def _open_account(self, connection: Connection, account: str, starting_credits: int) -> Balance:
-        existing = _find_balance(connection, account)
+        """The account's balance, opened with ``starting_credits`` if it is new; on PostgreSQL its
+        row stays locked until the transaction ends, so the account's quotes take turns."""
+        existing = _locked_balance(connection, account)
         if existing is not None:
             return existing
         if not self._insert_account(connection, account, available=starting_credits):
-            # Another process opened it after the read above.
-            return _balance(connection, account)
+            # Another process opened it after the read above; that one has committed by now.
+            found = _locked_balance(connection, account)
+            if found is None:
+                raise AccountNotFound(account)
+            return found
         for line in rules.opening(account, starting_credits):
             self._write_entry(connection, account, line)
         return Balance(account=account, available=starting_credits, held=0)
@@ -570,7 +656,7 @@ class Ledger:
             },
         )
 
-    def _quote_row(self, new: NewGeneration) -> dict[str, Any]:
+    def _quote_row(self, new: NewGeneration, references: int = 0) -> dict[str, Any]:
         return {
             "id": new.id,
             "account_id": new.account_id,
@@ -578,7 +664,7 @@ class Ledger:
             "provider": new.provider,
             "provider_model": new.provider_model,
             "prompt": new.prompt,
-            "options": new.options,
+            "options": {**new.options, REFERENCE_COUNT_OPTION: references},
             "channel": new.channel,
             "images_requested": new.images_requested,
             "images_delivered": 0,
@@ -631,6 +717,77 @@ def _find_balance(connection: Connection, account: str) -> Balance | None:
     return None if row is None else Balance(account=account, available=row[0], held=row[1])
 
 
+def _locked_balance(connection: Connection, account: str) -> Balance | None:
+    """As ``_find_balance``, the row locked until the transaction ends (SQLite's writer lock covers it)."""
+    row = connection.execute(_LOCKED_BALANCE, {"account": account}).first()
+    return None if row is None else Balance(account=account, available=row[0], held=row[1])
+
+
+def _over_limit(
+    connection: Connection, account: str, adding: int, limits: QuoteLimits, now: datetime
+) -> LedgerError | None:
+    """Why a quote of ``account`` with ``adding`` bytes of references passes ``limits``, if it does.
+
+    The caller holds the account's row lock, so the account's own quotes are
+    counted one after another.
+    """
+    recent = connection.execute(
+        _RECENT_QUOTES, {"account": account, "since": now - _QUOTE_WINDOW}
+    ).scalar_one()
+    if recent >= limits.quotes_per_minute:
+        return TooManyQuotes(account, limits.quotes_per_minute)
+    if not adding:
+        return None
+    if connection.dialect.name == "postgresql":
+        # Every account's references add to the total: quotes with references take turns
+        # here, and the statement below reads what the one before committed (read committed
+        # takes a snapshot per statement). On SQLite the one writer already takes turns.
+        connection.execute(_REFERENCE_STORAGE_LOCK)
+    pending = connection.execute(_PENDING_REFERENCE_BYTES, {"account": account, "now": now}).one()
+    if pending.account + adding > limits.reference_bytes_per_account:
+        return AccountReferencesFull(
+            account, int(pending.account), adding, limits.reference_bytes_per_account
+        )
+    if pending.total + adding > limits.reference_bytes_total:
+        return ReferenceStorageFull(int(pending.total), adding, limits.reference_bytes_total)
+    return None
+
+
+def _reference_rows(
+    new: NewGeneration, references: Sequence[QuoteReference]
+) -> list[dict[str, Any]]:
+    """The rows that store a quote's references; called off the event loop, as it hashes megabytes."""
+    return [
+        {
+            "generation_id": new.id,
+            "position": position,
+            "account_id": new.account_id,
+            "media_type": reference.media_type,
+            "sha256": hashlib.sha256(reference.data).hexdigest(),
+            "byte_size": len(reference.data),
+            "data": reference.data,
+            "expires_at": new.expires_at.astimezone(UTC),
+        }
+        for position, reference in enumerate(references)
+    ]
+
+
+def _verified_references(
+    generation_id: str, rows: Sequence[Row[Any]]
+) -> tuple[QuoteReference, ...]:
+    """The stored references, each checked against its digest; called off the event loop."""
+    for row in rows:
+        if hashlib.sha256(row.data).hexdigest() != row.sha256:
+            raise ReferenceCorrupt(generation_id, row.position)
+    return tuple(QuoteReference(row.media_type, bytes(row.data)) for row in rows)
+
+
+def _forget_references(connection: Connection, generation: Generation) -> None:
+    """Delete the references of a generation that has just settled, or a quote that has ended."""
+    if generation.reference_count:
+        connection.execute(_DELETE_REFERENCES, {"generation_id": generation.id})
+
+
 def _balance(connection: Connection, account: str) -> Balance:
     found = _find_balance(connection, account)
     if found is None:
@@ -656,12 +813,13 @@ def _locked_generation(connection: Connection, generation_id: str) -> tuple[Gene
 
 
 def _close_quote(
-    connection: Connection, generation_id: str, status: GenerationStatus, now: datetime
+    connection: Connection, quote: Generation, status: GenerationStatus, now: datetime
 ) -> None:
     """A quote's end without a hold: cancelled or expired."""
     connection.execute(
-        _CLOSE_QUOTE, {"generation_id": generation_id, "status": status, "finished_at": now}
+        _CLOSE_QUOTE, {"generation_id": quote.id, "status": status, "finished_at": now}
     )
+    _forget_references(connection, quote)
 
 
 _GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")
@@ -697,6 +855,10 @@ def _datetime(name: str) -> Any:
 _BALANCE = select(accounts.c.available, accounts.c.held).where(
     accounts.c.id == bindparam("account")
 )
+
+# FOR NO KEY UPDATE: serialises the account's quotes without holding up the foreign-key
+# checks of entries and generations written for it meanwhile.
+_LOCKED_BALANCE = _BALANCE.with_for_update(key_share=True)
 
 _OPEN_ACCOUNT = {
     name: insert_for(accounts).on_conflict_do_nothing(index_elements=["id"])
@@ -783,3 +945,71 @@ _MARK_POSTED = (
     )
     .values(images_posted=bindparam("images"))
 )
+
+_NEW_REFERENCE = insert(quote_references)
+
+_REFERENCES = (
+    select(
+        quote_references.c.position,
+        quote_references.c.media_type,
+        quote_references.c.sha256,
+        quote_references.c.data,
+    )
+    .where(quote_references.c.generation_id == bindparam("generation_id"))
+    .order_by(quote_references.c.position)
+)
+
+_DELETE_REFERENCES = delete(quote_references).where(
+    quote_references.c.generation_id == bindparam("generation_id")
+)
+
+_PURGE_REFERENCES = delete(quote_references).where(
+    quote_references.c.expires_at <= _datetime("now"),
+    quote_references.c.generation_id.in_(
+        select(generations.c.id).where(
+            generations.c.status.not_in([GenerationStatus.QUOTED, GenerationStatus.RUNNING])
+        )
+    ),
+)
+"""References left by quotes that ended without settling: expired ones (the same transaction
+marks them first). A running generation's stay, however old its quote: it still needs them."""
+
+_RECENT_QUOTES = (
+    select(func.count())
+    .select_from(generations)
+    .where(
+        generations.c.account_id == bindparam("account"),
+        generations.c.created_at > _datetime("since"),
+    )
+)
+
+_PENDING_REFERENCE_BYTES = select(
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    quote_references.c.account_id == bindparam("account"),
+                    quote_references.c.byte_size,
+                ),
+                else_=0,
+            )
+        ),
+        0,
+    ).label("account"),
+    func.coalesce(func.sum(quote_references.c.byte_size), 0).label("total"),
+).where(
+    quote_references.c.generation_id == generations.c.id,
+    or_(
+        generations.c.status == GenerationStatus.RUNNING,
+        and_(
+            generations.c.status == GenerationStatus.QUOTED,
+            generations.c.expires_at > _datetime("now"),
+        ),
+    ),
+)
+"""The bytes of references whose quote is pending (quoted and unexpired, or running): the
+account's and everyone's. An expired quote's wait for the sweep counts against no one."""
+
+_REFERENCE_STORAGE_LOCK_KEY = 0x1A6E_5EF
+_REFERENCE_STORAGE_LOCK = select(func.pg_advisory_xact_lock(_REFERENCE_STORAGE_LOCK_KEY))
+"""PostgreSQL's transaction-scoped lock that quotes with references take turns on."""

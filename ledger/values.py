@@ -118,6 +118,35 @@ class Generation:
     def price(self) -> int:
         return self.images_requested * self.credits_per_image
 
+    @property
+    def reference_count(self) -> int:
+        """How many reference images were stored with the quote (``Ledger.open_quote``)."""
+        return int(self.options.get(REFERENCE_COUNT_OPTION, 0))
+
+
+REFERENCE_COUNT_OPTION = "reference_images"
+"""The option under which ``Ledger.open_quote`` records how many references a quote stores."""
+
+
+@dataclass(frozen=True)
+class QuoteReference:
+    """A reference image stored with its quote until the generation settles or the quote expires."""
+
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class QuoteLimits:
+    """What a quote may add, checked in the quote's own transaction so that no two slip past together.
+
+    Reference bytes count while their quote is pending (quoted and unexpired, or running).
+    """
+
+    reference_bytes_per_account: int
+    reference_bytes_total: int
+    quotes_per_minute: int
+
 
 @dataclass(frozen=True)
 class Discrepancy:

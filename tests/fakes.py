@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,24 @@ def tiny_png(shade: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (shade % 256, 64, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def one_colour_png(width: int, height: int) -> bytes:
+    """A black 1-bit PNG, written row by row: 20,000² pixels take under 50 KB (a decompression bomb)."""
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", pixels)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 @dataclass

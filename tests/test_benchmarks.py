@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("inflight", "inflight: "),
         ("ledger", "ledger: worst ledger/raw ratio"),
         ("latency", "latency: confirm p99"),
+        ("references", "references: peak RSS growth"),
     ],
 )
 def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:
@@ -32,7 +33,12 @@ def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize(
-    ("name", "headline"), [("inflight", "inflight: "), ("latency", "latency: confirm p99")]
+    ("name", "headline"),
+    [
+        ("inflight", "inflight: "),
+        ("latency", "latency: confirm p99"),
+        ("references", "references: peak RSS growth"),
+    ],
 )
 async def test_a_quick_run_with_the_ledger_on_postgresql_prints_its_headline(
     name: str, headline: str

@@ -674,19 +674,6 @@ async def test_reference_images_reach_the_provider(
     assert scripted.requests[0].reference_images == (REFERENCE,)
 
 
-async def test_reference_images_lost_to_a_restart_release_the_hold(
-    service: ImagineService, scripted: ScriptedProvider
-) -> None:
-    quote = await quote_with_a_reference(service)
-    restarted = ImagineService(
-        catalog=service.catalog, providers=service.providers, credits=service.credits
-    )
-    outcome = await restarted.confirm(quote.id, OWNER, RecordingDelivery())
-    assert outcome.message == messages.failure("references_lost")
-    assert scripted.requests == []
-    assert await available(service) == 100
-
-
 async def test_the_sweep_leaves_a_generation_this_process_is_running(
     service: ImagineService, scripted: ScriptedProvider, clock: FakeClock
 ) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import discord
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
+from PIL.PngImagePlugin import PngInfo
 
-from bot import messages
+from bot import messages, references
 from bot.app import open_service
 from bot.flow import ImagineService
 from bot.platforms import discord as discord_adapter
@@ -26,7 +27,7 @@ from bot.settings import Settings
 from ledger import GenerationStatus
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
-from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
+from tests.fakes import Script, ScriptedProvider, fail_first, one_colour_png, slow_down
 from tests.loopback_discord import (
     ALICE,
     BOB,
@@ -635,7 +636,80 @@ async def test_a_reference_image_reaches_the_provider(
     await discord_fake.wait_for(lambda: scripted.requests)
 
     [reference] = scripted.requests[0].reference_images
-    assert (reference.mime_type, reference.data) == ("image/png", picture.getvalue())
+    assert reference.mime_type == "image/png"
+    with Image.open(io.BytesIO(reference.data)) as received:
+        assert (received.size, received.getpixel((0, 0))) == ((32, 32), (255, 0, 0))
+
+
+async def test_a_reference_reaches_the_provider_without_its_metadata(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, scripted: ScriptedProvider
+) -> None:
+    text = PngInfo()
+    text.add_text("Author", "Alice Example")
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Alice's phone"
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(picture, "PNG", pnginfo=text, exif=exif)
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "this, but blue", "model": "scripted"},
+        attachment=("red.png", "image/png", picture.getvalue()),
+    )
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).buttons
+    )
+    message = discord_fake.original(interaction)
+
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: scripted.requests)
+
+    [reference] = scripted.requests[0].reference_images
+    assert b"Alice" not in reference.data
+    assert b"tEXt" not in reference.data and b"eXIf" not in reference.data
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "data", "refusal"),
+    [
+        (
+            "red.png",
+            "image/png",
+            b"\x89PNG\r\n\x1a\nnot a picture at all",
+            messages.reference_not_an_image("red.png"),
+        ),
+        ("red.png", "image/png", b"", messages.reference_empty("red.png")),
+        (
+            "bomb.png",
+            "image/png",
+            one_colour_png(20_000, 20_000),
+            messages.reference_too_many_pixels("bomb.png", references.MAX_PIXELS),
+        ),
+    ],
+    ids=["text-behind-a-png-header", "empty", "decompression-bomb"],
+)
+async def test_a_bad_reference_is_refused_and_nothing_is_quoted(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    filename: str,
+    content_type: str,
+    data: bytes,
+    refusal: str,
+) -> None:
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "this, but blue", "model": "scripted"},
+        attachment=(filename, content_type, data),
+    )
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content == refusal
+        )
+    )
+
+    assert discord_fake.original(interaction).buttons == []
+    assert await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True) == []
 
 
 async def test_a_reference_that_is_not_an_image_is_refused(

@@ -75,6 +75,8 @@ async def service(
         models_file=models_file,
         generation_timeout_seconds=0.3,
         provider_concurrency=64,
+        # The clock stands still: every request is in the same minute.
+        quotes_per_minute=REQUESTS,
     )
     async with open_service(settings, extra_admins=frozenset({"console:bank"}), clock=clock) as svc:
         for account in ACCOUNTS:

@@ -9,6 +9,7 @@ rather than refused) ends in a quote no one has confirmed, which moves nothing.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import logging
 import struct
@@ -26,6 +27,7 @@ from sqlalchemy import func, select
 from bot import messages
 from bot.app import open_service
 from bot.flow import ImagineService
+from bot.references import MAX_PIXELS
 from bot.settings import Settings
 from ledger.schema import ledger_entries
 from tests.conftest import FakeClock
@@ -345,6 +347,48 @@ CASES = [
         Refused(messages.reference_too_large("big.png", 50 * 1_048_576, 10 * 1_048_576)),
         options={"prompt": "this, but blue", "model": "scripted"},
         attachment=Attachment("big.png", "image/png", png(), declared_size=50 * 1_048_576),
+    ),
+    Hostile(
+        "a 0-byte reference",
+        "discord",
+        Refused(messages.reference_empty("empty.png")),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment("empty.png", "image/png", b""),
+    ),
+    Hostile(
+        "a PNG header on a text file",
+        "discord",
+        Refused(messages.reference_not_an_image("notes.png")),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment("notes.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"hello " * 200),
+    ),
+    Hostile(
+        "a gzip bomb named as a PNG",
+        "discord",
+        Refused(messages.reference_not_an_image("bomb.png")),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment("bomb.png", "image/png", gzip.compress(b"\0" * 20_000_000, 9)),
+    ),
+    Hostile(
+        "a PNG decompression bomb",
+        "discord",
+        Refused(messages.reference_too_many_pixels("bomb.png", MAX_PIXELS)),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment("bomb.png", "image/png", png_claiming(100_000, 100_000)),
+    ),
+    Hostile(
+        "JPEG bytes claiming to be a PNG",
+        "discord",
+        Refused(messages.reference_type_mismatch("photo.png", "JPEG", "PNG")),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment("photo.png", "image/png", jpeg()),
+    ),
+    Hostile(
+        "a reference with a 10 KB file name",
+        "discord",
+        Refused(messages.reference_not_an_image(f"{TEN_KB}.txt")),
+        options={"prompt": "this, but blue", "model": "scripted"},
+        attachment=Attachment(f"{TEN_KB}.txt", "text/plain", b"hello"),
     ),
     Hostile(
         "an SVG reference",

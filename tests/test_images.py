@@ -1,4 +1,4 @@
-"""Fitting images to a platform's upload limit, and checking attached reference images."""
+"""Fitting images to a platform's upload limit."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import os
 import pytest
 from PIL import Image
 
-from bot import messages
-from bot.errors import RequestError
 from bot.images import TooLargeToSend, fit_within
-from bot.parsing import REFERENCE_IMAGE_MAX_BYTES, check_reference_image
 from providers.base import GeneratedImage
 
 
@@ -54,21 +51,3 @@ async def test_an_image_is_scaled_down_when_quality_alone_is_not_enough() -> Non
 async def test_a_limit_nothing_can_fit_is_refused() -> None:
     with pytest.raises(TooLargeToSend):
         await fit_within(noisy_png(256, 256), 100)
-
-
-@pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "image/webp", "IMAGE/PNG"])
-def test_png_jpeg_and_webp_references_are_accepted(content_type: str) -> None:
-    assert check_reference_image("a.png", content_type, 1000) == content_type.lower()
-
-
-@pytest.mark.parametrize("content_type", ["application/pdf", "image/gif", "", None])
-def test_a_reference_that_is_not_an_image_says_what_to_attach(content_type: str | None) -> None:
-    with pytest.raises(RequestError) as refused:
-        check_reference_image("notes.pdf", content_type, 1000)
-
-    assert refused.value.message == messages.reference_not_an_image("notes.pdf")
-
-
-def test_a_reference_over_the_size_limit_says_how_large_it_may_be() -> None:
-    with pytest.raises(RequestError, match="up to 10 MB"):
-        check_reference_image("huge.png", "image/png", REFERENCE_IMAGE_MAX_BYTES + 1)

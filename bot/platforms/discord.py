@@ -29,14 +29,14 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot import messages
+from bot import messages, references
 from bot.errors import (
     ImagineError,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
 from bot.images import TooLargeToSend, fit_within
-from bot.parsing import ImagineOptions, check_reference_image, validate_request
+from bot.parsing import ImagineOptions, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.progress import ProgressEvent
 from bot.settings import Settings
@@ -681,14 +681,16 @@ async def _answer(
 
 
 async def _downloaded(reference: discord.Attachment) -> ReferenceImage:
-    """An attached reference image, or the ``RequestError`` saying what to do about it."""
-    mime_type = check_reference_image(reference.filename, reference.content_type, reference.size)
+    """An attached reference image, ready to quote, or the ``RequestError`` saying what to do about it."""
+    claimed = references.check_attachment(
+        reference.filename, reference.content_type, reference.size
+    )
     try:
         data = await reference.read()
     except (discord.HTTPException, aiohttp.ClientError) as failure:
         logger.warning("could not download the reference %s: %s", reference.filename, failure)
         raise RequestError(messages.reference_unreadable(reference.filename)) from None
-    return ReferenceImage(data, mime_type)
+    return await references.prepare(reference.filename, claimed, data)
 
 
 async def _refuse_click(interaction: discord.Interaction, refusal: ImagineError) -> None:
