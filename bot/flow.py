@@ -45,7 +45,31 @@ T = TypeVar("T")
 
 
 class DeliveryFailed(Exception):
-    """The adapter could not post the images; the hold is released."""
+    """The adapter could not post (all) the images; its text says why, for the user.
+
+    What had reached the user before the failure is in ``PostedImages``, and is charged.
+    """
+
+
+class PostedImages:
+    """The images of one delivery that reached the user, counted by the adapter as each part lands.
+
+    The flow reads it however ``deliver`` ends (returned, raised, cancelled by a
+    shutdown), so images already in front of the user are charged, never given
+    away, and the ones that never arrived are never charged.
+    """
+
+    def __init__(self, offered: Sequence[GeneratedImage]) -> None:
+        self.offered = tuple(offered)
+        self._landed = 0
+
+    def landed(self, count: int) -> None:
+        """``count`` more images are in front of the user (a message posted, a file shared)."""
+        self._landed = min(self._landed + count, len(self.offered))
+
+    @property
+    def images(self) -> tuple[GeneratedImage, ...]:
+        return self.offered[: self._landed]
 
 
 class Delivery(Protocol):
@@ -53,8 +77,16 @@ class Delivery(Protocol):
 
     async def progress(self, event: ProgressEvent) -> None: ...
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
-        """Post the images; return how many reached the user, or raise ``DeliveryFailed``."""
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
+        """Post the images, calling ``posted.landed`` as each part reaches the user.
+
+        Raises ``DeliveryFailed`` if some could not be posted. Where a step's
+        outcome is unknown (a timeout or a reset after the request may have
+        reached the platform, a cancellation mid-upload), the adapter asks the
+        platform what arrived before it reports or raises.
+        """
         ...
 
     async def conclude(self, report: str) -> None:
@@ -206,8 +238,8 @@ class ImagineService:
         # until their quote expires.
         self._reference_images: dict[str, tuple[datetime, tuple[ReferenceImage, ...]]] = {}
         self._in_flight: set[str] = set()
-        self._posted: dict[str, tuple[GeneratedImage, ...]] = {}
-        """Images already in the channel, by generation, until it is settled."""
+        self._posted: dict[str, PostedImages] = {}
+        """What each delivery under way has put in front of the user, until it is settled."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.accepting = True
@@ -338,12 +370,12 @@ class ImagineService:
             except BaseException:
                 # Cancelled at shutdown: the hold must not outlive the generation, and
                 # the shutdown must not wait on an unreachable database (the next
-                # start-up settles what this could not). Images already posted are
-                # charged, not given away.
+                # start-up settles what this could not).
+                # Images already posted, even mid-upload, are charged, not given away.
                 posted = self._posted.get(generation.id)
                 stopped = await asyncio.shield(
-                    self._capture(generation, posted, None, retry=_ONE_TRY)
-                    if posted
+                    self._capture(generation, posted.images, "interrupted", retry=_ONE_TRY)
+                    if posted is not None and posted.images
                     else self._release(generation, "interrupted", retry=_ONE_TRY)
                 )
                 await asyncio.shield(_conclude(delivery, stopped, _CONCLUDE_WHEN_STOPPING_SECONDS))
@@ -483,72 +515,95 @@ class ImagineService:
             return await self._release(generation, failure.code, failure.detail)
 
         await _report(delivery, Delivering(len(images)))
+        posted = self._posted[generation.id] = PostedImages(images)
+        detail = ""
         try:
-            delivered = min(await delivery.deliver(images, generation), len(images))
+            await delivery.deliver(images, generation, posted)
         except DeliveryFailed as failure:
-            logger.warning("delivery of %s failed: %s", generation.id, failure)
-            return await self._release(generation, "delivery_failed", str(failure))
+            detail = str(failure)
+            logger.warning(
+                "delivery of %s failed after %d of %d images: %s",
+                generation.id,
+                len(posted.images),
+                len(images),
+                failure,
+            )
         except Exception:
-            logger.exception("delivery of %s failed unexpectedly", generation.id)
-            return await self._release(generation, "delivery_failed")
-        if delivered <= 0:
-            return await self._release(generation, "delivery_failed")
-        posted = self._posted[generation.id] = tuple(images[:delivered])
-        return await self._capture(generation, posted, partial_failure)
+            logger.exception(
+                "delivery of %s failed unexpectedly after %d of %d images",
+                generation.id,
+                len(posted.images),
+                len(images),
+            )
+        if not posted.images:
+            return await self._release(generation, "delivery_failed", detail)
+        if len(posted.images) < len(images):
+            shortfall = "delivery_failed"
+        else:
+            shortfall = partial_failure.code if partial_failure is not None else ""
+        return await self._capture(generation, posted.images, shortfall)
 
     async def _capture(
         self,
         generation: Generation,
         posted: tuple[GeneratedImage, ...],
-        partial_failure: ProviderError | None,
+        shortfall: str = "",
         *,
         retry: Retry | None = None,
     ) -> Outcome:
-        """Charge for the images posted; if the database stays unreachable, the sweep will."""
+        """Charge for the images posted; ``shortfall`` is the code of why the others were not.
+
+        If the database stays unreachable, the sweep will.
+        """
         retry = retry or self.settle_retry
+        settle = partial(self._record_capture, generation.id, len(posted))
         try:
-            # Recorded first, so that a sweep settling this later charges for what was posted.
-            await retry.run(
-                partial(self.ledger.mark_posted, generation.id, len(posted)),
-                f"record the images posted for {generation.id}",
-                self.metrics.settlement_retries.inc,
-            )
             settled = await retry.run(
-                partial(self.ledger.capture, generation.id, len(posted)),
+                settle,
                 f"capture the credits of {generation.id}",
                 self.metrics.settlement_retries.inc,
             )
         except Exception:
             logger.exception("could not settle %s after posting its images", generation.id)
             return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
-        if settled.images_delivered != len(posted):
-            sentence = messages.settled_before_capture(len(posted), settled)
-            self.metrics.settled_before_capture.labels(settled.model_id).inc()
-            logger.warning(
-                "generation %s posted %d images after it was settled for %d (charged %d)",
-                settled.id,
-                len(posted),
-                settled.images_delivered,
-                settled.credits_charged,
-            )
+        if self._count_capture(settled, len(posted)):
+            sentence = messages.outcome(settled, shortfall)
         else:
-            sentence = messages.outcome(settled, partial_failure)
-            self.metrics.settlements.labels("capture", str(settled.status)).inc()
+            sentence = messages.settled_before_capture(len(posted), settled)
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
+
+    async def _record_capture(self, generation_id: str, posted: int) -> Generation:
+        # Recorded first, so that a sweep settling this later charges for what was posted.
+        await self.ledger.mark_posted(generation_id, posted)
+        return await self.ledger.capture(generation_id, posted)
+
+    def _count_capture(self, settled: Generation, posted: int) -> bool:
+        """Export a capture; False if another settlement had ended the generation differently."""
+        if settled.images_delivered == posted:
+            self.metrics.settlements.labels("capture", str(settled.status)).inc()
+            return True
+        self.metrics.settled_before_capture.labels(settled.model_id).inc()
+        logger.warning(
+            "generation %s posted %d images after it was settled for %d (charged %d)",
+            settled.id,
+            posted,
+            settled.images_delivered,
+            settled.credits_charged,
+        )
+        return False
+
+    async def _record_release(self, generation_id: str, code: str, sentence: str) -> Generation:
+        return await self.ledger.release(generation_id, error_code=code, error_message=sentence)
 
     async def _release(
         self, generation: Generation, code: str, detail: str = "", *, retry: Retry | None = None
     ) -> Outcome:
         sentence = messages.failure(code, detail)
         retry = retry or self.settle_retry
+        settle = partial(self._record_release, generation.id, code, sentence)
         try:
             settled = await retry.run(
-                partial(
-                    self.ledger.release,
-                    generation.id,
-                    error_code=code,
-                    error_message=sentence,
-                ),
+                settle,
                 f"release the credits of {generation.id}",
                 self.metrics.settlement_retries.inc,
             )

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """Generations one user may run at once; more wait their turn and are told their place."""
     provider_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     """Per-provider overrides of PROVIDER_CONCURRENCY, as ``google=8,openai=2``."""
+    upload_timeout_seconds: float = Field(default=60, gt=0, le=_AN_HOUR, allow_inf_nan=False)
+    """How long one step of posting images (a Discord message, a Slack upload call) may take
+    before the bot stops waiting and asks the platform whether it arrived."""
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """On SIGTERM, how long running generations may go on before they are stopped and released."""
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

@@ -22,7 +22,7 @@ from bot import messages
 from bot.app import open_service
 from bot.credits import parse_amount
 from bot.errors import AlreadyHandled, ModelUnavailable, NotYourRequest, QuoteExpired
-from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
+from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, PostedImages, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.platforms.console import ConsoleChat
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
@@ -146,9 +146,11 @@ class RecordingDelivery:
         self.events.append(event)
         self.reported.set()
 
-    async def deliver(self, images: list[GeneratedImage], generation: Generation) -> int:
+    async def deliver(
+        self, images: list[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         self.delivered.extend(images)
-        return len(images)
+        posted.landed(len(images))
 
     async def conclude(self, report: str) -> None:
         self.concluded.append(report)
