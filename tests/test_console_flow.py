@@ -822,7 +822,7 @@ async def test_a_capture_the_database_drops_is_tried_again_and_charged_once(
     assert await service.ledger.verify() == []
 
 
-async def test_images_posted_while_the_database_is_unreachable_are_charged_by_the_sweep(
+async def test_images_posted_while_the_database_is_unreachable_until_the_bot_stops_are_charged_by_the_sweep(
     service: ImagineService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service.settle_retry = QUICK_RETRY
@@ -832,6 +832,7 @@ async def test_images_posted_while_the_database_is_unreachable_are_charged_by_th
     outcome = await service.confirm(quote.id, OWNER, delivery)
     assert (outcome.report, len(delivery.delivered)) == (messages.CAPTURE_DELAYED, 1)
     assert (await service.credits.balance(OWNER)).held == 10
+    await service.stop_settling()  # as the bot stopping does
     monkeypatch.undo()
     await sweep_after_the_lease_ran_out(service)
     settled = await service.ledger.generation(quote.id)
@@ -935,10 +936,9 @@ async def test_a_release_the_database_drops_is_tried_again(
     assert await available(service) == 100
 
 
-async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
+async def test_a_hold_the_database_cannot_release_now_is_returned_once_the_database_is_back(
     service: ImagineService,
     scripted: ScriptedProvider,
-    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service.settle_retry = QUICK_RETRY
@@ -949,7 +949,9 @@ async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
     assert outcome.report == messages.failure("rate_limited", returned_later=True)
     assert "held credits will be returned automatically" in outcome.report
     monkeypatch.undo()
-    await sweep_after_the_lease_ran_out(service)
+    assert await service.drain(10)
+    generation = await service.ledger.generation(quote.id)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "rate_limited")
     balance = await service.credits.balance(OWNER)
     assert (balance.available, balance.held) == (100, 0)
 
