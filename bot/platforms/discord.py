@@ -631,15 +631,16 @@ class _PostToChannel:
         seen is worse than giving away ones they did.
         """
         channel = self.interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            logger.warning("%r has no history to find %s in; counted as not posted", channel, names)
+            return 0
         wanted = set(names)
         found: set[str] = set()
         try:
-            if not isinstance(channel, discord.abc.Messageable):
-                raise TypeError(f"{type(channel).__name__} has no message history")
             async with asyncio.timeout(patience):
                 async for message in channel.history(limit=_RECENT_MESSAGES):
                     found.update(a.filename for a in message.attachments if a.filename in wanted)
-        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError, TypeError):
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError):
             logger.warning(
                 "could not ask Discord whether %s arrived; counted as not posted",
                 names,
