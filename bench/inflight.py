@@ -26,6 +26,7 @@ from PIL import Image
 import providers
 from bench.common import LoopLag, add_database_option, database_name, ledger_database, machine
 from bot.app import open_service
+from bot.flow import PostedImages
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
 from bot.settings import Settings
@@ -80,8 +81,10 @@ class Discard:
     async def progress(self, event: ProgressEvent) -> None:
         return None
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
-        return len(images)
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
+        posted.landed(len(images))
 
     async def conclude(self, report: str) -> None:
         return None

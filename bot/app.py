@@ -154,6 +154,7 @@ async def open_service(
             try:
                 yield service
             finally:
+                await service.stop_settling()
                 if health is not None:
                     await health.cleanup()
                 for task in background:

@@ -48,7 +48,31 @@ T = TypeVar("T")
 
 
 class DeliveryFailed(Exception):
-    """The adapter could not post the images; the hold is released."""
+    """The adapter could not post (all) the images; its text says why, for the user.
+
+    What had reached the user before the failure is in ``PostedImages``, and is charged.
+    """
+
+
+class PostedImages:
+    """The images of one delivery that reached the user, counted by the adapter as each part lands.
+
+    The flow reads it however ``deliver`` ends (returned, raised, cancelled by a
+    shutdown), so images already in front of the user are charged, never given
+    away, and the ones that never arrived are never charged.
+    """
+
+    def __init__(self, offered: Sequence[GeneratedImage]) -> None:
+        self.offered = tuple(offered)
+        self._landed = 0
+
+    def landed(self, count: int) -> None:
+        """``count`` more images are in front of the user (a message posted, a file shared)."""
+        self._landed = min(self._landed + count, len(self.offered))
+
+    @property
+    def images(self) -> tuple[GeneratedImage, ...]:
+        return self.offered[: self._landed]
 
 
 class Delivery(Protocol):
@@ -56,8 +80,16 @@ class Delivery(Protocol):
 
     async def progress(self, event: ProgressEvent) -> None: ...
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
-        """Post the images; return how many reached the user, or raise ``DeliveryFailed``."""
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
+        """Post the images, calling ``posted.landed`` as each part reaches the user.
+
+        Raises ``DeliveryFailed`` if some could not be posted. Where a step's
+        outcome is unknown (a timeout or a reset after the request may have
+        reached the platform, a cancellation mid-upload), the adapter asks the
+        platform what arrived before it reports or raises.
+        """
         ...
 
     async def conclude(self, report: str) -> None:
@@ -106,7 +138,7 @@ class Outcome:
     """How a confirmed generation ended: the settled record, the images delivered, the new balance."""
 
     generation: Generation
-    """Settled, unless the database could not be reached to settle it (the sweep will)."""
+    """Settled, unless the database could not be reached to settle it (a background retry will)."""
     images: tuple[GeneratedImage, ...]
     balance: Balance | None
     """None when the database could not be reached to read it."""
@@ -121,13 +153,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Retry:
-    """How long the flow keeps trying to record an outcome the database did not take.
+    """How long the flow keeps the user waiting while it records an outcome the database did not take.
 
     An outage, a dropped connection or a long wait for a pooled connection must
     not turn images already posted into images given away, nor leave the user
     without an outcome. Only such failures are tried again (``ledger.transient``),
     which is safe because settling twice returns the first settlement; a
-    refusal or a bug fails at once.
+    refusal or a bug fails at once. Past ``give_up_after_seconds`` the user is
+    told, and the settlement goes on in the background with the same waits.
     """
 
     first_wait_seconds: float = 0.5
@@ -214,13 +247,16 @@ class ImagineService:
             lambda: ProviderSlots(user_concurrency)
         )
         self._in_flight: set[str] = set()
-        self._posted: dict[str, tuple[GeneratedImage, ...]] = {}
-        """Images already in the channel, by generation, until it is settled."""
+        self._posted: dict[str, PostedImages] = {}
+        """What each delivery under way has put in front of the user, until it is settled."""
+        self._settling: dict[str, asyncio.Task[None]] = {}
+        """Settlements the database did not take in time, retried in the background, by generation."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.accepting = True
         self.metrics = Metrics()
         self.metrics.in_flight.set_function(lambda: len(self._in_flight))
+        self.metrics.settlements_pending.set_function(lambda: len(self._settling))
         for name, slots in self._slots.items():
             self.metrics.queue_depth.labels(name).set_function(lambda slots=slots: slots.waiting)
         self.platform_checks: dict[str, HealthCheck] = {}
@@ -340,13 +376,13 @@ class ImagineService:
                 outcome = await self._release(generation, "internal")
             except BaseException:
                 # Cancelled at shutdown: the hold must not outlive the generation, and
-                # the shutdown must not wait on an unreachable database (the next
-                # start-up settles what this could not). Images already posted are
-                # charged, not given away.
+                # the shutdown must not wait on an unreachable database (a background
+                # retry, or else the next start-up, settles what this could not).
+                # Images already posted, even mid-upload, are charged, not given away.
                 posted = self._posted.get(generation.id)
                 stopped = await asyncio.shield(
-                    self._capture(generation, posted, None, retry=_ONE_TRY)
-                    if posted
+                    self._capture(generation, posted.images, "interrupted", retry=_ONE_TRY)
+                    if posted is not None and posted.images
                     else self._release(generation, "interrupted", retry=_ONE_TRY)
                 )
                 await asyncio.shield(_conclude(delivery, stopped, _CONCLUDE_WHEN_STOPPING_SECONDS))
@@ -398,10 +434,14 @@ class ImagineService:
         self.accepting = False
 
     async def drain(self, grace_seconds: float) -> bool:
-        """Wait up to ``grace_seconds`` for running generations to end; True if they all did."""
+        """Wait up to ``grace_seconds`` for running generations to end, and for settlements
+        still waiting for the database; True if they all did."""
         try:
             async with asyncio.timeout(grace_seconds):
                 await self._idle.wait()
+                # Settlements the database has not taken yet get what is left of the grace.
+                if self._settling:
+                    await asyncio.wait(list(self._settling.values()))
         except TimeoutError:
             return False
         return True
@@ -487,18 +527,33 @@ class ImagineService:
             return await self._release(generation, failure.code, failure.detail)
 
         await _report(delivery, Delivering(len(images)))
+        posted = self._posted[generation.id] = PostedImages(images)
+        detail = ""
         try:
-            delivered = min(await delivery.deliver(images, generation), len(images))
+            await delivery.deliver(images, generation, posted)
         except DeliveryFailed as failure:
-            logger.warning("delivery of %s failed: %s", generation.id, failure)
-            return await self._release(generation, "delivery_failed", str(failure))
+            detail = str(failure)
+            logger.warning(
+                "delivery of %s failed after %d of %d images: %s",
+                generation.id,
+                len(posted.images),
+                len(images),
+                failure,
+            )
         except Exception:
-            logger.exception("delivery of %s failed unexpectedly", generation.id)
-            return await self._release(generation, "delivery_failed")
-        if delivered <= 0:
-            return await self._release(generation, "delivery_failed")
-        posted = self._posted[generation.id] = tuple(images[:delivered])
-        return await self._capture(generation, posted, partial_failure)
+            logger.exception(
+                "delivery of %s failed unexpectedly after %d of %d images",
+                generation.id,
+                len(posted.images),
+                len(images),
+            )
+        if not posted.images:
+            return await self._release(generation, "delivery_failed", detail)
+        if len(posted.images) < len(images):
+            shortfall = "delivery_failed"
+        else:
+            shortfall = partial_failure.code if partial_failure is not None else ""
+        return await self._capture(generation, posted.images, shortfall)
 
     async def _references(self, generation: Generation) -> tuple[ReferenceImage, ...]:
         """The reference images stored with the quote, or ``ReferencesLost``."""
@@ -524,65 +579,161 @@ class ImagineService:
         self,
         generation: Generation,
         posted: tuple[GeneratedImage, ...],
-        partial_failure: ProviderError | None,
+        shortfall: str = "",
         *,
         retry: Retry | None = None,
     ) -> Outcome:
-        """Charge for the images posted; if the database stays unreachable, the sweep will."""
+        """Charge for the images posted; ``shortfall`` is the code of why the others were not.
+
+        If the database does not take it in time, it is tried again in the background.
+        """
         retry = retry or self.settle_retry
+        settle = partial(self._record_capture, generation.id, len(posted))
         try:
-            # Recorded first, so that a sweep settling this later charges for what was posted.
-            await retry.run(
-                partial(self.ledger.mark_posted, generation.id, len(posted)),
-                f"record the images posted for {generation.id}",
-                self.metrics.settlement_retries.inc,
-            )
             settled = await retry.run(
-                partial(self.ledger.capture, generation.id, len(posted)),
+                settle,
                 f"capture the credits of {generation.id}",
                 self.metrics.settlement_retries.inc,
             )
-        except Exception:
+        except Exception as error:
             logger.exception("could not settle %s after posting its images", generation.id)
-            return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
-        if settled.images_delivered != len(posted):
-            sentence = messages.settled_before_capture(len(posted), settled)
-            self.metrics.settled_before_capture.labels(settled.model_id).inc()
-            logger.warning(
-                "generation %s posted %d images after it was settled for %d (charged %d)",
-                settled.id,
-                len(posted),
-                settled.images_delivered,
-                settled.credits_charged,
+            self._settle_later(
+                generation.id, settle, error, partial(self._count_late_capture, len(posted))
             )
+            return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
+        if self._count_capture(settled, len(posted)):
+            sentence = messages.outcome(settled, shortfall)
         else:
-            sentence = messages.outcome(settled, partial_failure)
-            self.metrics.settlements.labels("capture", str(settled.status)).inc()
+            sentence = messages.settled_before_capture(len(posted), settled)
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
+
+    async def _record_capture(self, generation_id: str, posted: int) -> Generation:
+        # Recorded first, so that a sweep settling this later charges for what was posted.
+        await self.ledger.mark_posted(generation_id, posted)
+        return await self.ledger.capture(generation_id, posted)
+
+    def _count_capture(self, settled: Generation, posted: int) -> bool:
+        """Export a capture; False if another settlement had ended the generation differently."""
+        if settled.images_delivered == posted:
+            self.metrics.settlements.labels("capture", str(settled.status)).inc()
+            return True
+        self.metrics.settled_before_capture.labels(settled.model_id).inc()
+        logger.warning(
+            "generation %s posted %d images after it was settled for %d (charged %d)",
+            settled.id,
+            posted,
+            settled.images_delivered,
+            settled.credits_charged,
+        )
+        return False
+
+    async def _record_release(self, generation_id: str, code: str, sentence: str) -> Generation:
+        return await self.ledger.release(generation_id, error_code=code, error_message=sentence)
+
+    def _count_late_capture(self, posted: int, settled: Generation) -> None:
+        """Export a capture made in the background, after the generation was recorded unsettled."""
+        self._count_capture(settled, posted)
+        self.metrics.credits_charged.labels(settled.model_id).inc(settled.credits_charged)
 
     async def _release(
         self, generation: Generation, code: str, detail: str = "", *, retry: Retry | None = None
     ) -> Outcome:
         sentence = messages.failure(code, detail)
         retry = retry or self.settle_retry
+        settle = partial(self._record_release, generation.id, code, sentence)
         try:
             settled = await retry.run(
-                partial(
-                    self.ledger.release,
-                    generation.id,
-                    error_code=code,
-                    error_message=sentence,
-                ),
+                settle,
                 f"release the credits of {generation.id}",
                 self.metrics.settlement_retries.inc,
             )
-        except Exception:
+        except Exception as error:
             logger.exception("could not release the hold of %s", generation.id)
+            self._settle_later(
+                generation.id,
+                settle,
+                error,
+                lambda _: self.metrics.settlements.labels("release", code).inc(),
+            )
             return Outcome(
                 generation, (), None, messages.failure(code, detail, returned_later=True)
             )
         self.metrics.settlements.labels("release", code).inc()
         return Outcome(settled, (), await self._balance(settled.account_id, retry), sentence)
+
+    def _settle_later(
+        self,
+        generation_id: str,
+        settle: Callable[[], Awaitable[Generation]],
+        error: Exception,
+        settled: Callable[[Generation], object],
+    ) -> None:
+        """Keep trying, in the background, a settlement the database could not take now.
+
+        Only failures that may pass (``ledger.transient``) are worth it; a refusal
+        or a bug would fail the same way every time, and is left to the sweep.
+        ``settled`` exports the settlement once made.
+        """
+        if not ledger.transient(error) or generation_id in self._settling:
+            return
+        task = asyncio.create_task(
+            self._keep_settling(generation_id, settle, settled), name=f"settle {generation_id}"
+        )
+        self._settling[generation_id] = task
+        task.add_done_callback(lambda _: self._settling.pop(generation_id, None))
+
+    async def _keep_settling(
+        self,
+        generation_id: str,
+        settle: Callable[[], Awaitable[Generation]],
+        settled: Callable[[Generation], object],
+    ) -> None:
+        """Try ``settle`` until the database takes it; only the process stopping ends this sooner.
+
+        Meanwhile the generation counts as this process's (its lease is renewed
+        and no sweep here settles it as abandoned), and settling twice is safe:
+        the ledger returns the first settlement, whoever made it.
+        """
+        wait = self.settle_retry.first_wait_seconds
+        while True:
+            await asyncio.sleep(wait)
+            self.metrics.settlement_retries.inc()
+            try:
+                settlement = await settle()
+            except Exception as error:
+                if not ledger.transient(error):
+                    logger.exception("gave up settling %s; the sweep will", generation_id)
+                    return
+                wait = min(wait * 2, self.settle_retry.longest_wait_seconds)
+                logger.warning(
+                    "still could not settle %s; trying again in %.2f s",
+                    generation_id,
+                    wait,
+                    exc_info=True,
+                )
+                continue
+            settled(settlement)
+            logger.info(
+                "settled %s once the database took it: %s, charged %d credits",
+                generation_id,
+                settlement.status,
+                settlement.credits_charged,
+            )
+            return
+
+    async def stop_settling(self) -> None:
+        """At shutdown, after ``drain`` gave them the grace period: leave the settlements still
+        waiting for the database to the next start-up.
+
+        Such a generation keeps its hold; the next start-up's recovery (or
+        another process's sweep) settles it once its lease runs out, charging
+        for the images recorded as posted.
+        """
+        waiting = list(self._settling.values())
+        for task in waiting:
+            task.cancel()
+            logger.warning("%s: left to the next start-up to settle", task.get_name())
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     async def _balance(self, account: str, retry: Retry) -> Balance | None:
         try:
@@ -607,7 +758,7 @@ class ImagineService:
         """
         settled = []
         for generation_id in await self.ledger.expired_leases():
-            if generation_id in self._in_flight:
+            if generation_id in self._in_flight or generation_id in self._settling:
                 continue
             abandoned = await self.ledger.settle_abandoned(
                 generation_id,
@@ -657,7 +808,9 @@ class ImagineService:
         while True:
             await asyncio.sleep(self.heartbeat_interval.total_seconds())
             try:
-                await self.ledger.renew_leases(frozenset(self._in_flight), self.lease)
+                await self.ledger.renew_leases(
+                    frozenset(self._in_flight) | self._settling.keys(), self.lease
+                )
                 settled = await self.recover()
             except Exception:
                 logger.exception("the periodic sweep of abandoned holds failed; trying again later")

@@ -18,7 +18,6 @@ from bot.progress import Delivering, Generating, ProgressEvent, Queued
 if TYPE_CHECKING:
     from bot.registry import ModelSpec
     from ledger import Balance, Generation
-    from providers.errors import ProviderError
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
@@ -284,6 +283,16 @@ def failure(code: str, detail: str = "", *, returned_later: bool = False) -> str
     return template.format(detail=shown) + "; no credits were charged."
 
 
+def upload_refused(platform: str, code: object) -> str:
+    """Why images could not be posted: the platform said no (``code``: its status or error)."""
+    return f"{platform} refused the upload ({code})"
+
+
+def upload_lost(platform: str) -> str:
+    """Why images could not be posted: the platform's answer was lost, and it does not show them."""
+    return f"the connection to {platform} failed during the upload"
+
+
 CAPTURE_DELAYED = (
     "The images are posted, but the bot's database could not be reached to record"
     " their cost; it will be settled automatically, at no more than the price you were shown."
@@ -302,18 +311,31 @@ def settled_before_capture(posted: int, settled: Generation) -> str:
     )
 
 
-def outcome(generation: Generation, partial_failure: ProviderError | None = None) -> str:
+def outcome(generation: Generation, shortfall: str = "") -> str:
+    """What a captured generation delivered and cost; ``shortfall`` is the code of why
+    any images are missing: a provider's (``ProviderError.code``), or one of posting them."""
     delivered, requested = generation.images_delivered, generation.images_requested
     charged = credits(generation.credits_charged)
     if delivered == requested:
         return f"Done: {images(delivered)} for {charged}."
-    code = partial_failure.code if partial_failure is not None else ""
-    why = _PARTIAL_REASONS.get(code, "the provider could not make the others")
+    if shortfall in _NOT_POSTED:
+        done, why = "posted here", _NOT_POSTED[shortfall]
+    else:
+        done, why = (
+            "made",
+            _PARTIAL_REASONS.get(shortfall, "the provider could not make the others"),
+        )
     return (
-        f"Only {delivered} of {requested} images could be made ({why}); "
+        f"Only {delivered} of {requested} images could be {done} ({why}); "
         f"you were charged {charged} for {'it' if delivered == 1 else 'those'} "
         "and the rest was returned."
     )
+
+
+_NOT_POSTED = {
+    "delivery_failed": "the upload failed part-way",
+    "interrupted": "the bot stopped while posting them",
+}
 
 
 _PARTIAL_REASONS = {

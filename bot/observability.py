@@ -70,6 +70,11 @@ class Metrics:
             "Settlement writes tried again after the database failed in a way that may pass",
             registry=self.registry,
         )
+        self.settlements_pending = Gauge(
+            "imagine_settlements_pending",
+            "Settlements the database did not take in time, being retried in the background",
+            registry=self.registry,
+        )
         self.settled_before_capture = Counter(
             "imagine_settled_before_capture",
             "Generations whose images were posted after another settlement had ended them",

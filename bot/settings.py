@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     """Megabytes of reference images every account's requests may hold together, in the database."""
     quotes_per_minute: int = Field(default=10, ge=1, le=10_000)
     """Requests (quotes) one account may start per minute, counted across every bot process."""
+    upload_timeout_seconds: float = Field(default=60, gt=0, le=_AN_HOUR, allow_inf_nan=False)
+    """How long one step of posting images (a Discord message, a Slack upload call) may take
+    before the bot stops waiting and asks the platform whether it arrived."""
     shutdown_grace_seconds: float = Field(default=30, ge=0, le=_AN_HOUR, allow_inf_nan=False)
     """On SIGTERM, how long running generations may go on before they are stopped and released."""
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
@@ -59,6 +59,21 @@ class User:
 BOT = User(APPLICATION_ID, "imagine")
 ALICE = User(900_000_000_000_000_101, "alice")
 BOB = User(900_000_000_000_000_102, "bob")
+
+
+@dataclass(frozen=True)
+class FollowupFault:
+    """How the fake fails an interaction's ``number``th follow-up (1 is the first), as Discord
+    or the network between might.
+
+    ``refuse``: answer ``status`` and post nothing. ``reset``: post it, then drop the
+    connection unanswered. ``hang``: post it, then never answer. ``stall``: post nothing
+    and never answer.
+    """
+
+    number: int
+    kind: Literal["refuse", "reset", "hang", "stall"]
+    status: int = 400
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,8 @@ class Interaction:
     callbacks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     original_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
+    followups_tried: int = 0
+    """Follow-ups the bot sent with this token, answered or not."""
     sent_at: float = 0.0
     """``time.perf_counter()`` when the event went out, and when answers came in (for benchmarks)."""
     answered_at: float | None = None
@@ -169,6 +186,11 @@ class LoopbackDiscord:
         """The per-file upload limit every interaction announces."""
         self.fail_followups_with: int | None = None
         """An HTTP status to refuse follow-ups with, to test failed uploads."""
+        self.followup_fault: FollowupFault | None = None
+        """One follow-up of each interaction to fail, to test an upload failing part-way."""
+        self.fail_history_with: int | None = None
+        """An HTTP status to refuse reading a channel's messages with (no Read Message History)."""
+        self.history_reads = 0
         self.fail_callbacks_with: int | None = None
         """An HTTP status to refuse interaction callbacks with, as Discord does once an
         interaction's 3 s have passed (404, Unknown interaction)."""
@@ -184,6 +206,8 @@ class LoopbackDiscord:
         """Which gateway connection receives events, in the order they connected: the newest
         unless set (the latency benchmark keeps two bots connected and alternates)."""
         self._ready = asyncio.Event()
+        self._closing = asyncio.Event()
+        """Set when the fake stops: what a hanging request waits for."""
         self._runner: web.AppRunner | None = None
 
     # -- running --------------------------------------------------------------
@@ -204,6 +228,7 @@ class LoopbackDiscord:
             ("GET", "/webhooks/{app}/{token}/messages/{message}", self._get_webhook_message),
             ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
             ("POST", "/webhooks/{app}/{token}", self._followup),
+            ("GET", "/channels/{channel}/messages", self._channel_messages),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, "/api/v10" + path, self._authorised(handler))
@@ -219,6 +244,7 @@ class LoopbackDiscord:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        self._closing.set()
         for socket in self._sockets:
             await socket.close()
         assert self._runner is not None
@@ -568,16 +594,50 @@ class LoopbackDiscord:
 
     async def _followup(self, request: web.Request) -> web.Response:
         interaction = self.interactions[request.match_info["token"]]
+        interaction.followups_tried += 1
+        await self._notify()
         if self.fail_followups_with is not None:
             status = self.fail_followups_with
             return _json({"message": "Request entity too large", "code": 40005}, status=status)
+        fault = self.followup_fault
+        if fault is not None and fault.number == interaction.followups_tried:
+            if fault.kind == "refuse":
+                return _json({"message": "Refused", "code": 0}, status=fault.status)
+            if fault.kind == "stall":
+                await self._closing.wait()
+                return _json({"message": "Gone", "code": 0}, status=503)
         body, files = await _read_body(request)
         if (refusal := _refuse_long_content(body)) is not None:
             return refusal
         message = self._post(body, files, default_flags=body.get("flags", 0))
         interaction.followup_ids.append(message.id)
         interaction.followed_up_at = time.perf_counter()
+        if fault is not None and fault.number == interaction.followups_tried:
+            await self._notify()
+            if fault.kind == "reset":
+                _drop_connection(request)
+            await self._closing.wait()
         return _json(message.payload())
+
+    async def _notify(self) -> None:
+        """Wake ``wait_for`` before a request is answered (one that hangs never is)."""
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _channel_messages(self, request: web.Request) -> web.Response:
+        """The channel's messages everyone sees, newest first, as ``GET /channels/{id}/messages``."""
+        self.history_reads += 1
+        if self.fail_history_with is not None:
+            status = self.fail_history_with
+            return _json({"message": "Missing Access", "code": 50001}, status=status)
+        channel = int(request.match_info["channel"])
+        limit = int(request.query.get("limit", 50))
+        shown = [
+            message.payload()
+            for message in sorted(self.messages.values(), key=lambda m: m.id, reverse=True)
+            if message.channel_id == channel and not message.ephemeral
+        ]
+        return _json(shown[:limit])
 
     async def _download(self, request: web.Request) -> web.Response:
         if self.fail_downloads_with is not None:
@@ -650,6 +710,12 @@ def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:
         "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]
     }
     return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": error}}, 400)
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close the connection without an answer, as a reset between Discord and the bot would."""
+    assert request.transport is not None
+    request.transport.abort()
 
 
 def _json(payload: object, status: int = 200) -> web.Response:

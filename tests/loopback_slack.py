@@ -1,9 +1,11 @@
 """A loopback fake of Slack's Web API, and a driver that sends signed requests to the bot.
 
 The fake serves the Web API methods the bot calls (``auth.test``,
-``conversations.join``/``info``, the three steps of ``files_upload_v2``, the
-``chat`` methods), the upload URLs it hands out, and ``response_url``s, which
-take at most five messages each, as Slack's do; it records every call. The driver signs slash commands and button clicks as
+``conversations.join``/``info``, the three steps of ``files_upload_v2``,
+``files.info``, the ``chat`` methods), the upload URLs it hands out, and
+``response_url``s, which take at most five messages each, as Slack's do; it
+records every call. ``completion_fault`` fails ``files.completeUploadExternal``
+part-way, as Slack or the network might. The driver signs slash commands and button clicks as
 Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
 bot's ``/slack/events`` over HTTP.
 """
@@ -19,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -46,6 +48,18 @@ class Upload:
     files: list[tuple[str, bytes]]
 
 
+@dataclass(frozen=True)
+class CompletionFault:
+    """How ``files.completeUploadExternal`` fails: after sharing the first ``shared`` files.
+
+    ``error``: Slack answers 500 ``internal_error``. ``reset``: the connection drops
+    unanswered. ``hang``: no answer ever comes.
+    """
+
+    shared: int
+    kind: Literal["error", "reset", "hang"]
+
+
 @dataclass
 class LoopbackSlack:
     """Start with ``async with LoopbackSlack() as slack``; give the bot ``base_url``."""
@@ -68,10 +82,17 @@ class LoopbackSlack:
     _socket_open: asyncio.Event = field(default_factory=asyncio.Event)
     socket_replies: list[dict[str, Any]] = field(default_factory=list)
     """What the bot sent back over the Socket Mode connection (acknowledgements)."""
+    completion_fault: CompletionFault | None = None
+    fail_files_info: bool = False
+    """Refuse ``files.info`` (as for an app without the ``files:read`` scope)."""
+    _shared_to: dict[str, set[str]] = field(default_factory=dict)
+    """The channels each file was shared to, by file id."""
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> LoopbackSlack:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/respond/{response_id}", self._respond)
         app.router.add_get("/socket", self._socket_mode)
@@ -83,6 +104,7 @@ class LoopbackSlack:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        self._closing.set()
         if self._socket is not None:
             await self._socket.close()
         assert self._runner is not None
@@ -143,9 +165,44 @@ class LoopbackSlack:
         else:
             params.update(await request.post())
         self.calls.append((method, params))
+        if method == "files.completeUploadExternal" and self.completion_fault is not None:
+            return await self._complete_part_way(request, params, self.completion_fault)
         answer = self._answer(method, params)
         await self._changed_now()
         return web.json_response(answer)
+
+    async def _complete_part_way(
+        self, request: web.Request, params: dict[str, Any], fault: CompletionFault
+    ) -> web.Response:
+        files = json.loads(params["files"])[: fault.shared]
+        if files:
+            self._share(str(params.get("channel_id", "")), params, files)
+        await self._changed_now()
+        if fault.kind == "error":
+            return web.json_response({"ok": False, "error": "internal_error"}, status=500)
+        if fault.kind == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+        await self._closing.wait()
+        return web.json_response({"ok": False, "error": "gone"})
+
+    def _share(self, channel: str, params: dict[str, Any], files: list[dict[str, Any]]) -> None:
+        """Put ``files`` in ``channel`` with the caption; each file once, however often asked."""
+        new = [entry for entry in files if channel not in self._shared_to.get(entry["id"], set())]
+        for entry in new:
+            self._shared_to.setdefault(entry["id"], set()).add(channel)
+        if new:
+            self.uploads.append(
+                Upload(
+                    channel,
+                    str(params.get("initial_comment", "")),
+                    [self._bytes[entry["id"]] for entry in new],
+                )
+            )
+
+    def shared(self, channel: str) -> int:
+        """How many files were shared to ``channel``."""
+        return sum(channel in channels for channels in self._shared_to.values())
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -185,14 +242,29 @@ class LoopbackSlack:
             if channel not in self.member_of:
                 return {"ok": False, "error": "not_in_channel"}
             files = json.loads(params["files"])
-            self.uploads.append(
-                Upload(
-                    channel,
-                    str(params.get("initial_comment", "")),
-                    [self._bytes[entry["id"]] for entry in files],
-                )
-            )
+            self._share(channel, params, files)
             return {"ok": True, "files": [{"id": entry["id"]} for entry in files]}
+        if method == "files.info":
+            if self.fail_files_info:
+                return {"ok": False, "error": "missing_scope", "needed": "files:read"}
+            file_id = str(params["file"])
+            channels = sorted(self._shared_to.get(file_id, set()))
+            public = [channel for channel in channels if channel not in self.private]
+            private = [channel for channel in channels if channel in self.private]
+            return {
+                "ok": True,
+                "file": {
+                    "id": file_id,
+                    "name": self._bytes[file_id][0],
+                    "channels": public,
+                    "groups": private,
+                    "shares": {
+                        kind: {channel: [{"ts": "1.000001"}] for channel in shared}
+                        for kind, shared in (("public", public), ("private", private))
+                        if shared
+                    },
+                },
+            }
         if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
             return {"ok": True, "channel": params.get("channel"), "ts": f"{time.time():.6f}"}
         return {"ok": False, "error": "unknown_method"}

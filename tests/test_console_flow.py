@@ -22,7 +22,7 @@ from bot import messages
 from bot.app import open_service
 from bot.credits import parse_amount
 from bot.errors import AlreadyHandled, ModelUnavailable, NotYourRequest, QuoteExpired
-from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, Quote, Retry
+from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, PostedImages, Quote, Retry
 from bot.parsing import ImagineOptions, parse_imagine, validate_request
 from bot.platforms.console import ConsoleChat
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
@@ -146,9 +146,11 @@ class RecordingDelivery:
         self.events.append(event)
         self.reported.set()
 
-    async def deliver(self, images: list[GeneratedImage], generation: Generation) -> int:
+    async def deliver(
+        self, images: list[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         self.delivered.extend(images)
-        return len(images)
+        posted.landed(len(images))
 
     async def conclude(self, report: str) -> None:
         self.concluded.append(report)
@@ -807,7 +809,7 @@ async def test_a_capture_the_database_drops_is_tried_again_and_charged_once(
     assert await service.ledger.verify() == []
 
 
-async def test_images_posted_while_the_database_is_unreachable_are_charged_by_the_sweep(
+async def test_images_posted_while_the_database_is_unreachable_until_the_bot_stops_are_charged_by_the_sweep(
     service: ImagineService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service.settle_retry = QUICK_RETRY
@@ -817,6 +819,7 @@ async def test_images_posted_while_the_database_is_unreachable_are_charged_by_th
     outcome = await service.confirm(quote.id, OWNER, delivery)
     assert (outcome.report, len(delivery.delivered)) == (messages.CAPTURE_DELAYED, 1)
     assert (await service.credits.balance(OWNER)).held == 10
+    await service.stop_settling()  # as the bot stopping does
     monkeypatch.undo()
     await sweep_after_the_lease_ran_out(service)
     settled = await service.ledger.generation(quote.id)
@@ -920,10 +923,9 @@ async def test_a_release_the_database_drops_is_tried_again(
     assert await available(service) == 100
 
 
-async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
+async def test_a_hold_the_database_cannot_release_now_is_returned_once_the_database_is_back(
     service: ImagineService,
     scripted: ScriptedProvider,
-    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service.settle_retry = QUICK_RETRY
@@ -934,7 +936,9 @@ async def test_a_hold_the_database_cannot_release_now_is_returned_by_the_sweep(
     assert outcome.report == messages.failure("rate_limited", returned_later=True)
     assert "held credits will be returned automatically" in outcome.report
     monkeypatch.undo()
-    await sweep_after_the_lease_ran_out(service)
+    assert await service.drain(10)
+    generation = await service.ledger.generation(quote.id)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "rate_limited")
     balance = await service.credits.balance(OWNER)
     assert (balance.available, balance.held) == (100, 0)
 

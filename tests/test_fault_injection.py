@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import open_service
-from bot.flow import DeliveryFailed, ImagineService, Outcome
+from bot.flow import DeliveryFailed, ImagineService, Outcome, PostedImages
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
 from bot.settings import Settings
@@ -41,7 +41,7 @@ SETTLED = {GenerationStatus.COMPLETED, GenerationStatus.PARTIAL, GenerationStatu
 
 
 class FlakyDelivery:
-    """A platform that sometimes refuses an upload and sometimes posts one image fewer."""
+    """A platform that posts one image at a time, and sometimes refuses or fails part-way."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -51,12 +51,19 @@ class FlakyDelivery:
         if self.rng.random() < 0.05:
             raise ConnectionError("progress update lost")
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         roll = self.rng.random()
-        if roll < 0.05:
+        stop_after = self.rng.randrange(len(images)) if roll < 0.15 else len(images)
+        for _ in range(stop_after):
+            await asyncio.sleep(0)
+            self.posted += 1
+            posted.landed(1)
+        if roll < 0.10:
             raise DeliveryFailed("upload refused")
-        self.posted = len(images) - 1 if roll < 0.10 and len(images) > 1 else len(images)
-        return self.posted
+        if roll < 0.15:
+            raise ConnectionResetError("the platform reset the connection")
 
     async def conclude(self, report: str) -> None:
         if self.rng.random() < 0.05:

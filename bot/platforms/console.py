@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bot import messages
 from bot.errors import ImagineError, RequestError
-from bot.flow import DeliveryFailed, ImagineService
+from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.progress import ProgressEvent
 from ledger import Generation
@@ -157,26 +157,25 @@ class _SaveToFolder:
     async def conclude(self, report: str) -> None:
         self.write(report)
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
-        try:
-            paths = await asyncio.to_thread(self._save, images, generation.id)
-        except OSError as error:
-            raise DeliveryFailed(
-                f"could not write to {self.output_dir}: {error.strerror}"
-            ) from error
-        for path in paths:
-            self.write(messages.saved_to(str(path)))
-        return len(paths)
-
-    def _save(self, images: Sequence[GeneratedImage], generation_id: str) -> list[Path]:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         for number, image in enumerate(images, start=1):
             extension = _EXTENSIONS.get(image.mime_type, "bin")
-            path = self.output_dir / f"{generation_id}-{number}.{extension}"
-            path.write_bytes(image.data)
-            paths.append(path)
-        return paths
+            path = self.output_dir / f"{generation.id}-{number}.{extension}"
+            try:
+                await asyncio.to_thread(_save, path, image.data)
+            except OSError as error:
+                raise DeliveryFailed(
+                    f"could not write to {self.output_dir}: {error.strerror}"
+                ) from error
+            posted.landed(1)
+            self.write(messages.saved_to(str(path)))
+
+
+def _save(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _admin_arguments(command: str, arguments: str) -> tuple[str, str, str]:

@@ -15,6 +15,7 @@ in ``DISCORD_GUILD_IDS`` or globally.
 # No ``from __future__ import annotations`` here: discord.py reads the command
 # callbacks' annotations, and /imagine's count range comes from the registry.
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -34,7 +35,7 @@ from bot.errors import (
     ImagineError,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages
 from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
@@ -52,6 +53,11 @@ _BYTES_PER_MESSAGE = 24_000_000
 """Below the 25 MB a whole message may carry (a limit Discord enforces on the request,
 beyond each file's own), with room for the rest of the form."""
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_SERVER_ERROR = 500
+_RECENT_MESSAGES = 100
+"""How far back in the channel a lost post is looked for (one page of history)."""
+_ASK_WHEN_STOPPING_SECONDS = 5.0
+"""How long a shutdown waits to learn whether the post it cut short arrived."""
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
 
@@ -287,7 +293,9 @@ class ImagineBot(discord.AutoShardedClient):
     async def _generate(self, interaction: discord.Interaction, held: HeldGeneration) -> None:
         # Progress, images and the outcome all go through the click's token.
         await self.service.generate(
-            held, _PostToChannel(interaction), reachable_for=_LONGEST_EDITABLE_SECONDS
+            held,
+            _PostToChannel(interaction, self.settings.upload_timeout_seconds),
+            reachable_for=_LONGEST_EDITABLE_SECONDS,
         )
 
     async def cancel_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
@@ -567,8 +575,9 @@ class CancelButton(
 class _PostToChannel:
     """Delivery on Discord: progress in the ephemeral message, images as public follow-ups."""
 
-    def __init__(self, interaction: discord.Interaction) -> None:
+    def __init__(self, interaction: discord.Interaction, upload_timeout: float) -> None:
         self.interaction = interaction
+        self.upload_timeout = upload_timeout
 
     async def progress(self, event: ProgressEvent) -> None:
         await self.interaction.edit_original_response(content=messages.progress(event))
@@ -576,7 +585,9 @@ class _PostToChannel:
     async def conclude(self, report: str) -> None:
         await self.interaction.edit_original_response(content=report)
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         limit = self.interaction.filesize_limit
         try:
             fitted = [await fit_within(image, limit) for image in images]
@@ -589,29 +600,88 @@ class _PostToChannel:
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(fitted),
         )
-        posted = 0
         for start, end in _message_batches([len(image.data) for image in fitted]):
             batch = fitted[start:end]
-            files = [
-                discord.File(
-                    io.BytesIO(image.data),
-                    filename=f"{generation.id}-{start + number}.{_EXTENSIONS.get(image.mime_type, 'png')}",
-                )
+            # The generation's id in each file's name is how its images are recognised
+            # in the channel when Discord's answer to a post is lost.
+            names = [
+                f"{generation.id}-{start + number}.{_EXTENSIONS.get(image.mime_type, 'png')}"
                 for number, image in enumerate(batch, start=1)
             ]
+            content = caption if start == 0 else None
             try:
-                await self.interaction.followup.send(
-                    content=caption if start == 0 else discord.utils.MISSING,
-                    files=files,
-                    ephemeral=False,
-                    allowed_mentions=discord.AllowedMentions.none(),
-                )
+                async with asyncio.timeout(self.upload_timeout):
+                    await self._post(content, batch, names)
             except discord.HTTPException as error:
-                if posted:
-                    return posted
-                raise DeliveryFailed(f"Discord refused the upload ({error.status})") from error
-            posted += len(batch)
-        return posted
+                if error.status < _SERVER_ERROR:
+                    # Refused: a message Discord refuses is not posted, not any of it.
+                    raise DeliveryFailed(
+                        messages.upload_refused("Discord", error.status)
+                    ) from error
+                # A 5xx may come after Discord posted the message (and discord.py retries them).
+                await self._count_unanswered(posted, names, error)
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                await self._count_unanswered(posted, names, error)
+            except asyncio.CancelledError:
+                # Stopped mid-upload: the message may have reached the channel all the same.
+                posted.landed(await self._found_in_channel(names, _ASK_WHEN_STOPPING_SECONDS))
+                raise
+            else:
+                posted.landed(len(batch))
+
+    async def _post(
+        self, content: str | None, batch: Sequence[GeneratedImage], names: list[str]
+    ) -> None:
+        files = [
+            discord.File(io.BytesIO(image.data), filename=name)
+            for image, name in zip(batch, names, strict=True)
+        ]
+        await self.interaction.followup.send(
+            content=content,
+            files=files,
+            ephemeral=False,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    async def _count_unanswered(
+        self, posted: PostedImages, names: list[str], error: Exception
+    ) -> None:
+        """A post whose answer was lost: count what Discord shows in the channel, then go on
+        if it all arrived, or stop the delivery here."""
+        logger.warning(
+            "Discord did not answer the post of %s (%r); asking whether it arrived", names, error
+        )
+        found = await self._found_in_channel(names, self.upload_timeout)
+        posted.landed(found)
+        if found < len(names):
+            raise DeliveryFailed(messages.upload_lost("Discord")) from error
+
+    async def _found_in_channel(self, names: list[str], patience: float) -> int:
+        """How many of the files ``names`` are attached to the channel's recent messages.
+
+        When Discord cannot say (no permission to read the history, the
+        connection still down), 0: charging for images the user may never have
+        seen is worse than giving away ones they did.
+        """
+        channel = self.interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            logger.warning("%r has no history to find %s in; counted as not posted", channel, names)
+            return 0
+        wanted = set(names)
+        found: set[str] = set()
+        try:
+            async with asyncio.timeout(patience):
+                async for message in channel.history(limit=_RECENT_MESSAGES):
+                    found.update(a.filename for a in message.attachments if a.filename in wanted)
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError):
+            logger.warning(
+                "could not ask Discord whether %s arrived; counted as not posted",
+                names,
+                exc_info=True,
+            )
+            return 0
+        logger.info("Discord shows %d of %s in the channel", len(found), names)
+        return len(found)
 
 
 def _message_batches(sizes: Sequence[int]) -> list[tuple[int, int]]:

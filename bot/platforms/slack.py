@@ -5,10 +5,11 @@ text form as the console (``parse_imagine``); the quote is acknowledged at
 once as an ephemeral Block Kit message with Generate and Cancel buttons
 carrying the request id; a click holds the credits, and the generation runs in
 the background while the ephemeral message shows progress; the images are
-uploaded to the channel (``files_upload_v2``), and the ephemeral message ends
-with the outcome and the balance. A response_url takes five messages: every
-one sent is counted, progress never takes the last, and an outcome Slack
-refuses anyway is sent with ``chat.postEphemeral``.
+uploaded to the channel (``files_upload_v2``'s three steps, each file counted
+as it is shared), and the ephemeral message ends with the outcome and the
+balance. A response_url takes five messages: every one sent is counted,
+progress never takes the last, and an outcome Slack refuses anyway is sent
+with ``chat.postEphemeral``.
 
 Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
 ``SLACK_HTTP_HOST:SLACK_HTTP_PORT`` at ``/slack/events`` with signature
@@ -25,8 +26,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -43,7 +46,7 @@ from bot.errors import (
     ImagineError,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.progress import Generating, ProgressEvent
 from bot.settings import Settings
@@ -67,6 +70,10 @@ _RESPONSE_URL_LIFETIME = 30 * 60
 _RESPONSE_URL_SECONDS = _RESPONSE_URL_LIFETIME - 60
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 _NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
+_UPLOAD_ERRORS = (SlackApiError, SlackRequestError, aiohttp.ClientError, OSError, TimeoutError)
+"""What a step of an upload fails with: Slack's refusal, or a connection failing or too slow."""
+_ASK_WHEN_STOPPING_SECONDS = 5.0
+"""How long a shutdown waits to learn whether the upload it cut short was shared."""
 
 Respond = Callable[..., Awaitable[Any]]
 
@@ -254,7 +261,13 @@ class SlackImagine:
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
-        delivery = _UploadToChannel(client, respond, body["channel"]["id"], body["user"]["id"])
+        delivery = _UploadToChannel(
+            client,
+            respond,
+            body["channel"]["id"],
+            body["user"]["id"],
+            self.settings.upload_timeout_seconds,
+        )
         await self.background.spawn_after(
             respond(text=messages.SLACK_STARTING, replace_original=True),
             self._run(held, delivery),
@@ -357,12 +370,18 @@ class _UploadToChannel:
     """Delivery on Slack: progress in the ephemeral message, images uploaded to the channel."""
 
     def __init__(
-        self, client: AsyncWebClient, respond: CountedRespond, channel: str, user: str
+        self,
+        client: AsyncWebClient,
+        respond: CountedRespond,
+        channel: str,
+        user: str,
+        upload_timeout: float,
     ) -> None:
         self.client = client
         self.respond = respond
         self.channel = channel
         self.user = user
+        self.upload_timeout = upload_timeout
         self._shown = ""
 
     async def progress(self, event: ProgressEvent) -> None:
@@ -389,7 +408,9 @@ class _UploadToChannel:
         # The user must learn how it ended and what it cost, even with the response_url spent.
         await self.client.chat_postEphemeral(channel=self.channel, user=self.user, text=text)
 
-    async def deliver(self, images: Sequence[GeneratedImage], generation: Generation) -> int:
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
         caption = messages.delivered_caption(
             f"<@{self.user}>",
             # The prompt is anyone's text, shown in the channel under the bot's name.
@@ -397,35 +418,90 @@ class _UploadToChannel:
             str(generation.options.get("model_name", generation.model_id)),
             generation.credits_per_image * len(images),
         )
-        uploads = [
-            {
-                "file": image.data,
-                "filename": f"{generation.id}-{number}.{_EXTENSIONS.get(image.mime_type, 'png')}",
-                "title": f"{generation.prompt[:60]} ({number})",
-            }
-            for number, image in enumerate(images, start=1)
-        ]
+        # files_upload_v2's three steps, taken here so that the file ids are known
+        # when the last step's answer is lost and Slack has to be asked what it shared.
+        files: list[dict[str, str]] = []
         try:
-            await self._upload(uploads, caption)
-        except SlackApiError as error:
-            code = _error_code(error.response.data if error.response else {})
-            if code not in _NOT_A_MEMBER:
-                raise DeliveryFailed(f"Slack refused the upload ({code})") from error
-            await self._join()
-            try:
-                await self._upload(uploads, caption)
-            except SlackApiError as again:
-                raise DeliveryFailed(
-                    f"Slack refused the upload ({again.response['error']})"
-                ) from again
-        except SlackRequestError as error:
-            raise DeliveryFailed("the upload to Slack failed") from error
-        return len(images)
+            async with aiohttp.ClientSession() as session:
+                for number, image in enumerate(images, start=1):
+                    extension = _EXTENSIONS.get(image.mime_type, "png")
+                    file_id = await self._upload(
+                        session, image.data, f"{generation.id}-{number}.{extension}"
+                    )
+                    files.append({"id": file_id, "title": f"{generation.prompt[:60]} ({number})"})
+        except _UPLOAD_ERRORS as error:
+            # Nothing is in the channel until the upload is completed.
+            raise DeliveryFailed(_why_not_posted(error)) from error
+        await self._share(files, caption, posted)
 
-    async def _upload(self, uploads: list[dict[str, Any]], caption: str) -> None:
-        await self.client.files_upload_v2(
-            channel=self.channel, file_uploads=uploads, initial_comment=caption
-        )
+    async def _upload(self, session: aiohttp.ClientSession, data: bytes, filename: str) -> str:
+        """``files.getUploadURLExternal`` and the POST of the bytes; the file's id."""
+        async with asyncio.timeout(self.upload_timeout):
+            answer = await self.client.files_getUploadURLExternal(
+                filename=filename, length=len(data)
+            )
+        async with (
+            asyncio.timeout(self.upload_timeout),
+            session.post(str(answer["upload_url"]), data=data) as response,
+        ):
+            if response.status != HTTPStatus.OK:
+                raise DeliveryFailed(messages.upload_refused("Slack", response.status))
+        return str(answer["file_id"])
+
+    async def _share(self, files: list[dict[str, str]], caption: str, posted: PostedImages) -> None:
+        """``files.completeUploadExternal``: the files appear in the channel, with the caption."""
+        file_ids = [file["id"] for file in files]
+        try:
+            try:
+                await self._complete(files, caption)
+            except SlackApiError as error:
+                if _error_code(error.response.data if error.response else {}) not in _NOT_A_MEMBER:
+                    raise
+                await self._join()
+                await self._complete(files, caption)
+        except asyncio.CancelledError:
+            # Stopped mid-upload: Slack may have shared the files all the same.
+            posted.landed(await self._count_shared(file_ids, _ASK_WHEN_STOPPING_SECONDS))
+            raise
+        except _UPLOAD_ERRORS as error:
+            # Slack may have shared some or all of them before the failure reached here.
+            logger.warning("completing the upload of %s failed (%r); asking Slack", file_ids, error)
+            shared = await self._count_shared(file_ids, self.upload_timeout)
+            posted.landed(shared)
+            if shared < len(file_ids):
+                raise DeliveryFailed(_why_not_posted(error)) from error
+        else:
+            posted.landed(len(file_ids))
+
+    async def _complete(self, files: list[dict[str, str]], caption: str) -> None:
+        async with asyncio.timeout(self.upload_timeout):
+            await self.client.files_completeUploadExternal(
+                files=files, channel_id=self.channel, initial_comment=caption
+            )
+
+    async def _count_shared(self, file_ids: list[str], patience: float) -> int:
+        """How many of the files ``files.info`` shows shared to the channel.
+
+        Those Slack cannot answer for (no ``files:read`` scope, the connection
+        still down) count as not shared: charging for images the user may never
+        have seen is worse than giving away ones they did.
+        """
+        shared = 0
+        try:
+            async with asyncio.timeout(patience):
+                for file_id in file_ids:
+                    answer = await self.client.files_info(file=file_id)
+                    shared += _shared_to(answer.get("file"), self.channel)
+        except _UPLOAD_ERRORS:
+            logger.warning(
+                "could not ask Slack whether %s were shared; counting %d as shared",
+                file_ids,
+                shared,
+                exc_info=True,
+            )
+            return shared
+        logger.info("Slack shows %d of %s shared to %s", shared, file_ids, self.channel)
+        return shared
 
     async def _join(self) -> None:
         """Join a public channel, or explain how to invite the bot to a private one."""
@@ -526,6 +602,25 @@ def _clicker(body: Mapping[str, Any]) -> str:
     user = body["user"]
     team = (body.get("team") or {}).get("id") or user["team_id"]
     return slack_account(team, user["id"])
+
+
+def _why_not_posted(error: BaseException) -> str:
+    """For the user: Slack's refusal with its error code, or the connection failing."""
+    if isinstance(error, SlackApiError):
+        return messages.upload_refused(
+            "Slack", _error_code(error.response.data if error.response else {})
+        )
+    return messages.upload_lost("Slack")
+
+
+def _shared_to(file: object, channel: str) -> bool:
+    """Whether a ``files.info`` file object is shared to ``channel``."""
+    if not isinstance(file, Mapping):
+        return False
+    shares = file.get("shares") or {}
+    return any(channel in (shares.get(kind) or {}) for kind in ("public", "private")) or any(
+        channel in (file.get(kind) or ()) for kind in ("channels", "groups", "ims")
+    )
 
 
 def _error_code(data: object) -> str:
