@@ -36,6 +36,7 @@ from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger import Balance, Generation, GenerationStatus, NewGeneration
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
+from providers.calls import AttemptLog, recording_attempts
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -457,15 +458,17 @@ class ImagineService:
             ):
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
-                try:
-                    # The provider keeps the finished images at the time limit, which
-                    # starts with this call; this only stops one that ignores it.
-                    async with asyncio.timeout(self._longest_generation_seconds()):
-                        result = await provider.generate(request, image_done)
-                finally:
-                    self.metrics.provider_latency.labels(generation.provider).observe(
-                        time.monotonic() - provider_started
-                    )
+                with recording_attempts() as calls:
+                    try:
+                        # The provider keeps the finished images at the time limit, which
+                        # starts with this call; this only stops one that ignores it.
+                        async with asyncio.timeout(self._longest_generation_seconds()):
+                            result = await provider.generate(request, image_done)
+                    finally:
+                        self.metrics.provider_latency.labels(generation.provider).observe(
+                            time.monotonic() - provider_started
+                        )
+                        await self._record_attempts(generation, calls)
         except QueuedTooLong:
             return await self._release(generation, "queued_too_long")
         except TimeoutError:
@@ -495,6 +498,22 @@ class ImagineService:
             return await self._release(generation, "delivery_failed")
         posted = self._posted[generation.id] = tuple(images[:delivered])
         return await self._capture(generation, posted, partial_failure)
+
+    async def _record_attempts(self, generation: Generation, calls: AttemptLog) -> None:
+        """Keep the provider's calls on the generation and count them, whatever they came to.
+
+        Only a record: if the database does not take it, the generation goes on.
+        """
+        for call in calls.attempts:
+            self.metrics.provider_attempts.labels(generation.provider, str(call.outcome)).inc()
+        try:
+            await self.ledger.record_attempts(
+                generation.id, [call.as_json() for call in calls.attempts]
+            )
+        except Exception:
+            logger.warning(
+                "could not record the provider calls of %s", generation.id, exc_info=True
+            )
 
     async def _capture(
         self,
