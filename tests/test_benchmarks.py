@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("inflight", "inflight: "),
         ("ledger", "ledger: worst ledger/raw ratio"),
         ("latency", "latency: confirm p99"),
+        ("report", "report: slowest report sqlite"),
     ],
 )
 def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:
