@@ -129,9 +129,8 @@ class RetryPolicy:
         """The wait after call number ``attempt``: what the provider asked for, else backoff with jitter."""
         asked = _retry_after(headers) if headers is not None else None
         if asked is None:
-            backoff = self.initial_delay_seconds * 2 ** (attempt - 1)
-            # Jitter spreads the retries of the calls that were refused together.
-            asked = backoff + random.uniform(0, self.initial_delay_seconds)
+            # Up to a quarter off spreads the retries of calls that were refused together.
+            asked = self.initial_delay_seconds * 2 ** (attempt - 1) * random.uniform(0.75, 1.0)
         return min(asked, self.max_delay_seconds)
 
 
