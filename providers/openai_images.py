@@ -9,7 +9,8 @@ was made (``providers/calls.py``), and records every call; those retries happen
 inside a call and so count against the request's time limit.
 
 Settings (``ProviderConfig.options``): ``concurrency`` (``OPENAI_CONCURRENCY``),
-``request_timeout_seconds`` and ``max_retries``; see ``OpenAIOptions``.
+``request_timeout_seconds`` (``OPENAI_REQUEST_TIMEOUT_SECONDS``) and
+``max_retries`` (``OPENAI_MAX_RETRIES``); see ``OpenAIOptions``.
 """
 
 from __future__ import annotations
