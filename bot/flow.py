@@ -39,6 +39,7 @@ from bot.parsing import ImagineRequest
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
+from providers.calls import AttemptLog, recording_attempts
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -495,17 +496,19 @@ class ImagineService:
                 references = await self._references(generation)
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
-                try:
-                    # The provider keeps the finished images at the time limit, which
-                    # starts with this call; this only stops one that ignores it.
-                    async with asyncio.timeout(self._longest_generation_seconds()):
-                        result = await provider.generate(
-                            replace(request, reference_images=references), image_done
+                with recording_attempts() as calls:
+                    try:
+                        # The provider keeps the finished images at the time limit, which
+                        # starts with this call; this only stops one that ignores it.
+                        async with asyncio.timeout(self._longest_generation_seconds()):
+                            result = await provider.generate(
+                                replace(request, reference_images=references), image_done
+                            )
+                    finally:
+                        self.metrics.provider_latency.labels(generation.provider).observe(
+                            time.monotonic() - provider_started
                         )
-                finally:
-                    self.metrics.provider_latency.labels(generation.provider).observe(
-                        time.monotonic() - provider_started
-                    )
+                        await self._record_attempts(generation, calls)
                 # Nor through the delivery, which can take a while.
                 del references
         except QueuedTooLong:
@@ -574,6 +577,22 @@ class ImagineService:
             )
             raise ReferencesLost()
         return tuple(ReferenceImage(reference.data, reference.media_type) for reference in stored)
+
+    async def _record_attempts(self, generation: Generation, calls: AttemptLog) -> None:
+        """Keep the provider's calls on the generation and count them, whatever they came to.
+
+        Only a record: if the database does not take it, the generation goes on.
+        """
+        for call in calls.attempts:
+            self.metrics.provider_attempts.labels(generation.provider, str(call.outcome)).inc()
+        try:
+            await self.ledger.record_attempts(
+                generation.id, [call.as_json() for call in calls.attempts]
+            )
+        except Exception:
+            logger.warning(
+                "could not record the provider calls of %s", generation.id, exc_info=True
+            )
 
     async def _capture(
         self,

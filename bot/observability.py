@@ -59,6 +59,12 @@ class Metrics:
             buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180),
             registry=self.registry,
         )
+        self.provider_attempts = Counter(
+            "imagine_provider_attempts",
+            "HTTP calls made to a provider for generations, retries included, by how each ended",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
         self.settlements = Counter(
             "imagine_settlements",
             "Holds this process settled: captured (by outcome), released (by reason) or swept",

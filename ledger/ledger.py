@@ -422,6 +422,17 @@ class Ledger:
         values = {"generation_id": generation_id, "images": images}
         await self._database.write(lambda connection: connection.execute(_MARK_POSTED, values))
 
+    async def record_attempts(
+        self, generation_id: str, attempts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Keep the calls made to the provider for ``generation_id``, in order, once they have ended.
+
+        Written whatever the outcome, so that a call the provider may have billed
+        is on record even when the user was charged nothing.
+        """
+        values = {"generation_id": generation_id, "attempts": [dict(each) for each in attempts]}
+        await self._database.write(lambda connection: connection.execute(_RECORD_ATTEMPTS, values))
+
     async def expired_leases(self) -> list[str]:
         """The running generations whose lease has run out: their owner no longer answers for them."""
 
@@ -937,6 +948,11 @@ _CLOSE_QUOTE = (
 )
 """A quote's end without a hold: cancelled or expired."""
 
+_RECORD_ATTEMPTS = (
+    update(generations)
+    .where(generations.c.id == bindparam("generation_id"))
+    .values(provider_attempts=bindparam("attempts", type_=generations.c.provider_attempts.type))
+)
 _MARK_POSTED = (
     update(generations)
     .where(

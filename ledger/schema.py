@@ -94,7 +94,8 @@ generations = Table(
     Column("images_posted", Integer, nullable=True),
     Column("owner", String(120), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
-    Column("provider_attempts", JSON, nullable=True),
+    # None is SQL NULL, "not recorded", rather than a JSON null the report would have to skip.
+    Column("provider_attempts", JSON(none_as_null=True), nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",

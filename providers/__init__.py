@@ -87,6 +87,7 @@ register(
             ("api_version", "GEMINI_API_VERSION"),
             ("concurrency", "GEMINI_CONCURRENCY"),
             ("max_attempts", "GEMINI_MAX_ATTEMPTS"),
+            ("request_timeout_seconds", "GEMINI_REQUEST_TIMEOUT_SECONDS"),
         ),
         model_options=(
             ModelOption(
@@ -106,7 +107,11 @@ register(
         "providers.openai_images:OpenAIProvider",
         api_key_env=("OPENAI_API_KEY",),
         base_url_env="OPENAI_BASE_URL",
-        option_env=(("concurrency", "OPENAI_CONCURRENCY"),),
+        option_env=(
+            ("concurrency", "OPENAI_CONCURRENCY"),
+            ("max_retries", "OPENAI_MAX_RETRIES"),
+            ("request_timeout_seconds", "OPENAI_REQUEST_TIMEOUT_SECONDS"),
+        ),
         model_options=(
             ModelOption(
                 "quality",

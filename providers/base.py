@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from providers.calls import calls_are_for_image
 from providers.errors import ProviderError, ProviderTimeout
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ async def generate_each(
 
     async def attempt(index: int) -> GeneratedImage | ProviderError:
         nonlocal finished
+        # Each image runs in a task of its own, so this names the calls of this image only.
+        calls_are_for_image(index)
         outcome = await outcome_of(index)
         finished += 1
         await on_image_done(finished, request.count)

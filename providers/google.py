@@ -5,9 +5,12 @@ request for N images is N calls, run concurrently under the provider's call
 limit (``GEMINI_CONCURRENCY``). Every answer is read for the reason it holds no
 image: a blocked prompt, a blocked output, or text instead of a picture.
 
-Retries are the SDK's own (``HttpRetryOptions``): a few, with exponential
-backoff and jitter, on 429 and 5xx only. The request's time limit bounds the
-calls and the waits between them together.
+The SDK's own retries (``HttpRetryOptions``) are off: they would also resend
+a call that timed out, which Google may have made and billed. Its
+``ProviderHttpClient`` retries only answers that prove no image was made, with
+exponential backoff and jitter (``providers/calls.py``), and records every
+call. The request's time limit bounds the calls and the waits between them
+together.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from providers.base import (
     generate_each,
     read_options,
 )
+from providers.calls import ProviderHttpClient, RetryPolicy
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -47,7 +51,6 @@ from providers.errors import (
 )
 
 _TRANSPORT_ERRORS = (httpx2.TransportError, OSError)
-_RETRIED_STATUSES = [429, 500, 502, 503, 504]
 _LONGEST_DETAIL = 200
 
 # Why a prompt was refused before any image was made (``prompt_feedback.block_reason``).
@@ -94,24 +97,21 @@ class GoogleProvider(ImageProvider):
         if not config.api_key:
             raise ValueError("no API key is configured (set GEMINI_API_KEY)")
         options = read_options(GoogleOptions, config, self.name)
-        retries = types.HttpRetryOptions(
-            attempts=options.max_attempts,
-            initial_delay=options.retry_initial_delay_seconds,
-            max_delay=options.retry_max_delay_seconds,
-            # Jitter as large as the first delay spreads the retries of concurrent calls.
-            jitter=options.retry_initial_delay_seconds,
-            http_status_codes=_RETRIED_STATUSES,
-        )
-        # Our own httpx2 client keeps the SDK off its aiohttp path, which subclasses
+        # Our own httpx2 client also keeps the SDK off its aiohttp path, which subclasses
         # aiohttp.ClientSession and so warns (DeprecationWarning) on every new session
         # once aiohttp is installed, as it is beside Slack's async adapter.
-        self._http = httpx2.AsyncClient()
+        self._http = ProviderHttpClient(
+            RetryPolicy(
+                attempts=options.max_attempts,
+                initial_delay_seconds=options.retry_initial_delay_seconds,
+                max_delay_seconds=options.retry_max_delay_seconds,
+            )
+        )
         http_options = types.HttpOptions(
             httpx_async_client=self._http,
             base_url=config.base_url,
             api_version=options.api_version,
             timeout=round(options.request_timeout_seconds * 1000),
-            retry_options=retries,
         )
         self._client = genai.Client(
             vertexai=False, api_key=config.api_key, http_options=http_options

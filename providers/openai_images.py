@@ -2,12 +2,15 @@
 
 Each image is its own call with ``n=1`` (``images.generate``, or ``images.edit``
 when the user sent reference images), so users see progress image by image and
-keep the images that worked when another call fails. The SDK retries 429s, 5xx
-answers, timeouts and dropped connections itself; those retries happen inside
-a call and so count against the request's time limit.
+keep the images that worked when another call fails. The SDK's own retries are
+off: they would also resend a call that timed out, which OpenAI may have made
+and billed. Its ``ProviderHttpClient`` retries only answers that prove no image
+was made (``providers/calls.py``), and records every call; those retries happen
+inside a call and so count against the request's time limit.
 
 Settings (``ProviderConfig.options``): ``concurrency`` (``OPENAI_CONCURRENCY``),
-``request_timeout_seconds`` and ``max_retries``; see ``OpenAIOptions``.
+``request_timeout_seconds`` (``OPENAI_REQUEST_TIMEOUT_SECONDS``) and
+``max_retries`` (``OPENAI_MAX_RETRIES``); see ``OpenAIOptions``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import io
 import mimetypes
 from collections.abc import Sequence
 
+import httpx2
 import openai
 from openai.types import ImagesResponse
 from PIL import Image
@@ -36,6 +40,7 @@ from providers.base import (
     pixel_size,
     read_options,
 )
+from providers.calls import ProviderHttpClient, RetryPolicy
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -54,6 +59,9 @@ SQUARE = "1024x1024"
 
 # OpenAI's error messages can run to a paragraph; users are shown this much.
 _MESSAGE_LIMIT = 200
+# The backoff the SDK itself uses between retries.
+_RETRY_INITIAL_DELAY_SECONDS = 0.5
+_RETRY_MAX_DELAY_SECONDS = 8.0
 
 
 class OpenAIOptions(ProviderOptions):
@@ -62,9 +70,9 @@ class OpenAIOptions(ProviderOptions):
     concurrency: int = Field(4, ge=1)
     """Calls in flight at once across every generation, to stay inside the account's rate limit."""
     request_timeout_seconds: float = Field(120.0, gt=0, allow_inf_nan=False)
-    """How long one HTTP call may take before the SDK abandons (and perhaps retries) it."""
+    """How long one HTTP call may wait for OpenAI; a call that runs out is not retried."""
     max_retries: int = Field(2, ge=0)
-    """How many times the SDK itself retries a call after a 429, 5xx, timeout or lost connection."""
+    """How many times a call is sent again after an answer that made nothing (429, 408, 500, 503)."""
 
 
 class OpenAIProvider(ImageProvider):
@@ -78,11 +86,23 @@ class OpenAIProvider(ImageProvider):
             # Without one the SDK would quietly read OPENAI_API_KEY itself, or
             # fail with its own error type, which start-up does not expect.
             raise ValueError("the openai provider needs an API key (set OPENAI_API_KEY)")
+        # The connection limits and redirects of the SDK's default client; the retries
+        # move from the SDK into this client.
+        http = ProviderHttpClient(
+            RetryPolicy(
+                attempts=options.max_retries + 1,
+                initial_delay_seconds=_RETRY_INITIAL_DELAY_SECONDS,
+                max_delay_seconds=_RETRY_MAX_DELAY_SECONDS,
+            ),
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=True,
+        )
         self._client = openai.AsyncOpenAI(
             api_key=config.api_key,
             base_url=config.base_url or None,
-            max_retries=options.max_retries,
+            max_retries=0,
             timeout=options.request_timeout_seconds,
+            http_client=http,
         )
         self._limit = asyncio.Semaphore(options.concurrency)
 
@@ -146,7 +166,7 @@ class OpenAIProvider(ImageProvider):
         return None
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.close()  # closes self._http too
 
 
 def gpt_image_size(aspect_ratio: str) -> str:

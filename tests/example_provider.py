@@ -26,6 +26,7 @@ from providers.base import (
     pixel_size,
     read_options,
 )
+from providers.calls import ProviderHttpClient, RetryPolicy
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -47,7 +48,9 @@ class AcmeProvider(ImageProvider):
         if not config.api_key:
             raise ValueError("no API key is configured (set ACME_API_KEY)")
         options = read_options(AcmeOptions, config, self.name)
-        self._http = httpx2.AsyncClient(
+        # Retries only what is safe to send again, and records every call on its generation.
+        self._http = ProviderHttpClient(
+            RetryPolicy(attempts=3),
             base_url=config.base_url or "https://api.acme.example",
             headers={"Authorization": f"Bearer {config.api_key}"},
             timeout=60,

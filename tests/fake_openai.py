@@ -57,6 +57,8 @@ class Answer:
     code: str | None = None
     empty: bool = False
     """Succeed with no image data at all."""
+    hang_up: bool = False
+    """Close the connection without answering, as if it broke after the request arrived."""
 
 
 Succeed = Callable[[], Awaitable[web.Response]]
@@ -87,6 +89,9 @@ class FakeOpenAI:
 
     def then_no_image(self) -> None:
         self._script.append(Answer(empty=True))
+
+    def then_hang_up(self, times: int = 1) -> None:
+        self._script.extend([Answer(hang_up=True)] * times)
 
     async def __aenter__(self) -> FakeOpenAI:
         # Big enough for reference images; handlers stop when the client hangs up,
@@ -151,6 +156,10 @@ class FakeOpenAI:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(answer.delay)
+            if answer.hang_up:
+                assert request.transport is not None
+                request.transport.close()
+                raise asyncio.CancelledError()
             if answer.status is not None:
                 return _error(answer.status, answer.message, answer.code)
             if answer.empty:

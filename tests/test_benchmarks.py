@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("ledger", "ledger: worst ledger/raw ratio"),
         ("latency", "latency: confirm p99"),
         ("references", "references: peak RSS growth"),
+        ("report", "report: slowest report sqlite"),
     ],
 )
 def test_a_quick_benchmark_run_prints_its_headline(name: str, headline: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from bot.registry import load_registry
 from providers import PROVIDERS
 from providers.base import ImageRequest, ProviderConfig, ReferenceImage, pixel_size
+from providers.calls import AttemptLog, recording_attempts
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -93,6 +94,11 @@ def request(
     **fields: Any,
 ) -> ImageRequest:
     return ImageRequest(model, "a lighthouse at dusk", count, resolution, aspect_ratio, **fields)
+
+
+def outcomes(calls: AttemptLog) -> list[tuple[int, int, str, int | None]]:
+    """Each recorded call as ``(image, attempt, outcome, status)``; its seconds vary."""
+    return [(call.image, call.attempt, call.outcome, call.status) for call in calls.attempts]
 
 
 class Progress:
@@ -351,14 +357,41 @@ async def test_a_slow_answer_times_out_at_the_time_limit(
         await provider.generate(request(time_limit_seconds=0.2), Progress())
 
 
-async def test_a_slow_answer_times_out_at_the_request_timeout(
+async def test_a_slow_answer_times_out_at_the_request_timeout_and_is_never_sent_again(
     fake: FakeGemini, make_provider: MakeProvider
 ) -> None:
-    provider = await make_provider(request_timeout_seconds="0.2", max_attempts="1")
-    fake.script(Reply(delay_seconds=30))
+    provider = await make_provider(request_timeout_seconds="0.2", max_attempts="3")
+    fake.script(*[Reply(delay_seconds=30)] * 3)
 
-    with pytest.raises(ProviderTimeout):
+    with recording_attempts() as calls, pytest.raises(ProviderTimeout):
         await provider.generate(request(), Progress())
+
+    assert len(fake.calls) == 1, "Google may have made and billed the image"
+    assert outcomes(calls) == [(0, 1, "timeout", None)]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_that_lost_google_mid_call_is_not_sent_again(
+    fake: FakeGemini, make_provider: MakeProvider, status: int
+) -> None:
+    provider = await make_provider(max_attempts="3")
+    fake.script(*[Reply(status, error_body(status, "UNAVAILABLE", "upstream went away"))] * 3)
+
+    with pytest.raises(ProviderUnavailable):
+        await provider.generate(request(), Progress())
+
+    assert len(fake.calls) == 1
+
+
+async def test_a_429_then_an_image_is_recorded_as_two_calls(
+    fake: FakeGemini, provider: GoogleProvider
+) -> None:
+    fake.script(RATE_LIMITED)
+
+    with recording_attempts() as calls:
+        await provider.generate(request(), Progress())
+
+    assert outcomes(calls) == [(0, 1, "rate_limited", 429), (0, 2, "ok", 200)]
 
 
 async def test_an_unreachable_host_is_unavailable() -> None:

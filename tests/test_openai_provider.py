@@ -12,6 +12,7 @@ from PIL import Image
 
 from providers import PROVIDERS
 from providers.base import ImageRequest, OptionValue, ProviderConfig, ReferenceImage
+from providers.calls import AttemptLog, recording_attempts
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -65,6 +66,11 @@ def png(size: tuple[int, int], colour: tuple[int, int, int], image_format: str =
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def outcomes(calls: AttemptLog) -> list[tuple[int, int, str, int | None]]:
+    """Each recorded call as ``(image, attempt, outcome, status)``; its seconds vary."""
+    return [(call.image, call.attempt, call.outcome, call.status) for call in calls.attempts]
 
 
 @pytest.fixture
@@ -254,14 +260,89 @@ async def test_an_answer_slower_than_the_time_limit_is_a_timeout(
     assert loop.time() - started < 1
 
 
-async def test_a_call_slower_than_the_request_timeout_is_a_timeout(fake: FakeOpenAI) -> None:
-    fake.then_delay(5)
+async def test_a_call_slower_than_the_request_timeout_is_a_timeout_never_sent_again(
+    fake: FakeOpenAI,
+) -> None:
+    fake.then_delay(5, times=3)
 
-    async with openai_provider(fake, request_timeout_seconds="0.2", max_retries="0") as provider:
-        with pytest.raises(ProviderTimeout):
+    async with openai_provider(fake, request_timeout_seconds="0.2", max_retries="2") as provider:
+        with recording_attempts() as calls, pytest.raises(ProviderTimeout):
+            await provider.generate(request(), ignore_progress)
+
+    assert len(fake.calls) == 1, "OpenAI may have made and billed the image"
+    assert outcomes(calls) == [(0, 1, "timeout", None)]
+
+
+async def test_a_connection_broken_after_the_request_was_sent_is_not_sent_again(
+    fake: FakeOpenAI,
+) -> None:
+    fake.then_hang_up(times=3)
+
+    async with openai_provider(fake, max_retries="2") as provider:
+        with recording_attempts() as calls, pytest.raises(ProviderUnavailable):
             await provider.generate(request(), ignore_progress)
 
     assert len(fake.calls) == 1
+    assert outcomes(calls) == [(0, 1, "connection_lost", None)]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_that_lost_openai_mid_call_is_not_sent_again(
+    fake: FakeOpenAI, status: int
+) -> None:
+    fake.then_error(status, "upstream went away", times=3)
+
+    async with openai_provider(fake, max_retries="2") as provider:
+        with pytest.raises(ProviderUnavailable):
+            await provider.generate(request(), ignore_progress)
+
+    assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"), [(429, "rate_limited"), (408, "refused"), (500, "server_error")]
+)
+async def test_an_answer_that_made_nothing_is_retried_and_each_call_recorded(
+    fake: FakeOpenAI, status: int, outcome: str
+) -> None:
+    fake.then_error(status, "not now")
+
+    async with openai_provider(fake, max_retries="2") as provider:
+        with recording_attempts() as calls:
+            result = await provider.generate(request(), ignore_progress)
+
+    assert len(result.images) == 1
+    assert outcomes(calls) == [(0, 1, outcome, status), (0, 2, "ok", 200)]
+    assert all(call.seconds >= 0 for call in calls.attempts)
+
+
+async def test_the_calls_of_each_image_are_numbered_apart(fake: FakeOpenAI) -> None:
+    fake.then_delay(0.05)
+    fake.then_error(503, "The engine is currently overloaded.")
+
+    async with openai_provider(fake, max_retries="1") as provider:
+        with recording_attempts() as calls:
+            await provider.generate(request(count=2), ignore_progress)
+
+    # Either image's call may reach the fake first and meet the 503.
+    by_image = {
+        image: [
+            (attempt, outcome) for index, attempt, outcome, _ in outcomes(calls) if index == image
+        ]
+        for image in (0, 1)
+    }
+    assert sorted(by_image.values()) == [[(1, "ok")], [(1, "server_error"), (2, "ok")]]
+
+
+async def test_a_refused_connection_is_tried_again_as_nothing_was_sent() -> None:
+    async with FakeOpenAI() as stopped:
+        pass  # its port is now closed: connections are refused
+
+    async with openai_provider(stopped, max_retries="1") as provider:
+        with recording_attempts() as calls, pytest.raises(ProviderUnavailable):
+            await provider.generate(request(), ignore_progress)
+
+    assert outcomes(calls) == [(0, 1, "unreachable", None), (0, 2, "unreachable", None)]
 
 
 async def test_an_answer_without_image_data_is_unavailable_not_a_crash(

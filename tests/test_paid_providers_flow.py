@@ -14,7 +14,7 @@ import pytest
 from bot.app import open_service
 from bot.flow import ImagineService
 from bot.settings import Settings
-from ledger import GenerationStatus
+from ledger import Generation, GenerationStatus
 from tests import fake_gemini, fake_openai
 from tests.conftest import FakeClock
 from tests.fake_gemini import FakeGemini, Reply, blocked_output, blocked_prompt, error_body
@@ -175,3 +175,75 @@ async def test_openai_images_are_saved_and_charged_at_the_model_quality(
     assert {call.body["quality"] for call in openai_api.calls} == {"high"}
     assert {call.body["size"] for call in openai_api.calls} == {"1536x1024"}
     assert await available(service) == 84
+
+
+def calls_of(generation: Generation) -> list[tuple[int, int, str, int | None]]:
+    """The generation's recorded provider calls as ``(image, attempt, outcome, status)``, by image."""
+    assert generation.provider_attempts is not None
+    for call in generation.provider_attempts:
+        assert isinstance(call["seconds"], float | int) and call["seconds"] >= 0
+    return sorted(
+        (call["image"], call["attempt"], call["outcome"], call["status"])
+        for call in generation.provider_attempts
+    )
+
+
+def attempts_counted(service: ImagineService, provider: str, outcome: str) -> float | None:
+    return service.metrics.registry.get_sample_value(
+        "imagine_provider_attempts_total", {"provider": provider, "outcome": outcome}
+    )
+
+
+async def test_a_rate_limited_call_and_its_retry_are_both_kept_on_the_generation(
+    console: ScriptedConsole, service: ImagineService, openai_api: FakeOpenAI
+) -> None:
+    openai_api.then_error(429, "Rate limit reached for images per minute.", "rate_limit_exceeded")
+
+    said = await console.say("/imagine model:gpt-image a harbour", "y")
+
+    assert "Done: 1 image for 8 credits." in said
+    assert calls_of(await last_generation(service)) == [
+        (0, 1, "rate_limited", 429),
+        (0, 2, "ok", 200),
+    ]
+    assert attempts_counted(service, "openai", "rate_limited") == 1
+    assert attempts_counted(service, "openai", "ok") == 1
+
+
+async def test_a_failed_generation_keeps_its_calls_too(
+    console: ScriptedConsole, service: ImagineService, gemini: FakeGemini
+) -> None:
+    gemini.script(*[Reply(503, error_body(503, "UNAVAILABLE", "The model is overloaded."))] * 2)
+
+    await console.say("/imagine model:gemini-3-pro count:2 a harbour", "y")
+
+    generation = await last_generation(service)
+    assert generation.status == GenerationStatus.FAILED
+    assert calls_of(generation) == [(0, 1, "server_error", 503), (1, 1, "server_error", 503)]
+    assert attempts_counted(service, "google", "server_error") == 2
+
+
+@pytest.fixture
+def short_openai_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_REQUEST_TIMEOUT_SECONDS", "0.3")
+
+
+async def test_a_call_slower_than_its_timeout_is_made_once_and_the_credits_returned(
+    short_openai_timeout: None,
+    console: ScriptedConsole,
+    service: ImagineService,
+    openai_api: FakeOpenAI,
+) -> None:
+    openai_api.then_delay(5, times=3)
+
+    said = await console.say("/imagine model:gpt-image a harbour", "y")
+
+    assert (
+        "The provider took too long to answer; try again, perhaps with fewer images; "
+        "no credits were charged."
+    ) in said
+    assert len(openai_api.calls) == 1, "OpenAI may have made and billed the image"
+    generation = await last_generation(service)
+    assert (generation.status, generation.error_code) == (GenerationStatus.FAILED, "timeout")
+    assert calls_of(generation) == [(0, 1, "timeout", None)]
+    assert await available(service) == 100

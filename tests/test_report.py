@@ -109,6 +109,48 @@ async def test_since_leaves_out_older_generations(
     }
 
 
+async def test_since_counts_what_was_settled_since_even_if_confirmed_before(
+    report: Report, service: ImagineService, clock: FakeClock
+) -> None:
+    quote = await service.quote(ANA, parse_imagine("model:scripted count:2 a fox", service.catalog))
+    await service.ledger.hold(quote.id, ANA)
+    clock.advance(days=1)
+    await service.ledger.capture(quote.id, 2)
+
+    recent = await build_report(service.ledger.engine, since=clock.now.replace(hour=0, minute=0))
+
+    assert {model.model_id: model.generations for model in recent.models} == {"scripted": 1}
+    assert [(entry.day.isoformat(), entry.credits_charged) for entry in recent.daily] == [
+        ("2026-11-26", 20)
+    ]
+
+
+async def test_providers_count_the_calls_recorded_per_image_asked_for(
+    report: Report, service: ImagineService
+) -> None:
+    [generation, *_] = await service.ledger.history(ANA, limit=1)
+    await service.ledger.record_attempts(
+        generation.id,
+        [
+            {"image": 0, "attempt": 1, "outcome": "rate_limited", "status": 429, "seconds": 0.1},
+            {"image": 0, "attempt": 2, "outcome": "ok", "status": 200, "seconds": 9.5},
+            {"image": 1, "attempt": 1, "outcome": "ok", "status": 200, "seconds": 9.1},
+        ],
+    )
+
+    rebuilt = await build_report(service.ledger.engine, since=None)
+
+    # The scripted and local providers make no HTTP calls; the three recorded here are
+    # for 6 images asked of the scripted provider.
+    rows = {row["provider"]: row for row in rebuilt.tables()["providers"]}
+    assert (rows["scripted"]["calls"], rows["scripted"]["calls_per_image"]) == (3, 0.5)
+    assert (rows["local"]["calls"], rows["local"]["calls_per_image"]) == (0, 0.0)
+    assert {provider.provider: provider.calls for provider in report.providers} == {
+        "local": 0,
+        "scripted": 0,
+    }
+
+
 async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) -> None:
     text = messages.report(report.tables(), "csv")
 
