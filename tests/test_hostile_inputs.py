@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import logging
+import shutil
 import struct
 import zlib
 from collections import Counter
@@ -541,6 +542,14 @@ class SlackChat:
 async def slack() -> AsyncIterator[LoopbackSlack]:
     async with LoopbackSlack() as fake:
         yield fake
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, migrated_sqlite_file: Path) -> str:
+    """SQLite only: the table is about what the adapters and rules answer, the same on both
+    databases (which every ledger and flow test checks); nothing refused reaches the database."""
+    shutil.copyfile(migrated_sqlite_file, tmp_path / "imagine.db")
+    return f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from ledger import (
     create_engine,
     migrate,
 )
-from tests.conftest import FakeClock, postgres_database
+from tests.conftest import FakeClock, SessionPostgres, postgres_database
 
 ACCOUNTS = ("discord:1", "discord:2", "slack:T1:U3")
 T = TypeVar("T")
@@ -247,11 +247,20 @@ LedgerMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=
 TestLedgerStateMachine = LedgerMachine.TestCase
 
 
+_POSTGRES = SessionPostgres()
+"""Migrated once, emptied for each run: creating a database per run took most of the test's time."""
+
+
+@contextlib.asynccontextmanager
+async def emptied_postgres() -> AsyncIterator[str]:
+    yield await _POSTGRES.emptied()
+
+
 class PostgresLedgerMachine(LedgerMachine):
-    """The same on a fresh PostgreSQL database per run."""
+    """The same on PostgreSQL, emptied for each run."""
 
     def new_database(self) -> contextlib.AbstractAsyncContextManager[str]:
-        return postgres_database()
+        return emptied_postgres()
 
 
 @pytest.mark.postgres
@@ -262,7 +271,10 @@ def test_random_ledger_operations_on_postgresql_keep_every_balance_exact() -> No
             pass
 
     asyncio.run(reachable())
-    run_state_machine_as_test(
-        PostgresLedgerMachine,
-        settings=settings(max_examples=25, stateful_step_count=25, deadline=None),
-    )
+    try:
+        run_state_machine_as_test(
+            PostgresLedgerMachine,
+            settings=settings(max_examples=25, stateful_step_count=25, deadline=None),
+        )
+    finally:
+        asyncio.run(_POSTGRES.drop())

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from bot import messages
 from bot.catalog import ModelCatalog
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
-from bot.parsing import ImagineOptions, parse_imagine, parse_imagine_text, validate_request
+from bot.parsing import (
+    ImagineOptions,
+    parse_imagine,
+    parse_imagine_text,
+    validate_request,
+    visible_text,
+)
 from bot.registry import Registry, load_registry
 from providers import PROVIDERS
 from providers.base import ReferenceImage
@@ -475,3 +481,21 @@ def test_options_survive_any_plain_prompt(prompt: str, count: int, aspect: str) 
     assume(words)
     options = parse_imagine_text(f"count:{count} {words} aspect:{aspect}")
     assert (options.prompt, options.count, options.aspect) == (words, str(count), aspect)
+
+
+@pytest.mark.parametrize(
+    ("typed", "kept"),
+    [
+        ("a\x00 fox", "a fox"),
+        ("\x1b[31mred", "[31mred"),
+        ("a \u202eevil\u202c cat", "a evil cat"),
+        ("zero\u200bwidth\ufeff", "zerowidth"),
+        ("tag\U000e0041\U000e0042s", "tags"),
+        ("astronaut \U0001f469\u200d\U0001f680", "astronaut \U0001f469\u200d\U0001f680"),
+        ("tab\tand\nnewline", "tab\tand\nnewline"),
+    ],
+)
+def test_control_and_invisible_characters_are_removed_but_not_the_emoji_joiner(
+    typed: str, kept: str
+) -> None:
+    assert visible_text(typed) == kept
