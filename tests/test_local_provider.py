@@ -212,7 +212,8 @@ def test_pixel_size_refuses_what_is_not_a_size(resolution: str, aspect: str) -> 
 
 async def test_at_the_time_limit_the_finished_images_are_kept_and_the_rest_time_out() -> None:
     slow = LocalProvider(ProviderConfig(options={"delay_seconds": "0.2"}))
-    limited = replace(request(count=20), time_limit_seconds=0.5)
+    # 20 images take at least 4 s; in 2 s even a busy machine draws one.
+    limited = replace(request(count=20), time_limit_seconds=2)
 
     result = await slow.generate(limited, ignore_progress)
 
