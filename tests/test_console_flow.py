@@ -477,7 +477,7 @@ async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_th
 async def test_a_slow_progress_message_at_the_time_limit_does_not_lose_the_finished_images(
     service: ImagineService, scripted: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service.generation_timeout = timedelta(seconds=2)  # a grace of 0.2 s after it
+    service.generation_timeout = timedelta(seconds=4)  # a grace of 0.4 s after it
 
     async def first_image_only(request: ImageRequest, on_image_done: ImageDone) -> GenerationResult:
         async def make(index: int) -> GeneratedImage:
@@ -493,7 +493,7 @@ async def test_a_slow_progress_message_at_the_time_limit_does_not_lose_the_finis
         async def progress(self, event: ProgressEvent) -> None:
             await super().progress(event)
             if isinstance(event, Generating) and event.finished == 2:
-                await asyncio.sleep(0.3)  # a platform's rate limit, say
+                await asyncio.sleep(1.0)  # a platform's rate limit, say
 
     quote = await service.quote(
         OWNER, parse_imagine("model:scripted count:2 a fox", service.catalog)
