@@ -152,6 +152,35 @@ ledger_entries = Table(
     Index("ix_ledger_entries_account_id", "account_id", "id"),
 )
 
+price_overrides = Table(
+    "price_overrides",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(120), nullable=False),
+    Column("model_id", String(100), nullable=True),
+    Column("credits_per_image", BigInteger, nullable=True),
+    Column("percent_off", Integer, nullable=True),
+    Column("until", UTCDateTime, nullable=True),
+    Column("actor", String(120), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("(credits_per_image IS NULL) <> (percent_off IS NULL)", name="one_rule"),
+    CheckConstraint(
+        "credits_per_image IS NULL OR credits_per_image >= 0", name="price_not_negative"
+    ),
+    CheckConstraint(
+        "percent_off IS NULL OR (percent_off >= 1 AND percent_off <= 100)",
+        name="percent_in_range",
+    ),
+    CheckConstraint("percent_off IS NULL OR model_id IS NULL", name="percent_for_every_model"),
+    Index("ix_price_overrides_account_id", "account_id"),
+)
+"""An admin's price for one account: a fixed credits-per-image for one model (``model_id``
+set), or a percent off every model (``model_id`` NULL); optionally until a time.
+
+Not a foreign key to ``accounts``: a price may be set before the account's first command.
+"""
+
 bot_state = Table(
     "bot_state",
     metadata,
