@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -58,9 +59,17 @@ def check_attachment(filename: str, content_type: str | None, size: int) -> str:
     return claimed
 
 
+DECODES_AT_ONCE = 2
+"""Images decoded at the same time, by this process: each may take 200 MB while it is."""
+_DECODER = ThreadPoolExecutor(max_workers=DECODES_AT_ONCE, thread_name_prefix="reference")
+"""Its own threads: a queue of large attachments must not hold memory, nor the threads
+``asyncio.to_thread`` lends the rest of the bot."""
+
+
 async def prepare(filename: str, claimed_type: str, data: bytes) -> ReferenceImage:
     """``clean``, off the event loop (decoding and encoding take a while for a large image)."""
-    return await asyncio.to_thread(clean, filename, claimed_type, data)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_DECODER, clean, filename, claimed_type, data)
 
 
 def clean(filename: str, claimed_type: str, data: bytes) -> ReferenceImage:

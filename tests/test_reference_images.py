@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 from typing import Any
 
 import pytest
 from PIL import ExifTags, Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
-from bot import messages
+from bot import messages, references
 from bot.errors import RequestError
 from bot.references import MAX_BYTES, MAX_PIXELS, check_attachment, clean, prepare
+from providers.base import ReferenceImage
 from tests.fakes import one_colour_png
 
 
@@ -192,3 +196,28 @@ async def test_prepare_gives_what_clean_gives() -> None:
     assert await prepare("red.png", "image/png", original) == clean(
         "red.png", "image/png", original
     )
+
+
+async def test_no_more_than_two_images_are_decoded_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoding = 0
+    most_at_once = 0
+    counting = threading.Lock()
+
+    def slow_clean(filename: str, claimed_type: str, data: bytes) -> ReferenceImage:
+        nonlocal decoding, most_at_once
+        with counting:
+            decoding += 1
+            most_at_once = max(most_at_once, decoding)
+        time.sleep(0.05)
+        with counting:
+            decoding -= 1
+        return ReferenceImage(data, claimed_type)
+
+    monkeypatch.setattr(references, "clean", slow_clean)
+    original = encoded("PNG")
+
+    await asyncio.gather(*(prepare(f"{n}.png", "image/png", original) for n in range(8)))
+
+    assert most_at_once == references.DECODES_AT_ONCE == 2
