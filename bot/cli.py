@@ -31,6 +31,7 @@ from bot.app import (
     freeze_startup_heap,
     load_catalog,
     load_models,
+    load_prices,
     open_credits,
     open_ledger,
     open_service,
@@ -338,7 +339,9 @@ async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
 
 async def _check_models(settings: Settings, *, online: bool) -> int:
     registry = load_models(settings)
+    pricing = load_prices(settings)
     print(f"{registry.path}: {len(registry.models)} models, no problems found.")
+    print(messages.pricing_checked(pricing.path, settings.pricing_file))
     for warning in price_warnings(registry, settings.credit_value_usd):
         print(f"warning: {warning}", file=sys.stderr)
     if not online:

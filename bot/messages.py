@@ -11,13 +11,18 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 
 if TYPE_CHECKING:
+    from fractions import Fraction
+
+    from bot.pricing import Price
     from bot.registry import ModelSpec
-    from ledger import Balance, Generation
+    from ledger import Balance, Generation, PriceOverride
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
@@ -220,6 +225,16 @@ def registry_unusable(problems: Sequence[str]) -> str:
     return "The models file has problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
+def pricing_unusable(problems: Sequence[str]) -> str:
+    return "The pricing file has problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def pricing_checked(loaded: Path | None, setting: Path) -> str:
+    if loaded is None:
+        return f"{setting}: no such file, so no allowance and no batch discounts."
+    return f"{loaded}: no problems found."
+
+
 def credits(amount: int) -> str:
     return f"{amount} credit" if amount == 1 else f"{amount} credits"
 
@@ -370,12 +385,49 @@ CANCEL_BUTTON = "Cancel"
 
 
 def quote_summary(
-    model_name: str, count: int, resolution: str, aspect_ratio: str, price: int, available: int
+    model_name: str, count: int, resolution: str, aspect_ratio: str, price: Price, available: int
 ) -> str:
-    return (
+    summary = (
         f"{model_name} · {images(count)} · {resolution} · {aspect_ratio}\n"
-        f"Price: {credits(price)} · your balance: {credits(available)}"
+        f"Price: {price_breakdown(price)} · your balance: {credits(available)}"
     )
+    if price.override is None:
+        return summary
+    return f"{summary}\n{your_price(price, price.override)}"
+
+
+def price_breakdown(price: Price) -> str:
+    """The price, and when a rule made it other than the list price, the arithmetic:
+    "4 × 10 = 40 · batch −10% → 36 credits"."""
+    if not price.rules:
+        return credits(price.total)
+    product = f"{price.count} × {_number(price.per_image)} = {_number(price.subtotal)}"
+    if not price.batch_percent and price.subtotal == price.total:
+        return f"{price.count} × {_number(price.per_image)} = {credits(price.total)}"
+    batch = f" · batch −{price.batch_percent}%" if price.batch_percent else ""
+    least = " (the least a request costs)" if price.at_minimum else ""
+    return f"{product}{batch} → {credits(price.total)}{least}"
+
+
+def your_price(price: Price, override: PriceOverride) -> str:
+    """The account's own price, beside the list price it replaces."""
+    terms = [f"{override.percent_off}% off"] if override.percent_off is not None else []
+    if override.until is not None:
+        terms.append(f"until {moment(override.until)}")
+    detail = f" ({', '.join(terms)})" if terms else ""
+    return f"Your price {_number(price.per_image)} per image, list {price.list_per_image}{detail}."
+
+
+def moment(when: datetime) -> str:
+    """A time as every sentence shows it: to the minute, in UTC, saying so."""
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _number(value: Fraction) -> str:
+    """A price in credits: whole, or with the hundredths a percent off leaves."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.2f}".rstrip("0")
 
 
 def balance_line(available: int, held: int) -> str:

@@ -157,13 +157,6 @@ def test_a_per_resolution_price_overrides_the_base_price_at_that_resolution(
     assert [model.credits_for(r) for r in ("1K", "2K", "4K")] == [2, 2, 5]
 
 
-def test_the_price_is_the_per_image_price_at_the_resolution_times_the_count(
-    tmp_path: Path,
-) -> None:
-    [model] = load(tmp_path, with_key('resolution_credits = { "4K" = 5 }')).models
-    assert (model.price("1K", 3), model.price("4K", 3)) == (6, 15)
-
-
 def test_lookup_ignores_case_and_surrounding_spaces(tmp_path: Path) -> None:
     registry = load(tmp_path, VALID)
     assert registry.get("  SKETCH ") is registry.models[0]
