@@ -483,6 +483,74 @@ def already_revoked(account: str, amount: int, available: int) -> str:
     )
 
 
+# -- price overrides ----------------------------------------------------------
+
+PRICE_ONE_RULE = (
+    "Give either a model and its credits per image, or --percent-off N for every model, not both;"
+    " nothing was changed."
+)
+PRICE_REASON_NEEDED = "Give a reason for the price (--reason TEXT); nothing was changed."
+
+
+def bad_percent(text: str) -> str:
+    return f"'{_echo(text)}' is not a percent; give a whole number from 1 to 100."
+
+
+def bad_date(text: str) -> str:
+    return (
+        f"'{_echo(text)}' is not a date; give an ISO 8601 date or time such as 2026-12-31"
+        " or 2026-12-31T18:00+01:00 (UTC unless an offset is given)."
+    )
+
+
+def date_in_the_past(when: datetime) -> str:
+    return f"{moment(when)} has already passed; give a date still to come. Nothing was changed."
+
+
+def _until(until: datetime | None) -> str:
+    return "" if until is None else f" until {moment(until)}"
+
+
+def model_price_set(account: str, model_id: str, price: int, until: datetime | None) -> str:
+    return (
+        f"{account} now pays {credits(price)} per image of {model_id}{_until(until)},"
+        " in place of the list price and any earlier price for that model."
+    )
+
+
+def percent_off_set(account: str, percent: int, until: datetime | None) -> str:
+    return (
+        f"{account} now gets {percent}% off every model{_until(until)}, in place of any earlier"
+        " percent off (a model with its own price for them keeps that price)."
+    )
+
+
+def no_price_overrides(account: str | None) -> str:
+    if account is None:
+        return "No account has a price of its own; everyone pays list prices."
+    return f"{account} has no price of its own; they pay list prices."
+
+
+def price_override_line(override: PriceOverride, in_force: bool) -> str:
+    if override.credits_per_image is not None:
+        rule = f"{override.model_id}: {credits(override.credits_per_image)} per image"
+    else:
+        rule = f"every model: {override.percent_off}% off"
+    state = "" if in_force else " (expired, ignored)"
+    return (
+        f"{override.account_id}  {rule}{_until(override.until)}{state}"
+        f"  set by {override.actor} on {moment(override.created_at)}: {override.reason}"
+    )
+
+
+def price_overrides_cleared(account: str, model_id: str | None, cleared: int) -> str:
+    scope = f" for {model_id}" if model_id is not None else ""
+    if not cleared:
+        return f"{account} had no price of its own{scope}; nothing was changed."
+    rules = "price override" if cleared == 1 else "price overrides"
+    return f"Cleared {cleared} {rules} of {account}{scope}; they pay list prices there now."
+
+
 IDEMPOTENCY_KEY_REUSED = (
     "That idempotency key was already used for a different grant or revoke (another account,"
     " amount or action), so this one was not made; use a new key for a new change."
