@@ -15,9 +15,16 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bot.catalog import ModelCatalog, ProviderPool, build_catalog, check_models_online
 from bot.credits import Credits
-from bot.errors import DatabaseOutdated, DatabaseTooNew, DatabaseUnavailable, RegistryUnusable
+from bot.errors import (
+    DatabaseOutdated,
+    DatabaseTooNew,
+    DatabaseUnavailable,
+    PricingUnusable,
+    RegistryUnusable,
+)
 from bot.flow import MEGABYTE, Clock, ImagineService
 from bot.observability import health_application
+from bot.pricing import Pricing, PricingError, load_pricing
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
 from ledger import Ledger, QuoteLimits, create_engine, migrate, utc_now
@@ -42,6 +49,13 @@ def load_models(settings: Settings) -> Registry:
         return load_registry(settings.models_file, PROVIDERS)
     except RegistryError as error:
         raise RegistryUnusable(error.problems) from None
+
+
+def load_prices(settings: Settings) -> Pricing:
+    try:
+        return load_pricing(settings.pricing_file, required=settings.pricing_file_required)
+    except PricingError as error:
+        raise PricingUnusable(error.problems) from None
 
 
 def load_catalog(settings: Settings) -> tuple[ModelCatalog, ProviderPool]:
@@ -118,6 +132,7 @@ async def open_service(
     what dead processes left behind, sweep periodically, and serve health and
     metrics. Without it (a one-off command) nothing is upgraded or settled.
     """
+    pricing = load_prices(settings)
     catalog, providers = load_catalog(settings)
     try:
         if check_online:
@@ -129,6 +144,7 @@ async def open_service(
                 catalog=catalog,
                 providers=providers,
                 credits=credits,
+                pricing=pricing,
                 quote_ttl=timedelta(seconds=settings.quote_ttl_seconds),
                 generation_timeout=timedelta(seconds=settings.generation_timeout_seconds),
                 provider_concurrency=settings.provider_concurrency,

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -31,6 +31,7 @@ from bot.app import (
     freeze_startup_heap,
     load_catalog,
     load_models,
+    load_prices,
     open_credits,
     open_ledger,
     open_service,
@@ -42,6 +43,7 @@ from bot.errors import ImagineError, RequestError
 from bot.flow import ImagineService
 from bot.observability import configure_logging
 from bot.platforms.console import ConsoleChat, stdin_reader
+from bot.prices import PriceAdmin
 from bot.registry import price_warnings
 from bot.settings import Settings
 from ledger import migrate, utc_now
@@ -138,6 +140,34 @@ def _parser() -> argparse.ArgumentParser:
             help="run again with the same KEY and nothing more changes (for scripts that retry)",
         )
         admin.set_defaults(handler=_grant if name == "grant" else _revoke)
+
+    price = commands.add_parser("price", help="an account's own prices (price overrides)")
+    price_commands = price.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    price_set = price_commands.add_parser(
+        "set",
+        help="a fixed price per image of one model (ACCOUNT MODEL CREDITS), "
+        "or a percent off every model (ACCOUNT --percent-off N)",
+    )
+    price_set.add_argument("account", help="e.g. discord:1234, slack:T01:U02, console:alice")
+    price_set.add_argument("model", nargs="?", help="the model id, for a fixed price")
+    price_set.add_argument("credits", nargs="?", help="credits per image of that model")
+    price_set.add_argument("--percent-off", metavar="N", help="1-100 percent off every model")
+    price_set.add_argument(
+        "--until", metavar="DATE", help="ISO 8601 date or time, UTC unless it gives an offset"
+    )
+    price_set.add_argument("--reason", required=True, help="recorded with the price")
+    price_set.set_defaults(handler=_price_set)
+    price_list = price_commands.add_parser(
+        "list", help="the price overrides of ACCOUNT, or of every account"
+    )
+    price_list.add_argument("account", nargs="?")
+    price_list.set_defaults(handler=_price_list)
+    price_clear = price_commands.add_parser(
+        "clear", help="remove ACCOUNT's price for MODEL, or all of its price overrides"
+    )
+    price_clear.add_argument("account")
+    price_clear.add_argument("model", nargs="?")
+    price_clear.set_defaults(handler=_price_clear)
 
     balance = commands.add_parser("balance", help="show an account's balance")
     balance.add_argument("account")
@@ -338,7 +368,9 @@ async def _models(settings: Settings, arguments: argparse.Namespace) -> int:
 
 async def _check_models(settings: Settings, *, online: bool) -> int:
     registry = load_models(settings)
+    pricing = load_prices(settings)
     print(f"{registry.path}: {len(registry.models)} models, no problems found.")
+    print(messages.pricing_checked(pricing.path, settings.pricing_file))
     for warning in price_warnings(registry, settings.credit_value_usd):
         print(f"warning: {warning}", file=sys.stderr)
     if not online:
@@ -401,6 +433,45 @@ async def _adjust(settings: Settings, arguments: argparse.Namespace, action: str
     else:
         report = messages.already_revoked if repeat else messages.revoked
     print(report(balance.account, parse_amount(arguments.amount), balance.available))
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _price_admin(settings: Settings, actor: str) -> AsyncIterator[PriceAdmin]:
+    """Overrides as the operator at the terminal changes them: they own the database."""
+    registry = load_models(settings)
+    async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
+        yield PriceAdmin(credits, registry)
+
+
+async def _price_set(settings: Settings, arguments: argparse.Namespace) -> int:
+    actor = _cli_actor()
+    async with _price_admin(settings, actor) as prices:
+        print(
+            await prices.set_price(
+                actor,
+                arguments.account,
+                model=arguments.model,
+                credits_per_image=arguments.credits,
+                percent_off=arguments.percent_off,
+                until=arguments.until,
+                reason=arguments.reason,
+            )
+        )
+    return 0
+
+
+async def _price_list(settings: Settings, arguments: argparse.Namespace) -> int:
+    actor = _cli_actor()
+    async with _price_admin(settings, actor) as prices:
+        print(await prices.list_prices(actor, arguments.account))
+    return 0
+
+
+async def _price_clear(settings: Settings, arguments: argparse.Namespace) -> int:
+    actor = _cli_actor()
+    async with _price_admin(settings, actor) as prices:
+        print(await prices.clear_prices(actor, arguments.account, arguments.model))
     return 0
 
 

@@ -20,6 +20,7 @@ and nothing changed.
     ├── RevokeExceedsBalance    a revoke of more than the account has available
     ├── IdempotencyKeyReused    a grant or revoke's key was used for a different change
     ├── RegistryUnusable        the models file failed validation
+    ├── PricingUnusable         the pricing file failed validation
     └── DatabaseUnavailable     the database at DATABASE_URL could not be opened
 """
 
@@ -161,6 +162,12 @@ class IdempotencyKeyReused(ImagineError):
 class RegistryUnusable(ImagineError):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__(messages.registry_unusable(problems))
+        self.problems = tuple(problems)
+
+
+class PricingUnusable(ImagineError):
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(messages.pricing_unusable(problems))
         self.problems = tuple(problems)
 
 

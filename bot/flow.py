@@ -36,8 +36,10 @@ from bot.errors import (
 )
 from bot.observability import HealthCheck, Metrics
 from bot.parsing import ImagineRequest
+from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
+from ledger.rules import delivered_charge
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
 from providers.calls import AttemptLog, recording_attempts
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -105,6 +107,8 @@ class Quote:
     generation: Generation
     request: ImagineRequest
     balance: Balance
+    breakdown: Price
+    """How the price was made: list price, the account's own price, batch discount."""
 
     @property
     def id(self) -> str:
@@ -122,9 +126,14 @@ class Quote:
             self.request.count,
             self.request.resolution,
             self.request.aspect_ratio,
-            self.price,
+            self.breakdown,
             self.balance.available,
         )
+
+
+def charged_for(generation: Generation, images: int) -> int:
+    """What ``images`` of the generation's images cost, as its settlement will charge them."""
+    return delivered_charge(generation.price, generation.images_requested, images)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,7 @@ class ImagineService:
         catalog: ModelCatalog,
         providers: ProviderPool,
         credits: Credits,
+        pricing: Pricing = NO_PRICING,
         quote_ttl: timedelta = timedelta(minutes=10),
         generation_timeout: timedelta = timedelta(minutes=3),
         provider_concurrency: int = 4,
@@ -231,6 +241,7 @@ class ImagineService:
         self.providers = providers
         self.credits = credits
         self.ledger = credits.ledger
+        self.pricing = pricing
         self.quote_ttl = quote_ttl
         self.generation_timeout = generation_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -272,6 +283,7 @@ class ImagineService:
         """
         if not self.accepting:
             raise ShuttingDown()
+        priced = await self.price(account, request)
         try:
             balance, generation = await self.ledger.open_quote(
                 NewGeneration(
@@ -287,9 +299,14 @@ class ImagineService:
                         "model_name": request.model.display_name,
                         # What was priced is what is made, whatever the registry says later.
                         "provider_options": dict(request.model.provider_options),
+                        # The ledger records the price itself; these say how it was made,
+                        # so history and analytics stay true when prices change.
+                        "list_price": priced.list_price,
+                        "price_rules": priced.rules,
                     },
                     images_requested=request.count,
                     credits_per_image=request.credits_per_image,
+                    price_total=priced.total,
                     expires_at=self._clock() + self.quote_ttl,
                     channel=channel,
                 ),
@@ -302,7 +319,18 @@ class ImagineService:
             )
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
-        return Quote(generation, request, balance)
+        return Quote(generation, request, balance, priced)
+
+    async def price(self, account: str, request: ImagineRequest) -> Price:
+        """What ``request`` costs ``account`` now (``bot.pricing.price``)."""
+        return price(
+            request.credits_per_image,
+            request.count,
+            batch=self.pricing.discounts_for(request.model.batch_discounts),
+            overrides=await self.ledger.price_overrides(account),
+            model_id=request.model.id,
+            now=self._clock(),
+        )
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         try:

@@ -11,13 +11,18 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 
 if TYPE_CHECKING:
+    from fractions import Fraction
+
+    from bot.pricing import Price
     from bot.registry import ModelSpec
-    from ledger import Balance, Generation
+    from ledger import Balance, Generation, PriceOverride
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
@@ -220,6 +225,16 @@ def registry_unusable(problems: Sequence[str]) -> str:
     return "The models file has problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
+def pricing_unusable(problems: Sequence[str]) -> str:
+    return "The pricing file has problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def pricing_checked(loaded: Path | None, setting: Path) -> str:
+    if loaded is None:
+        return f"{setting}: no such file, so no allowance and no batch discounts."
+    return f"{loaded}: no problems found."
+
+
 def credits(amount: int) -> str:
     return f"{amount} credit" if amount == 1 else f"{amount} credits"
 
@@ -370,12 +385,49 @@ CANCEL_BUTTON = "Cancel"
 
 
 def quote_summary(
-    model_name: str, count: int, resolution: str, aspect_ratio: str, price: int, available: int
+    model_name: str, count: int, resolution: str, aspect_ratio: str, price: Price, available: int
 ) -> str:
-    return (
+    summary = (
         f"{model_name} · {images(count)} · {resolution} · {aspect_ratio}\n"
-        f"Price: {credits(price)} · your balance: {credits(available)}"
+        f"Price: {price_breakdown(price)} · your balance: {credits(available)}"
     )
+    if price.override is None:
+        return summary
+    return f"{summary}\n{your_price(price, price.override)}"
+
+
+def price_breakdown(price: Price) -> str:
+    """The price, and when a rule made it other than the list price, the arithmetic:
+    "4 × 10 = 40 · batch −10% → 36 credits"."""
+    if not price.rules:
+        return credits(price.total)
+    product = f"{price.count} × {_number(price.per_image)} = {_number(price.subtotal)}"
+    if not price.batch_percent and price.subtotal == price.total:
+        return f"{price.count} × {_number(price.per_image)} = {credits(price.total)}"
+    batch = f" · batch −{price.batch_percent}%" if price.batch_percent else ""
+    least = " (the least a request costs)" if price.at_minimum else ""
+    return f"{product}{batch} → {credits(price.total)}{least}"
+
+
+def your_price(price: Price, override: PriceOverride) -> str:
+    """The account's own price, beside the list price it replaces."""
+    terms = [f"{override.percent_off}% off"] if override.percent_off is not None else []
+    if override.until is not None:
+        terms.append(f"until {moment(override.until)}")
+    detail = f" ({', '.join(terms)})" if terms else ""
+    return f"Your price {_number(price.per_image)} per image, list {price.list_per_image}{detail}."
+
+
+def moment(when: datetime) -> str:
+    """A time as every sentence shows it: to the minute, in UTC, saying so."""
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _number(value: Fraction) -> str:
+    """A price in credits: whole, or with the hundredths a percent off leaves."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.2f}".rstrip("0")
 
 
 def balance_line(available: int, held: int) -> str:
@@ -429,6 +481,74 @@ def already_revoked(account: str, amount: int, available: int) -> str:
         f"Already revoked {credits(amount)} from {account} with this key, so nothing changed;"
         f" their balance is {credits(available)}."
     )
+
+
+# -- price overrides ----------------------------------------------------------
+
+PRICE_ONE_RULE = (
+    "Give either a model and its credits per image, or --percent-off N for every model, not both;"
+    " nothing was changed."
+)
+PRICE_REASON_NEEDED = "Give a reason for the price (--reason TEXT); nothing was changed."
+
+
+def bad_percent(text: str) -> str:
+    return f"'{_echo(text)}' is not a percent; give a whole number from 1 to 100."
+
+
+def bad_date(text: str) -> str:
+    return (
+        f"'{_echo(text)}' is not a date; give an ISO 8601 date or time such as 2026-12-31"
+        " or 2026-12-31T18:00+01:00 (UTC unless an offset is given)."
+    )
+
+
+def date_in_the_past(when: datetime) -> str:
+    return f"{moment(when)} has already passed; give a date still to come. Nothing was changed."
+
+
+def _until(until: datetime | None) -> str:
+    return "" if until is None else f" until {moment(until)}"
+
+
+def model_price_set(account: str, model_id: str, price: int, until: datetime | None) -> str:
+    return (
+        f"{account} now pays {credits(price)} per image of {model_id}{_until(until)},"
+        " in place of the list price and any earlier price for that model."
+    )
+
+
+def percent_off_set(account: str, percent: int, until: datetime | None) -> str:
+    return (
+        f"{account} now gets {percent}% off every model{_until(until)}, in place of any earlier"
+        " percent off (a model with its own price for them keeps that price)."
+    )
+
+
+def no_price_overrides(account: str | None) -> str:
+    if account is None:
+        return "No account has a price of its own; everyone pays list prices."
+    return f"{account} has no price of its own; they pay list prices."
+
+
+def price_override_line(override: PriceOverride, in_force: bool) -> str:
+    if override.credits_per_image is not None:
+        rule = f"{override.model_id}: {credits(override.credits_per_image)} per image"
+    else:
+        rule = f"every model: {override.percent_off}% off"
+    state = "" if in_force else " (expired, ignored)"
+    return (
+        f"{override.account_id}  {rule}{_until(override.until)}{state}"
+        f"  set by {override.actor} on {moment(override.created_at)}: {override.reason}"
+    )
+
+
+def price_overrides_cleared(account: str, model_id: str | None, cleared: int) -> str:
+    scope = f" for {model_id}" if model_id is not None else ""
+    if not cleared:
+        return f"{account} had no price of its own{scope}; nothing was changed."
+    rules = "price override" if cleared == 1 else "price overrides"
+    return f"Cleared {cleared} {rules} of {account}{scope}; they pay list prices there now."
 
 
 IDEMPOTENCY_KEY_REUSED = (

@@ -72,11 +72,8 @@ class ImagineRequest:
 
     @property
     def credits_per_image(self) -> int:
+        """The list price of one image at the chosen resolution (``bot.pricing`` makes the price)."""
         return self.model.credits_for(self.resolution)
-
-    @property
-    def price(self) -> int:
-        return self.model.price(self.resolution, self.count)
 
 
 def parse_imagine_text(text: str) -> ImagineOptions:

@@ -19,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot import messages
 from bot.platform_limits import DISCORD_CHOICE_CHARACTERS
+from bot.pricing import (
+    MAX_BATCH_THRESHOLD,
+    BatchDiscounts,
+    Percent,
+    batch_discounts,
+    batch_problems,
+)
 from providers import ProviderSpec
 from providers.base import OptionValue
 
@@ -59,6 +66,8 @@ class ModelSpec:
     """The provider's list price of one image, when recorded."""
     resolution_cost_usd: Mapping[str, float] = field(default_factory=dict)
     provider_options: Mapping[str, OptionValue] = field(default_factory=dict)
+    batch_discounts: BatchDiscounts | None = None
+    """This model's own batch discounts, replacing the pricing file's; None: the file's."""
 
     def cost_for(self, resolution: str) -> float | None:
         """What the provider charges us for one image at ``resolution``, if recorded."""
@@ -67,9 +76,6 @@ class ModelSpec:
     def credits_for(self, resolution: str) -> int:
         """Credits one image costs at ``resolution``."""
         return self.resolution_credits.get(resolution, self.credits_per_image)
-
-    def price(self, resolution: str, count: int) -> int:
-        return self.credits_for(resolution) * count
 
     @property
     def accepts_reference_images(self) -> bool:
@@ -122,13 +128,14 @@ class _ModelEntry(BaseModel):
     active: bool = True
     resolutions: list[Resolution] = Field(min_length=1)
     aspect_ratios: list[AspectRatio] = Field(min_length=1)
-    max_images: int = Field(ge=1, le=10)
+    max_images: int = Field(ge=1, le=MAX_BATCH_THRESHOLD)
     max_reference_images: int = Field(default=0, ge=0, le=16)
     cost_per_image_usd: Annotated[float, Field(ge=0, le=1_000, allow_inf_nan=False)] | None = None
     resolution_cost_usd: dict[str, Annotated[float, Field(ge=0, le=1_000, allow_inf_nan=False)]] = (
         Field(default_factory=dict)
     )
     provider_options: dict[str, OptionValue] = Field(default_factory=dict)
+    batch_discounts: dict[str, Percent] | None = None
 
     @field_validator("resolutions", "aspect_ratios")
     @classmethod
@@ -229,6 +236,11 @@ def load_registry(path: Path, providers: Mapping[str, ProviderSpec]) -> Registry
         if choice_problems:
             problems.extend(f"{where}: {p}" for p in choice_problems)
             continue
+        if entry.batch_discounts is not None:
+            discount_problems = batch_problems(entry.batch_discounts, entry.max_images)
+            if discount_problems:
+                problems.extend(f"{where}: key 'batch_discounts': {p}" for p in discount_problems)
+                continue
         models.append(_to_spec(model_id, entry))
 
     if not problems and not any(model.active for model in models):
@@ -329,6 +341,9 @@ def _to_spec(model_id: str, entry: _ModelEntry) -> ModelSpec:
         cost_per_image_usd=entry.cost_per_image_usd,
         resolution_cost_usd=dict(entry.resolution_cost_usd),
         provider_options=dict(entry.provider_options),
+        batch_discounts=(
+            None if entry.batch_discounts is None else batch_discounts(entry.batch_discounts)
+        ),
     )
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./imagine.db"
     models_file: Path = Path("config/models.toml")
+    pricing_file: Path = Path("config/pricing.toml")
+    """Allowances and batch discounts. Missing at this default: none of either; named
+    explicitly (``PRICING_FILE``) and missing: an error."""
     admin_accounts: Annotated[tuple[str, ...], NoDecode] = ()
     starting_credits: int = Field(default=0, ge=0, le=MAX_GRANT)
     output_dir: Path = Path("./imagine-out")
@@ -260,6 +263,11 @@ class Settings(BaseSettings):
                 value = self.environment_value(variable)
                 rows.append((variable, "" if value is None else _mask(value)))
         return rows
+
+    @property
+    def pricing_file_required(self) -> bool:
+        """Whether PRICING_FILE was set: then a missing file is a mistake, not "no pricing"."""
+        return "pricing_file" in self.model_fields_set
 
     @property
     def has_chat_platform(self) -> bool:

@@ -29,6 +29,7 @@ from ledger.values import (
     Generation,
     GenerationStatus,
     NewGeneration,
+    PriceOverride,
     QuoteLimits,
     QuoteReference,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "NewGeneration",
+    "PriceOverride",
     "QuoteExpired",
     "QuoteLimits",
     "QuoteReference",

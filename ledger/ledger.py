@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import rules
+from ledger import prices, rules
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
@@ -68,6 +68,7 @@ from ledger.schema import (
 )
 from ledger.transactions import Database, Work, create_engine
 from ledger.values import (
+    PRICE_OPTION,
     REFERENCE_COUNT_OPTION,
     Balance,
     Discrepancy,
@@ -76,6 +77,7 @@ from ledger.values import (
     Generation,
     GenerationStatus,
     NewGeneration,
+    PriceOverride,
     QuoteLimits,
     QuoteReference,
 )
@@ -517,6 +519,46 @@ class Ledger:
             lambda connection: [_generation_from(row) for row in connection.execute(query)]
         )
 
+    # -- price overrides (``ledger.prices``) ----------------------------------
+
+    async def set_price_override(
+        self,
+        account: str,
+        *,
+        model_id: str | None,
+        credits_per_image: int | None = None,
+        percent_off: int | None = None,
+        until: datetime | None = None,
+        actor: str,
+        reason: str,
+    ) -> PriceOverride:
+        """Give ``account`` its own price, replacing its rule of the same scope (the model, or
+        every model): a fixed ``credits_per_image`` for ``model_id``, or ``percent_off`` every
+        model (``model_id`` None)."""
+        return await self._database.write(
+            partial(
+                prices.set_override,
+                account=account,
+                model_id=model_id,
+                credits_per_image=credits_per_image,
+                percent_off=percent_off,
+                until=until,
+                actor=actor,
+                reason=reason[:_REASON_LENGTH],
+                now=self._clock(),
+            )
+        )
+
+    async def price_overrides(self, account: str | None = None) -> list[PriceOverride]:
+        """``account``'s price overrides, or everyone's; expired ones included."""
+        return await self._database.read(partial(prices.overrides, account=account))
+
+    async def clear_price_overrides(self, account: str, model_id: str | None = None) -> int:
+        """Remove ``account``'s override for ``model_id``, or all of them; how many there were."""
+        return await self._database.write(
+            partial(prices.clear_overrides, account=account, model_id=model_id)
+        )
+
     async def entries(self, account: str, *, limit: int = 50) -> list[Entry]:
         """The account's ledger entries, newest first."""
         query = (
@@ -675,7 +717,7 @@ class Ledger:
             "provider": new.provider,
             "provider_model": new.provider_model,
             "prompt": new.prompt,
-            "options": {**new.options, REFERENCE_COUNT_OPTION: references},
+            "options": {**new.options, REFERENCE_COUNT_OPTION: references, PRICE_OPTION: new.price},
             "channel": new.channel,
             "images_requested": new.images_requested,
             "images_delivered": 0,

@@ -115,6 +115,22 @@ def already_settled(generation: Generation) -> bool:
     return generation.status.is_final and generation.confirmed_at is not None
 
 
+def delivered_charge(held: int, requested: int, delivered: int) -> int:
+    """What ``delivered`` of ``requested`` images cost out of a hold of ``held`` credits.
+
+    Each image's share of the quoted price, rounded down: with a batch discount
+    the price is no longer per image × count, and a partial delivery must never
+    cost more than the whole (nor more per image than the user was quoted).
+    Every image delivered is the whole hold, to the credit. Before price rules
+    the hold was per image × count, and this is exactly per image × delivered.
+    """
+    if requested <= 0 or delivered <= 0:
+        return 0
+    if delivered >= requested:
+        return held
+    return held * delivered // requested
+
+
 def settlement(
     running: Generation,
     images_delivered: int,
@@ -123,14 +139,14 @@ def settlement(
 ) -> Settlement:
     """Settling ``running`` for ``images_delivered`` (clamped to what was asked).
 
-    Each delivered image is charged at the quoted price per image; the rest of
-    the hold goes back to available. Raises ``InvalidTransition`` for a
-    generation that is not running.
+    The delivered images are charged their share of the hold
+    (``delivered_charge``); the rest of the hold goes back to available.
+    Raises ``InvalidTransition`` for a generation that is not running.
     """
     if running.status != GenerationStatus.RUNNING:
         raise InvalidTransition(running.id, running.status, "settle")
     delivered = max(0, min(images_delivered, running.images_requested))
-    charged = delivered * running.credits_per_image
+    charged = delivered_charge(running.credits_held, running.images_requested, delivered)
     returned = running.credits_held - charged
     lines = []
     if charged:
@@ -146,7 +162,7 @@ def settlement(
             )
         )
     if returned:
-        not_delivered = returned // running.credits_per_image
+        not_delivered = running.images_requested - delivered
         lines.append(
             Line(
                 EntryKind.RELEASE,

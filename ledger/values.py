@@ -77,9 +77,14 @@ class NewGeneration:
     credits_per_image: int
     expires_at: datetime
     channel: str | None = None
+    price_total: int | None = None
+    """What the whole request costs when price rules (a discount, an account's own price)
+    made it other than ``credits_per_image`` × ``images_requested``."""
 
     @property
     def price(self) -> int:
+        if self.price_total is not None:
+            return self.price_total
         return self.images_requested * self.credits_per_image
 
 
@@ -116,7 +121,9 @@ class Generation:
 
     @property
     def price(self) -> int:
-        return self.images_requested * self.credits_per_image
+        """What the whole request was quoted at, and is held for on confirm."""
+        # Quotes recorded before price rules existed cost exactly per image times count.
+        return int(self.options.get(PRICE_OPTION, self.images_requested * self.credits_per_image))
 
     @property
     def reference_count(self) -> int:
@@ -126,6 +133,9 @@ class Generation:
 
 REFERENCE_COUNT_OPTION = "reference_images"
 """The option under which ``Ledger.open_quote`` records how many references a quote stores."""
+PRICE_OPTION = "price"
+"""The option under which a quote records its price (``NewGeneration.price``): with discounts
+it is no longer per image × count, and a column for it would be a migration."""
 
 
 @dataclass(frozen=True)
@@ -158,3 +168,23 @@ class Discrepancy:
     entries_available: int
     entries_held: int
     running_holds: int
+
+
+@dataclass(frozen=True)
+class PriceOverride:
+    """An admin's price for one account (table ``price_overrides``): a fixed
+    ``credits_per_image`` for ``model_id``, or ``percent_off`` every model (``model_id`` None)."""
+
+    id: int
+    account_id: str
+    model_id: str | None
+    credits_per_image: int | None
+    percent_off: int | None
+    until: datetime | None
+    actor: str
+    reason: str
+    created_at: datetime
+
+    def in_force(self, now: datetime) -> bool:
+        """An override whose ``until`` has passed is ignored (and kept, as a record)."""
+        return self.until is None or self.until > now

@@ -55,6 +55,16 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
+@pytest.fixture(autouse=True)
+def no_pricing_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty PRICING_FILE unless a test gives its own.
+
+    Tests run at the repository's root, where the shipped ``config/pricing.toml``
+    would otherwise put its batch discounts into every price they compute.
+    """
+    monkeypatch.setenv("PRICING_FILE", os.devnull)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

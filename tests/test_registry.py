@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bot import messages
 from bot.platform_limits import DISCORD_CHOICE_CHARACTERS
+from bot.pricing import BatchDiscounts, Pricing, price
 from bot.registry import Registry, RegistryError, load_registry
 from providers import PROVIDERS
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "models.toml"
 KNOWN = {name: PROVIDERS[name] for name in ("local", "google", "openai")}
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 VALID = """
 [models.sketch]
@@ -155,13 +158,6 @@ def test_a_per_resolution_price_overrides_the_base_price_at_that_resolution(
 ) -> None:
     [model] = load(tmp_path, with_key('resolution_credits = { "4K" = 5 }')).models
     assert [model.credits_for(r) for r in ("1K", "2K", "4K")] == [2, 2, 5]
-
-
-def test_the_price_is_the_per_image_price_at_the_resolution_times_the_count(
-    tmp_path: Path,
-) -> None:
-    [model] = load(tmp_path, with_key('resolution_credits = { "4K" = 5 }')).models
-    assert (model.price("1K", 3), model.price("4K", 3)) == (6, 15)
 
 
 def test_lookup_ignores_case_and_surrounding_spaces(tmp_path: Path) -> None:
@@ -456,3 +452,37 @@ def test_the_error_message_is_every_problem_on_its_own_line(tmp_path: Path) -> N
     with pytest.raises(RegistryError) as refusal:
         load(tmp_path, first + second)
     assert str(refusal.value).splitlines() == refusal.value.problems
+
+
+# -- batch discounts ------------------------------------------------------------
+
+
+def test_a_model_s_batch_discounts_replace_the_pricing_file_s(tmp_path: Path) -> None:
+    [model] = load(tmp_path, with_key("batch_discounts = { 2 = 5, 4 = 15 }")).models
+    file_discounts = Pricing(batch=BatchDiscounts({4: 10, 8: 20}))
+    discounts = file_discounts.discounts_for(model.batch_discounts)
+    assert (discounts.percent_for(2), discounts.percent_for(4)) == (5, 15)
+    assert price(10, 4, batch=discounts, model_id=model.id, now=NOW).total == 34
+
+
+def test_a_model_without_batch_discounts_takes_the_pricing_file_s(tmp_path: Path) -> None:
+    [model] = load(tmp_path, VALID).models
+    file_discounts = BatchDiscounts({4: 10})
+    assert Pricing(batch=file_discounts).discounts_for(model.batch_discounts) is file_discounts
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ("{ 1 = 10 }", "key 'batch_discounts': '1' is not a number of images from 2 to 4"),
+        ("{ 5 = 10 }", "key 'batch_discounts': '5' is not a number of images from 2 to 4"),
+        ("{ 2 = 0 }", "key 'batch_discounts[2]': Input should be greater than or equal to 1"),
+        ("{ 2 = 100 }", "key 'batch_discounts[2]': Input should be less than or equal to 99"),
+        ("{ 2 = 10, 4 = 5 }", "key 'batch_discounts': 4 images get 5% off, no more than"),
+    ],
+)
+def test_bad_batch_discounts_name_the_file_the_model_and_the_key(
+    tmp_path: Path, table: str, problem: str
+) -> None:
+    [found] = problems(tmp_path, with_key(f"batch_discounts = {table}"))
+    assert found.startswith(at(tmp_path, "sketch") + problem)

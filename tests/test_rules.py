@@ -151,3 +151,33 @@ def test_a_new_account_opens_with_one_grant_line_only_when_given_credits() -> No
         ),
     )
     assert rules.opening(ALICE, 0) == ()
+
+
+@pytest.mark.parametrize(
+    ("held", "requested", "delivered", "charged"),
+    [
+        (36, 4, 4, 36),  # every image: the whole hold, to the credit
+        (36, 4, 1, 9),
+        (36, 4, 3, 27),
+        (25, 3, 2, 16),  # 16.67, rounded down
+        (1, 4, 1, 0),  # a request at the 1-credit minimum: one image of four is no whole credit
+        (36, 4, 0, 0),
+        (30, 3, 2, 20),  # before price rules: exactly per image x delivered
+    ],
+)
+def test_a_partial_delivery_pays_its_share_of_the_hold_rounded_down(
+    held: int, requested: int, delivered: int, charged: int
+) -> None:
+    assert rules.delivered_charge(held, requested, delivered) == charged
+
+
+def test_a_discounted_partial_settlement_charges_the_share_and_returns_the_rest() -> None:
+    discounted = quote(
+        status=GenerationStatus.RUNNING, images_requested=4, credits_held=36, confirmed_at=NOW
+    )
+    settled = rules.settlement(discounted, 3)
+    assert (settled.charged, settled.returned) == (27, 9)
+    assert [line.reason for line in settled.lines] == [
+        "3 of 4 images delivered",
+        "1 of 4 images not delivered",
+    ]

@@ -35,7 +35,7 @@ from bot.errors import (
     ImagineError,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
 from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
@@ -598,7 +598,7 @@ class _PostToChannel:
             # The prompt is anyone's text, shown in a public message under the bot's name.
             messages.discord_inert(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
-            generation.credits_per_image * len(fitted),
+            charged_for(generation, len(fitted)),
         )
         for start, end in _message_batches([len(image.data) for image in fitted]):
             batch = fitted[start:end]

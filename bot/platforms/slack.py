@@ -46,7 +46,7 @@ from bot.errors import (
     ImagineError,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages
+from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
 from bot.parsing import parse_imagine
 from bot.progress import Generating, ProgressEvent
 from bot.settings import Settings
@@ -416,7 +416,7 @@ class _UploadToChannel:
             # The prompt is anyone's text, shown in the channel under the bot's name.
             slack_text.inert(generation.prompt),
             str(generation.options.get("model_name", generation.model_id)),
-            generation.credits_per_image * len(images),
+            charged_for(generation, len(images)),
         )
         # files_upload_v2's three steps, taken here so that the file ids are known
         # when the last step's answer is lost and Slack has to be asked what it shared.

@@ -1,0 +1,284 @@
+"""Prices: ``config/pricing.toml`` loaded and validated, and the one rule that prices a request.
+
+Every money rule about what a request costs lives in ``price``: an account's
+override, else the list price at the resolution, times the count, less the
+batch discount, rounded down once, never below 1 credit. Arithmetic is exact
+(fractions) so that a percent off per image and a batch discount round once,
+at the end, in the user's favour.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from fractions import Fraction
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ledger import PriceOverride
+
+MAX_ALLOWANCE = 1_000_000_000
+"""The most credits an allowance may give per period (as the most one grant may)."""
+MAX_BATCH_THRESHOLD = 10
+"""No request asks for more images than this (the registry's limit on ``max_images``)."""
+
+Period = Literal["day", "week", "month"]
+
+
+class PricingError(Exception):
+    """The pricing file cannot be used; ``problems`` lists every fault found."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class BatchDiscounts:
+    """Percent off a request of at least so many images: ``{4: 10, 8: 20}``."""
+
+    percents: Mapping[int, int] = field(default_factory=dict)
+
+    def percent_for(self, count: int) -> int:
+        """The discount of the largest threshold ``count`` reaches; 0 below every threshold."""
+        reached = [threshold for threshold in self.percents if threshold <= count]
+        return self.percents[max(reached)] if reached else 0
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """Free credits per period, per account (granted by a later change; only loaded today)."""
+
+    credits: int = 0
+    """0: no free tier."""
+    period: Period = "day"
+    """In UTC."""
+    discord_roles: Mapping[str, int] = field(default_factory=dict)
+    """Members of the Discord role with this id get this many instead."""
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The pricing file's rules; ``path`` None when there is no file (no allowance, no discounts)."""
+
+    path: Path | None = None
+    allowance: Allowance = Allowance()
+    batch: BatchDiscounts = BatchDiscounts()
+
+    def discounts_for(self, model_discounts: BatchDiscounts | None) -> BatchDiscounts:
+        """A model's own ``batch_discounts`` (models.toml) replace the file's, whole."""
+        return self.batch if model_discounts is None else model_discounts
+
+
+NO_PRICING = Pricing()
+"""No pricing file: no allowance, no batch discounts."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one request costs and why: the breakdown a quote shows and a generation records."""
+
+    list_per_image: int
+    count: int
+    per_image: Fraction
+    """After the account's override, before the batch discount."""
+    override: PriceOverride | None
+    batch_percent: int
+    total: int
+
+    @property
+    def list_price(self) -> int:
+        return self.list_per_image * self.count
+
+    @property
+    def subtotal(self) -> Fraction:
+        return self.per_image * self.count
+
+    @property
+    def discounted(self) -> Fraction:
+        """The subtotal less the batch discount, before rounding down."""
+        return self.subtotal * (100 - self.batch_percent) / 100
+
+    @property
+    def at_minimum(self) -> bool:
+        """Discounts took it below 1 credit, so it costs the least a request may."""
+        return self.total > math.floor(self.discounted)
+
+    @property
+    def rules(self) -> list[dict[str, Any]]:
+        """The rules that made it other than the list price, as a generation records them."""
+        applied: list[dict[str, Any]] = []
+        if self.override is not None:
+            rule: dict[str, Any] = {
+                "rule": "account_price" if self.override.model_id else "account_percent_off",
+                "override_id": self.override.id,
+                "actor": self.override.actor,
+                "reason": self.override.reason,
+            }
+            if self.override.credits_per_image is not None:
+                rule["credits_per_image"] = self.override.credits_per_image
+            else:
+                rule["percent_off"] = self.override.percent_off
+            applied.append(rule)
+        if self.batch_percent:
+            applied.append({"rule": "batch", "percent_off": self.batch_percent})
+        if self.at_minimum:
+            applied.append({"rule": "minimum", "credits": self.total})
+        return applied
+
+
+def price(
+    list_per_image: int,
+    count: int,
+    *,
+    batch: BatchDiscounts,
+    overrides: Sequence[PriceOverride] = (),
+    model_id: str,
+    now: datetime,
+) -> Price:
+    """What ``count`` images of ``model_id`` at ``list_per_image`` cost an account with
+    ``overrides``, at ``now``.
+
+    The account's fixed price for this model wins over its percent off every
+    model; an override past its ``until`` is ignored. The total is rounded
+    down once, and never below 1 credit for a model that is not free.
+    """
+    override = _override_for(overrides, model_id, now)
+    per_image = Fraction(list_per_image)
+    if override is not None and override.credits_per_image is not None:
+        per_image = Fraction(override.credits_per_image)
+    elif override is not None and override.percent_off is not None:
+        per_image = Fraction(list_per_image * (100 - override.percent_off), 100)
+    batch_percent = batch.percent_for(count)
+    total = math.floor(per_image * count * (100 - batch_percent) / 100)
+    if list_per_image > 0:
+        # A discount may make a paid model cheaper, never free: the free tier is the allowance.
+        total = max(total, 1)
+    return Price(list_per_image, count, per_image, override, batch_percent, total)
+
+
+def _override_for(
+    overrides: Sequence[PriceOverride], model_id: str, now: datetime
+) -> PriceOverride | None:
+    in_force = [override for override in overrides if override.in_force(now)]
+    for_model = [override for override in in_force if override.model_id == model_id]
+    every_model = [override for override in in_force if override.model_id is None]
+    return next(iter(for_model or every_model), None)
+
+
+# -- the pricing file -----------------------------------------------------------
+
+Percent = Annotated[int, Field(ge=1, le=99)]
+
+
+class _AllowanceSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    credits: int = Field(default=0, ge=0, le=MAX_ALLOWANCE)
+    period: Period = "day"
+    discord_roles: dict[str, Annotated[int, Field(ge=0, le=MAX_ALLOWANCE)]] = Field(
+        default_factory=dict
+    )
+
+
+class _BatchSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    discounts: dict[str, Percent] = Field(default_factory=dict)
+
+
+class _PricingDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    allowance: _AllowanceSection = _AllowanceSection()
+    batch: _BatchSection = _BatchSection()
+
+
+def load_pricing(path: Path, *, required: bool) -> Pricing:
+    """Read and validate a pricing file, raising ``PricingError`` with every problem found.
+
+    A missing file is no allowance and no discounts, unless ``required`` (the
+    file was named explicitly, so its absence is a mistake).
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not required:
+            return Pricing()
+        raise PricingError(
+            path, [f"{path}: file not found (set PRICING_FILE to use another)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PricingError(path, [f"{path}: cannot be read: {error}"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise PricingError(path, [f"{path}: not valid TOML: {error}"]) from None
+    try:
+        parsed = _PricingDocument.model_validate(document)
+    except ValidationError as error:
+        raise PricingError(
+            path, [f"{path}: {_describe(problem)}" for problem in error.errors()]
+        ) from None
+    problems = [
+        f"{path}: key 'batch.discounts': {p}" for p in batch_problems(parsed.batch.discounts)
+    ]
+    problems += [
+        f"{path}: key 'allowance.discord_roles.{role}': not a Discord role id (digits only)"
+        for role in parsed.allowance.discord_roles
+        if not (role.isascii() and role.isdigit())
+    ]
+    if problems:
+        raise PricingError(path, problems)
+    return Pricing(
+        path=path,
+        allowance=Allowance(
+            credits=parsed.allowance.credits,
+            period=parsed.allowance.period,
+            discord_roles=dict(parsed.allowance.discord_roles),
+        ),
+        batch=batch_discounts(parsed.batch.discounts),
+    )
+
+
+def batch_problems(table: Mapping[str, int], max_images: int = MAX_BATCH_THRESHOLD) -> list[str]:
+    """What is wrong with a ``{ 4 = 10, 8 = 20 }`` table whose percents are already 1-99.
+
+    Thresholds are whole numbers from 2 (one image is no batch) to ``max_images``
+    (a larger one could never apply); a larger batch must get a larger discount.
+    """
+    problems: list[str] = []
+    thresholds: dict[int, int] = {}
+    for key, percent in table.items():
+        if not (key.isascii() and key.isdigit()) or not 2 <= int(key) <= max_images:
+            problems.append(
+                f"'{key}' is not a number of images from 2 to {max_images} "
+                "(write { 4 = 10 } for 10% off 4 images or more)"
+            )
+        else:
+            thresholds[int(key)] = percent
+    ordered = sorted(thresholds.items())
+    problems.extend(
+        f"{larger} images get {more}% off, no more than the {less}% of {smaller}; "
+        "a larger batch must get a larger discount"
+        for (smaller, less), (larger, more) in pairwise(ordered)
+        if more <= less
+    )
+    return problems
+
+
+def batch_discounts(table: Mapping[str, int]) -> BatchDiscounts:
+    """A table ``batch_problems`` accepted, as the value prices are made with."""
+    return BatchDiscounts(dict(sorted((int(key), percent) for key, percent in table.items())))
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        return f"key '{location}': unknown key"
+    return f"key '{location}': {str(problem['msg']).removeprefix('Value error, ')}"
