@@ -58,6 +58,11 @@ _parts = sa.table(
 
 
 def upgrade() -> None:
+    # First, while no table refers to ledger_entries but the ones that did before: on SQLite
+    # the batch copies the table, drops it and renames the copy.
+    with op.batch_alter_table("ledger_entries") as table:
+        table.drop_constraint(op.f("ck_ledger_entries_known_kind"), type_="check")
+        table.create_check_constraint(op.f("ck_ledger_entries_known_kind"), sa.text(_KINDS_AFTER))
     op.create_table(
         "credit_lots",
         sa.Column("id", _LOT_ID, primary_key=True, autoincrement=True),
@@ -95,9 +100,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("entry_id", "lot_id", name="pk_entry_parts"),
     )
     op.create_index("ix_entry_parts_lot_id", "entry_parts", ["lot_id"])
-    with op.batch_alter_table("ledger_entries") as table:
-        table.drop_constraint(op.f("ck_ledger_entries_known_kind"), type_="check")
-        table.create_check_constraint(op.f("ck_ledger_entries_known_kind"), sa.text(_KINDS_AFTER))
 
     granted = (
         sa.select(sa.func.sum(_entries.c.amount))
