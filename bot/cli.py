@@ -524,6 +524,8 @@ async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
             f"entries add up to {found.entries_available} / {found.entries_held}, "
             f"running generations hold {found.running_holds}"
         )
+        for problem in found.lot_problems:
+            print(f"{found.account}: {problem}")
     if discrepancies:
         return EXIT_REFUSED
     print("Every balance agrees with its ledger entries.")

@@ -816,6 +816,7 @@ class ImagineService:
                 self.metrics.settlements.labels("sweep", str(abandoned.status)).inc()
                 settled.append(abandoned)
         await self.ledger.expire_quotes()
+        await self.ledger.expire_lots()
         return settled
 
     async def check_ledger(self) -> int:

@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -62,6 +63,8 @@ from ledger.schema import (
     UTCDateTime,
     accounts,
     bot_state,
+    credit_lots,
+    entry_parts,
     generations,
     ledger_entries,
     quote_references,
@@ -76,6 +79,8 @@ from ledger.values import (
     EntryKind,
     Generation,
     GenerationStatus,
+    Lot,
+    LotKind,
     NewGeneration,
     PriceOverride,
     QuoteLimits,
@@ -131,7 +136,9 @@ class Ledger:
 
     async def ensure_account(self, account: str, *, starting_credits: int = 0) -> Balance:
         """Create the account if it is new, granting ``starting_credits`` once."""
-        existing = await self._database.read(partial(_find_balance, account=account))
+        existing = await self._database.read(
+            partial(_find_balance, account=account, now=self._clock())
+        )
         if existing is not None:
             return existing
         return await self._database.write(
@@ -139,7 +146,10 @@ class Ledger:
         )
 
     async def account_exists(self, account: str) -> bool:
-        return await self._database.read(partial(_find_balance, account=account)) is not None
+        found = await self._database.read(
+            partial(_find_balance, account=account, now=self._clock())
+        )
+        return found is not None
 
     async def key_used(self, idempotency_key: str) -> bool:
         """Whether an entry carries ``idempotency_key`` already, so a repeat would change nothing."""
@@ -153,36 +163,63 @@ class Ledger:
         )
 
     async def balance(self, account: str) -> Balance:
-        return await self._database.read(partial(_balance, account=account))
+        """The account's balance and lots; credits of a lot past its expiry are not counted,
+        whether or not its ``expire`` entry has been written yet."""
+        return await self._database.read(partial(_balance, account=account, now=self._clock()))
 
     async def grant(
-        self, account: str, amount: int, *, actor: str, reason: str, idempotency_key: str
+        self,
+        account: str,
+        amount: int,
+        *,
+        actor: str,
+        reason: str,
+        idempotency_key: str,
+        kind: LotKind = LotKind.PROMO,
+        expires_at: datetime | None = None,
     ) -> Balance:
-        """Add ``amount`` available credits, creating the account if it is new."""
+        """Add ``amount`` available credits in a new lot of ``kind``, spendable until
+        ``expires_at`` (never, if None), creating the account if it is new.
+
+        Replaying the key answers the balance and changes nothing; the same key for
+        another account, amount, kind or expiry is refused (``IdempotencyConflict``).
+        """
         _require_positive(amount)
+        if kind == LotKind.PAID and expires_at is not None:
+            raise ValueError("paid credits never expire")
         line = rules.Line(EntryKind.GRANT, amount, amount, 0, actor, reason, idempotency_key)
 
         def work(connection: Connection) -> Balance:
-            if not _replayed(connection, account, line):
-                self._insert_account(connection, account, available=0)
-                self._apply(connection, account, line)
-            return _balance(connection, account)
+            now = self._clock()
+            if _replayed(connection, account, line):
+                _check_granted_lot(connection, idempotency_key, kind, expires_at)
+            else:
+                self._insert_account(connection, account)
+                self._touch(connection, account, now)
+                self._grant_lot(connection, account, line, kind, expires_at, now)
+            return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
 
     async def revoke(
         self, account: str, amount: int, *, actor: str, reason: str, idempotency_key: str
     ) -> Balance:
-        """Take back ``amount`` available credits (never held ones)."""
+        """Take back ``amount`` available credits (never held or expired ones), from the
+        lots in the order a hold draws from them."""
         _require_positive(amount)
         line = rules.Line(EntryKind.ADJUSTMENT, amount, -amount, 0, actor, reason, idempotency_key)
 
         def work(connection: Connection) -> Balance:
-            if not _replayed(connection, account, line) and not self._apply(
-                connection, account, line
-            ):
-                raise InsufficientFunds(account, amount, _balance(connection, account).available)
-            return _balance(connection, account)
+            now = self._clock()
+            if _replayed(connection, account, line):
+                return _balance(connection, account, now)
+            balance = self._touch(connection, account, now)
+            if balance is None:
+                raise AccountNotFound(account)
+            taken = rules.drawn(line, balance.lots, now)
+            if taken is None or not self._apply(connection, account, taken):
+                raise InsufficientFunds(account, amount, balance.available)
+            return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
 
@@ -299,17 +336,19 @@ class Ledger:
     ) -> Generation | None:
         now = self._clock()
         quote, database_now = _locked_generation(connection, generation_id)
-        balance = _find_balance(connection, account)
+        balance = self._touch(connection, account, now)
+        available = balance.available if balance else 0
         try:
-            hold = rules.hold(quote, account, balance.available if balance else 0, now)
+            hold = rules.hold(quote, account, available, now)
         except QuoteExpired:
             _close_quote(connection, quote, GenerationStatus.EXPIRED, now)
             return None
         if accept is not None:
             accept(quote)
-        if not self._apply(connection, account, hold.line, generation_id):
-            # Spent by another connection after the read above (PostgreSQL).
-            raise InsufficientFunds(account, hold.price, _balance(connection, account).available)
+        line = rules.drawn(hold.line, balance.lots if balance else (), now)
+        if line is None or not self._apply(connection, account, line, generation_id):
+            # The account's row is locked and its lots read after the lock: never expected.
+            raise InsufficientFunds(account, hold.price, available)
         started = connection.execute(
             _START_GENERATION,
             {
@@ -378,7 +417,17 @@ class Ledger:
 
     def _apply_settlement(self, connection: Connection, settlement: rules.Settlement) -> Generation:
         running = settlement.running
-        for line in settlement.lines:
+        now = self._clock()
+        # The account's lots change only under its row's lock (``_touch``).
+        connection.execute(_LOCKED_BALANCE, {"account": running.account_id})
+        held_parts = [
+            (
+                Lot(row.lot_id, LotKind(row.kind), 0, row.held, row.expires_at),
+                row.held,
+            )
+            for row in connection.execute(_HOLD_PARTS, {"key": rules.hold_key(running.id)})
+        ]
+        for line in rules.by_lot(settlement, held_parts, now):
             if not self._apply(connection, running.account_id, line, running.id):
                 raise rules.missing_hold(running.id)
         finished = connection.execute(
@@ -487,6 +536,26 @@ class Ledger:
 
         return await self._database.write(work)
 
+    async def expire_lots(self) -> int:
+        """Write the ``expire`` entries of every lot past its expiry that still has available
+        credits, one transaction per account; returns how many lots expired.
+
+        The sweep runs it; every write to an account does the same for that account.
+        """
+        now = self._clock()
+        due = await self._database.read(
+            lambda connection: list(connection.scalars(_ACCOUNTS_WITH_LOTS_DUE, {"now": now}))
+        )
+        expired = 0
+        for account in due:
+            expired += await self._database.write(partial(self._expire_account, account=account))
+        return expired
+
+    def _expire_account(self, connection: Connection, account: str) -> int:
+        now = self._clock()
+        locked = _locked_lots(connection, account)
+        return 0 if locked is None else self._expire_due(connection, account, locked[1], now)
+
     async def read_state(self, key: str) -> str | None:
         """A value the bot remembered with ``write_state``, or None."""
         query = select(bot_state.c.value).where(bot_state.c.key == key)
@@ -575,53 +644,14 @@ class Ledger:
         )
 
     async def verify(self) -> list[Discrepancy]:
-        """Recompute every balance from its entries and running holds; an empty list means all agree."""
-        entry_sums = (
-            select(
-                ledger_entries.c.account_id,
-                func.coalesce(func.sum(ledger_entries.c.available_delta), 0).label("available"),
-                func.coalesce(func.sum(ledger_entries.c.held_delta), 0).label("held"),
-            )
-            .group_by(ledger_entries.c.account_id)
-            .subquery()
-        )
-        running_sums = (
-            select(
-                generations.c.account_id,
-                func.coalesce(func.sum(generations.c.credits_held), 0).label("held"),
-            )
-            .where(generations.c.status == GenerationStatus.RUNNING)
-            .group_by(generations.c.account_id)
-            .subquery()
-        )
-        query = (
-            select(
-                accounts.c.id,
-                accounts.c.available,
-                accounts.c.held,
-                func.coalesce(entry_sums.c.available, 0).label("entries_available"),
-                func.coalesce(entry_sums.c.held, 0).label("entries_held"),
-                func.coalesce(running_sums.c.held, 0).label("running_holds"),
-            )
-            .select_from(accounts)
-            .outerjoin(entry_sums, entry_sums.c.account_id == accounts.c.id)
-            .outerjoin(running_sums, running_sums.c.account_id == accounts.c.id)
-            .order_by(accounts.c.id)
-        )
-        rows = await self._database.read(lambda connection: connection.execute(query).all())
-        return [
-            Discrepancy(
-                account=row.id,
-                stored_available=row.available,
-                stored_held=row.held,
-                entries_available=int(row.entries_available),
-                entries_held=int(row.entries_held),
-                running_holds=int(row.running_holds),
-            )
-            for row in rows
-            if row.available != int(row.entries_available)
-            or not row.held == int(row.entries_held) == int(row.running_holds)
-        ]
+        """Recompute every balance from its entries and running holds, and every lot from its
+        entries' parts; an empty list means all agree (``_disagreements``)."""
+        found = await self._database.read(_disagreements)
+        if found:
+            # On PostgreSQL each statement of a read sees what had committed when it began:
+            # a write landing between two of them is no disagreement, and is gone on a second look.
+            found = await self._database.read(_disagreements)
+        return found
 
     # -- helpers --------------------------------------------------------------
 
@@ -633,35 +663,79 @@ class Ledger:
             return await self._database.write(work)
 
     def _open_account(self, connection: Connection, account: str, starting_credits: int) -> Balance:
-        """The account's balance, opened with ``starting_credits`` if it is new; on PostgreSQL its
-        row stays locked until the transaction ends, so the account's quotes take turns."""
-        existing = _locked_balance(connection, account)
+        """The account's balance, opened with ``starting_credits`` (a never-expiring ``promo``
+        lot) if it is new; its row stays locked until the transaction ends (``_touch``), so the
+        account's quotes take turns."""
+        now = self._clock()
+        existing = self._touch(connection, account, now)
         if existing is not None:
             return existing
-        if not self._insert_account(connection, account, available=starting_credits):
+        if not self._insert_account(connection, account):
             # Another process opened it after the read above; that one has committed by now.
-            found = _locked_balance(connection, account)
+            found = self._touch(connection, account, now)
             if found is None:
                 raise AccountNotFound(account)
             return found
+        # The new row is this transaction's until it commits: no lock to take.
         for line in rules.opening(account, starting_credits):
-            self._write_entry(connection, account, line)
-        return Balance(account=account, available=starting_credits, held=0)
+            self._grant_lot(connection, account, line, LotKind.PROMO, None, now)
+        return _balance(connection, account, now)
 
-    def _insert_account(self, connection: Connection, account: str, *, available: int) -> bool:
-        """Open ``account`` with ``available`` credits (its entries are the caller's); False if it exists."""
+    def _insert_account(self, connection: Connection, account: str) -> bool:
+        """Open ``account`` with nothing (its lots and entries are the caller's); False if it exists."""
         now = self._clock()
         opened = connection.execute(
             _OPEN_ACCOUNT[connection.dialect.name],
-            {
-                "id": account,
-                "available": available,
-                "held": 0,
-                "created_at": now,
-                "updated_at": now,
-            },
+            {"id": account, "available": 0, "held": 0, "created_at": now, "updated_at": now},
         )
         return opened.rowcount == 1
+
+    def _touch(self, connection: Connection, account: str, now: datetime) -> Balance | None:
+        """Lock the account's row, expire its lots that are due, and answer its balance with
+        every lot that still has credits; None if there is no such account.
+
+        Every change to an account's lots happens after this lock, so the lots read here
+        stay as read until the transaction ends.
+        """
+        locked = _locked_lots(connection, account)
+        if locked is None:
+            return None
+        (available, held), lots = locked
+        self._expire_due(connection, account, lots, now)
+        return _balance_from(account, available, held, lots, now)
+
+    def _expire_due(
+        self, connection: Connection, account: str, lots: Sequence[Lot], now: datetime
+    ) -> int:
+        """Write the ``expire`` entries of ``lots`` past their expiry; how many lots expired."""
+        expiring = rules.expiry(lots, now)
+        for line in expiring:
+            self._apply(connection, account, line)
+        return len(expiring)
+
+    def _grant_lot(
+        self,
+        connection: Connection,
+        account: str,
+        line: rules.Line,
+        kind: LotKind,
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        """A new lot holding ``line``'s grant, and the grant's entry."""
+        lot_id = connection.execute(
+            _NEW_LOT,
+            {
+                "account_id": account,
+                "kind": kind,
+                "granted": line.amount,
+                "available": 0,
+                "held": 0,
+                "expires_at": expires_at,
+                "created_at": now,
+            },
+        ).inserted_primary_key[0]
+        self._apply(connection, account, replace(line, parts=(rules.Part(lot_id, line.amount, 0),)))
 
     def _apply(
         self,
@@ -670,8 +744,13 @@ class Ledger:
         line: rules.Line,
         generation_id: str | None = None,
     ) -> bool:
-        """Change ``account``'s balance by ``line`` and record it; False (nothing done) if a part
-        of the balance would go below zero or the account does not exist."""
+        """Change ``account``'s balance and lots by ``line`` and record it; False (nothing
+        done) if a part of the balance would go below zero or the account does not exist.
+
+        The lots are changed without a condition: the caller holds the account's lock and
+        split the line over lots it read after it; their CHECK constraints still refuse a
+        negative lot, failing the whole transaction.
+        """
         changed = connection.execute(
             _CHANGE_BALANCE,
             {
@@ -683,7 +762,31 @@ class Ledger:
         )
         if changed.rowcount != 1:
             return False
-        self._write_entry(connection, account, line, generation_id)
+        entry_id = self._write_entry(connection, account, line, generation_id)
+        if line.parts:
+            connection.execute(
+                _CHANGE_LOT,
+                [
+                    {
+                        "lot": part.lot_id,
+                        "available_delta": part.available_delta,
+                        "held_delta": part.held_delta,
+                    }
+                    for part in line.parts
+                ],
+            )
+            connection.execute(
+                _NEW_PARTS,
+                [
+                    {
+                        "entry_id": entry_id,
+                        "lot_id": part.lot_id,
+                        "available_delta": part.available_delta,
+                        "held_delta": part.held_delta,
+                    }
+                    for part in line.parts
+                ],
+            )
         return True
 
     def _write_entry(
@@ -692,8 +795,9 @@ class Ledger:
         account: str,
         line: rules.Line,
         generation_id: str | None = None,
-    ) -> None:
-        connection.execute(
+    ) -> int:
+        """Record ``line``; its entry's id."""
+        return connection.execute(
             _NEW_ENTRY,
             {
                 "account_id": account,
@@ -707,7 +811,7 @@ class Ledger:
                 "generation_id": generation_id,
                 "created_at": self._clock(),
             },
-        )
+        ).inserted_primary_key[0]
 
     def _quote_row(self, new: NewGeneration, references: int = 0) -> dict[str, Any]:
         return {
@@ -765,15 +869,57 @@ def _replayed(connection: Connection, account: str, line: rules.Line) -> bool:
     return True
 
 
-def _find_balance(connection: Connection, account: str) -> Balance | None:
-    row = connection.execute(_BALANCE, {"account": account}).first()
-    return None if row is None else Balance(account=account, available=row[0], held=row[1])
+def _find_balance(connection: Connection, account: str, now: datetime) -> Balance | None:
+    """The account's balance at ``now``, in one statement (a read on PostgreSQL is one)."""
+    rows = connection.execute(_BALANCE_AND_LOTS, {"account": account}).all()
+    if not rows:
+        return None
+    lots = [
+        Lot(row.lot_id, LotKind(row.kind), row.lot_available, row.lot_held, row.expires_at)
+        for row in rows
+        if row.lot_id is not None
+    ]
+    return _balance_from(account, rows[0].available, rows[0].held, lots, now)
 
 
-def _locked_balance(connection: Connection, account: str) -> Balance | None:
-    """As ``_find_balance``, the row locked until the transaction ends (SQLite's writer lock covers it)."""
+def _locked_lots(connection: Connection, account: str) -> tuple[tuple[int, int], list[Lot]] | None:
+    """The account's stored totals, its row locked until the transaction ends (SQLite's
+    writer lock covers it), and its lots that still have credits, read after the lock."""
     row = connection.execute(_LOCKED_BALANCE, {"account": account}).first()
-    return None if row is None else Balance(account=account, available=row[0], held=row[1])
+    if row is None:
+        return None
+    lots = [
+        Lot(lot.id, LotKind(lot.kind), lot.available, lot.held, lot.expires_at)
+        for lot in connection.execute(_LIVE_LOTS, {"account": account})
+    ]
+    return (row.available, row.held), lots
+
+
+def _balance_from(
+    account: str, available: int, held: int, lots: Sequence[Lot], now: datetime
+) -> Balance:
+    """The balance the stored totals and lots make at ``now``: an expired lot's credits count
+    for nothing, whether or not its entry is written."""
+    expired = sum(lot.available for lot in lots if rules.lot_expired(lot, now))
+    shown = tuple(
+        replace(lot, available=0) if rules.lot_expired(lot, now) else lot
+        for lot in rules.in_draw_order(lots)
+    )
+    return Balance(
+        account=account,
+        available=available - expired,
+        held=held,
+        lots=tuple(lot for lot in shown if lot.available or lot.held),
+    )
+
+
+def _check_granted_lot(
+    connection: Connection, key: str, kind: LotKind, expires_at: datetime | None
+) -> None:
+    """Refuse a replayed grant that asks for another kind of lot or another expiry."""
+    row = connection.execute(_GRANTED_LOT, {"key": key}).first()
+    if row is None or (row.kind, row.expires_at) != (kind, expires_at):
+        raise IdempotencyConflict(key)
 
 
 def _over_limit(
@@ -804,6 +950,88 @@ def _over_limit(
     if pending.total + adding > limits.reference_bytes_total:
         return ReferenceStorageFull(int(pending.total), adding, limits.reference_bytes_total)
     return None
+
+
+def _disagreements(connection: Connection) -> list[Discrepancy]:
+    """The accounts whose stored figures disagree with their entries.
+
+    Per account: ``available`` and ``held`` are the sums of its entries' deltas, and ``held``
+    what its running generations hold. Per lot: ``available`` and ``held`` are the sums of
+    its parts, ``granted`` its grant's part. The account's totals are the sums of its lots',
+    and every entry's deltas the sums of its parts, each on a lot of the entry's account.
+    """
+    entry_sums = (
+        select(
+            ledger_entries.c.account_id,
+            func.coalesce(func.sum(ledger_entries.c.available_delta), 0).label("available"),
+            func.coalesce(func.sum(ledger_entries.c.held_delta), 0).label("held"),
+        )
+        .group_by(ledger_entries.c.account_id)
+        .subquery()
+    )
+    running_sums = (
+        select(
+            generations.c.account_id,
+            func.coalesce(func.sum(generations.c.credits_held), 0).label("held"),
+        )
+        .where(generations.c.status == GenerationStatus.RUNNING)
+        .group_by(generations.c.account_id)
+        .subquery()
+    )
+    query = (
+        select(
+            accounts.c.id,
+            accounts.c.available,
+            accounts.c.held,
+            func.coalesce(entry_sums.c.available, 0).label("entries_available"),
+            func.coalesce(entry_sums.c.held, 0).label("entries_held"),
+            func.coalesce(running_sums.c.held, 0).label("running_holds"),
+        )
+        .select_from(accounts)
+        .outerjoin(entry_sums, entry_sums.c.account_id == accounts.c.id)
+        .outerjoin(running_sums, running_sums.c.account_id == accounts.c.id)
+        .order_by(accounts.c.id)
+    )
+    rows = connection.execute(query).all()
+    problems: dict[str, list[str]] = {row.id: [] for row in rows}
+    lot_totals = {row.id: [0, 0] for row in rows}
+    for lot in connection.execute(_LOT_SUMS):
+        totals = lot_totals.setdefault(lot.account_id, [0, 0])
+        totals[0] += lot.available
+        totals[1] += lot.held
+        stored = (lot.granted, lot.available, lot.held)
+        summed = (int(lot.parts_granted), int(lot.parts_available), int(lot.parts_held))
+        if stored != summed:
+            problems.setdefault(lot.account_id, []).append(
+                f"lot {lot.id}: stored {stored[0]} granted, {stored[1]} available, {stored[2]}"
+                f" held; its parts add up to {summed[0]} / {summed[1]} / {summed[2]}"
+            )
+    for row in rows:
+        if lot_totals[row.id] != [row.available, row.held]:
+            problems[row.id].append(
+                f"its lots add up to {lot_totals[row.id][0]} available / {lot_totals[row.id][1]} held"
+            )
+    for entry in connection.execute(_ENTRIES_NOT_SPLIT):
+        problems.setdefault(entry.account_id, []).append(
+            f"entry {entry.id}: its parts add up to {int(entry.parts_available)} available /"
+            f" {int(entry.parts_held)} held, not {entry.available_delta} / {entry.held_delta},"
+            f" or lie on another account's lot"
+        )
+    return [
+        Discrepancy(
+            account=row.id,
+            stored_available=row.available,
+            stored_held=row.held,
+            entries_available=int(row.entries_available),
+            entries_held=int(row.entries_held),
+            running_holds=int(row.running_holds),
+            lot_problems=tuple(problems[row.id]),
+        )
+        for row in rows
+        if row.available != int(row.entries_available)
+        or not row.held == int(row.entries_held) == int(row.running_holds)
+        or problems[row.id]
+    ]
 
 
 def _reference_rows(
@@ -841,8 +1069,8 @@ def _forget_references(connection: Connection, generation: Generation) -> None:
         connection.execute(_DELETE_REFERENCES, {"generation_id": generation.id})
 
 
-def _balance(connection: Connection, account: str) -> Balance:
-    found = _find_balance(connection, account)
+def _balance(connection: Connection, account: str, now: datetime) -> Balance:
+    found = _find_balance(connection, account, now)
     if found is None:
         raise AccountNotFound(account)
     return found
@@ -905,13 +1133,87 @@ def _datetime(name: str) -> Any:
     return bindparam(name, type_=UTCDateTime)
 
 
-_BALANCE = select(accounts.c.available, accounts.c.held).where(
-    accounts.c.id == bindparam("account")
+# FOR NO KEY UPDATE: serialises the account's writes without holding up the foreign-key
+# checks of entries, lots and generations written for it meanwhile.
+_LOCKED_BALANCE = (
+    select(accounts.c.available, accounts.c.held)
+    .where(accounts.c.id == bindparam("account"))
+    .with_for_update(key_share=True)
 )
 
-# FOR NO KEY UPDATE: serialises the account's quotes without holding up the foreign-key
-# checks of entries and generations written for it meanwhile.
-_LOCKED_BALANCE = _BALANCE.with_for_update(key_share=True)
+_LOT_HAS_CREDITS = or_(credit_lots.c.available > 0, credit_lots.c.held > 0)
+
+_BALANCE_AND_LOTS = (
+    select(
+        accounts.c.available,
+        accounts.c.held,
+        credit_lots.c.id.label("lot_id"),
+        credit_lots.c.kind,
+        credit_lots.c.available.label("lot_available"),
+        credit_lots.c.held.label("lot_held"),
+        credit_lots.c.expires_at,
+    )
+    .select_from(
+        accounts.outerjoin(
+            credit_lots, and_(credit_lots.c.account_id == accounts.c.id, _LOT_HAS_CREDITS)
+        )
+    )
+    .where(accounts.c.id == bindparam("account"))
+)
+"""The account's totals, once per lot that still has credits (once with no lot if none)."""
+
+_LIVE_LOTS = select(
+    credit_lots.c.id,
+    credit_lots.c.kind,
+    credit_lots.c.available,
+    credit_lots.c.held,
+    credit_lots.c.expires_at,
+).where(credit_lots.c.account_id == bindparam("account"), _LOT_HAS_CREDITS)
+
+_NEW_LOT = insert(credit_lots)
+
+_CHANGE_LOT = (
+    update(credit_lots)
+    .where(credit_lots.c.id == bindparam("lot"))
+    .values(
+        available=credit_lots.c.available + bindparam("available_delta"),
+        held=credit_lots.c.held + bindparam("held_delta"),
+    )
+)
+
+_NEW_PARTS = insert(entry_parts)
+
+_HOLD_PARTS = (
+    select(
+        entry_parts.c.lot_id,
+        entry_parts.c.held_delta.label("held"),
+        credit_lots.c.kind,
+        credit_lots.c.expires_at,
+    )
+    .select_from(
+        ledger_entries.join(entry_parts, entry_parts.c.entry_id == ledger_entries.c.id).join(
+            credit_lots, credit_lots.c.id == entry_parts.c.lot_id
+        )
+    )
+    .where(ledger_entries.c.idempotency_key == bindparam("key"))
+)
+"""The lots a hold drew from (by its entry's key), how much from each, and their kind and expiry."""
+
+_GRANTED_LOT = (
+    select(credit_lots.c.kind, credit_lots.c.expires_at)
+    .select_from(
+        ledger_entries.join(entry_parts, entry_parts.c.entry_id == ledger_entries.c.id).join(
+            credit_lots, credit_lots.c.id == entry_parts.c.lot_id
+        )
+    )
+    .where(ledger_entries.c.idempotency_key == bindparam("key"))
+)
+
+_ACCOUNTS_WITH_LOTS_DUE = (
+    select(credit_lots.c.account_id)
+    .where(credit_lots.c.expires_at <= _datetime("now"), credit_lots.c.available > 0)
+    .distinct()
+)
 
 _OPEN_ACCOUNT = {
     name: insert_for(accounts).on_conflict_do_nothing(index_elements=["id"])
@@ -1071,3 +1373,65 @@ account's and everyone's. An expired quote's wait for the sweep counts against n
 _REFERENCE_STORAGE_LOCK_KEY = 0x1A6E_5EF
 _REFERENCE_STORAGE_LOCK = select(func.pg_advisory_xact_lock(_REFERENCE_STORAGE_LOCK_KEY))
 """PostgreSQL's transaction-scoped lock that quotes with references take turns on."""
+
+
+_PART_SUMS = (
+    select(
+        entry_parts.c.lot_id,
+        func.sum(entry_parts.c.available_delta).label("available"),
+        func.sum(entry_parts.c.held_delta).label("held"),
+        func.sum(
+            case(
+                (ledger_entries.c.kind == EntryKind.GRANT, entry_parts.c.available_delta),
+                else_=0,
+            )
+        ).label("granted"),
+    )
+    .join_from(entry_parts, ledger_entries, ledger_entries.c.id == entry_parts.c.entry_id)
+    .group_by(entry_parts.c.lot_id)
+    .subquery()
+)
+
+_LOT_SUMS = select(
+    credit_lots.c.id,
+    credit_lots.c.account_id,
+    credit_lots.c.granted,
+    credit_lots.c.available,
+    credit_lots.c.held,
+    func.coalesce(_PART_SUMS.c.granted, 0).label("parts_granted"),
+    func.coalesce(_PART_SUMS.c.available, 0).label("parts_available"),
+    func.coalesce(_PART_SUMS.c.held, 0).label("parts_held"),
+).outerjoin_from(credit_lots, _PART_SUMS, _PART_SUMS.c.lot_id == credit_lots.c.id)
+"""Each lot's stored figures beside the sums of its entries' parts."""
+
+_ENTRIES_NOT_SPLIT = (
+    select(
+        ledger_entries.c.id,
+        ledger_entries.c.account_id,
+        ledger_entries.c.available_delta,
+        ledger_entries.c.held_delta,
+        func.coalesce(func.sum(entry_parts.c.available_delta), 0).label("parts_available"),
+        func.coalesce(func.sum(entry_parts.c.held_delta), 0).label("parts_held"),
+    )
+    .select_from(
+        ledger_entries.outerjoin(
+            entry_parts, entry_parts.c.entry_id == ledger_entries.c.id
+        ).outerjoin(credit_lots, credit_lots.c.id == entry_parts.c.lot_id)
+    )
+    .group_by(
+        ledger_entries.c.id,
+        ledger_entries.c.account_id,
+        ledger_entries.c.available_delta,
+        ledger_entries.c.held_delta,
+    )
+    .having(
+        or_(
+            func.coalesce(func.sum(entry_parts.c.available_delta), 0)
+            != ledger_entries.c.available_delta,
+            func.coalesce(func.sum(entry_parts.c.held_delta), 0) != ledger_entries.c.held_delta,
+            func.sum(case((credit_lots.c.account_id != ledger_entries.c.account_id, 1), else_=0))
+            > 0,
+        )
+    )
+)
+"""Entries whose parts do not add up to their change, or lie on another account's lot."""

@@ -6,8 +6,9 @@ applies their answers in the same transaction, the same way on every database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from ledger.errors import (
     InsufficientFunds,
@@ -16,7 +17,7 @@ from ledger.errors import (
     QuoteExpired,
     WrongAccount,
 )
-from ledger.values import EntryKind, Generation, GenerationStatus
+from ledger.values import EntryKind, Generation, GenerationStatus, Lot, LotKind
 
 SYSTEM_ACTOR = "system"
 """Who entries made by the bot itself (not a user or an admin) name as their actor."""
@@ -25,8 +26,17 @@ STARTING_GRANT_REASON = "starting credits"
 
 
 @dataclass(frozen=True)
+class Part:
+    """A line's change to one lot of the account."""
+
+    lot_id: int
+    available_delta: int
+    held_delta: int
+
+
+@dataclass(frozen=True)
 class Line:
-    """One ledger entry to record."""
+    """One ledger entry to record, and how its change splits over the account's lots."""
 
     kind: EntryKind
     amount: int
@@ -35,6 +45,7 @@ class Line:
     actor: str
     reason: str
     idempotency_key: str
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,9 +116,14 @@ def hold(quote: Generation, account: str, available: int, now: datetime) -> Hold
         price,
         account,
         f"hold for generation {quote.id}",
-        f"hold:{quote.id}",
+        hold_key(quote.id),
     )
     return Hold(quote, price, line)
+
+
+def hold_key(generation_id: str) -> str:
+    """The key of a generation's hold entry, whose parts say which lots it drew from."""
+    return f"hold:{generation_id}"
 
 
 def already_settled(generation: Generation) -> bool:
@@ -218,3 +234,129 @@ def check_settler(running: Generation, settler: str, database_now: datetime) -> 
     """
     if running.owner != settler and not lease_expired(running, database_now):
         raise LeaseHeld(running.id, running.owner or "")
+
+
+# -- lots ------------------------------------------------------------------------------
+
+_KIND_ORDER = {LotKind.ALLOWANCE: 0, LotKind.PROMO: 1, LotKind.PAID: 2}
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def draw_order(lot: Lot) -> tuple[int, datetime, int]:
+    """Allowance first, then promo by soonest expiry (never-expiring last), then paid;
+    the older lot first among equals."""
+    return _KIND_ORDER[lot.kind], lot.expires_at or _NEVER, lot.id
+
+
+def in_draw_order(lots: Iterable[Lot]) -> list[Lot]:
+    return sorted(lots, key=draw_order)
+
+
+def lot_expired(lot: Lot, now: datetime) -> bool:
+    return lot.expires_at is not None and lot.expires_at <= now
+
+
+def spendable(lots: Iterable[Lot], now: datetime) -> int:
+    """What the lots hold that can be spent at ``now``: an expired lot counts for nothing."""
+    return sum(lot.available for lot in lots if not lot_expired(lot, now))
+
+
+def expiry(lots: Iterable[Lot], now: datetime) -> tuple[Line, ...]:
+    """The ``expire`` entries of lots past their expiry that still have credits, one per lot.
+
+    After its entry a lot's ``available`` stays 0: credits released back to it expire at
+    once (``by_lot``), so a lot expires through this once, and its key says so.
+    """
+    return tuple(
+        Line(
+            EntryKind.EXPIRE,
+            lot.available,
+            -lot.available,
+            0,
+            SYSTEM_ACTOR,
+            f"{lot.kind} credits expired",
+            # A lot expires here once (see above), unless two processes' clocks disagreed on
+            # whether a release came before its expiry; the time keeps that second key new.
+            f"expire:lot:{lot.id}:{now.isoformat()}",
+            (Part(lot.id, -lot.available, 0),),
+        )
+        for lot in lots
+        if lot_expired(lot, now) and lot.available > 0
+    )
+
+
+def drawn(line: Line, lots: Sequence[Lot], now: datetime) -> Line | None:
+    """``line``, which takes ``line.amount`` out of available (a hold or a revoke), split
+    over the unexpired ``lots`` in draw order; None if they do not hold that much."""
+    wanted = line.amount
+    held = line.held_delta > 0
+    parts = []
+    for lot in in_draw_order(lots):
+        if not wanted:
+            break
+        if lot_expired(lot, now) or not lot.available:
+            continue
+        taken = min(wanted, lot.available)
+        wanted -= taken
+        parts.append(Part(lot.id, -taken, taken if held else 0))
+    if wanted:
+        return None
+    return replace(line, parts=tuple(parts))
+
+
+def by_lot(
+    settlement: Settlement, held_parts: Sequence[tuple[Lot, int]], now: datetime
+) -> tuple[Line, ...]:
+    """``settlement``'s lines split over the lots its hold drew from (``held_parts``: each lot
+    and how much of the hold came from it).
+
+    The charge is taken from the parts in draw order; the rest goes back to each part's
+    lot, except to a lot that has expired meanwhile: that part expires at once, in an
+    ``expire`` entry of its own. Raises ``InvalidTransition`` (``missing_hold``) if the
+    parts do not add up to the hold, which never happens to a hold the ledger made.
+    """
+    running = settlement.running
+    if sum(amount for _, amount in held_parts) != running.credits_held:
+        raise missing_hold(running.id)
+    to_charge = settlement.charged
+    captured: list[Part] = []
+    returned: list[Part] = []
+    expired: list[Part] = []
+    for lot, amount in sorted(held_parts, key=lambda part: draw_order(part[0])):
+        charged = min(amount, to_charge)
+        to_charge -= charged
+        if charged:
+            captured.append(Part(lot.id, 0, -charged))
+        rest = amount - charged
+        if rest and lot_expired(lot, now):
+            expired.append(Part(lot.id, 0, -rest))
+        elif rest:
+            returned.append(Part(lot.id, rest, -rest))
+    lines: list[Line] = []
+    for line in settlement.lines:
+        if line.kind == EntryKind.CAPTURE:
+            lines.append(replace(line, parts=tuple(captured)))
+        elif line.kind == EntryKind.RELEASE and returned:
+            back = sum(part.available_delta for part in returned)
+            lines.append(
+                replace(
+                    line, amount=back, available_delta=back, held_delta=-back, parts=tuple(returned)
+                )
+            )
+    gone = -sum(part.held_delta for part in expired)
+    if gone:
+        lines.append(
+            Line(
+                EntryKind.EXPIRE,
+                gone,
+                0,
+                -gone,
+                SYSTEM_ACTOR,
+                f"credits released to an expired lot from generation {running.id}",
+                f"expire:{running.id}",
+                tuple(expired),
+            )
+        )
+    return tuple(lines)

@@ -147,10 +147,52 @@ ledger_entries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
-        "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release')", name="known_kind"
+        "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release', 'expire')",
+        name="known_kind",
     ),
     Index("ix_ledger_entries_account_id", "account_id", "id"),
 )
+
+credit_lots = Table(
+    "credit_lots",
+    metadata,
+    Column("id", EntryId, primary_key=True, autoincrement=True),
+    Column("account_id", String(120), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("granted", BigInteger, nullable=False),
+    Column("available", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("granted > 0", name="granted_positive"),
+    CheckConstraint("available >= 0", name="available_not_negative"),
+    CheckConstraint("held >= 0", name="held_not_negative"),
+    CheckConstraint("kind IN ('allowance', 'promo', 'paid')", name="known_kind"),
+    Index("ix_credit_lots_account_id", "account_id", "expires_at"),
+)
+"""An account's credits, one row per grant: ``available`` and ``held`` of the account are the
+sums of its lots'. A lot past ``expires_at`` counts for nothing, even before its ``expire``
+entry is written. The index finds an account's lots, soonest expiry first (the draw order
+within a kind).
+"""
+
+entry_parts = Table(
+    "entry_parts",
+    metadata,
+    Column(
+        "entry_id",
+        EntryId,
+        ForeignKey("ledger_entries.id"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("lot_id", EntryId, ForeignKey("credit_lots.id"), primary_key=True),
+    Column("available_delta", BigInteger, nullable=False),
+    Column("held_delta", BigInteger, nullable=False),
+    Index("ix_entry_parts_lot_id", "lot_id"),
+)
+"""How each entry's change splits over the account's lots: a lot's ``available`` and ``held``
+are the sums of its parts, and a hold's parts say which lots a release gives back to."""
 
 price_overrides = Table(
     "price_overrides",

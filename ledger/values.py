@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -15,6 +15,18 @@ class EntryKind(StrEnum):
     HOLD = "hold"
     CAPTURE = "capture"
     RELEASE = "release"
+    EXPIRE = "expire"
+
+
+class LotKind(StrEnum):
+    """Where a lot's credits came from; a hold draws them in this order."""
+
+    ALLOWANCE = "allowance"
+    """The free tier, renewed each period."""
+    PROMO = "promo"
+    """An admin's grant or starting credits; may expire."""
+    PAID = "paid"
+    """Bought; never expires."""
 
 
 class GenerationStatus(StrEnum):
@@ -41,10 +53,30 @@ class GenerationStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class Lot:
+    """One lot of an account's credits, as a balance shows it."""
+
+    id: int
+    kind: LotKind
+    available: int
+    """What can still be spent: 0 once the lot has expired, even before its entry is written."""
+    held: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Balance:
+    """What an account can spend (``available``) and has set aside (``held``), never counting
+    a credit whose lot has expired.
+
+    Two balances are equal when their totals are: ``lots`` is the detail behind them, in
+    the order a hold draws from them (lots with nothing left out).
+    """
+
     account: str
     available: int
     held: int
+    lots: tuple[Lot, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -168,6 +200,8 @@ class Discrepancy:
     entries_available: int
     entries_held: int
     running_holds: int
+    lot_problems: tuple[str, ...] = ()
+    """What disagrees among its lots, each said in a sentence."""
 
 
 @dataclass(frozen=True)

@@ -833,12 +833,24 @@ async def test_a_first_quote_racing_another_process_opening_the_account_is_still
             " VALUES ($1, 50, 0, now(), now())",
             ALICE,
         )
-        await other.execute(
+        entry = await other.fetchval(
             "INSERT INTO ledger_entries (account_id, kind, amount, available_delta,"
             " held_delta, actor, reason, idempotency_key, created_at)"
-            " VALUES ($1, 'grant', 50, 50, 0, 'system', 'starting credits', $2, now())",
+            " VALUES ($1, 'grant', 50, 50, 0, 'system', 'starting credits', $2, now())"
+            " RETURNING id",
             ALICE,
             f"starting-credits:{ALICE}",
+        )
+        lot = await other.fetchval(
+            "INSERT INTO credit_lots (account_id, kind, granted, available, held, created_at)"
+            " VALUES ($1, 'promo', 50, 50, 0, now()) RETURNING id",
+            ALICE,
+        )
+        await other.execute(
+            "INSERT INTO entry_parts (entry_id, lot_id, available_delta, held_delta)"
+            " VALUES ($1, $2, 50, 0)",
+            entry,
+            lot,
         )
         quoting = asyncio.create_task(ledger.open_quote(new_quote(clock), starting_credits=50))
         await until_a_statement_waits_for_a_lock(watcher)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import Ledger, create_engine, migrate, schema
+from ledger import Balance, Ledger, LotKind, create_engine, migrate, schema
+from tests.conftest import FakeClock
 
 LEDGER_TABLES = {"accounts", "generations", "ledger_entries"}
 
@@ -182,3 +184,114 @@ async def test_generations_running_at_the_upgrade_to_leases_keep_a_lease(
             await ledger.close()
         assert running.lease_until is not None
         assert running.lease_until > datetime.now(UTC)
+
+
+async def test_upgrading_to_lots_keeps_every_balance_and_settles_holds_made_before(
+    fresh_database_url: str,
+) -> None:
+    clock = FakeClock()
+    async with engine_for(fresh_database_url) as engine:
+        await migrate.upgrade(engine, "0006")
+        async with engine.begin() as connection:
+            await connection.execute(insert(schema.accounts), before_lots_accounts(clock.now))
+            await connection.execute(insert(schema.generations), before_lots_generations(clock))
+            await connection.execute(insert(schema.ledger_entries), before_lots_entries(clock.now))
+    ledger = Ledger(create_engine(fresh_database_url), clock, owner="bot:1")
+    try:
+        await migrate.upgrade(ledger.engine)
+        balances = [await ledger.balance(account) for account in ("discord:1", "discord:2")]
+        alice_lots = [
+            (lot.kind, lot.available, lot.held, lot.expires_at) for lot in balances[0].lots
+        ]
+        verified = await ledger.verify()
+        await ledger.capture("running", 1)
+        await ledger.hold("quoted", "discord:2")
+        await ledger.release("quoted", error_code="x", error_message="x")
+        after = [await ledger.balance(account) for account in ("discord:1", "discord:2")]
+        verified_after = await ledger.verify()
+    finally:
+        await ledger.close()
+
+    assert balances == [Balance("discord:1", 70, 20), Balance("discord:2", 50, 0)]
+    assert alice_lots == [(LotKind.PROMO, 70, 20, None)]
+    assert verified == []
+    assert after == [Balance("discord:1", 80, 0), Balance("discord:2", 50, 0)]
+    assert verified_after == []
+
+
+def before_lots_accounts(now: datetime) -> list[dict[str, Any]]:
+    """Alice spent 10 and holds 20 for a running generation; Bob has a quote; Carol nothing."""
+    return [
+        {"id": account, "available": available, "held": held, "created_at": now, "updated_at": now}
+        for account, available, held in (
+            ("discord:1", 70, 20),
+            ("discord:2", 50, 0),
+            ("discord:3", 0, 0),
+        )
+    ]
+
+
+def before_lots_generations(clock: FakeClock) -> list[dict[str, Any]]:
+    def generation(
+        generation_id: str, account: str, status: str, held: int, charged: int
+    ) -> dict[str, Any]:
+        return {
+            "id": generation_id,
+            "account_id": account,
+            "model_id": "local-sketch",
+            "provider": "local",
+            "provider_model": "procedural-v1",
+            "prompt": "a lighthouse",
+            "options": {},
+            "channel": None,
+            "images_requested": 2 if status != "completed" else 1,
+            "images_delivered": 1 if status == "completed" else 0,
+            "credits_per_image": 10,
+            "credits_held": held,
+            "credits_charged": charged,
+            "status": status,
+            "created_at": clock.now,
+            "expires_at": clock.now + timedelta(minutes=10),
+            "confirmed_at": None if status == "quoted" else clock.now,
+            "finished_at": clock.now if status == "completed" else None,
+            "owner": "bot:1" if status == "running" else None,
+            "lease_until": clock.now + timedelta(minutes=3) if status == "running" else None,
+        }
+
+    return [
+        generation("done", "discord:1", "completed", 0, 10),
+        generation("running", "discord:1", "running", 20, 0),
+        generation("quoted", "discord:2", "quoted", 0, 0),
+    ]
+
+
+def before_lots_entries(now: datetime) -> list[dict[str, Any]]:
+    def entry(
+        account: str,
+        kind: str,
+        amount: int,
+        available: int,
+        held: int,
+        key: str,
+        generation: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "account_id": account,
+            "kind": kind,
+            "amount": amount,
+            "available_delta": available,
+            "held_delta": held,
+            "actor": "test",
+            "reason": "",
+            "idempotency_key": key,
+            "generation_id": generation,
+            "created_at": now,
+        }
+
+    return [
+        entry("discord:1", "grant", 100, 100, 0, "fund:1", None),
+        entry("discord:1", "hold", 10, -10, 10, "hold:done", "done"),
+        entry("discord:1", "capture", 10, 0, -10, "capture:done", "done"),
+        entry("discord:1", "hold", 20, -20, 20, "hold:running", "running"),
+        entry("discord:2", "grant", 50, 50, 0, "fund:2", None),
+    ]

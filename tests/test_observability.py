@@ -238,6 +238,10 @@ async def test_no_configured_secret_appears_in_any_log_line_of_a_full_run(tmp_pa
         process = await asyncio.create_subprocess_exec(
             *command, "run", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
         )
+        assert process.stderr is not None
+        # Read as it is written: at DEBUG the start-up alone (the migrations) logs more than a
+        # pipe holds, and a bot blocked writing its log would never answer.
+        reading = asyncio.create_task(process.stderr.read())
         try:
             async with aiohttp.ClientSession() as session:
                 driver = SlackDriver(f"http://127.0.0.1:{port}{EVENTS_PATH}", slack, session)
@@ -252,7 +256,8 @@ async def test_no_configured_secret_appears_in_any_log_line_of_a_full_run(tmp_pa
             await discord_fake.wait_for(lambda: interaction.original_id is not None)
         finally:
             process.send_signal(signal.SIGTERM)
-            _, stderr = await asyncio.wait_for(process.communicate(), 60)
+            stderr = await asyncio.wait_for(reading, 60)
+            await asyncio.wait_for(process.wait(), 60)
 
     logged = stderr.decode()
     assert process.returncode == 0, logged[-2000:]
