@@ -36,7 +36,7 @@ QUOTE_EXPIRED = (
     "This quote has expired and nothing was charged; run /imagine again for a fresh one."
 )
 NOT_YOUR_REQUEST = "This isn't your request; run /imagine to make your own."
-NOT_ADMIN = "Only bot admins can grant or revoke credits (ADMIN_ACCOUNTS lists them)."
+NOT_ADMIN = "Only bot admins can grant or revoke credits or set prices (ADMIN_ACCOUNTS lists them)."
 EMPTY_PROMPT = "Tell me what to draw, for example: /imagine a lighthouse at dusk"
 NO_MODEL_AVAILABLE = (
     "No model is available right now; an admin can run `imagine-bot models` to see why."
@@ -485,11 +485,16 @@ def already_revoked(account: str, amount: int, available: int) -> str:
 
 # -- price overrides ----------------------------------------------------------
 
+# Said by every surface (the CLI's options, chat's words), so they name none of their syntax.
 PRICE_ONE_RULE = (
-    "Give either a model and its credits per image, or --percent-off N for every model, not both;"
+    "Give either a model and its credits per image, or a percent off every model, not both;"
     " nothing was changed."
 )
-PRICE_REASON_NEEDED = "Give a reason for the price (--reason TEXT); nothing was changed."
+PRICE_REASON_NEEDED = "Give a reason for the price, to be recorded with it; nothing was changed."
+CONSOLE_PRICE_USAGE = (
+    "Usage: /price set <account> <model> <credits> [until:<date>] <reason>, /price set <account>"
+    " <N>% [until:<date>] <reason>, /price list [<account>] or /price clear <account> [<model>]."
+)
 
 
 def bad_percent(text: str) -> str:
@@ -593,6 +598,14 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
             "Admin:",
             "  /grant <account> <amount> [reason]    add credits, e.g. /grant discord:1234 50 welcome",
             "  /revoke <account> <amount> [reason]   take available credits back",
+            "  /price set <account> <model> <credits> [until:<date>] <reason>",
+            "      the account's own price per image of a model, e.g."
+            " /price set discord:1234 gemini-3-pro 8 loyal customer",
+            "  /price set <account> <N>% [until:<date>] <reason>",
+            "      N% (1-100) off every model's list price, e.g."
+            " /price set discord:1234 20% until:2027-01-01 beta tester",
+            "  /price list [<account>]                the accounts' own prices",
+            "  /price clear <account> [<model>]       back to list prices",
         ]
     return "\n".join(lines)
 
@@ -750,6 +763,11 @@ DISCORD_GRANT_USAGE = (
 DISCORD_REVOKE_USAGE = (
     "Pick a user and an amount: /credits action:revoke user:@someone amount:50 reason:refund"
 )
+DISCORD_PRICE_USAGE = (
+    "Pick a user, then a model and its credits or a percent off, and a reason:"
+    " /price action:set user:@someone model:gemini-3-pro credits:8 reason:loyal customer"
+)
+DISCORD_CLEAR_USAGE = "Pick whose price to clear: /price action:clear user:@someone [model]"
 DISCORD_MODEL_DESCRIPTION = "Which model draws it (default: the first one listed)"
 DISCORD_RESOLUTION_DESCRIPTION = "Image size; the choices follow the model you picked"
 DISCORD_ASPECT_DESCRIPTION = "Width:height; the choices follow the model you picked"
@@ -774,6 +792,12 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         lines.append(
             "**/credits** `action:grant|revoke` `user` `amount` `[reason]`: "
             "add or take back credits (bot admins only)."
+        )
+        lines.append(
+            "**/price** `action:set|list|clear` `user` `[model]` `[credits]` `[percent_off]` "
+            "`[until]` `[reason]`: give someone their own price per image of a model, or a "
+            "percent off every model, until a date if you like; list or clear them "
+            "(bot admins only)."
         )
     return "\n".join(lines)
 
@@ -815,6 +839,12 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
             "*/credits grant @someone 50 reason* and *revoke*: change someone's credits "
             "(bot admins only)."
         )
+        lines.append(
+            "*/credits price set @someone <model> <credits> [until:<date>] <reason>*, "
+            "*/credits price set @someone <N>% [until:<date>] <reason>*, "
+            "*/credits price list [@someone]* and *clear @someone [<model>]*: someone's own "
+            "prices (bot admins only)."
+        )
     lines.append(f"```{models_table}```")
     return "\n".join(lines)
 
@@ -829,9 +859,17 @@ def discord_sync_refused(scope: str, detail: str) -> str:
 def slack_credits_usage(typed: str) -> str:
     return (
         f"/credits does not know “{_echo(typed)}”. Use /credits for your balance and recent "
-        "images; admins: /credits grant @someone <amount> [reason], or revoke."
+        "images; admins: /credits grant @someone <amount> [reason], or revoke, and /credits"
+        " price set, list or clear."
     )
 
 
 def slack_admin_usage(action: str) -> str:
     return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 contest prize"
+
+
+SLACK_PRICE_USAGE = (
+    "Usage: /credits price set @someone <model> <credits> [until:<date>] <reason>, /credits price"
+    " set @someone <N>% [until:<date>] <reason>, /credits price list [@someone] or /credits price"
+    " clear @someone [<model>]."
+)

@@ -8,6 +8,7 @@ decides whether a change is allowed and well-formed, and words the answer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot import messages
@@ -16,6 +17,69 @@ from bot.credits import Credits, parse_amount
 from bot.errors import NotAdmin, ReasonTooLong, RequestError, UnknownModel
 from bot.registry import Registry
 from ledger import utc_now
+
+
+@dataclass(frozen=True)
+class PriceCommand:
+    """One price command, its values as the admin gave them: checking them is ``PriceAdmin``'s.
+
+    ``account`` is None only for a ``list`` of everyone's overrides.
+    """
+
+    action: str
+    """``set``, ``list`` or ``clear``."""
+    account: str | None
+    model: str | None = None
+    credits_per_image: str | None = None
+    percent_off: str | None = None
+    until: str | None = None
+    reason: str = ""
+
+
+_UNTIL = "until:"
+
+
+def parse_price_command(text: str, usage: str) -> PriceCommand:
+    """The text form the console's ``/price`` and Slack's ``/credits price`` share:
+
+        set ACCOUNT MODEL CREDITS [until:DATE] REASON…
+        set ACCOUNT N% [until:DATE] REASON…
+        list [ACCOUNT]
+        clear ACCOUNT [MODEL]
+
+    A command of another shape is refused with ``usage``. The account word is
+    left as typed, for the adapter to translate (a Slack mention, say).
+    """
+    action, *rest = text.split() or [""]
+    action = action.lower()
+    if action == "list" and len(rest) <= 1:
+        return PriceCommand("list", rest[0] if rest else None)
+    if action == "clear" and 1 <= len(rest) <= 2:
+        return PriceCommand("clear", rest[0], model=rest[1] if len(rest) == 2 else None)
+    if action != "set" or len(rest) < 2:
+        raise RequestError(usage)
+    account, *terms = rest
+    # until: may come anywhere after the account, so it is never silently part of the reason.
+    untils = [word for word in terms if word.lower().startswith(_UNTIL)]
+    if len(untils) > 1:
+        raise RequestError(messages.repeated_option("until"))
+    until = untils[0][len(_UNTIL) :] if untils else None
+    terms = [word for word in terms if word not in untils]
+    if terms and terms[0].endswith("%"):
+        return PriceCommand(
+            "set", account, percent_off=terms[0], until=until, reason=" ".join(terms[1:])
+        )
+    if len(terms) < 2:
+        raise RequestError(usage)
+    model, credits_per_image, *reason = terms
+    return PriceCommand(
+        "set",
+        account,
+        model=model,
+        credits_per_image=credits_per_image,
+        until=until,
+        reason=" ".join(reason),
+    )
 
 
 class PriceAdmin:
@@ -28,6 +92,24 @@ class PriceAdmin:
         self.ledger = credits.ledger
         self.registry = registry
         self._clock = clock
+
+    async def run(self, actor: str, command: PriceCommand) -> str:
+        """Carry out a command from chat; the sentence saying what changed or what is there."""
+        if command.action == "list":
+            return await self.list_prices(actor, command.account)
+        # Only a list may leave the account out: an empty one is refused as no account.
+        target = command.account or ""
+        if command.action == "clear":
+            return await self.clear_prices(actor, target, command.model)
+        return await self.set_price(
+            actor,
+            target,
+            model=command.model,
+            credits_per_image=command.credits_per_image,
+            percent_off=command.percent_off,
+            until=command.until,
+            reason=command.reason,
+        )
 
     async def set_price(
         self,

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import discord
@@ -154,7 +154,13 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
 ) -> None:
     [(scope, commands)] = discord_fake.sync_calls
     assert scope == str(GUILD_ID)
-    assert {command["name"] for command in commands} == {"imagine", "credits", "models", "help"}
+    assert {command["name"] for command in commands} == {
+        "imagine",
+        "credits",
+        "price",
+        "models",
+        "help",
+    }
     [imagine] = [command for command in commands if command["name"] == "imagine"]
     options = {option["name"]: option for option in imagine["options"]}
     assert [choice["value"] for choice in options["model"]["choices"]] == [
@@ -167,6 +173,21 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
     assert options["aspect"]["autocomplete"] is True
     assert options["reference"]["type"] == 11
     assert options["prompt"]["required"] is True
+    [price] = [command for command in commands if command["name"] == "price"]
+    price_options = {option["name"]: option for option in price["options"]}
+    assert [choice["value"] for choice in price_options["action"]["choices"]] == [
+        "set",
+        "list",
+        "clear",
+    ]
+    assert price_options["model"]["autocomplete"] is True
+    assert (
+        price_options["percent_off"]["min_value"],
+        price_options["percent_off"]["max_value"],
+    ) == (
+        1,
+        100,
+    )
 
 
 async def test_an_unchanged_command_set_is_not_synced_again_on_restart(
@@ -937,6 +958,150 @@ async def test_a_grant_without_a_user_says_how_to_grant(
     assert said == messages.DISCORD_GRANT_USAGE
 
 
+# -- /price -------------------------------------------------------------------------
+
+
+async def test_an_admin_s_price_for_a_model_is_the_next_quote_s_price(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "price",
+        {"action": "set", "user": BOB, "model": "scripted", "credits": 8, "reason": "loyal"},
+        ADMIN,
+    )
+
+    assert said == messages.model_price_set(BOB_ACCOUNT, "scripted", 8, None)
+    [override] = await service.ledger.price_overrides(BOB_ACCOUNT)
+    assert (override.actor, override.reason) == (f"discord:{ADMIN.id}", "loyal")
+    _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
+    assert "Your price 8 per image, list 10." in quoted.content
+
+
+async def test_an_admin_s_percent_off_is_the_next_quote_s_price(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "price",
+        {
+            "action": "set",
+            "user": BOB,
+            "percent_off": 30,
+            "until": "2099-01-01",
+            "reason": "beta tester",
+        },
+        ADMIN,
+    )
+
+    assert said == messages.percent_off_set(BOB_ACCOUNT, 30, datetime(2099, 1, 1, tzinfo=UTC))
+    _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
+    assert "Your price 7 per image, list 10 (30% off, until 2099-01-01 00:00 UTC)." in (
+        quoted.content
+    )
+
+
+async def test_an_admin_lists_and_clears_someone_s_prices(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await answer_to(
+        discord_fake,
+        "price",
+        {"action": "set", "user": BOB, "model": "scripted", "credits": 8, "reason": "loyal"},
+        ADMIN,
+    )
+
+    listed = await answer_to(discord_fake, "price", {"action": "list", "user": BOB}, ADMIN)
+    assert listed.startswith(f"{BOB_ACCOUNT}  scripted: 8 credits per image  set by")
+    cleared = await answer_to(discord_fake, "price", {"action": "clear", "user": BOB}, ADMIN)
+    assert cleared == messages.price_overrides_cleared(BOB_ACCOUNT, None, 1)
+    assert await service.ledger.price_overrides(None) == []
+
+
+async def test_everyone_s_prices_too_many_for_one_message_are_listed_in_several(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    for number in range(10):
+        await service.ledger.set_price_override(
+            f"discord:{900_000_000_000_000_300 + number}",
+            model_id="scripted",
+            credits_per_image=number + 1,
+            until=None,
+            actor="cli:admin",
+            reason="r" * 400,
+        )
+
+    interaction = await discord_fake.slash("price", {"action": "list"}, user=ADMIN)
+
+    def sent() -> list[Message]:
+        if interaction.original_id is None:
+            return []
+        return [discord_fake.original(interaction), *discord_fake.followups(interaction)]
+
+    await discord_fake.wait_for(
+        lambda: sum(message.content.count("r" * 400) for message in sent()) == 10
+    )
+    assert len(sent()) > 1
+    assert all(message.ephemeral and len(message.content) <= 2000 for message in sent())
+
+
+async def test_a_price_set_by_a_non_admin_is_refused_and_changes_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "price",
+        {"action": "set", "user": ALICE, "percent_off": 100, "reason": "mine"},
+        ALICE,
+    )
+
+    assert said == messages.NOT_ADMIN
+    assert await service.ledger.price_overrides(None) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"user": BOB, "model": "scripted-v9", "credits": 8},
+            messages.unknown_model("scripted-v9", ["scripted"]),
+        ),
+        (
+            {"user": BOB, "percent_off": 10, "until": "2001-01-01"},
+            messages.date_in_the_past(datetime(2001, 1, 1, tzinfo=UTC)),
+        ),
+        (
+            {"user": BOB, "model": "scripted", "credits": 8, "percent_off": 10},
+            messages.PRICE_ONE_RULE,
+        ),
+        ({"model": "scripted", "credits": 8}, messages.DISCORD_PRICE_USAGE),
+    ],
+)
+async def test_a_bad_price_command_is_one_sentence_and_changes_nothing(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    options: dict[str, object],
+    expected: str,
+) -> None:
+    said = await answer_to(
+        discord_fake, "price", {"action": "set", "reason": "nice", **options}, ADMIN
+    )
+
+    assert said == expected
+    assert await service.ledger.price_overrides(None) == []
+
+
+async def test_price_autocomplete_offers_the_models_matching_what_is_typed(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "price", {"action": "set", "model": "scr"}, focused="model", user=ADMIN
+    )
+
+    assert [choice["value"] for choice in choices] == ["scripted"]
+
+
 async def test_models_lists_the_models_with_prices(
     bot: ImagineBot, discord_fake: LoopbackDiscord
 ) -> None:
@@ -982,6 +1147,8 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     assert "/imagine" in for_alice
     assert "grant" not in for_alice
     assert "grant" in for_admin
+    assert "/price" not in for_alice
+    assert "**/price**" in for_admin
 
 
 async def test_stopping_the_bot_mid_generation_releases_the_hold_and_says_so(

@@ -8,6 +8,7 @@ import html
 import io
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -633,6 +634,91 @@ async def test_a_grant_without_a_mention_says_how_to_grant(driver: SlackDriver) 
     _, acknowledgement, _ = await driver.command("/credits", "grant bob 100", user=ADMIN)
 
     assert acknowledgement["text"] == messages.slack_admin_usage("grant")
+
+
+# -- /credits price ------------------------------------------------------------------
+
+BOB_ACCOUNT = f"slack:{TEAM}:{BOB}"
+
+
+async def test_an_admin_s_price_for_a_model_is_the_next_quote_s_price(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/credits", f"price set <@{BOB}|bob> scripted 8 loyal &amp; kind", user=ADMIN
+    )
+
+    assert acknowledgement["text"] == messages.model_price_set(BOB_ACCOUNT, "scripted", 8, None)
+    assert acknowledgement["response_type"] == "ephemeral"
+    [override] = await service.ledger.price_overrides(BOB_ACCOUNT)
+    assert (override.actor, override.reason) == (f"slack:{TEAM}:{ADMIN}", "loyal & kind")
+    _, quoted, _ = await driver.command("/imagine", "model:scripted a fox", user=BOB)
+    assert "Your price 8 per image, list 10." in quoted["text"]
+
+
+async def test_an_admin_s_percent_off_is_the_next_quote_s_price(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/credits", f"price set <@{BOB}|bob> 25% until:2099-01-01 beta tester", user=ADMIN
+    )
+
+    until = datetime(2099, 1, 1, tzinfo=UTC)
+    assert acknowledgement["text"] == messages.percent_off_set(BOB_ACCOUNT, 25, until)
+    _, quoted, _ = await driver.command("/imagine", "model:scripted a fox", user=BOB)
+    assert (
+        "Your price 7.5 per image, list 10 (25% off, until 2099-01-01 00:00 UTC)."
+        in (quoted["text"])
+    )
+
+
+async def test_an_admin_lists_and_clears_someone_s_prices(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await driver.command("/credits", f"price set <@{BOB}> scripted 8 loyal", user=ADMIN)
+
+    _, listed, _ = await driver.command("/credits", f"price list <@{BOB}|bob>", user=ADMIN)
+    assert listed["text"].startswith(f"{BOB_ACCOUNT}  scripted: 8 credits per image  set by")
+    _, cleared, _ = await driver.command("/credits", f"price clear <@{BOB}> scripted", user=ADMIN)
+    assert cleared["text"] == messages.price_overrides_cleared(BOB_ACCOUNT, "scripted", 1)
+    assert await service.ledger.price_overrides(None) == []
+
+
+async def test_a_price_set_by_a_non_admin_is_refused_and_changes_nothing(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", "price set <@U0ALICE> 100% mine")
+
+    assert acknowledgement["text"] == messages.NOT_ADMIN
+    assert await service.ledger.price_overrides(None) == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        (f"set <@{BOB}> 150% nice", messages.bad_percent("150%")),
+        (f"set <@{BOB}> scripted-v9 8 nice", messages.unknown_model("scripted-v9", ["scripted"])),
+        (
+            f"set <@{BOB}> 10% until:2001-01-01 nice",
+            messages.date_in_the_past(datetime(2001, 1, 1, tzinfo=UTC)),
+        ),
+        (f"set {BOB_ACCOUNT} 10% nice", messages.SLACK_PRICE_USAGE),
+        ("raise everything", messages.SLACK_PRICE_USAGE),
+    ],
+)
+async def test_a_bad_price_command_is_one_sentence_and_changes_nothing(
+    driver: SlackDriver, service: ImagineService, typed: str, expected: str
+) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", f"price {typed}", user=ADMIN)
+
+    assert acknowledgement["text"] == expected
+    assert await service.ledger.price_overrides(None) == []
+
+
+async def test_help_shows_the_price_commands_only_to_admins(driver: SlackDriver) -> None:
+    _, for_alice, _ = await driver.command("/imagine", "help")
+    _, for_admin, _ = await driver.command("/imagine", "help", user=ADMIN)
+
+    assert "/credits price" not in for_alice["text"]
+    assert "*/credits price set @someone" in for_admin["text"]
 
 
 def test_http_mode_without_a_signing_secret_says_what_to_set(

@@ -18,6 +18,7 @@ from bot import messages
 from bot.errors import ImagineError, RequestError
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
+from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from ledger import Generation
 from providers.base import GeneratedImage
@@ -50,6 +51,7 @@ class ConsoleChat:
         self.read_line = read_line
         self.write = write
         self.welcome_credits = welcome_credits
+        self.prices = PriceAdmin(service.credits, service.catalog.registry)
 
     async def run(self) -> None:
         """Greet, then answer lines until /quit or the end of input."""
@@ -100,6 +102,7 @@ class ConsoleChat:
             "help": self.show_help,
             "grant": self.grant,
             "revoke": self.revoke,
+            "price": self.price,
         }
 
     async def imagine(self, text: str) -> None:
@@ -142,6 +145,10 @@ class ConsoleChat:
     async def _adjust(self, action: str, arguments: str) -> None:
         target, amount, reason = _admin_arguments(action, arguments)
         self.write(await self.service.credits.adjust(action, self.account, target, amount, reason))
+
+    async def price(self, arguments: str) -> None:
+        command = parse_price_command(arguments, messages.CONSOLE_PRICE_USAGE)
+        self.write(await self.prices.run(self.account, command))
 
 
 class _SaveToFolder:

@@ -31,6 +31,7 @@ import discord
 from discord import app_commands
 
 from bot import messages, references
+from bot.credits import MAX_GRANT
 from bot.errors import (
     ImagineError,
     RequestError,
@@ -39,6 +40,7 @@ from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImage
 from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
+from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
@@ -107,6 +109,7 @@ class ImagineBot(discord.AutoShardedClient):
         self.tree = _ServedTree(self)
         self.tree.on_error = self._on_command_error
         self.background = BackgroundTasks()
+        self.prices = PriceAdmin(service.credits, service.catalog.registry)
         self.quotes_shown: Deadlines[str, ShownQuote] = Deadlines(self._quote_timed_out)
         """Quotes still showing live buttons, by request id, until they expire."""
         for command in build_commands(self):
@@ -346,6 +349,39 @@ class ImagineBot(discord.AutoShardedClient):
             text = refusal.message
         await _answer(interaction, text)
 
+    async def change_prices(self, interaction: discord.Interaction, command: PriceCommand) -> None:
+        """An admin's /price: someone's own prices set, listed or cleared, said privately."""
+
+        async def price_answer() -> str:
+            if command.account is None and command.action != "list":
+                set_usage = command.action == "set"
+                raise RequestError(
+                    messages.DISCORD_PRICE_USAGE if set_usage else messages.DISCORD_CLEAR_USAGE
+                )
+            return await self.prices.run(discord_account(interaction.user), command)
+
+        try:
+            text = await _ready_in_time(interaction, price_answer())
+        except ImagineError as refusal:
+            text = refusal.message
+        # Everyone's overrides can run past what one message holds.
+        first, *more = _lines_in_messages(text)
+        await _answer(interaction, first)
+        for piece in more:
+            await interaction.followup.send(piece, ephemeral=True)
+
+    def model_choices(self, current: str) -> list[app_commands.Choice[str]]:
+        """The models whose id or name holds what was typed, with their list prices."""
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(
+                name=messages.discord_model_choice(model.display_name, model.credits_per_image),
+                value=model.id,
+            )
+            for model in self.service.catalog.listed()
+            if typed in model.id or typed in model.display_name.lower()
+        ][:DISCORD_CHOICES]
+
     async def show_models(self, interaction: discord.Interaction) -> None:
         catalog = self.service.catalog
         rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
@@ -470,6 +506,49 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     ) -> None:
         await bot.show_credits(interaction, action, user, amount, reason)
 
+    async def price_models(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return bot.model_choices(current)
+
+    @app_commands.describe(
+        action="Set, list or clear someone's own prices (bot admins only)",
+        user="Whose prices; for list, leave empty to see everyone's",
+        model="The model of a fixed price, or the one price to clear",
+        credits="Credits per image of that model",
+        percent_off="Percent off every model's list price, instead of one model's price",
+        until="When it ends: a date or time such as 2027-01-01 (UTC unless an offset is given)",
+        reason="Recorded with the price",
+    )
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="set", value="set"),
+            app_commands.Choice(name="list", value="list"),
+            app_commands.Choice(name="clear", value="clear"),
+        ]
+    )
+    @app_commands.autocomplete(model=price_models)
+    async def price(
+        interaction: discord.Interaction,
+        action: str,
+        user: Optional[discord.User] = None,  # noqa: UP045
+        model: Optional[str] = None,  # noqa: UP045
+        credits: Optional[app_commands.Range[int, 1, MAX_GRANT]] = None,  # noqa: UP045
+        percent_off: Optional[app_commands.Range[int, 1, 100]] = None,  # noqa: UP045
+        until: Optional[str] = None,  # noqa: UP045
+        reason: Optional[app_commands.Range[str, 1, messages.REASON_MAX_CHARS]] = None,  # noqa: UP045
+    ) -> None:
+        command = PriceCommand(
+            action,
+            None if user is None else discord_account(user),
+            model=model,
+            credits_per_image=None if credits is None else str(credits),
+            percent_off=None if percent_off is None else str(percent_off),
+            until=until,
+            reason=reason or "",
+        )
+        await bot.change_prices(interaction, command)
+
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
@@ -482,6 +561,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         ),
         app_commands.Command(
             name="credits", description="Your credits; admins grant and revoke", callback=credits
+        ),
+        app_commands.Command(
+            name="price",
+            description="Admins: someone's own price per image, or percent off",
+            callback=price,
         ),
         app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
@@ -714,6 +798,17 @@ def _code_blocks(table: str) -> list[str]:
         blocks[-1].append(line)
         used += len(line) + 1
     return ["```\n" + "\n".join([header, *block]) + "\n```" for block in blocks]
+
+
+def _lines_in_messages(text: str) -> list[str]:
+    """``text`` as messages that each fit Discord's limit, split between lines."""
+    pieces: list[str] = []
+    for line in text.splitlines():
+        if pieces and len(pieces[-1]) + 1 + len(line) <= DISCORD_MESSAGE_CHARACTERS:
+            pieces[-1] += "\n" + line
+        else:
+            pieces.append(line[:DISCORD_MESSAGE_CHARACTERS])
+    return pieces or [text]
 
 
 def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> ImagineOptions:

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -48,6 +48,7 @@ from bot.errors import (
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
 from bot.parsing import parse_imagine
+from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, answer_in_time
@@ -91,6 +92,7 @@ class SlackImagine:
         self.service = service
         self.settings = settings
         self.background = BackgroundTasks()
+        self.prices = PriceAdmin(service.credits, service.catalog.registry)
         socket_mode = bool(settings.slack_app_token)
         if not socket_mode and not settings.slack_signing_secret:
             raise ValueError(messages.SLACK_NO_SIGNING_SECRET)
@@ -296,7 +298,8 @@ class SlackImagine:
         await _answer_command(ack, respond, self._credits_answer(command))
 
     async def _credits_answer(self, command: dict[str, Any]) -> dict[str, Any]:
-        """The balance and history, or an admin's grant or revoke reported, as message fields."""
+        """The balance and history, or an admin's grant, revoke or price change reported, as
+        message fields."""
         team = command["team_id"]
         account = slack_account(team, command["user_id"])
         words = command.get("text", "").split()
@@ -316,6 +319,9 @@ class SlackImagine:
                     # The same command delivered again must not grant again.
                     idempotency_key=f"{action}:slack:{command['trigger_id']}",
                 )
+            elif words and words[0].lower() == "price":
+                price = _price_command(team, " ".join(words[1:]))
+                text = await self.prices.run(account, price)
             elif words:
                 raise RequestError(messages.slack_credits_usage(words[0]))
             else:
@@ -323,6 +329,18 @@ class SlackImagine:
         except ImagineError as refusal:
             text = refusal.message
         return {"text": text}
+
+
+def _price_command(team: str, typed: str) -> PriceCommand:
+    """``/credits price …`` in the console's text form, with a mention in place of the account."""
+    command = parse_price_command(typed, messages.SLACK_PRICE_USAGE)
+    if command.account is not None:
+        mention = _MENTION.match(command.account)
+        if mention is None:
+            raise RequestError(messages.SLACK_PRICE_USAGE)
+        command = replace(command, account=slack_account(team, mention.group(1)))
+    # Recorded in the ledger as the admin saw it typed, not in Slack's escaped form.
+    return replace(command, reason=slack_text.typed(command.reason))
 
 
 @dataclass
