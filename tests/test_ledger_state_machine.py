@@ -112,6 +112,35 @@ async def sqlite_file() -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{Path(folder) / 'l.db'}"
 
 
+def _moved(kind: EntryKind, column: Any) -> Any:
+    return func.coalesce(func.sum(case((ledger_entries.c.kind == kind, column), else_=0)), 0)
+
+
+LOT_FIGURES = (
+    select(
+        credit_lots.c.available,
+        credit_lots.c.held,
+        credit_lots.c.granted,
+        _moved(EntryKind.GRANT, entry_parts.c.available_delta).label("grants"),
+        (-_moved(EntryKind.ADJUSTMENT, entry_parts.c.available_delta)).label("revoked"),
+        (
+            -_moved(EntryKind.EXPIRE, entry_parts.c.available_delta)
+            - _moved(EntryKind.EXPIRE, entry_parts.c.held_delta)
+        ).label("expired"),
+        (-_moved(EntryKind.CAPTURE, entry_parts.c.held_delta)).label("captured"),
+    )
+    .select_from(
+        credit_lots.join(entry_parts, entry_parts.c.lot_id == credit_lots.c.id).join(
+            ledger_entries, ledger_entries.c.id == entry_parts.c.entry_id
+        )
+    )
+    .group_by(credit_lots.c.id, credit_lots.c.available, credit_lots.c.held, credit_lots.c.granted)
+)
+"""Each lot as stored, beside what its entries' parts say it was granted and lost, by kind.
+
+Built once: the invariant runs after every step of every example."""
+
+
 class LedgerMachine(RuleBasedStateMachine):
     """The real ledger on a fresh database per run, and a plain-Python model of what it should hold."""
 
@@ -378,35 +407,8 @@ class LedgerMachine(RuleBasedStateMachine):
             )
 
     async def lot_figures(self) -> list[Any]:
-        def moved(kind: EntryKind, column: Any) -> Any:
-            return func.coalesce(
-                func.sum(case((ledger_entries.c.kind == kind, column), else_=0)), 0
-            )
-
-        query = (
-            select(
-                credit_lots.c.available,
-                credit_lots.c.held,
-                credit_lots.c.granted,
-                moved(EntryKind.GRANT, entry_parts.c.available_delta).label("grants"),
-                (-moved(EntryKind.ADJUSTMENT, entry_parts.c.available_delta)).label("revoked"),
-                (
-                    -moved(EntryKind.EXPIRE, entry_parts.c.available_delta)
-                    - moved(EntryKind.EXPIRE, entry_parts.c.held_delta)
-                ).label("expired"),
-                (-moved(EntryKind.CAPTURE, entry_parts.c.held_delta)).label("captured"),
-            )
-            .select_from(
-                credit_lots.join(entry_parts, entry_parts.c.lot_id == credit_lots.c.id).join(
-                    ledger_entries, ledger_entries.c.id == entry_parts.c.entry_id
-                )
-            )
-            .group_by(
-                credit_lots.c.id, credit_lots.c.available, credit_lots.c.held, credit_lots.c.granted
-            )
-        )
         async with self.engine.connect() as connection:
-            return list((await connection.execute(query)).all())
+            return list((await connection.execute(LOT_FIGURES)).all())
 
     @invariant()
     def entries_recompute_every_balance_and_lot(self) -> None:
