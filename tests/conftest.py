@@ -214,6 +214,29 @@ def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the PostgreSQL runs of ``sqlite_only`` tests not also marked ``both_databases``.
+
+    A platform adapter's tests check what it translates; the ledger and flow
+    tests run every rule on both databases. Those of its tests whose point is
+    the database (a double click, a redelivery, an outage) keep both.
+    """
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgres"
+        dropped_here = (
+            on_postgres
+            and item.get_closest_marker("sqlite_only") is not None
+            and item.get_closest_marker("both_databases") is None
+        )
+        (dropped if dropped_here else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(
     request: pytest.FixtureRequest,

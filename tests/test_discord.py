@@ -43,6 +43,8 @@ from tests.loopback_discord import (
     User,
 )
 
+pytestmark = pytest.mark.sqlite_only
+
 ADMIN = User(900_000_000_000_000_199, "admin")
 ALICE_ACCOUNT = f"discord:{ALICE.id}"
 BOB_ACCOUNT = f"discord:{BOB.id}"
@@ -283,6 +285,7 @@ async def test_a_prompt_in_the_public_caption_is_shown_as_typed_never_as_markup(
     assert posted.content == f"<@{ALICE.id}> asked for “{shown}” · Local Sketch · 1 credit"
 
 
+@pytest.mark.both_databases
 async def test_generate_posts_real_images_in_the_channel_and_charges_for_them(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:
@@ -374,6 +377,7 @@ async def test_cancel_withdraws_the_quote_and_charges_nothing(
     assert await available(service) == 50
 
 
+@pytest.mark.both_databases
 async def test_a_command_the_database_fails_is_answered_with_a_sentence(
     bot: ImagineBot,
     discord_fake: LoopbackDiscord,
@@ -389,6 +393,7 @@ async def test_a_command_the_database_fails_is_answered_with_a_sentence(
     assert await service.ledger.history(ALICE_ACCOUNT, include_unconfirmed=True) == []
 
 
+@pytest.mark.both_databases
 async def test_a_click_the_database_fails_is_told_to_the_clicker_and_charges_nothing(
     bot: ImagineBot,
     discord_fake: LoopbackDiscord,
@@ -480,6 +485,7 @@ async def test_a_cancel_that_waits_past_the_deadline_is_deferred_then_shown(
     assert await available(service) == 50
 
 
+@pytest.mark.both_databases
 async def test_a_second_press_generates_and_charges_once(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:
@@ -556,6 +562,7 @@ async def test_pressing_generate_after_expiry_charges_nothing_and_says_so(
     assert await available(service) == 50
 
 
+@pytest.mark.both_databases
 async def test_a_button_pressed_after_a_restart_still_works(
     service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
 ) -> None:

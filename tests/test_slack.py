@@ -46,6 +46,8 @@ from tests.loopback_slack import (
     SlackDriver,
 )
 
+pytestmark = pytest.mark.sqlite_only
+
 ALICE = f"slack:{TEAM}:U0ALICE"
 BOB = "U0BOB"
 ADMIN = "U0ADMIN"
@@ -175,6 +177,7 @@ async def test_imagine_is_acknowledged_with_the_price_and_two_buttons(driver: Sl
     assert found[CANCEL_ACTION]["text"]["text"] == "Cancel"
 
 
+@pytest.mark.both_databases
 async def test_generate_uploads_real_images_to_the_channel_and_charges(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
@@ -411,6 +414,7 @@ async def test_a_click_after_expiry_charges_nothing_and_says_so(
     assert await available(service) == 50
 
 
+@pytest.mark.both_databases
 async def test_a_double_click_generates_and_charges_once(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
@@ -426,6 +430,7 @@ async def test_a_double_click_generates_and_charges_once(
     assert await available(service) == 48
 
 
+@pytest.mark.both_databases
 async def test_a_redelivered_click_does_nothing(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
@@ -595,6 +600,7 @@ async def test_an_admin_revoke_takes_credits_back(
     assert acknowledgement["text"] == messages.revoked(f"<@{BOB}>", 20, 30)
 
 
+@pytest.mark.both_databases
 async def test_the_same_grant_command_delivered_twice_grants_once(
     driver: SlackDriver, service: ImagineService
 ) -> None:
@@ -761,6 +767,7 @@ async def test_socket_mode_answers_a_slash_command_over_the_connection(
     assert GENERATE_ACTION in buttons(reply["payload"])
 
 
+@pytest.mark.both_databases
 async def test_a_command_the_database_fails_is_answered_with_a_sentence(
     driver: SlackDriver, service: ImagineService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -793,6 +800,7 @@ async def test_a_slow_command_the_database_then_fails_replaces_its_placeholder(
     assert (answer["text"], answer["replace_original"]) == (messages.SOMETHING_WENT_WRONG, True)
 
 
+@pytest.mark.both_databases
 async def test_a_click_the_database_fails_is_told_to_the_clicker_and_charges_nothing(
     driver: SlackDriver,
     slack: LoopbackSlack,
