@@ -8,5 +8,6 @@ source scripts/ensure-venv.sh dev
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
 # Four pytest-xdist workers, even on two cores: much of the suite waits (on platform deadlines,
-# sockets, subprocesses), so more workers than cores finish sooner.
-exec .venv/bin/python -m pytest -n 4 "$@"
+# sockets, subprocesses), so more workers than cores finish sooner; a worker that runs out
+# of tests takes some of another's, so one long test file does not finish alone.
+exec .venv/bin/python -m pytest -n 4 --dist worksteal "$@"
