@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -46,6 +46,7 @@ from bot.platforms.console import ConsoleChat, stdin_reader
 from bot.prices import PriceAdmin
 from bot.registry import price_warnings
 from bot.settings import Settings
+from bot.when import parse_duration, parse_until
 from ledger import migrate, utc_now
 from ledger.backup import NoDatabaseFile, backup_sqlite
 from ledger.report import build_report
@@ -139,6 +140,18 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY",
             help="run again with the same KEY and nothing more changes (for scripts that retry)",
         )
+        if name == "grant":
+            expiry = admin.add_mutually_exclusive_group()
+            expiry.add_argument(
+                "--expires-in",
+                metavar="DURATION",
+                help="the credits expire after this long: 90s, 30m, 12h, 7d (default: never)",
+            )
+            expiry.add_argument(
+                "--expires-at",
+                metavar="DATE",
+                help="the credits expire then: ISO 8601, UTC unless an offset is given",
+            )
         admin.set_defaults(handler=_grant if name == "grant" else _revoke)
 
     price = commands.add_parser("price", help="an account's own prices (price overrides)")
@@ -426,14 +439,33 @@ async def _adjust(settings: Settings, arguments: argparse.Namespace, action: str
     async with open_credits(settings, extra_admins=frozenset({actor})) as credits:
         # Asked first only to word the answer; the ledger itself decides, in its transaction.
         repeat = key is not None and await credits.ledger.key_used(key)
-        change = credits.grant if action == "grant" else credits.revoke
-        balance = await change(actor, arguments.account, arguments.amount, arguments.reason, key)
-    if action == "grant":
-        report = messages.already_granted if repeat else messages.granted
+        if action == "revoke":
+            balance = await credits.revoke(
+                actor, arguments.account, arguments.amount, arguments.reason, key
+            )
+            report = messages.already_revoked if repeat else messages.revoked
+            print(report(balance.account, parse_amount(arguments.amount), balance.available))
+            return 0
+        expires_at = _expiry(arguments.expires_in, arguments.expires_at)
+        balance = await credits.grant(
+            actor, arguments.account, arguments.amount, arguments.reason, key, expires_at=expires_at
+        )
+    amount = parse_amount(arguments.amount)
+    if repeat:
+        print(messages.already_granted(balance.account, amount, balance.available))
     else:
-        report = messages.already_revoked if repeat else messages.revoked
-    print(report(balance.account, parse_amount(arguments.amount), balance.available))
+        print(messages.granted(balance.account, amount, balance.available, expires_at))
     return 0
+
+
+def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
+    """When a grant's credits expire, from ``--expires-in`` or ``--expires-at`` (None: never)."""
+    now = utc_now()
+    if expires_in is not None:
+        return now + parse_duration(expires_in)
+    if expires_at is not None:
+        return parse_until(expires_at, now)
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -479,6 +511,8 @@ async def _balance(settings: Settings, arguments: argparse.Namespace) -> int:
     async with open_credits(settings) as credits:
         balance = await credits.existing_balance(arguments.account)
         print(f"{balance.account}: {messages.balance_line(balance.available, balance.held)}")
+        for lot in balance.lots:
+            print(messages.lot_line(lot))
     return 0
 
 

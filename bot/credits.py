@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 
 import ledger
 from bot import messages
@@ -16,7 +17,7 @@ from bot.errors import (
     RevokeExceedsBalance,
     UnknownAccount,
 )
-from ledger import Balance, Generation, Ledger
+from ledger import Balance, Generation, Ledger, LotKind
 
 MAX_GRANT = 1_000_000_000
 _WHOLE_NUMBER = re.compile(r"[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,3}(?:_[0-9]{3})+")
@@ -63,7 +64,7 @@ class Credits:
         """The balance and recent generations, as the one message every platform shows."""
         balance = await self.balance(account)
         recent = await self.history(account)
-        return messages.credits_statement(balance.available, balance.held, recent)
+        return messages.credits_statement(balance, recent)
 
     async def adjust(
         self,
@@ -102,8 +103,11 @@ class Credits:
         amount: int | str,
         reason: str = "",
         idempotency_key: str | None = None,
+        *,
+        expires_at: datetime | None = None,
     ) -> Balance:
-        """Add credits to ``target`` (creating the account if new); only admins may."""
+        """Add credits to ``target`` (creating the account if new) as a ``promo`` lot, expiring
+        at ``expires_at`` if given; only admins may."""
         account, credits = self._admin_arguments(actor, target, amount, reason)
         await self.open_account(account)
         try:
@@ -113,6 +117,8 @@ class Credits:
                 actor=actor,
                 reason=reason or "granted by an admin",
                 idempotency_key=idempotency_key or f"grant:{uuid.uuid4()}",
+                kind=LotKind.PROMO,
+                expires_at=expires_at,
             )
         except ledger.IdempotencyConflict:
             raise IdempotencyKeyReused() from None

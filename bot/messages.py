@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from bot.pricing import Price
     from bot.registry import ModelSpec
-    from ledger import Balance, Generation, PriceOverride
+    from ledger import Balance, Generation, Lot, PriceOverride
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
@@ -456,13 +456,17 @@ def history_line(generation: Generation) -> str:
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
-def credits_statement(available: int, held: int, recent: Sequence[Generation]) -> str:
+def credits_statement(balance: Balance, recent: Sequence[Generation]) -> str:
     history = "\n".join(map(history_line, recent)) or NO_HISTORY
-    return f"{balance_line(available, held)}\n{history}"
+    return f"{balance_with_lots(balance.available, balance.held, balance.lots)}\n{history}"
 
 
-def granted(account: str, amount: int, available: int) -> str:
-    return f"Granted {credits(amount)} to {account}; their balance is now {credits(available)}."
+def granted(account: str, amount: int, available: int, expires_at: datetime | None = None) -> str:
+    expiring = "" if expires_at is None else f", expiring {moment(expires_at)}"
+    return (
+        f"Granted {credits(amount)} to {account}{expiring}; "
+        f"their balance is now {credits(available)}."
+    )
 
 
 def revoked(account: str, amount: int, available: int) -> str:
@@ -506,6 +510,28 @@ def bad_date(text: str) -> str:
         f"'{_echo(text)}' is not a date; give an ISO 8601 date or time such as 2026-12-31"
         " or 2026-12-31T18:00+01:00 (UTC unless an offset is given)."
     )
+
+
+def bad_duration(text: str) -> str:
+    return (
+        f"'{_echo(text)}' is not a duration; give a whole number and a unit, such as 90s, "
+        "30m, 12h or 7d, of at most ten years."
+    )
+
+
+def lot_line(lot: Lot) -> str:
+    """One lot of a balance: what is left of it, of what kind, and until when."""
+    held = f", {lot.held} held" if lot.held else ""
+    ends = "never expires" if lot.expires_at is None else f"expires {moment(lot.expires_at)}"
+    return f"  {credits(lot.available)} {lot.kind}{held} · {ends}"
+
+
+def balance_with_lots(available: int, held: int, lots: Sequence[Lot]) -> str:
+    """The balance, then its lots when there is more than one or one expires."""
+    line = balance_line(available, held)
+    if len(lots) <= 1 and all(lot.expires_at is None for lot in lots):
+        return line
+    return "\n".join([line, *map(lot_line, lots)])
 
 
 def date_in_the_past(when: datetime) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from bot import messages
 from bot.accounts import parse_account
 from bot.credits import Credits, parse_amount
 from bot.errors import NotAdmin, ReasonTooLong, RequestError, UnknownModel
 from bot.registry import Registry
+from bot.when import parse_until
 from ledger import utc_now
 
 
@@ -189,19 +190,3 @@ def parse_percent(text: str) -> int:
     if not (stripped.isascii() and stripped.isdigit()) or not 1 <= int(stripped) <= 100:
         raise RequestError(messages.bad_percent(text))
     return int(stripped)
-
-
-def parse_until(text: str, now: datetime) -> datetime:
-    """An ISO 8601 date or time, UTC unless it gives an offset, that is still to come.
-
-    A date alone is the start of that day, UTC.
-    """
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise RequestError(messages.bad_date(text)) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if when <= now:
-        raise RequestError(messages.date_in_the_past(when))
-    return when.astimezone(UTC)

@@ -106,6 +106,10 @@ def test_grant_balance_history_and_revoke_from_the_command_line(tmp_path: Path) 
         (("grant", "discord:7", "0"), 2, "'0' is not an amount"),
         (("grant", "discord:7", "ten"), 2, "'ten' is not an amount"),
         (("grant", "bob", "10"), 2, "'bob' is not an account"),
+        (("grant", "discord:7", "10", "--expires-in", "7 days"), 2, "'7 days' is not a duration"),
+        (("grant", "discord:7", "10", "--expires-in", "0d"), 2, "'0d' is not a duration"),
+        (("grant", "discord:7", "10", "--expires-at", "2001-01-01"), 2, "has already passed"),
+        (("grant", "discord:7", "10", "--expires-at", "soon"), 2, "'soon' is not a date"),
     ],
 )
 def test_admin_commands_refuse_bad_input_with_an_exit_code(
@@ -141,6 +145,31 @@ def test_a_platform_that_cannot_be_reached_is_not_blamed_on_the_database(tmp_pat
     assert result.returncode == 1
     assert "Stopped: Cannot connect to host 127.0.0.1:1" in result.stderr
     assert "database" not in result.stderr
+
+
+def test_a_grant_that_expires_is_its_own_lot_and_balance_lists_the_lots(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "30")
+    granted = imagine_bot(
+        tmp_path, "grant", "discord:42", "20", "--expires-at", "2099-01-01T12:00+01:00"
+    )
+
+    assert granted.returncode == 0, granted.stderr
+    assert "Granted 20 credits to discord:42, expiring 2099-01-01 11:00 UTC;" in granted.stdout
+    balance = imagine_bot(tmp_path, "balance", "discord:42")
+    assert balance.stdout.splitlines() == [
+        "discord:42: Balance: 50 credits available.",
+        "  20 credits promo · expires 2099-01-01 11:00 UTC",
+        "  30 credits promo · never expires",
+    ]
+
+
+def test_a_grant_given_both_expiry_options_is_refused_by_its_usage(tmp_path: Path) -> None:
+    refused = imagine_bot(
+        tmp_path, "grant", "discord:7", "5", "--expires-in", "7d", "--expires-at", "2099-01-01"
+    )
+
+    assert refused.returncode == 2
+    assert "not allowed with argument" in refused.stderr
 
 
 def test_a_grant_run_twice_with_one_idempotency_key_grants_once(tmp_path: Path) -> None:

@@ -515,6 +515,20 @@ async def test_holds_left_by_a_crash_are_released_at_start_up(service: ImagineSe
     assert await available(service) == 100
 
 
+async def test_credits_shows_each_lot_and_when_it_expires(
+    console: ScriptedConsole, service: ImagineService, clock: FakeClock
+) -> None:
+    await service.credits.grant(OWNER, OWNER, 20, "contest", expires_at=clock() + timedelta(days=7))
+
+    said = await console.say("/credits")
+
+    assert said.splitlines()[:3] == [
+        "Balance: 120 credits available.",
+        "  20 credits promo · expires 2026-12-01 12:00 UTC",
+        "  100 credits promo · never expires",
+    ]
+
+
 async def test_credits_shows_the_balance_and_recent_generations(
     console: ScriptedConsole,
 ) -> None:

@@ -1,0 +1,41 @@
+"""When something ends, as an admin types it: a duration (``7d``) or a date (ISO 8601)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from bot import messages
+from bot.errors import RequestError
+
+_DURATION = re.compile(r"([0-9]{1,6})([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+LONGEST = timedelta(days=3650)
+"""Ten years: longer is surely a typo, and nothing in a ledger should wait that long."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """A positive duration like ``90s``, ``30m``, ``12h`` or ``7d``, at most ten years."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise RequestError(messages.bad_duration(text))
+    duration = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    if not timedelta(0) < duration <= LONGEST:
+        raise RequestError(messages.bad_duration(text))
+    return duration
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """An ISO 8601 date or time, UTC unless it gives an offset, that is still to come.
+
+    A date alone is the start of that day, UTC.
+    """
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RequestError(messages.bad_date(text)) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if when <= now:
+        raise RequestError(messages.date_in_the_past(when))
+    return when.astimezone(UTC)
