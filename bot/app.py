@@ -107,11 +107,13 @@ async def open_credits(
     clock: Clock = utc_now,
     upgrade: bool = False,
 ) -> AsyncIterator[Credits]:
+    allowance = load_prices(settings).allowance
     async with open_ledger(settings, clock, upgrade=upgrade) as ledger:
         yield Credits(
             ledger,
             admins=frozenset(settings.admin_accounts) | extra_admins,
             starting_credits=settings.starting_credits,
+            allowance=allowance,
         )
 
 

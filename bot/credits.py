@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 import ledger
@@ -17,6 +19,7 @@ from bot.errors import (
     RevokeExceedsBalance,
     UnknownAccount,
 )
+from bot.pricing import NO_ALLOWANCE, Allowance, period_bounds
 from ledger import Balance, Generation, Ledger, LotKind
 
 MAX_GRANT = 1_000_000_000
@@ -28,11 +31,20 @@ class Credits:
     """Every credit rule that is not part of generating: who may grant, and what a grant is."""
 
     def __init__(
-        self, ledger: Ledger, *, admins: frozenset[str] = frozenset(), starting_credits: int = 0
+        self,
+        ledger: Ledger,
+        *,
+        admins: frozenset[str] = frozenset(),
+        starting_credits: int = 0,
+        allowance: Allowance = NO_ALLOWANCE,
     ) -> None:
         self.ledger = ledger
         self.admins = admins
         self.starting_credits = starting_credits
+        self.allowance = allowance
+        self._topped_up: set[str] = set()
+        """This period's allowance keys this process has seen granted: a command then needs no
+        write to learn it. Another process's grant is found by its idempotency key."""
 
     def is_admin(self, account: str) -> bool:
         return account in self.admins
@@ -54,17 +66,52 @@ class Credits:
                 balance = await self.ledger.balance(account)
         return balance
 
-    async def balance(self, account: str) -> Balance:
+    async def top_up_allowance(self, account: str, roles: Collection[str] = ()) -> None:
+        """Grant this period's free credits if the account has not had them yet.
+
+        One ``allowance`` lot per account and period, whichever process grants it (the key
+        names both), expiring at the period's end, so allowances never accumulate.
+        ``roles``: the member's Discord role ids, for ``[allowance.discord_roles]``.
+        """
+        amount = self.allowance.credits_for(roles)
+        if amount <= 0:
+            return
+        start, end = period_bounds(self.allowance.period, self.ledger.now())
+        key = f"allowance:{account}:{start:%Y-%m-%d}"
+        if key in self._topped_up:
+            return
+        await self.ledger.ensure_account(account, starting_credits=self.starting_credits)
+        # Granted already with another amount (a role changed): the first one stands.
+        with contextlib.suppress(ledger.IdempotencyConflict):
+            await self.ledger.grant(
+                account,
+                amount,
+                actor="system",
+                reason=f"free credits for the {self.allowance.period} from {start:%Y-%m-%d}",
+                idempotency_key=key,
+                kind=LotKind.ALLOWANCE,
+                expires_at=end,
+            )
+        # Only this period's keys are worth remembering.
+        self._topped_up = {seen for seen in self._topped_up if seen.endswith(key[-10:])} | {key}
+
+    async def balance(self, account: str, roles: Collection[str] = ()) -> Balance:
+        await self.top_up_allowance(account, roles)
         return await self.open_account(account)
 
     async def history(self, account: str, limit: int = 5) -> list[Generation]:
         return await self.ledger.history(account, limit=limit)
 
-    async def statement(self, account: str) -> str:
+    async def statement(self, account: str, roles: Collection[str] = ()) -> str:
         """The balance and recent generations, as the one message every platform shows."""
-        balance = await self.balance(account)
+        balance = await self.balance(account, roles)
         recent = await self.history(account)
-        return messages.credits_statement(balance, recent)
+        renews = None
+        if self.allowance.credits_for(roles) > 0:
+            renews = period_bounds(self.allowance.period, self.ledger.now())[1]
+        return messages.credits_statement(
+            balance, recent, self.allowance.credits_for(roles), self.allowance.period, renews
+        )
 
     async def adjust(
         self,

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -275,14 +275,21 @@ class ImagineService:
         """Adapters add ``name → is connected`` here for ``/readyz``."""
 
     async def quote(
-        self, account: str, request: ImagineRequest, *, channel: str | None = None
+        self,
+        account: str,
+        request: ImagineRequest,
+        *,
+        channel: str | None = None,
+        roles: Collection[str] = (),
     ) -> Quote:
         """Price a validated request against the balance and record it with its reference images.
 
         Refuses before any button if it cannot be paid, or would pass ``quote_limits``.
+        ``roles``: the member's Discord role ids, for the free allowance.
         """
         if not self.accepting:
             raise ShuttingDown()
+        await self.credits.top_up_allowance(account, roles)
         priced = await self.price(account, request)
         try:
             balance, generation = await self.ledger.open_quote(

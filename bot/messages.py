@@ -456,9 +456,21 @@ def history_line(generation: Generation) -> str:
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
-def credits_statement(balance: Balance, recent: Sequence[Generation]) -> str:
+def credits_statement(
+    balance: Balance,
+    recent: Sequence[Generation],
+    allowance: int = 0,
+    period: str = "day",
+    renews: datetime | None = None,
+) -> str:
     history = "\n".join(map(history_line, recent)) or NO_HISTORY
-    return f"{balance_with_lots(balance.available, balance.held, balance.lots)}\n{history}"
+    lines = [balance_with_lots(balance.available, balance.held, balance.lots)]
+    if allowance and renews is not None:
+        lines.append(
+            f"Free credits: {credits(allowance)} a {period}, renewed {moment(renews)} "
+            "(unused ones do not carry over)."
+        )
+    return "\n".join([*lines, history])
 
 
 def granted(account: str, amount: int, available: int, expires_at: datetime | None = None) -> str:

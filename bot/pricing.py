@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
@@ -54,7 +54,8 @@ class BatchDiscounts:
 
 @dataclass(frozen=True)
 class Allowance:
-    """Free credits per period, per account (granted by a later change; only loaded today)."""
+    """Free credits per period, per account: an ``allowance`` lot granted at the account's first
+    command of the period, expiring at its end (``Credits.top_up_allowance``)."""
 
     credits: int = 0
     """0: no free tier."""
@@ -62,6 +63,32 @@ class Allowance:
     """In UTC."""
     discord_roles: Mapping[str, int] = field(default_factory=dict)
     """Members of the Discord role with this id get this many instead."""
+
+    def credits_for(self, roles: Collection[str] = ()) -> int:
+        """What one account gets per period: the most any of its Discord roles gives, else
+        ``credits``."""
+        by_role = [self.discord_roles[role] for role in roles if role in self.discord_roles]
+        return max(by_role) if by_role else self.credits
+
+
+def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
+    """The UTC period holding ``now``: its first moment, and the first moment of the next.
+
+    A week starts on Monday (ISO 8601).
+    """
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    start = day.replace(day=1)
+    following = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, following
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,8 @@ class Pricing:
         return self.batch if model_discounts is None else model_discounts
 
 
+NO_ALLOWANCE = Allowance()
+"""No free tier."""
 NO_PRICING = Pricing()
 """No pricing file: no allowance, no batch discounts."""
 

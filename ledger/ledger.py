@@ -125,6 +125,10 @@ class Ledger:
         self._clock = clock
         self._database = Database(engine)
 
+    def now(self) -> datetime:
+        """The ledger's time (its injected clock), which times quotes and expiry."""
+        return self._clock()
+
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
         await self._database.read(lambda connection: connection.execute(select(1)).one())

@@ -44,6 +44,8 @@ AUTOCOMPLETE_RESULT = 8
 class User:
     id: int
     name: str
+    roles: tuple[int, ...] = ()
+    """Role ids the user has as a member of the test server (``SUPPORTER_ROLE`` is one it knows)."""
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class User:
 BOT = User(APPLICATION_ID, "imagine")
 ALICE = User(900_000_000_000_000_101, "alice")
 BOB = User(900_000_000_000_000_102, "bob")
+SUPPORTER_ROLE = 900_000_000_000_000_777
 
 
 @dataclass(frozen=True)
@@ -454,6 +457,16 @@ class LoopbackDiscord:
             "channels": [_channel()],
             "roles": [
                 {
+                    "id": str(SUPPORTER_ROLE),
+                    "name": "Supporter",
+                    "permissions": "0",
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                },
+                {
                     "id": str(GUILD_ID),
                     "name": "@everyone",
                     "permissions": "104324673",
@@ -462,7 +475,7 @@ class LoopbackDiscord:
                     "hoist": False,
                     "managed": False,
                     "mentionable": False,
-                }
+                },
             ],
             "members": [],
             "threads": [],
@@ -745,7 +758,7 @@ def _channel(guild: int | None = GUILD_ID) -> dict[str, Any]:
 
 def _member(user: User, *, with_user: bool) -> dict[str, Any]:
     member: dict[str, Any] = {
-        "roles": [],
+        "roles": [str(role) for role in user.roles],
         "joined_at": "2026-01-01T00:00:00+00:00",
         "deaf": False,
         "mute": False,

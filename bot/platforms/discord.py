@@ -230,6 +230,7 @@ class ImagineBot(discord.AutoShardedClient):
                 discord_account(interaction.user),
                 request,
                 channel=f"discord:{interaction.channel_id}",
+                roles=_role_ids(interaction.user),
             )
         except ImagineError as refusal:
             return refusal.message, None, None
@@ -326,7 +327,7 @@ class ImagineBot(discord.AutoShardedClient):
         async def statement_or_adjustment() -> str:
             account = discord_account(interaction.user)
             if action not in ("grant", "revoke"):
-                return await self.service.credits.statement(account)
+                return await self.service.credits.statement(account, _role_ids(interaction.user))
             if user is None or amount is None:
                 grant = action == "grant"
                 raise RequestError(
@@ -856,6 +857,11 @@ async def _downloaded(reference: discord.Attachment) -> ReferenceImage:
         logger.warning("could not download the reference %s: %s", reference.filename, failure)
         raise RequestError(messages.reference_unreadable(reference.filename)) from None
     return await references.prepare(reference.filename, claimed, data)
+
+
+def _role_ids(user: discord.User | discord.Member) -> tuple[str, ...]:
+    """A server member's role ids, for ``[allowance.discord_roles]``; none in a direct message."""
+    return tuple(str(role.id) for role in getattr(user, "roles", ()))
 
 
 async def _refuse_click(interaction: discord.Interaction, refusal: ImagineError) -> None:
