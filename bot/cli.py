@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from bot import messages
+from bot import messages, statements
 from bot.accounts import CONSOLE_OWNER, parse_account
 from bot.app import (
     freeze_startup_heap,
@@ -46,7 +46,7 @@ from bot.platforms.console import ConsoleChat, stdin_reader
 from bot.prices import PriceAdmin
 from bot.registry import price_warnings
 from bot.settings import Settings
-from bot.when import parse_duration, parse_until
+from bot.when import parse_duration, parse_moment, parse_until
 from ledger import migrate, utc_now
 from ledger.backup import NoDatabaseFile, backup_sqlite
 from ledger.report import build_report
@@ -185,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     balance = commands.add_parser("balance", help="show an account's balance")
     balance.add_argument("account")
     balance.set_defaults(handler=_balance)
+
+    statement = commands.add_parser(
+        "statement", help="every change to an account's credits, with the running balance"
+    )
+    statement.add_argument("account")
+    statement.add_argument(
+        "--since", metavar="DATE", help="from this date or time (ISO 8601, UTC unless an offset)"
+    )
+    statement.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    statement.set_defaults(handler=_statement)
 
     history = commands.add_parser("history", help="show an account's recent generations")
     history.add_argument("account")
@@ -513,6 +523,16 @@ async def _balance(settings: Settings, arguments: argparse.Namespace) -> int:
         print(f"{balance.account}: {messages.balance_line(balance.available, balance.held)}")
         for lot in balance.lots:
             print(messages.lot_line(lot))
+    return 0
+
+
+async def _statement(settings: Settings, arguments: argparse.Namespace) -> int:
+    since = None if arguments.since is None else parse_moment(arguments.since)
+    async with open_credits(settings) as credits:
+        balance = await credits.existing_balance(arguments.account)
+        lines = await credits.ledger.statement(balance.account, since=since)
+    shown = {"table": statements.as_table, "csv": statements.as_csv, "json": statements.as_json}
+    print(shown[arguments.format](lines), end="" if arguments.format == "csv" else "\n")
     return 0
 
 

@@ -453,6 +453,7 @@ def history_line(generation: Generation) -> str:
     )
 
 
+NO_STATEMENT = "No entries yet: nothing has been granted to or spent by this account."
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 

@@ -25,17 +25,20 @@ def parse_duration(text: str) -> timedelta:
     return duration
 
 
-def parse_until(text: str, now: datetime) -> datetime:
-    """An ISO 8601 date or time, UTC unless it gives an offset, that is still to come.
-
-    A date alone is the start of that day, UTC.
-    """
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 date or time, UTC unless it gives an offset; a date alone is its first moment."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise RequestError(messages.bad_date(text)) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """``parse_moment``, for a time that must still be to come."""
+    when = parse_moment(text)
     if when <= now:
         raise RequestError(messages.date_in_the_past(when))
-    return when.astimezone(UTC)
+    return when

@@ -34,6 +34,7 @@ from ledger.values import (
     PriceOverride,
     QuoteLimits,
     QuoteReference,
+    StatementLine,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "QuoteReference",
     "ReferenceCorrupt",
     "ReferenceStorageFull",
+    "StatementLine",
     "TooManyQuotes",
     "WrongAccount",
     "create_engine",

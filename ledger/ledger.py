@@ -85,6 +85,7 @@ from ledger.values import (
     PriceOverride,
     QuoteLimits,
     QuoteReference,
+    StatementLine,
 )
 
 __all__ = ["DEFAULT_LEASE", "Clock", "Ledger", "create_engine", "process_identity", "utc_now"]
@@ -632,6 +633,42 @@ class Ledger:
             partial(prices.clear_overrides, account=account, model_id=model_id)
         )
 
+    async def statement(
+        self, account: str, *, since: datetime | None = None
+    ) -> list[StatementLine]:
+        """Every change to the account's lots, oldest first, with the balance after each.
+
+        The running balance counts from the account's first entry, so a statement
+        ``since`` a date starts from the balance the account had then.
+        """
+        rows = await self._database.read(
+            lambda connection: connection.execute(_STATEMENT, {"account": account}).all()
+        )
+        available = held = 0
+        lines = []
+        for row in rows:
+            available += row.available_delta
+            held += row.held_delta
+            if since is not None and row.created_at < since:
+                continue
+            lines.append(
+                StatementLine(
+                    entry_id=row.id,
+                    at=row.created_at,
+                    kind=EntryKind(row.kind),
+                    lot_id=row.lot_id,
+                    lot_kind=LotKind(row.lot_kind),
+                    available_delta=row.available_delta,
+                    held_delta=row.held_delta,
+                    generation_id=row.generation_id,
+                    model_id=row.model_id,
+                    reason=row.reason,
+                    available_after=available,
+                    held_after=held,
+                )
+            )
+        return lines
+
     async def entries(self, account: str, *, limit: int = 50) -> list[Entry]:
         """The account's ledger entries, newest first."""
         query = (
@@ -1105,6 +1142,29 @@ def _close_quote(
         _CLOSE_QUOTE, {"generation_id": quote.id, "status": status, "finished_at": now}
     )
     _forget_references(connection, quote)
+
+
+_STATEMENT = (
+    select(
+        ledger_entries.c.id,
+        ledger_entries.c.created_at,
+        ledger_entries.c.kind,
+        ledger_entries.c.reason,
+        ledger_entries.c.generation_id,
+        entry_parts.c.lot_id,
+        entry_parts.c.available_delta,
+        entry_parts.c.held_delta,
+        credit_lots.c.kind.label("lot_kind"),
+        generations.c.model_id,
+    )
+    .select_from(
+        ledger_entries.join(entry_parts, entry_parts.c.entry_id == ledger_entries.c.id)
+        .join(credit_lots, credit_lots.c.id == entry_parts.c.lot_id)
+        .outerjoin(generations, generations.c.id == ledger_entries.c.generation_id)
+    )
+    .where(ledger_entries.c.account_id == bindparam("account"))
+    .order_by(ledger_entries.c.id, entry_parts.c.lot_id)
+)
 
 
 _GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")

@@ -80,6 +80,24 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class StatementLine:
+    """One entry's change to one lot, and the account's balance after it (``Ledger.statement``)."""
+
+    entry_id: int
+    at: datetime
+    kind: EntryKind
+    lot_id: int
+    lot_kind: LotKind
+    available_delta: int
+    held_delta: int
+    generation_id: str | None
+    model_id: str | None
+    reason: str
+    available_after: int
+    held_after: int
+
+
+@dataclass(frozen=True)
 class Entry:
     id: int
     account_id: str

@@ -6,6 +6,7 @@ reading a pipe and SIGTERM while generating run the real program.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import pwd
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot import cli
+from bot import cli, messages
 from tests.cli_helpers import command_and_environment, imagine_bot, imagine_bot_process
 
 
@@ -340,3 +341,46 @@ def test_an_admin_command_run_as_a_user_id_without_a_name_is_recorded_by_that_id
     monkeypatch.setattr(pwd, "getpwuid", no_such_user)
 
     assert cli._cli_actor() == f"cli:uid{os.getuid()}"
+
+
+def test_statement_lists_every_change_by_lot_with_the_running_balance(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+    imagine_bot(tmp_path, "grant", "discord:42", "20", "--expires-in", "7d")
+    imagine_bot(tmp_path, "revoke", "discord:42", "25")
+
+    shown = imagine_bot(tmp_path, "statement", "discord:42", "--format", "json")
+
+    assert shown.returncode == 0, shown.stderr
+    changes = [
+        (row["kind"], row["lot"], row["available_change"], row["available"])
+        for row in json.loads(shown.stdout)
+    ]
+    # The revoke takes the expiring lot first, as a hold would.
+    assert changes == [
+        ("grant", "1 promo", 50, 50),
+        ("grant", "2 promo", 20, 70),
+        ("adjustment", "1 promo", -5, 65),
+        ("adjustment", "2 promo", -20, 45),
+    ]
+
+
+def test_a_statement_since_a_date_starts_from_the_balance_then(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+
+    shown = imagine_bot(tmp_path, "statement", "discord:42", "--since", "2099-01-01")
+    as_csv = imagine_bot(tmp_path, "statement", "discord:42", "--format", "csv")
+
+    assert shown.stdout.strip() == messages.NO_STATEMENT
+    assert as_csv.stdout.splitlines()[0] == (
+        "time,kind,lot,available_change,held_change,generation,model,available,held"
+    )
+    assert as_csv.stdout.splitlines()[1].endswith(",grant,1 promo,50,0,,,50,0")
+
+
+def test_a_statement_since_a_date_that_is_not_one_says_so(tmp_path: Path) -> None:
+    imagine_bot(tmp_path, "grant", "discord:42", "50")
+
+    refused = imagine_bot(tmp_path, "statement", "discord:42", "--since", "last week")
+
+    assert refused.returncode == 2
+    assert "'last week' is not a date" in refused.stderr

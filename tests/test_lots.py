@@ -299,3 +299,30 @@ async def test_holds_racing_an_expiry_never_spend_an_expired_credit(
     finally:
         for each in ledgers:
             await each.close()
+
+
+async def test_a_statement_shows_each_part_with_its_lot_model_and_running_balance(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await grant(ledger, 10, LotKind.PAID)
+    await grant(ledger, 10, LotKind.ALLOWANCE)
+    await quoted(ledger, clock, images=2, credits_per_image=10)
+    await ledger.hold("g1", ALICE)
+    await ledger.capture("g1", 1)
+
+    statement = await ledger.statement(ALICE)
+
+    assert [
+        (line.kind, line.lot_kind, line.available_delta, line.held_delta, line.available_after)
+        for line in statement
+    ] == [
+        (EntryKind.GRANT, LotKind.PAID, 10, 0, 10),
+        (EntryKind.GRANT, LotKind.ALLOWANCE, 10, 0, 20),
+        (EntryKind.HOLD, LotKind.PAID, -10, 10, 10),
+        (EntryKind.HOLD, LotKind.ALLOWANCE, -10, 10, 0),
+        (EntryKind.CAPTURE, LotKind.ALLOWANCE, 0, -10, 0),
+        (EntryKind.RELEASE, LotKind.PAID, 10, -10, 10),
+    ]
+    model = (await ledger.generation("g1")).model_id
+    assert {line.model_id for line in statement if line.generation_id} == {model}
+    assert statement[-1].held_after == 0
