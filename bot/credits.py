@@ -20,7 +20,7 @@ from bot.errors import (
     UnknownAccount,
 )
 from bot.pricing import NO_ALLOWANCE, Allowance, period_bounds
-from ledger import Balance, Generation, Ledger, LotKind
+from ledger import Balance, Generation, Ledger, LotKind, StatementLine
 
 MAX_GRANT = 1_000_000_000
 _WHOLE_NUMBER = re.compile(r"[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,3}(?:_[0-9]{3})+")
@@ -98,6 +98,12 @@ class Credits:
     async def balance(self, account: str, roles: Collection[str] = ()) -> Balance:
         await self.top_up_allowance(account, roles)
         return await self.open_account(account)
+
+    async def own_statement(self, account: str, *, last: int | None = None) -> list[StatementLine]:
+        """The account's statement (``Ledger.statement``), its ``last`` lines if given."""
+        await self.open_account(account)
+        lines = await self.ledger.statement(account)
+        return lines if last is None else lines[-last:]
 
     async def history(self, account: str, limit: int = 5) -> list[Generation]:
         return await self.ledger.history(account, limit=limit)

@@ -629,6 +629,7 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /credits          your balance and recent generations",
+        "  /statement        every change to your credits, with the balance after each",
         "  /models           the models, their prices and what they support",
         "  /help             this help",
     ]
@@ -871,7 +872,8 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         f"Make images{default}. You see the price and press *Generate* before anything is "
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
-        "*/credits*: your balance and recent generations.",
+        "*/credits*: your balance and recent generations; "
+        "*/credits statement*: your last 30 changes, with the balance after each.",
     ]
     if is_admin:
         lines.append(
@@ -898,7 +900,7 @@ def discord_sync_refused(scope: str, detail: str) -> str:
 def slack_credits_usage(typed: str) -> str:
     return (
         f"/credits does not know “{_echo(typed)}”. Use /credits for your balance and recent "
-        "images; admins: /credits grant @someone <amount> [reason], or revoke, and /credits"
+        "images, /credits statement for your last changes; admins: /credits grant @someone <amount> [reason], or revoke, and /credits"
         " price set, list or clear."
     )
 

@@ -1011,3 +1011,19 @@ async def test_a_settlement_that_fails_for_a_bug_is_not_tried_again(
     quote = await service.quote(OWNER, parse_imagine("model:scripted a fox", service.catalog))
     outcome = await service.confirm(quote.id, OWNER, RecordingDelivery())
     assert (outcome.message, attempts) == (messages.CAPTURE_DELAYED, 1)
+
+
+async def test_statement_shows_each_change_to_your_credits_with_the_balance_after_it(
+    console: ScriptedConsole,
+) -> None:
+    await console.say("/imagine model:local-sketch a lighthouse", "y")
+
+    said = await console.say("/statement")
+
+    header, *rows = said.splitlines()
+    assert header.split() == [
+        "time", "kind", "lot", "available_change", "held_change", "generation", "model",
+        "available", "held",
+    ]  # fmt: skip
+    assert [row.split()[1] for row in rows] == ["grant", "hold", "capture"]
+    assert rows[-1].split()[-2:] == ["99", "0"]

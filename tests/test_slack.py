@@ -931,3 +931,13 @@ async def test_on_an_enterprise_organization_the_owner_can_click_their_own_quote
     await slack.wait_for(lambda: slack.uploads)
     await service.drain(10)
     assert await available(service) == 49
+
+
+async def test_credits_statement_shows_your_last_entries_as_text(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command("/credits", "statement")
+
+    lines = acknowledgement["text"].strip("`").splitlines()
+    assert lines[0].split()[:3] == ["time", "kind", "lot"]
+    assert lines[1].split()[1:3] == ["grant", "1"]
+    assert lines[1].split()[-2:] == ["50", "0"]
+    assert acknowledgement["response_type"] == "ephemeral"

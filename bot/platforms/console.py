@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bot import messages
+from bot import messages, statements
 from bot.errors import ImagineError, RequestError
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
@@ -97,6 +97,7 @@ class ConsoleChat:
         return {
             "imagine": self.imagine,
             "credits": self.show_credits,
+            "statement": self.show_statement,
             "balance": self.show_credits,
             "models": self.show_models,
             "help": self.show_help,
@@ -121,6 +122,9 @@ class ConsoleChat:
 
     async def show_credits(self, _arguments: str) -> None:
         self.write(await self.service.credits.statement(self.account))
+
+    async def show_statement(self, _arguments: str) -> None:
+        self.write(statements.as_table(await self.service.credits.own_statement(self.account)))
 
     async def show_models(self, _arguments: str) -> None:
         catalog = self.service.catalog

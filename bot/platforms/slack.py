@@ -41,7 +41,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookResponse
 
-from bot import messages, slack_text
+from bot import messages, slack_text, statements
 from bot.errors import (
     ImagineError,
     RequestError,
@@ -69,6 +69,8 @@ RESPONSE_URL_MESSAGES = 5
 _RESPONSE_URL_LIFETIME = 30 * 60
 # The outcome is the last message of a response_url, and must come before it expires.
 _RESPONSE_URL_SECONDS = _RESPONSE_URL_LIFETIME - 60
+SLACK_STATEMENT_LINES = 30
+"""A statement in Slack is its last lines, as text; the whole one is ``imagine-bot statement``."""
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 _NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
 _UPLOAD_ERRORS = (SlackApiError, SlackRequestError, aiohttp.ClientError, OSError, TimeoutError)
@@ -319,6 +321,11 @@ class SlackImagine:
                     # The same command delivered again must not grant again.
                     idempotency_key=f"{action}:slack:{command['trigger_id']}",
                 )
+            elif words and words[0].lower() == "statement":
+                lines = await self.service.credits.own_statement(
+                    account, last=SLACK_STATEMENT_LINES
+                )
+                text = f"```{statements.as_table(lines)}```"
             elif words and words[0].lower() == "price":
                 price = _price_command(team, " ".join(words[1:]))
                 text = await self.prices.run(account, price)
