@@ -446,7 +446,7 @@ def test_random_ledger_operations_on_postgresql_keep_every_balance_exact() -> No
     try:
         run_state_machine_as_test(
             PostgresLedgerMachine,
-            settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
+            settings=settings(max_examples=12, stateful_step_count=30, deadline=None),
         )
     finally:
         asyncio.run(_POSTGRES.drop())
