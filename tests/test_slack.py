@@ -590,6 +590,17 @@ async def test_an_admin_grant_is_recorded_with_actor_and_reason(
     assert (entry.actor, entry.reason) == (f"slack:{TEAM}:{ADMIN}", "contest prize")
 
 
+async def test_a_grant_reason_is_recorded_as_the_admin_typed_it(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await driver.command(
+        "/credits", f"grant <@{BOB}|bob> 100 art &amp; design, thanks <@{ADMIN}|ada>", user=ADMIN
+    )
+
+    [entry, *_] = await service.ledger.entries(f"slack:{TEAM}:{BOB}")
+    assert entry.reason == "art & design, thanks @ada"
+
+
 async def test_an_admin_revoke_takes_credits_back(
     driver: SlackDriver, service: ImagineService
 ) -> None:

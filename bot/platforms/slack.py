@@ -316,7 +316,8 @@ class SlackImagine:
                     account,
                     slack_account(team, mention.group(1)),
                     words[2],
-                    " ".join(words[3:]),
+                    # Recorded as the admin saw it typed, not in Slack's escaped form.
+                    slack_text.typed(" ".join(words[3:])),
                     shown_as=f"<@{mention.group(1)}>",
                     # The same command delivered again must not grant again.
                     idempotency_key=f"{action}:slack:{command['trigger_id']}",
