@@ -42,9 +42,10 @@ class Credits:
         self.admins = admins
         self.starting_credits = starting_credits
         self.allowance = allowance
-        self._topped_up: set[str] = set()
-        """This period's allowance keys this process has seen granted: a command then needs no
-        write to learn it. Another process's grant is found by its idempotency key."""
+        self._topped_up: tuple[datetime | None, set[str]] = (None, set())
+        """The period this process last topped up in, and the accounts it has seen get that
+        period's allowance: a command then needs no write to learn it. Another process's grant
+        is found by its idempotency key."""
 
     def is_admin(self, account: str) -> bool:
         return account in self.admins
@@ -77,8 +78,11 @@ class Credits:
         if amount <= 0:
             return
         start, end = period_bounds(self.allowance.period, self.ledger.now())
-        key = f"allowance:{account}:{start:%Y-%m-%d}"
-        if key in self._topped_up:
+        period, accounts = self._topped_up
+        if period != start:
+            accounts = set()
+            self._topped_up = (start, accounts)
+        if account in accounts:
             return
         await self.ledger.ensure_account(account, starting_credits=self.starting_credits)
         # Granted already with another amount (a role changed): the first one stands.
@@ -88,12 +92,11 @@ class Credits:
                 amount,
                 actor="system",
                 reason=f"free credits for the {self.allowance.period} from {start:%Y-%m-%d}",
-                idempotency_key=key,
+                idempotency_key=f"allowance:{account}:{start:%Y-%m-%d}",
                 kind=LotKind.ALLOWANCE,
                 expires_at=end,
             )
-        # Only this period's keys are worth remembering.
-        self._topped_up = {seen for seen in self._topped_up if seen.endswith(key[-10:])} | {key}
+        accounts.add(account)
 
     async def balance(self, account: str, roles: Collection[str] = ()) -> Balance:
         await self.top_up_allowance(account, roles)
@@ -112,12 +115,12 @@ class Credits:
         """The balance and recent generations, as the one message every platform shows."""
         balance = await self.balance(account, roles)
         recent = await self.history(account)
-        renews = None
-        if self.allowance.credits_for(roles) > 0:
+        amount = self.allowance.credits_for(roles)
+        renewal = None
+        if amount > 0:
             renews = period_bounds(self.allowance.period, self.ledger.now())[1]
-        return messages.credits_statement(
-            balance, recent, self.allowance.credits_for(roles), self.allowance.period, renews
-        )
+            renewal = messages.allowance_renewal(amount, self.allowance.period, renews)
+        return messages.credits_statement(balance, recent, renewal)
 
     async def adjust(
         self,

@@ -457,21 +457,20 @@ NO_STATEMENT = "No entries yet: nothing has been granted to or spent by this acc
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
+def allowance_renewal(amount: int, period: str, renews: datetime) -> str:
+    return (
+        f"Free credits: {credits(amount)} a {period}, renewed {moment(renews)} "
+        "(unused ones do not carry over)."
+    )
+
+
 def credits_statement(
-    balance: Balance,
-    recent: Sequence[Generation],
-    allowance: int = 0,
-    period: str = "day",
-    renews: datetime | None = None,
+    balance: Balance, recent: Sequence[Generation], allowance_renewal: str | None = None
 ) -> str:
+    """The balance and its lots, the free allowance's renewal if there is one, recent history."""
     history = "\n".join(map(history_line, recent)) or NO_HISTORY
-    lines = [balance_with_lots(balance.available, balance.held, balance.lots)]
-    if allowance and renews is not None:
-        lines.append(
-            f"Free credits: {credits(allowance)} a {period}, renewed {moment(renews)} "
-            "(unused ones do not carry over)."
-        )
-    return "\n".join([*lines, history])
+    balance_lines = balance_with_lots(balance.available, balance.held, balance.lots)
+    return "\n".join(filter(None, [balance_lines, allowance_renewal, history]))
 
 
 def granted(account: str, amount: int, available: int, expires_at: datetime | None = None) -> str:
