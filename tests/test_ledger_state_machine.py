@@ -1,16 +1,16 @@
 """Random sequences of ledger operations, checked against a model after every step (Hypothesis).
 
-Grants of every kind of lot with and without an expiry, revokes, quotes,
-holds, captures and releases in any order, the clock moving on and the expiry
-sweep running between them, with replayed idempotency keys and operations
-that must be refused mixed in. After every step: no lot and no balance is
-negative, every account and every lot matches the model, per lot granted −
-revoked − expired − captured = available + held as its entries' parts say,
-per account granted − revoked − expired = available + held + captured, and
-``verify`` is clean. On SQLite and on PostgreSQL.
-
-Allowance periods, price overrides and batch discounts join the machine once
-the pricing work lands: see "Pricing joins here" below.
+Grants of every kind of lot with and without an expiry, the free allowance's
+first touch in a period (from two processes), revokes, accounts' price
+overrides set and cleared, quotes priced with them and with batch discounts,
+holds, captures of all or part of a request and releases, in any order, the
+clock moving on and the expiry sweep running between them, with replayed
+idempotency keys and operations that must be refused mixed in. After every
+step: no lot and no balance is negative, every account and every lot matches
+the model, per lot granted − revoked − expired − captured = available + held
+as its entries' parts say, per account granted − revoked − expired =
+available + held + captured, and ``verify`` is clean. On SQLite and on
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,8 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import case, func, select
 
+from bot.credits import Credits
+from bot.pricing import Allowance, BatchDiscounts, price
 from ledger import (
     EntryKind,
     Generation,
@@ -57,7 +60,7 @@ from tests.conftest import FakeClock, SessionPostgres, postgres_database
 ACCOUNTS = ("discord:1", "discord:2", "slack:T1:U3")
 T = TypeVar("T")
 Quote = tuple[str, str, int, int]
-"""A quote as the machine keeps it: generation id, account, images, credits per image."""
+"""A quote as the machine keeps it: generation id, account, images, the price of them all."""
 Held = tuple[Quote, Generation]
 """A held quote, and the generation as the hold answered it."""
 
@@ -66,6 +69,14 @@ _KIND_ORDER = (LotKind.ALLOWANCE, LotKind.PROMO, LotKind.PAID)
 _NEVER = datetime.max.replace(tzinfo=UTC)
 EXPIRIES = (None, timedelta(minutes=30), timedelta(hours=2), timedelta(days=1))
 """When a granted lot expires, from the grant on; a clock step moves on by up to 3 hours."""
+LIST_PRICES = {"m1": 10, "m2": 7}
+"""Credits per image of each model at list price."""
+BATCH = BatchDiscounts({4: 10, 8: 20})
+ALLOWANCE = Allowance(credits=25, period="day")
+PROCESSES = 2
+"""Each with its own ``Credits``, and so its own memory of whose allowance it granted."""
+Override = tuple[int | None, int | None, datetime | None]
+"""An account's own price as the model keeps it: credits per image, percent off, until."""
 
 
 class ModelLot:
@@ -160,6 +171,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.parts: dict[str, list[tuple[ModelLot, int]]] = {}
         """Each running generation's hold: the lots it drew from, in draw order, and how much."""
         self.quote_count = 0
+        self.processes = [Credits(self.ledger, allowance=ALLOWANCE) for _ in range(PROCESSES)]
+        self.allowances: set[tuple[str, datetime]] = set()
+        """Which account has had which day's allowance."""
+        self.overrides: dict[tuple[str, str | None], Override] = {}
+        """Each account's own prices, by account and model (None: every model)."""
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
@@ -266,50 +282,122 @@ class LedgerMachine(RuleBasedStateMachine):
         for account in ACCOUNTS:
             self.touch(account)
 
-    # Pricing joins here: an allowance period (a rule granting the period's allowance lot
-    # once per account and period, by its key, as the first touch in it does), an account's
-    # price override and a batch discount (in ``quote``'s price, which the model then
-    # charges) become rules and model state of their own once bot/pricing lands.
+    @rule(account=st.sampled_from(ACCOUNTS), process=st.integers(0, PROCESSES - 1))
+    def first_touch_of_the_day(self, account: str, process: int) -> None:
+        """A command from the account, which tops up the day's allowance if it has not had it."""
+        self.run(self.processes[process].top_up_allowance(account))
+        day = self.clock.now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if (account, day) in self.allowances:
+            return
+        self.allowances.add((account, day))
+        self.touch(account)
+        number = sum(len(lots) for lots in self.lots.values())
+        self.lots[account].append(
+            ModelLot(number, LotKind.ALLOWANCE, ALLOWANCE.credits, day + timedelta(days=1))
+        )
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        model=st.sampled_from((None, *LIST_PRICES)),
+        amount=st.integers(1, 100),
+        lasts=st.sampled_from((None, timedelta(hours=1), timedelta(days=1))),
+    )
+    def set_price_override(
+        self, account: str, model: str | None, amount: int, lasts: timedelta | None
+    ) -> None:
+        """A fixed price per image for one model (``amount`` capped at 15), or ``amount`` percent
+        off every model."""
+        credits = None if model is None else min(amount, 15)
+        percent = amount if model is None else None
+        until = None if lasts is None else self.clock.now + lasts
+        self.run(
+            self.ledger.set_price_override(
+                account,
+                model_id=model,
+                credits_per_image=credits,
+                percent_off=percent,
+                until=until,
+                actor="test",
+                reason="r",
+            )
+        )
+        self.overrides[account, model] = (credits, percent, until)
+
+    @rule(account=st.sampled_from(ACCOUNTS), model=st.sampled_from((None, *LIST_PRICES)))
+    def clear_price_overrides(self, account: str, model: str | None) -> None:
+        cleared = self.run(self.ledger.clear_price_overrides(account, model))
+        scopes = [scope for scope in self.overrides if scope[0] == account]
+        gone = scopes if model is None else [s for s in scopes if s == (account, model)]
+        for scope in gone:
+            del self.overrides[scope]
+        assert cleared == len(gone)
+
+    def model_price(self, account: str, model: str, images: int) -> int:
+        """The price rule as the model states it, to check ``bot.pricing.price`` against."""
+
+        def in_force(scope: str | None) -> Override | None:
+            rule = self.overrides.get((account, scope))
+            now = self.clock.now
+            return rule if rule is not None and (rule[2] is None or rule[2] > now) else None
+
+        per_image = Fraction(LIST_PRICES[model])
+        own, every = in_force(model), in_force(None)
+        if own is not None and own[0] is not None:
+            per_image = Fraction(own[0])
+        elif every is not None and every[1] is not None:
+            per_image = per_image * (100 - every[1]) / 100
+        batch = 20 if images >= 8 else 10 if images >= 4 else 0
+        return max(1, int(per_image * images * (100 - batch) / 100))
 
     @rule(
         target=quotes,
         account=st.sampled_from(ACCOUNTS),
-        images=st.integers(1, 4),
-        price=st.integers(1, 60),
+        model=st.sampled_from(tuple(LIST_PRICES)),
+        images=st.integers(1, 8),
     )
-    def quote(self, account: str, images: int, price: int) -> Quote:
+    def quote(self, account: str, model: str, images: int) -> Quote:
         self.quote_count += 1
         generation_id = f"q{self.quote_count}"
+        priced = price(
+            LIST_PRICES[model],
+            images,
+            batch=BATCH,
+            overrides=self.run(self.ledger.price_overrides(account)),
+            model_id=model,
+            now=self.clock.now,
+        )
+        assert priced.total == self.model_price(account, model, images)
         self.run(
             self.ledger.create_quote(
                 NewGeneration(
                     id=generation_id,
                     account_id=account,
-                    model_id="m",
+                    model_id=model,
                     provider="local",
                     provider_model="p",
                     prompt="p",
                     options={},
                     images_requested=images,
-                    credits_per_image=price,
+                    credits_per_image=LIST_PRICES[model],
+                    price_total=priced.total,
                     # Never expires within a run: the clock moves on by days at most.
                     expires_at=self.clock.now + timedelta(days=365),
                 )
             )
         )
-        return generation_id, account, images, price
+        return generation_id, account, images, priced.total
 
     @rule(target=holds, quote=consumes(quotes))
     def hold(self, quote: Quote) -> Held | MultipleResults[Held]:
-        generation_id, account, images, price = quote
+        generation_id, account, _, total = quote
         try:
             # A lease that has run out at once: the owner or a sweep may settle it.
             held = self.run(self.ledger.hold(generation_id, account, lease=timedelta(0)))
         except LedgerError:
-            assert images * price > self.spendable(account)
+            assert total > self.spendable(account)
             return multiple()
         self.touch(account)
-        parts = self.draw(account, images * price)
+        parts = self.draw(account, total)
         for lot, part in parts:
             lot.held += part
         self.parts[generation_id] = parts
@@ -340,8 +428,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(held=consumes(holds), data=st.data())
     def capture(self, held: Held, data: st.DataObject) -> None:
-        (generation_id, _, images, price), _ = held
+        (generation_id, _, images, total), _ = held
         delivered = data.draw(st.integers(0, images))
+        # Each delivered image's share of the price, rounded down; all of them, all of it.
+        charged = total if delivered == images else total * delivered // images
         # By its owner, as the flow settles, or by a sweep, after the owner recorded the posts.
         if data.draw(st.booleans()):
             settled = self.run(self.ledger.capture(generation_id, delivered))
@@ -352,8 +442,8 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert swept is not None
             settled = swept
-        self.settled(generation_id, delivered * price)
-        assert settled.credits_charged == delivered * price
+        self.settled(generation_id, charged)
+        assert settled.credits_charged == charged
         again = self.run(self.ledger.release(generation_id, error_code="x", error_message="x"))
         assert again == settled, "settling twice changed it"
 
