@@ -523,6 +523,8 @@ async def _balance(settings: Settings, arguments: argparse.Namespace) -> int:
         print(f"{balance.account}: {messages.balance_line(balance.available, balance.held)}")
         for lot in balance.lots:
             print(messages.lot_line(lot))
+        if balance.owed:
+            print(messages.owed_line(balance.owed))
     return 0
 
 
@@ -578,6 +580,11 @@ async def _verify(settings: Settings, _arguments: argparse.Namespace) -> int:
             f"entries add up to {found.entries_available} / {found.entries_held}, "
             f"running generations hold {found.running_holds}"
         )
+        if found.stored_owed != found.entries_owed:
+            print(
+                f"{found.account}: stored {found.stored_owed} owed, "
+                f"entries add up to {found.entries_owed}"
+            )
         for problem in found.lot_problems:
             print(f"{found.account}: {problem}")
     if discrepancies:

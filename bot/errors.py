@@ -7,6 +7,7 @@ and nothing changed.
     ImagineError
     ├── RequestError            bad input: unknown model, bad option, empty prompt, bad account…
     ├── InsufficientCredits     the price is more than the available balance
+    ├── CreditsOwed             the account owes credits taken back after a refund or dispute
     ├── TooManyQuotes           QUOTES_PER_MINUTE requests in the last minute already
     ├── AccountReferencesFull   the account's pending reference images would pass their limit
     ├── ReferenceStorageFull    everyone's pending reference images would pass their limit
@@ -85,6 +86,12 @@ class InsufficientCredits(ImagineError):
         super().__init__(messages.insufficient_credits(need, have))
         self.need = need
         self.have = have
+
+
+class CreditsOwed(ImagineError):
+    def __init__(self, owed: int) -> None:
+        super().__init__(messages.credits_owed(owed))
+        self.owed = owed
 
 
 class TooManyQuotes(ImagineError):

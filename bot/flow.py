@@ -25,6 +25,7 @@ from bot.credits import Credits
 from bot.errors import (
     AccountReferencesFull,
     AlreadyHandled,
+    CreditsOwed,
     ImagineError,
     InsufficientCredits,
     NotYourRequest,
@@ -954,6 +955,8 @@ def _translate(refusal: ledger.LedgerError) -> ImagineError:
         return AlreadyHandled(refusal.status)
     if isinstance(refusal, ledger.InsufficientFunds):
         return InsufficientCredits(refusal.need, refusal.available)
+    if isinstance(refusal, ledger.CreditsOwed):
+        return CreditsOwed(refusal.owed)
     if isinstance(refusal, ledger.TooManyQuotes):
         return TooManyQuotes(refusal.limit)
     if isinstance(refusal, ledger.AccountReferencesFull):

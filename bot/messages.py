@@ -202,6 +202,17 @@ def insufficient_credits(need: int, have: int) -> str:
     )
 
 
+def credits_owed(owed: int) -> str:
+    return (
+        f"You owe {owed} credits taken back after a payment was refunded or disputed, "
+        "so you cannot generate until they are paid: your next purchase or grant pays them first."
+    )
+
+
+def owed_line(owed: int) -> str:
+    return f"  owed: {credits(owed)}, paid first from the next credits that come in"
+
+
 def already_handled(status: str) -> str:
     if status == "cancelled":
         return "This request was cancelled; run /imagine to start a new one."
@@ -470,7 +481,8 @@ def credits_statement(
     """The balance and its lots, the free allowance's renewal if there is one, recent history."""
     history = "\n".join(map(history_line, recent)) or NO_HISTORY
     balance_lines = balance_with_lots(balance.available, balance.held, balance.lots)
-    return "\n".join(filter(None, [balance_lines, allowance_renewal, history]))
+    owing = credits_owed(balance.owed) if balance.owed else None
+    return "\n".join(filter(None, [balance_lines, owing, allowance_renewal, history]))
 
 
 def granted(account: str, amount: int, available: int, expires_at: datetime | None = None) -> str:

@@ -22,6 +22,7 @@ COLUMNS = (
     "model",
     "available",
     "held",
+    "owed",
 )
 
 
@@ -31,13 +32,14 @@ def rows(lines: Sequence[StatementLine]) -> list[dict[str, Any]]:
         {
             "time": line.at.isoformat(timespec="seconds"),
             "kind": str(line.kind),
-            "lot": f"{line.lot_id} {line.lot_kind}",
+            "lot": "owed" if line.lot_id is None else f"{line.lot_id} {line.lot_kind}",
             "available_change": line.available_delta,
             "held_change": line.held_delta,
             "generation": line.generation_id or "",
             "model": line.model_id or "",
             "available": line.available_after,
             "held": line.held_after,
+            "owed": line.owed_after,
         }
         for line in lines
     ]
@@ -56,11 +58,15 @@ def as_json(lines: Sequence[StatementLine]) -> str:
 
 
 def as_table(lines: Sequence[StatementLine]) -> str:
+    """A table for people: without the ``owed`` column when the account never owed anything."""
     if not lines:
         return messages.NO_STATEMENT
-    table = [[str(value) for value in row.values()] for row in rows(lines)]
-    widths = [max(len(name), *(len(row[i]) for row in table)) for i, name in enumerate(COLUMNS)]
-    shown = [COLUMNS, *table]
+    columns = COLUMNS
+    if not any(line.owed_after or line.owed_delta for line in lines):
+        columns = tuple(name for name in COLUMNS if name != "owed")
+    table = [[str(row[name]) for name in columns] for row in rows(lines)]
+    widths = [max(len(name), *(len(row[i]) for row in table)) for i, name in enumerate(columns)]
+    shown = [columns, *table]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in shown

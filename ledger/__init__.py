@@ -6,6 +6,7 @@ It knows nothing of chat platforms or providers; ``bot`` drives it.
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
+    CreditsOwed,
     GenerationNotFound,
     IdempotencyConflict,
     InsufficientFunds,
@@ -42,6 +43,7 @@ __all__ = [
     "AccountNotFound",
     "AccountReferencesFull",
     "Balance",
+    "CreditsOwed",
     "Discrepancy",
     "Entry",
     "EntryKind",

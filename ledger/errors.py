@@ -6,6 +6,7 @@ The ledger knows nothing of chat; the bot translates these into sentences.
     ├── AccountNotFound        no such account
     ├── GenerationNotFound     no such generation (request id)
     ├── InsufficientFunds      a hold or revoke larger than the available balance
+    ├── CreditsOwed            a hold or quote by an account that owes credits
     ├── WrongAccount           a generation confirmed or cancelled by another account
     ├── QuoteExpired           a hold asked after the quote's expiry
     ├── InvalidTransition      the generation is not in a state that allows the operation
@@ -78,6 +79,16 @@ class LeaseHeld(LedgerError):
         )
         self.generation_id = generation_id
         self.owner = owner
+
+
+class CreditsOwed(LedgerError):
+    """The account owes credits taken back after they were spent; it holds nothing until the
+    next grant or purchase pays them."""
+
+    def __init__(self, account: str, owed: int) -> None:
+        super().__init__(f"{account} owes {owed} credits")
+        self.account = account
+        self.owed = owed
 
 
 class IdempotencyConflict(LedgerError):

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Row,
     and_,
@@ -32,9 +33,12 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
+    null,
     or_,
     select,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -47,6 +51,7 @@ from ledger import prices, rules
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
+    CreditsOwed,
     GenerationNotFound,
     IdempotencyConflict,
     InsufficientFunds,
@@ -200,8 +205,10 @@ class Ledger:
                 _check_granted_lot(connection, idempotency_key, kind, expires_at)
             else:
                 self._insert_account(connection, account)
-                self._touch(connection, account, now)
+                touched = self._touch(connection, account, now)
                 self._grant_lot(connection, account, line, kind, expires_at, now)
+                if touched is not None and touched.owed:
+                    self._repay(connection, account, now, idempotency_key)
             return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
@@ -224,6 +231,38 @@ class Ledger:
             taken = rules.drawn(line, balance.lots, now)
             if taken is None or not self._apply(connection, account, taken):
                 raise InsufficientFunds(account, amount, balance.available)
+            return _balance(connection, account, now)
+
+        return await self._idempotent_write(work)
+
+    async def take_back(
+        self,
+        account: str,
+        amount: int,
+        *,
+        actor: str,
+        reason: str,
+        idempotency_key: str,
+        from_grant: str | None = None,
+    ) -> Balance:
+        """Take back ``amount`` credits whose payment was refunded or disputed: from the lot
+        granted by the entry keyed ``from_grant`` first, then the others in draw order, and
+        what they do not hold (spent, or held by a running generation) becomes owed
+        (``rules.taken_back``). Replaying the key changes nothing."""
+        _require_positive(amount)
+        line = rules.Line(EntryKind.TAKE_BACK, amount, 0, 0, actor, reason, idempotency_key)
+
+        def work(connection: Connection) -> Balance:
+            now = self._clock()
+            if _replayed(connection, account, line):
+                return _balance(connection, account, now)
+            balance = self._touch(connection, account, now)
+            if balance is None:
+                raise AccountNotFound(account)
+            first_lot = None
+            if from_grant is not None:
+                first_lot = connection.scalar(_GRANT_LOT_ID, {"key": from_grant})
+            self._apply(connection, account, rules.taken_back(line, balance.lots, now, first_lot))
             return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
@@ -264,7 +303,9 @@ class Ledger:
         def work(connection: Connection) -> tuple[Balance, LedgerError | None]:
             balance = self._open_account(connection, new.account_id, starting_credits)
             refusal: LedgerError | None = None
-            if balance.available < new.price:
+            if balance.owed:
+                refusal = CreditsOwed(new.account_id, balance.owed)
+            elif balance.available < new.price:
                 refusal = InsufficientFunds(new.account_id, new.price, balance.available)
             elif limits is not None:
                 refusal = _over_limit(connection, new.account_id, adding, limits, self._clock())
@@ -344,7 +385,7 @@ class Ledger:
         balance = self._touch(connection, account, now)
         available = balance.available if balance else 0
         try:
-            hold = rules.hold(quote, account, available, now)
+            hold = rules.hold(quote, account, available, now, balance.owed if balance else 0)
         except QuoteExpired:
             _close_quote(connection, quote, GenerationStatus.EXPIRED, now)
             return None
@@ -424,7 +465,7 @@ class Ledger:
         running = settlement.running
         now = self._clock()
         # The account's lots change only under its row's lock (``_touch``).
-        connection.execute(_LOCKED_BALANCE, {"account": running.account_id})
+        owed = connection.execute(_LOCKED_BALANCE, {"account": running.account_id}).one().owed
         held_parts = [
             (
                 Lot(row.lot_id, LotKind(row.kind), 0, row.held, row.expires_at),
@@ -435,6 +476,8 @@ class Ledger:
         for line in rules.by_lot(settlement, held_parts, now):
             if not self._apply(connection, running.account_id, line, running.id):
                 raise rules.missing_hold(running.id)
+        if owed and settlement.returned:
+            self._repay(connection, running.account_id, now, f"release:{running.id}")
         finished = connection.execute(
             _FINISH_GENERATION,
             {
@@ -644,11 +687,12 @@ class Ledger:
         rows = await self._database.read(
             lambda connection: connection.execute(_STATEMENT, {"account": account}).all()
         )
-        available = held = 0
+        available = held = owed = 0
         lines = []
         for row in rows:
             available += row.available_delta
             held += row.held_delta
+            owed += row.owed_delta
             if since is not None and row.created_at < since:
                 continue
             lines.append(
@@ -657,7 +701,7 @@ class Ledger:
                     at=row.created_at,
                     kind=EntryKind(row.kind),
                     lot_id=row.lot_id,
-                    lot_kind=LotKind(row.lot_kind),
+                    lot_kind=None if row.lot_kind is None else LotKind(row.lot_kind),
                     available_delta=row.available_delta,
                     held_delta=row.held_delta,
                     generation_id=row.generation_id,
@@ -665,6 +709,8 @@ class Ledger:
                     reason=row.reason,
                     available_after=available,
                     held_after=held,
+                    owed_delta=row.owed_delta,
+                    owed_after=owed,
                 )
             )
         return lines
@@ -741,9 +787,9 @@ class Ledger:
         locked = _locked_lots(connection, account)
         if locked is None:
             return None
-        (available, held), lots = locked
+        (available, held, owed), lots = locked
         self._expire_due(connection, account, lots, now)
-        return _balance_from(account, available, held, lots, now)
+        return _balance_from(account, available, held, lots, now, owed)
 
     def _expire_due(
         self, connection: Connection, account: str, lots: Sequence[Lot], now: datetime
@@ -753,6 +799,17 @@ class Ledger:
         for line in expiring:
             self._apply(connection, account, line)
         return len(expiring)
+
+    def _repay(self, connection: Connection, account: str, now: datetime, cause: str) -> None:
+        """Pay what the account owes from what it can spend now (``rules.repayment``), keyed
+        by ``cause``, the key of the entry that brought the credits in."""
+        locked = _locked_lots(connection, account)
+        if locked is None:
+            return
+        (_, _, owed), lots = locked
+        line = rules.repayment(owed, lots, now, f"repay:{cause}")
+        if line is not None:
+            self._apply(connection, account, line)
 
     def _grant_lot(
         self,
@@ -798,6 +855,7 @@ class Ledger:
                 "account": account,
                 "available_delta": line.available_delta,
                 "held_delta": line.held_delta,
+                "owed_delta": line.owed_delta,
                 "now": self._clock(),
             },
         )
@@ -846,6 +904,7 @@ class Ledger:
                 "amount": line.amount,
                 "available_delta": line.available_delta,
                 "held_delta": line.held_delta,
+                "owed_delta": line.owed_delta,
                 "actor": line.actor,
                 "reason": line.reason[:_REASON_LENGTH],
                 "idempotency_key": line.idempotency_key,
@@ -920,12 +979,15 @@ def _find_balance(connection: Connection, account: str, now: datetime) -> Balanc
         for row in rows
         if row.lot_id is not None
     ]
-    return _balance_from(account, rows[0].available, rows[0].held, lots, now)
+    return _balance_from(account, rows[0].available, rows[0].held, lots, now, rows[0].owed)
 
 
-def _locked_lots(connection: Connection, account: str) -> tuple[tuple[int, int], list[Lot]] | None:
-    """The account's stored totals, its row locked until the transaction ends (SQLite's
-    writer lock covers it), and its lots that still have credits, read after the lock."""
+def _locked_lots(
+    connection: Connection, account: str
+) -> tuple[tuple[int, int, int], list[Lot]] | None:
+    """The account's stored totals (available, held, owed), its row locked until the
+    transaction ends (SQLite's writer lock covers it), and its lots that still have credits,
+    read after the lock."""
     row = connection.execute(_LOCKED_BALANCE, {"account": account}).first()
     if row is None:
         return None
@@ -933,11 +995,11 @@ def _locked_lots(connection: Connection, account: str) -> tuple[tuple[int, int],
         Lot(lot.id, LotKind(lot.kind), lot.available, lot.held, lot.expires_at)
         for lot in connection.execute(_LIVE_LOTS, {"account": account})
     ]
-    return (row.available, row.held), lots
+    return (row.available, row.held, row.owed), lots
 
 
 def _balance_from(
-    account: str, available: int, held: int, lots: Sequence[Lot], now: datetime
+    account: str, available: int, held: int, lots: Sequence[Lot], now: datetime, owed: int = 0
 ) -> Balance:
     """The balance the stored totals and lots make at ``now``: an expired lot's credits count
     for nothing, whether or not its entry is written."""
@@ -951,6 +1013,7 @@ def _balance_from(
         available=available - expired,
         held=held,
         lots=tuple(lot for lot in shown if lot.available or lot.held),
+        owed=owed,
     )
 
 
@@ -996,7 +1059,7 @@ def _over_limit(
 def _disagreements(connection: Connection) -> list[Discrepancy]:
     """The accounts whose stored figures disagree with their entries.
 
-    Per account: ``available`` and ``held`` are the sums of its entries' deltas, and ``held``
+    Per account: ``available``, ``held`` and ``owed`` are the sums of its entries' deltas, and ``held``
     what its running generations hold. Per lot: ``available`` and ``held`` are the sums of
     its parts, ``granted`` its grant's part. The account's totals are the sums of its lots',
     and every entry's deltas the sums of its parts, each on a lot of the entry's account.
@@ -1006,6 +1069,7 @@ def _disagreements(connection: Connection) -> list[Discrepancy]:
             ledger_entries.c.account_id,
             func.coalesce(func.sum(ledger_entries.c.available_delta), 0).label("available"),
             func.coalesce(func.sum(ledger_entries.c.held_delta), 0).label("held"),
+            func.coalesce(func.sum(ledger_entries.c.owed_delta), 0).label("owed"),
         )
         .group_by(ledger_entries.c.account_id)
         .subquery()
@@ -1024,8 +1088,10 @@ def _disagreements(connection: Connection) -> list[Discrepancy]:
             accounts.c.id,
             accounts.c.available,
             accounts.c.held,
+            accounts.c.owed,
             func.coalesce(entry_sums.c.available, 0).label("entries_available"),
             func.coalesce(entry_sums.c.held, 0).label("entries_held"),
+            func.coalesce(entry_sums.c.owed, 0).label("entries_owed"),
             func.coalesce(running_sums.c.held, 0).label("running_holds"),
         )
         .select_from(accounts)
@@ -1067,9 +1133,12 @@ def _disagreements(connection: Connection) -> list[Discrepancy]:
             entries_held=int(row.entries_held),
             running_holds=int(row.running_holds),
             lot_problems=tuple(problems[row.id]),
+            stored_owed=row.owed,
+            entries_owed=int(row.entries_owed),
         )
         for row in rows
         if row.available != int(row.entries_available)
+        or row.owed != int(row.entries_owed)
         or not row.held == int(row.entries_held) == int(row.running_holds)
         or problems[row.id]
     ]
@@ -1144,7 +1213,7 @@ def _close_quote(
     _forget_references(connection, quote)
 
 
-_STATEMENT = (
+_LOT_CHANGES = (
     select(
         ledger_entries.c.id,
         ledger_entries.c.created_at,
@@ -1154,6 +1223,7 @@ _STATEMENT = (
         entry_parts.c.lot_id,
         entry_parts.c.available_delta,
         entry_parts.c.held_delta,
+        literal(0, BigInteger).label("owed_delta"),
         credit_lots.c.kind.label("lot_kind"),
         generations.c.model_id,
     )
@@ -1163,8 +1233,29 @@ _STATEMENT = (
         .outerjoin(generations, generations.c.id == ledger_entries.c.generation_id)
     )
     .where(ledger_entries.c.account_id == bindparam("account"))
-    .order_by(ledger_entries.c.id, entry_parts.c.lot_id)
 )
+_OWED_CHANGES = (
+    select(
+        ledger_entries.c.id,
+        ledger_entries.c.created_at,
+        ledger_entries.c.kind,
+        ledger_entries.c.reason,
+        ledger_entries.c.generation_id,
+        null().label("lot_id"),
+        literal(0, BigInteger).label("available_delta"),
+        literal(0, BigInteger).label("held_delta"),
+        ledger_entries.c.owed_delta,
+        null().label("lot_kind"),
+        null().label("model_id"),
+    )
+    .where(ledger_entries.c.account_id == bindparam("account"))
+    .where(ledger_entries.c.owed_delta != 0)
+)
+_CHANGES = union_all(_LOT_CHANGES, _OWED_CHANGES).subquery()
+_STATEMENT = select(_CHANGES).order_by(
+    _CHANGES.c.id, _CHANGES.c.lot_id.is_(None), _CHANGES.c.lot_id
+)
+"""Each entry's change to each lot, then to what is owed, in the order they were made."""
 
 
 _GENERATION_COLUMNS = tuple(column.name for column in generations.c if column.name != "status")
@@ -1200,7 +1291,7 @@ def _datetime(name: str) -> Any:
 # FOR NO KEY UPDATE: serialises the account's writes without holding up the foreign-key
 # checks of entries, lots and generations written for it meanwhile.
 _LOCKED_BALANCE = (
-    select(accounts.c.available, accounts.c.held)
+    select(accounts.c.available, accounts.c.held, accounts.c.owed)
     .where(accounts.c.id == bindparam("account"))
     .with_for_update(key_share=True)
 )
@@ -1211,6 +1302,7 @@ _BALANCE_AND_LOTS = (
     select(
         accounts.c.available,
         accounts.c.held,
+        accounts.c.owed,
         credit_lots.c.id.label("lot_id"),
         credit_lots.c.kind,
         credit_lots.c.available.label("lot_available"),
@@ -1273,6 +1365,16 @@ _GRANTED_LOT = (
     .where(ledger_entries.c.idempotency_key == bindparam("key"))
 )
 
+_GRANT_LOT_ID = (
+    select(entry_parts.c.lot_id)
+    .join_from(ledger_entries, entry_parts, entry_parts.c.entry_id == ledger_entries.c.id)
+    .where(
+        ledger_entries.c.idempotency_key == bindparam("key"),
+        ledger_entries.c.kind == EntryKind.GRANT,
+    )
+)
+"""The lot a grant made, by the grant's key."""
+
 _ACCOUNTS_WITH_LOTS_DUE = (
     select(credit_lots.c.account_id)
     .where(credit_lots.c.expires_at <= _datetime("now"), credit_lots.c.available > 0)
@@ -1291,14 +1393,16 @@ _CHANGE_BALANCE = (
         accounts.c.id == bindparam("account"),
         accounts.c.available + bindparam("available_delta") >= 0,
         accounts.c.held + bindparam("held_delta") >= 0,
+        accounts.c.owed + bindparam("owed_delta") >= 0,
     )
     .values(
         available=accounts.c.available + bindparam("available_delta"),
         held=accounts.c.held + bindparam("held_delta"),
+        owed=accounts.c.owed + bindparam("owed_delta"),
         updated_at=_datetime("now"),
     )
 )
-"""A line's change to a balance, only if neither part would go below zero."""
+"""A line's change to a balance, only if no part of it would go below zero."""
 
 _NEW_ENTRY = insert(ledger_entries)
 _NEW_GENERATION = insert(generations)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from ledger.errors import (
+    CreditsOwed,
     InsufficientFunds,
     InvalidTransition,
     LeaseHeld,
@@ -46,6 +47,7 @@ class Line:
     reason: str
     idempotency_key: str
     parts: tuple[Part, ...] = ()
+    owed_delta: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,13 @@ def opening(account: str, starting_credits: int) -> tuple[Line, ...]:
     return (grant,)
 
 
-def hold(quote: Generation, account: str, available: int, now: datetime) -> Hold:
+def hold(quote: Generation, account: str, available: int, now: datetime, owed: int = 0) -> Hold:
     """``account`` confirming ``quote`` with ``available`` credits, or the refusal raised.
 
     Refusals in this order: another account's quote (``WrongAccount``), one no
     longer waiting (``InvalidTransition``), one past its expiry
-    (``QuoteExpired``; the caller marks it expired), one not covered
-    (``InsufficientFunds``).
+    (``QuoteExpired``; the caller marks it expired), an account that ``owed``
+    credits (``CreditsOwed``), one not covered (``InsufficientFunds``).
     """
     if quote.account_id != account:
         raise WrongAccount(quote.id, account)
@@ -106,6 +108,8 @@ def hold(quote: Generation, account: str, available: int, now: datetime) -> Hold
         raise InvalidTransition(quote.id, quote.status, "confirm")
     if quote.expires_at <= now:
         raise QuoteExpired(quote.id)
+    if owed > 0:
+        raise CreditsOwed(account, owed)
     price = quote.price
     if available < price:
         raise InsufficientFunds(account, price, available)
@@ -304,6 +308,46 @@ def drawn(line: Line, lots: Sequence[Lot], now: datetime) -> Line | None:
     if wanted:
         return None
     return replace(line, parts=tuple(parts))
+
+
+def taken_back(line: Line, lots: Sequence[Lot], now: datetime, first_lot: int | None) -> Line:
+    """``line``, a take-back of ``line.amount``, split over the unexpired ``lots``: from lot
+    ``first_lot`` (the one the refunded payment granted) first, then the others in draw
+    order; whatever they do not hold (spent or held) becomes owed."""
+    wanted = line.amount
+    parts = []
+    for lot in sorted(in_draw_order(lots), key=lambda lot: lot.id != first_lot):
+        if not wanted:
+            break
+        if lot_expired(lot, now) or not lot.available:
+            continue
+        taken = min(wanted, lot.available)
+        wanted -= taken
+        parts.append(Part(lot.id, -taken, 0))
+    return replace(
+        line, available_delta=wanted - line.amount, owed_delta=wanted, parts=tuple(parts)
+    )
+
+
+def repayment(owed: int, lots: Sequence[Lot], now: datetime, key: str) -> Line | None:
+    """What the account's unexpired ``lots`` pay of ``owed``, in draw order, as one ``repay``
+    entry keyed ``key``; None if there is nothing owed or nothing to pay it with."""
+    paying = min(owed, spendable(lots, now))
+    if paying <= 0:
+        return None
+    line = Line(
+        EntryKind.REPAY,
+        paying,
+        -paying,
+        0,
+        SYSTEM_ACTOR,
+        "pays credits owed",
+        key,
+        owed_delta=-paying,
+    )
+    repaid = drawn(line, lots, now)
+    assert repaid is not None, "spendable credits always cover what they pay"
+    return repaid
 
 
 def by_lot(

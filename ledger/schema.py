@@ -64,9 +64,13 @@ accounts = Table(
     Column("held", BigInteger, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("owed", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("available >= 0", name="available_not_negative"),
     CheckConstraint("held >= 0", name="held_not_negative"),
+    CheckConstraint("owed >= 0", name="owed_not_negative"),
 )
+"""``owed``: credits taken back (a refund, a dispute) after they were spent; while it is more
+than 0 the account cannot hold, and whatever it is granted or given back pays it first."""
 
 generations = Table(
     "generations",
@@ -140,6 +144,7 @@ ledger_entries = Table(
     Column("amount", BigInteger, nullable=False),
     Column("available_delta", BigInteger, nullable=False),
     Column("held_delta", BigInteger, nullable=False),
+    Column("owed_delta", BigInteger, nullable=False, server_default="0"),
     Column("actor", String(120), nullable=False),
     Column("reason", String(500), nullable=False),
     Column("idempotency_key", String(200), nullable=False, unique=True),
@@ -147,7 +152,8 @@ ledger_entries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
-        "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release', 'expire')",
+        "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release', 'expire', "
+        "'take_back', 'repay')",
         name="known_kind",
     ),
     Index("ix_ledger_entries_account_id", "account_id", "id"),
@@ -231,3 +237,53 @@ bot_state = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 """Small facts the bot must remember across restarts and processes, e.g. what it last synced."""
+
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("source", String(20), nullable=False),
+    Column("external_id", String(200), nullable=True),
+    Column("account_id", String(120), ForeignKey("accounts.id"), nullable=False),
+    Column("pack", String(64), nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("payment_reference", String(200), nullable=True),
+    Column("amount_refunded", BigInteger, nullable=False, default=0),
+    Column("disputed", BigInteger, nullable=False, default=0),
+    Column("credits_taken_back", BigInteger, nullable=False, default=0),
+    Column("channel", String(200), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("paid_at", UTCDateTime, nullable=True),
+    CheckConstraint("credits > 0", name="credits_positive"),
+    CheckConstraint("amount >= 0 AND amount_refunded >= 0", name="amounts_not_negative"),
+    CheckConstraint(
+        "credits_taken_back >= 0 AND credits_taken_back <= credits", name="taken_back_in_range"
+    ),
+    CheckConstraint(
+        "status IN ('open', 'paid', 'failed', 'expired', 'refunded')", name="known_status"
+    ),
+    CheckConstraint("source IN ('stripe', 'discord')", name="known_source"),
+    Index("ix_purchases_source_external_id", "source", "external_id", unique=True),
+    Index("ix_purchases_payment_reference", "payment_reference"),
+    Index("ix_purchases_account_id", "account_id", "created_at"),
+    Index("ix_purchases_paid_at", "paid_at"),
+)
+"""A credit pack bought, or being bought: one row per Checkout Session or Discord entitlement
+(``external_id``). ``amount`` is in the currency's smallest unit (cents). ``payment_reference``
+is what refunds and disputes name (a Stripe PaymentIntent). ``disputed``: 1 while a dispute
+holds the pack's credits back."""
+
+purchase_events = Table(
+    "purchase_events",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("purchase_id", String(64), ForeignKey("purchases.id"), nullable=True),
+    Column("type", String(100), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+"""Every payment event received (Stripe's event ids, Discord's entitlement events), the
+purchase it concerned if any: an event delivered again is recognised and changes nothing."""

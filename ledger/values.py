@@ -16,6 +16,11 @@ class EntryKind(StrEnum):
     CAPTURE = "capture"
     RELEASE = "release"
     EXPIRE = "expire"
+    TAKE_BACK = "take_back"
+    """Credits taken back after a payment was refunded or disputed; what was already spent
+    becomes owed (``owed_delta``)."""
+    REPAY = "repay"
+    """Credits that came in (a grant, a release) paying what the account owes."""
 
 
 class LotKind(StrEnum):
@@ -77,17 +82,20 @@ class Balance:
     available: int
     held: int
     lots: tuple[Lot, ...] = field(default=(), compare=False)
+    owed: int = 0
+    """Credits taken back after they were spent: no hold until they are paid."""
 
 
 @dataclass(frozen=True)
 class StatementLine:
-    """One entry's change to one lot, and the account's balance after it (``Ledger.statement``)."""
+    """One entry's change to one lot, or to what the account owes (``lot_id`` None), and the
+    account's balance after it (``Ledger.statement``)."""
 
     entry_id: int
     at: datetime
     kind: EntryKind
-    lot_id: int
-    lot_kind: LotKind
+    lot_id: int | None
+    lot_kind: LotKind | None
     available_delta: int
     held_delta: int
     generation_id: str | None
@@ -95,6 +103,8 @@ class StatementLine:
     reason: str
     available_after: int
     held_after: int
+    owed_delta: int = 0
+    owed_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class Entry:
     idempotency_key: str
     generation_id: str | None
     created_at: datetime
+    owed_delta: int = 0
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,8 @@ class Discrepancy:
     entries_held: int
     running_holds: int
     lot_problems: tuple[str, ...] = ()
+    stored_owed: int = 0
+    entries_owed: int = 0
     """What disagrees among its lots, each said in a sentence."""
 
 

@@ -372,9 +372,9 @@ def test_a_statement_since_a_date_starts_from_the_balance_then(tmp_path: Path) -
 
     assert shown.stdout.strip() == messages.NO_STATEMENT
     assert as_csv.stdout.splitlines()[0] == (
-        "time,kind,lot,available_change,held_change,generation,model,available,held"
+        "time,kind,lot,available_change,held_change,generation,model,available,held,owed"
     )
-    assert as_csv.stdout.splitlines()[1].endswith(",grant,1 promo,50,0,,,50,0")
+    assert as_csv.stdout.splitlines()[1].endswith(",grant,1 promo,50,0,,,50,0,0")
 
 
 def test_a_statement_since_a_date_that_is_not_one_says_so(tmp_path: Path) -> None:
