@@ -10,10 +10,12 @@ at the end, in the user's favour.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
@@ -91,13 +93,63 @@ def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
     return start, following
 
 
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+"""Currencies Stripe counts in whole units, not hundredths."""
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A credit pack for sale (``[packs.<id>]``): ``credits`` for ``price`` in ``currency``."""
+
+    id: str
+    credits: int
+    price: Decimal
+    currency: str
+    """Lower case, ISO 4217 (``usd``), as Stripe writes it."""
+    stripe_price: str | None = None
+    """A Stripe Price to charge; else Checkout is given ``price`` itself."""
+    discord_sku: str | None = None
+    """The id of a consumable SKU of this Discord application selling the same pack."""
+
+    @property
+    def amount(self) -> int:
+        """``price`` in the currency's smallest unit (cents), as payments count it."""
+        return int(self.price if self.currency in ZERO_DECIMAL_CURRENCIES else self.price * 100)
+
+    @property
+    def shown_price(self) -> str:
+        return f"{self.price} {self.currency.upper()}"
+
+
 @dataclass(frozen=True)
 class Pricing:
-    """The pricing file's rules; ``path`` None when there is no file (no allowance, no discounts)."""
+    """The pricing file's rules; ``path`` None when there is no file (no allowance, no discounts,
+    no packs)."""
 
     path: Path | None = None
     allowance: Allowance = Allowance()
     batch: BatchDiscounts = BatchDiscounts()
+    packs: Mapping[str, Pack] = field(default_factory=dict)
+    """By id, in the file's order."""
 
     def discounts_for(self, model_discounts: BatchDiscounts | None) -> BatchDiscounts:
         """A model's own ``batch_discounts`` (models.toml) replace the file's, whole."""
@@ -223,11 +275,22 @@ class _BatchSection(BaseModel):
     discounts: dict[str, Percent] = Field(default_factory=dict)
 
 
+class _PackSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    credits: int = Field(ge=1, le=MAX_ALLOWANCE)
+    price: str
+    currency: str = "usd"
+    stripe_price: str | None = None
+    discord_sku: str | None = None
+
+
 class _PricingDocument(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     allowance: _AllowanceSection = _AllowanceSection()
     batch: _BatchSection = _BatchSection()
+    packs: dict[str, _PackSection] = Field(default_factory=dict)
 
 
 def load_pricing(path: Path, *, required: bool) -> Pricing:
@@ -262,9 +325,18 @@ def load_pricing(path: Path, *, required: bool) -> Pricing:
         for role in parsed.allowance.discord_roles
         if not (role.isascii() and role.isdigit())
     ]
+    packs: dict[str, Pack] = {}
+    for pack_id, section in parsed.packs.items():
+        pack, pack_problems = _pack(pack_id, section)
+        problems += [
+            f"{path}: key 'packs.{pack_id}{where}': {problem}" for where, problem in pack_problems
+        ]
+        if pack is not None:
+            packs[pack_id] = pack
     if problems:
         raise PricingError(path, problems)
     return Pricing(
+        packs=packs,
         path=path,
         allowance=Allowance(
             credits=parsed.allowance.credits,
@@ -273,6 +345,39 @@ def load_pricing(path: Path, *, required: bool) -> Pricing:
         ),
         batch=batch_discounts(parsed.batch.discounts),
     )
+
+
+_PACK_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_CURRENCY = re.compile(r"[a-z]{3}")
+_PRICE = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
+
+
+def _pack(pack_id: str, section: _PackSection) -> tuple[Pack | None, list[tuple[str, str]]]:
+    """The pack a ``[packs.<id>]`` section describes, or what is wrong with it, each problem
+    with the key it is under (relative to the section)."""
+    problems: list[tuple[str, str]] = []
+    if not _PACK_ID.fullmatch(pack_id):
+        problems.append(("", "a pack id is lower-case letters, digits, '-' and '_' (e.g. starter)"))
+    currency = section.currency
+    if not _CURRENCY.fullmatch(currency):
+        problems.append((".currency", f'{currency!r} is not a currency code such as "usd"'))
+    price: Decimal | None = None
+    try:
+        price = Decimal(section.price) if _PRICE.fullmatch(section.price) else None
+    except InvalidOperation:
+        price = None
+    whole = currency in ZERO_DECIMAL_CURRENCIES
+    if price is None or price <= 0 or (whole and price != price.to_integral_value()):
+        unit = "a whole number" if whole else "a number with at most 2 decimals"
+        problems.append((".price", f'{section.price!r} is not a price: write {unit}, e.g. "4.99"'))
+    if section.stripe_price is not None and not section.stripe_price.startswith("price_"):
+        problems.append((".stripe_price", "a Stripe Price id starts with price_"))
+    sku = section.discord_sku
+    if sku is not None and not (sku.isascii() and sku.isdigit()):
+        problems.append((".discord_sku", "a Discord SKU id is digits only"))
+    if problems or price is None:
+        return None, problems
+    return Pack(pack_id, section.credits, price, currency, section.stripe_price, sku), []
 
 
 def batch_problems(table: Mapping[str, int], max_images: int = MAX_BATCH_THRESHOLD) -> list[str]:

@@ -139,10 +139,49 @@ def test_the_allowance_section_loads_into_a_typed_value(tmp_path: Path) -> None:
     )
 
 
+def test_a_pack_loads_with_its_price_in_the_currency_s_smallest_unit(tmp_path: Path) -> None:
+    path = tmp_path / "pricing.toml"
+    path.write_text(
+        '[packs.starter]\ncredits = 500\nprice = "4.99"\ndiscord_sku = "1234567890"\n'
+        '[packs.yen]\ncredits = 100\nprice = "500"\ncurrency = "jpy"\n'
+    )
+    packs = load_pricing(path, required=True).packs
+    assert [(p.id, p.credits, p.amount, p.currency, p.discord_sku) for p in packs.values()] == [
+        ("starter", 500, 499, "usd", "1234567890"),
+        ("yen", 100, 500, "jpy", None),
+    ]
+    assert packs["starter"].shown_price == "4.99 USD"
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("[packs.small]\ncredits = 5\n", "key 'packs': unknown key"),
+        ("[packs.small]\ncredits = 5\n", "key 'packs.small.price': Field required"),
+        (
+            '[packs.small]\ncredits = 5\nprice = "4.999"\n',
+            "key 'packs.small.price': '4.999' is not a price",
+        ),
+        (
+            '[packs.small]\ncredits = 5\nprice = "500.5"\ncurrency = "jpy"\n',
+            "key 'packs.small.price': '500.5' is not a price: write a whole number",
+        ),
+        (
+            '[packs.small]\ncredits = 5\nprice = "5"\ncurrency = "US$"\n',
+            "key 'packs.small.currency': 'US$' is not a currency code",
+        ),
+        (
+            '[packs.small]\ncredits = 5\nprice = "5"\ndiscord_sku = "sku-1"\n',
+            "key 'packs.small.discord_sku': a Discord SKU id is digits only",
+        ),
+        (
+            '[packs.small]\ncredits = 5\nprice = "5"\nstripe_price = "prod_1"\n',
+            "key 'packs.small.stripe_price': a Stripe Price id starts with price_",
+        ),
+        (
+            '[packs.Big]\ncredits = 5\nprice = "5"\n',
+            "key 'packs.Big': a pack id is lower-case letters",
+        ),
+        ('[packs.small]\ncredits = 0\nprice = "5"\n', "key 'packs.small.credits': Input should"),
         ("[allowance]\ncredit = 5\n", "key 'allowance.credit': unknown key"),
         ('[allowance]\nperiod = "year"\n', "key 'allowance.period': Input should be 'day'"),
         ("[allowance]\ncredits = -1\n", "key 'allowance.credits': Input should be greater"),
