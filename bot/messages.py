@@ -531,6 +531,14 @@ def bad_duration(text: str) -> str:
     )
 
 
+def bad_expiry(text: str) -> str:
+    return (
+        f"'{_echo(text)}' is not when credits can expire; give a duration such as 12h or 7d,"
+        " or a date or time such as 2027-01-01 or 2027-01-01T18:00 (UTC unless an offset is"
+        " given). Nothing was changed."
+    )
+
+
 def lot_line(lot: Lot) -> str:
     """One lot of a balance: what is left of it, of what kind, and until when."""
     held = f", {lot.held} held" if lot.held else ""
