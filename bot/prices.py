@@ -15,6 +15,7 @@ from bot import messages
 from bot.accounts import parse_account
 from bot.credits import Credits, parse_amount
 from bot.errors import NotAdmin, ReasonTooLong, RequestError, UnknownModel
+from bot.options import take_option
 from bot.registry import Registry
 from bot.when import parse_until
 from ledger import utc_now
@@ -37,9 +38,6 @@ class PriceCommand:
     reason: str = ""
 
 
-_UNTIL = "until:"
-
-
 def parse_price_command(text: str, usage: str) -> PriceCommand:
     """The text form the console's ``/price`` and Slack's ``/credits price`` share:
 
@@ -60,12 +58,7 @@ def parse_price_command(text: str, usage: str) -> PriceCommand:
     if action != "set" or len(rest) < 2:
         raise RequestError(usage)
     account, *terms = rest
-    # until: may come anywhere after the account, so it is never silently part of the reason.
-    untils = [word for word in terms if word.lower().startswith(_UNTIL)]
-    if len(untils) > 1:
-        raise RequestError(messages.repeated_option("until"))
-    until = untils[0][len(_UNTIL) :] if untils else None
-    terms = [word for word in terms if word not in untils]
+    until, terms = take_option(terms, "until")
     if terms and terms[0].endswith("%"):
         return PriceCommand(
             "set", account, percent_off=terms[0], until=until, reason=" ".join(terms[1:])

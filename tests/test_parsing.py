@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bot import messages
 from bot.catalog import ModelCatalog
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
+from bot.options import take_option
 from bot.parsing import (
     ImagineOptions,
     parse_imagine,
@@ -552,3 +553,27 @@ def test_an_expiry_that_is_neither_a_duration_nor_a_date_is_one_sentence(typed: 
     with pytest.raises(RequestError) as refused:
         parse_expiry(typed, NOW)
     assert refused.value.message == messages.bad_expiry(typed)
+
+
+# -- an option among an admin command's words ------------------------------------
+
+
+def test_an_option_is_taken_from_anywhere_among_the_words() -> None:
+    words = ["contest", "Expires:7d", "prize"]
+    assert take_option(words, "expires") == ("7d", ["contest", "prize"])
+
+
+def test_words_without_the_option_are_left_as_they_are() -> None:
+    assert take_option(["contest", "prize"], "expires") == (None, ["contest", "prize"])
+
+
+def test_an_option_given_twice_is_refused() -> None:
+    with pytest.raises(RequestError) as refused:
+        take_option(["expires:7d", "expires:2027-01-01"], "expires")
+    assert refused.value.message == messages.repeated_option("expires")
+
+
+def test_an_option_without_a_value_is_refused() -> None:
+    with pytest.raises(RequestError) as refused:
+        take_option(["expires:", "prize"], "expires")
+    assert refused.value.message == messages.empty_option("expires")
