@@ -481,6 +481,9 @@ def granted(account: str, amount: int, available: int, expires_at: datetime | No
     )
 
 
+EXPIRY_ON_REVOKE = "Only granted credits can expire; a revoke takes no expiry. Nothing was changed."
+
+
 def revoked(account: str, amount: int, available: int) -> str:
     return f"Revoked {credits(amount)} from {account}; their balance is now {credits(available)}."
 
@@ -643,7 +646,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
     if is_admin:
         lines += [
             "Admin:",
-            "  /grant <account> <amount> [reason]    add credits, e.g. /grant discord:1234 50 welcome",
+            "  /grant <account> <amount> [expires:<when>] [reason]",
+            "      add credits, expiring after a duration or on a date if you like, e.g."
+            " /grant discord:1234 50 expires:7d welcome",
             "  /revoke <account> <amount> [reason]   take available credits back",
             "  /price set <account> <model> <credits> [until:<date>] <reason>",
             "      the account's own price per image of a model, e.g."
@@ -658,7 +663,12 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
 
 
 def admin_usage(command: str) -> str:
-    return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 contest prize"
+    if command == "grant":
+        return (
+            "Usage: /grant <account> <amount> [expires:<7d|2027-01-01>] [reason],"
+            " e.g. /grant discord:1234 50 expires:30d contest prize"
+        )
+    return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 refund"
 
 
 def models_table(rows: Sequence[tuple[ModelSpec, str | None]]) -> str:
@@ -805,7 +815,11 @@ def report(tables: Mapping[str, Sequence[Mapping[str, object]]], output: str) ->
 DISCORD_QUOTE_EXPIRED_BUTTONS = "This quote expired; nothing was charged. Run /imagine again."
 DISCORD_STARTING = "Starting…"
 DISCORD_GRANT_USAGE = (
-    "Pick a user and an amount: /credits action:grant user:@someone amount:50 reason:contest prize"
+    "Pick a user and an amount: /credits action:grant user:@someone amount:50"
+    " [expires:7d] reason:contest prize"
+)
+DISCORD_EXPIRES_DESCRIPTION = (
+    "When the granted credits expire: 7d, 12h or a date such as 2027-01-01"
 )
 DISCORD_REVOKE_USAGE = (
     "Pick a user and an amount: /credits action:revoke user:@someone amount:50 reason:refund"
@@ -837,8 +851,9 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
     ]
     if is_admin:
         lines.append(
-            "**/credits** `action:grant|revoke` `user` `amount` `[reason]`: "
-            "add or take back credits (bot admins only)."
+            "**/credits** `action:grant|revoke` `user` `amount` `[expires]` `[reason]`: "
+            "add credits, expiring after a duration or on a date if you like, or take them "
+            "back (bot admins only)."
         )
         lines.append(
             "**/price** `action:set|list|clear` `user` `[model]` `[credits]` `[percent_off]` "
@@ -884,7 +899,8 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
     ]
     if is_admin:
         lines.append(
-            "*/credits grant @someone 50 reason* and *revoke*: change someone's credits "
+            "*/credits grant @someone 50 [expires:7d] reason* and *revoke*: change someone's "
+            "credits; granted ones expire after a duration or on a date if you like "
             "(bot admins only)."
         )
         lines.append(
@@ -907,13 +923,18 @@ def discord_sync_refused(scope: str, detail: str) -> str:
 def slack_credits_usage(typed: str) -> str:
     return (
         f"/credits does not know “{_echo(typed)}”. Use /credits for your balance and recent "
-        "images, /credits statement for your last changes; admins: /credits grant @someone <amount> [reason], or revoke, and /credits"
-        " price set, list or clear."
+        "images, /credits statement for your last changes; admins: /credits grant @someone <amount>"
+        " [expires:<when>] [reason], or revoke, and /credits price set, list or clear."
     )
 
 
 def slack_admin_usage(action: str) -> str:
-    return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 contest prize"
+    if action == "grant":
+        return (
+            "Usage: /credits grant @someone <amount> [expires:<7d|2027-01-01>] [reason],"
+            " e.g. /credits grant @ana 50 expires:30d contest prize"
+        )
+    return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 refund"
 
 
 SLACK_PRICE_USAGE = (

@@ -945,6 +945,45 @@ async def test_an_admin_grant_is_recorded_and_reports_the_new_balance(
     assert (entry.actor, entry.reason) == (f"discord:{ADMIN.id}", "contest prize")
 
 
+async def test_an_admin_grant_with_an_expiry_says_when_the_credits_expire(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "credits",
+        {"action": "grant", "user": BOB, "amount": 100, "expires": "7d"},
+        ADMIN,
+    )
+
+    week_later = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert said == messages.granted(f"<@{BOB.id}>", 100, 150, week_later)
+    balance = await service.credits.balance(BOB_ACCOUNT)
+    [expiring] = [lot.expires_at for lot in balance.lots if lot.expires_at]
+    assert expiring - week_later < timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"action": "grant", "expires": "next week"}, messages.bad_expiry("next week")),
+        ({"action": "revoke", "expires": "7d"}, messages.EXPIRY_ON_REVOKE),
+    ],
+)
+async def test_a_bad_expiry_is_one_sentence_and_leaves_the_balance_unchanged(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    options: dict[str, object],
+    expected: str,
+) -> None:
+    await service.credits.open_account(BOB_ACCOUNT)
+
+    said = await answer_to(discord_fake, "credits", {"user": BOB, "amount": 10, **options}, ADMIN)
+
+    assert said == expected
+    assert await available(service, BOB_ACCOUNT) == 50
+
+
 async def test_an_admin_revoke_takes_credits_back(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:

@@ -590,6 +590,39 @@ async def test_an_admin_grant_is_recorded_with_actor_and_reason(
     assert (entry.actor, entry.reason) == (f"slack:{TEAM}:{ADMIN}", "contest prize")
 
 
+async def test_an_admin_grant_with_an_expiry_says_when_the_credits_expire(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/credits", f"grant <@{BOB}|bob> 100 contest expires:2027-01-01 prize", user=ADMIN
+    )
+
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    assert acknowledgement["text"] == messages.granted(f"<@{BOB}>", 100, 150, new_year)
+    balance = await service.credits.balance(f"slack:{TEAM}:{BOB}")
+    assert [lot.expires_at for lot in balance.lots if lot.expires_at] == [new_year]
+    [entry, *_] = await service.ledger.entries(f"slack:{TEAM}:{BOB}")
+    assert entry.reason == "contest prize"
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        (f"grant <@{BOB}> 100 expires:someday", messages.bad_expiry("someday")),
+        (f"revoke <@{BOB}> 10 expires:7d", messages.EXPIRY_ON_REVOKE),
+    ],
+)
+async def test_a_bad_expiry_is_one_sentence_and_leaves_the_balance_unchanged(
+    driver: SlackDriver, service: ImagineService, typed: str, expected: str
+) -> None:
+    await service.credits.open_account(f"slack:{TEAM}:{BOB}")
+
+    _, acknowledgement, _ = await driver.command("/credits", typed, user=ADMIN)
+
+    assert acknowledgement["text"] == expected
+    assert await available(service, f"slack:{TEAM}:{BOB}") == 50
+
+
 async def test_a_grant_reason_is_recorded_as_the_admin_typed_it(
     driver: SlackDriver, service: ImagineService
 ) -> None:

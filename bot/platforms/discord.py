@@ -321,6 +321,7 @@ class ImagineBot(discord.AutoShardedClient):
         user: discord.User | discord.Member | None,
         amount: int | None,
         reason: str | None,
+        expires: str | None,
     ) -> None:
         """The balance and history, or an admin's grant or revoke reported."""
 
@@ -339,6 +340,7 @@ class ImagineBot(discord.AutoShardedClient):
                 discord_account(user),
                 amount,
                 reason or "",
+                expires=expires,
                 shown_as=messages.discord_account_name(user.id),
                 # The same interaction delivered again (a resumed gateway) must not grant again.
                 idempotency_key=f"{action}:discord:{interaction.id}",
@@ -490,6 +492,7 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         user="Whose credits to change",
         amount="How many credits",
         reason="Recorded in the ledger",
+        expires=messages.DISCORD_EXPIRES_DESCRIPTION,
     )
     @app_commands.choices(
         action=[
@@ -504,8 +507,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         user: Optional[discord.User] = None,  # noqa: UP045
         amount: Optional[app_commands.Range[int, 1, 1_000_000]] = None,  # noqa: UP045
         reason: Optional[app_commands.Range[str, 0, 200]] = None,  # noqa: UP045
+        expires: Optional[str] = None,  # noqa: UP045
     ) -> None:
-        await bot.show_credits(interaction, action, user, amount, reason)
+        await bot.show_credits(interaction, action, user, amount, reason, expires)
 
     async def price_models(
         interaction: discord.Interaction, current: str
