@@ -454,6 +454,17 @@ def history_line(generation: Generation) -> str:
 
 
 NO_STATEMENT = "No entries yet: nothing has been granted to or spent by this account."
+
+
+def statement_attached(changes: int, available: int) -> str:
+    """The line beside a statement sent as a file."""
+    noun = "change" if changes == 1 else "changes"
+    return (
+        f"Your statement: {changes} {noun} to your credits, each with the balance after it;"
+        f" {credits(available)} available now."
+    )
+
+
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
@@ -847,6 +858,8 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel.",
         "**/credits**: your balance and recent generations.",
+        "**/statement**: every change to your credits, with the balance after each,"
+        " as a CSV file only you see.",
         "**/models**: the models, their prices and what they support.",
     ]
     if is_admin:

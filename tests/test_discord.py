@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ import pytest
 from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
-from bot import messages, references
+from bot import messages, references, statements
 from bot.app import open_service
 from bot.flow import ImagineService
 from bot.platforms import discord as discord_adapter
@@ -160,6 +161,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "imagine",
         "credits",
         "price",
+        "statement",
         "models",
         "help",
     }
@@ -190,6 +192,17 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         1,
         100,
     )
+
+
+async def test_credits_offers_an_optional_expiry_for_grants(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    [(_, commands)] = discord_fake.sync_calls
+    [credits] = [command for command in commands if command["name"] == "credits"]
+    [expires] = [option for option in credits["options"] if option["name"] == "expires"]
+
+    assert (expires["type"], expires.get("required", False)) == (3, False)
+    assert expires["description"] == messages.DISCORD_EXPIRES_DESCRIPTION
 
 
 async def test_an_unchanged_command_set_is_not_synced_again_on_restart(
@@ -1004,6 +1017,78 @@ async def test_a_grant_without_a_user_says_how_to_grant(
     assert said == messages.DISCORD_GRANT_USAGE
 
 
+# -- /statement ---------------------------------------------------------------------
+
+
+async def statement_of(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
+    """The answer to ``/statement`` once it is complete (after a deferral, its edit)."""
+    interaction = await discord_fake.slash("statement", {}, user=user)
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content.startswith(("Your", "No"))
+        )
+    )
+    return discord_fake.original(interaction)
+
+
+async def test_statement_attaches_your_changes_as_csv_with_the_running_balance(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.credits.grant(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 20, "contest")
+    await service.credits.revoke(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 5, "correction")
+
+    message = await statement_of(discord_fake)
+
+    assert message.ephemeral
+    assert message.content == messages.statement_attached(3, 65)
+    [attached] = message.files
+    assert attached.filename == "statement-2026-11-24.csv"
+    header, *rows = csv.reader(io.StringIO(attached.data.decode()))
+    assert tuple(header) == statements.COLUMNS
+    assert [(row[1], row[3], row[7]) for row in rows] == [
+        ("grant", "50", "50"),
+        ("grant", "20", "70"),
+        ("adjustment", "-5", "65"),
+    ]
+
+
+async def test_a_statement_slower_than_the_deadline_allows_is_deferred_then_attached(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow_down(service.credits, "own_statement", monkeypatch)
+
+    interaction = await discord_fake.slash("statement", {})
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).files
+    )
+
+    assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
+    message = discord_fake.original(interaction)
+    assert (message.ephemeral, message.content) == (True, messages.statement_attached(1, 50))
+    assert message.files[0].data.decode().splitlines()[1].split(",")[1] == "grant"
+
+
+async def test_a_statement_with_no_entries_says_so_without_a_file(
+    settings: Settings, discord_fake: LoopbackDiscord, clock: FakeClock
+) -> None:
+    unwelcomed = settings.model_copy(update={"starting_credits": 0})
+    async with (
+        open_service(unwelcomed, clock=clock) as service,
+        running_bot(service, unwelcomed, discord_fake),
+    ):
+        message = await statement_of(discord_fake)
+
+    assert (message.ephemeral, message.content, message.files) == (
+        True,
+        messages.NO_STATEMENT,
+        [],
+    )
+
+
 # -- /price -------------------------------------------------------------------------
 
 
@@ -1191,6 +1276,7 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     for_admin = await answer_to(discord_fake, "help", {}, ADMIN)
 
     assert "/imagine" in for_alice
+    assert "**/statement**" in for_alice
     assert "grant" not in for_alice
     assert "grant" in for_admin
     assert "/price" not in for_alice

@@ -30,7 +30,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot import messages, references
+from bot import messages, references, statements
 from bot.credits import MAX_GRANT
 from bot.errors import (
     ImagineError,
@@ -352,6 +352,27 @@ class ImagineBot(discord.AutoShardedClient):
             text = refusal.message
         await _answer(interaction, text)
 
+    async def show_statement(self, interaction: discord.Interaction) -> None:
+        """The user's own statement as a CSV file only they see, with a line saying what is in it."""
+
+        async def statement_file() -> tuple[str, list[discord.File]]:
+            account = discord_account(interaction.user)
+            # Topped up first, as /credits does, so the file ends at the balance the line says.
+            balance = await self.service.credits.balance(account, _role_ids(interaction.user))
+            lines = await self.service.credits.own_statement(account)
+            if not lines:
+                return messages.NO_STATEMENT, []
+            csv = io.BytesIO(statements.as_csv(lines).encode())
+            name = f"statement-{self.service.ledger.now():%Y-%m-%d}.csv"
+            summary = messages.statement_attached(len(lines), balance.available)
+            return summary, [discord.File(csv, filename=name)]
+
+        try:
+            text, files = await _ready_in_time(interaction, statement_file())
+        except ImagineError as refusal:
+            text, files = refusal.message, []
+        await _answer(interaction, text, files=files)
+
     async def change_prices(self, interaction: discord.Interaction, command: PriceCommand) -> None:
         """An admin's /price: someone's own prices set, listed or cleared, said privately."""
 
@@ -557,6 +578,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
+    async def statement(interaction: discord.Interaction) -> None:
+        await bot.show_statement(interaction)
+
     async def help_command(interaction: discord.Interaction) -> None:
         await bot.show_help(interaction)
 
@@ -571,6 +595,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             name="price",
             description="Admins: someone's own price per image, or percent off",
             callback=price,
+        ),
+        app_commands.Command(
+            name="statement",
+            description="Every change to your credits, as a CSV file only you see",
+            callback=statement,
         ),
         app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
@@ -837,17 +866,26 @@ async def _ready_in_time(interaction: discord.Interaction, work: Awaitable[T]) -
 
 
 async def _answer(
-    interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
+    interaction: discord.Interaction,
+    text: str,
+    *,
+    view: discord.ui.View | None = None,
+    files: Sequence[discord.File] = (),
 ) -> int | None:
-    """Answer ephemerally; after a deferral, by filling in the "thinking…" message.
+    """Answer ephemerally, with ``files`` attached; after a deferral, by filling in the
+    "thinking…" message.
 
     Returns the answer's message id, when Discord gives it.
     """
     if interaction.response.is_done():
-        return (await interaction.edit_original_response(content=text, view=view)).id
-    if view is None:
-        return (await interaction.response.send_message(text, ephemeral=True)).message_id
-    return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
+        # Only named when there are files: an empty list would be sent as "remove them all".
+        attached: dict[str, Any] = {"attachments": list(files)} if files else {}
+        edited = await interaction.edit_original_response(content=text, view=view, **attached)
+        return edited.id
+    extra: dict[str, Any] = {"files": list(files)} if files else {}
+    if view is not None:
+        extra["view"] = view
+    return (await interaction.response.send_message(text, ephemeral=True, **extra)).message_id
 
 
 async def _downloaded(reference: discord.Attachment) -> ReferenceImage:
