@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -596,15 +596,18 @@ def no_price_overrides(account: str | None) -> str:
     return f"{account} has no price of its own; they pay list prices."
 
 
-def price_override_line(override: PriceOverride, in_force: bool) -> str:
+def price_override_line(
+    override: PriceOverride, in_force: bool, *, name: Callable[[str], str] = str
+) -> str:
+    """One override; ``name`` shows its account and who set it (a platform's mention)."""
     if override.credits_per_image is not None:
         rule = f"{override.model_id}: {credits(override.credits_per_image)} per image"
     else:
         rule = f"every model: {override.percent_off}% off"
     state = "" if in_force else " (expired, ignored)"
     return (
-        f"{override.account_id}  {rule}{_until(override.until)}{state}"
-        f"  set by {override.actor} on {moment(override.created_at)}: {override.reason}"
+        f"{name(override.account_id)}  {rule}{_until(override.until)}{state}"
+        f"  set by {name(override.actor)} on {moment(override.created_at)}: {override.reason}"
     )
 
 

@@ -1102,7 +1102,7 @@ async def test_an_admin_s_price_for_a_model_is_the_next_quote_s_price(
         ADMIN,
     )
 
-    assert said == messages.model_price_set(BOB_ACCOUNT, "scripted", 8, None)
+    assert said == messages.model_price_set(f"<@{BOB.id}>", "scripted", 8, None)
     [override] = await service.ledger.price_overrides(BOB_ACCOUNT)
     assert (override.actor, override.reason) == (f"discord:{ADMIN.id}", "loyal")
     _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
@@ -1125,7 +1125,7 @@ async def test_an_admin_s_percent_off_is_the_next_quote_s_price(
         ADMIN,
     )
 
-    assert said == messages.percent_off_set(BOB_ACCOUNT, 30, datetime(2099, 1, 1, tzinfo=UTC))
+    assert said == messages.percent_off_set(f"<@{BOB.id}>", 30, datetime(2099, 1, 1, tzinfo=UTC))
     _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
     assert "Your price 7 per image, list 10 (30% off, until 2099-01-01 00:00 UTC)." in (
         quoted.content
@@ -1143,10 +1143,27 @@ async def test_an_admin_lists_and_clears_someone_s_prices(
     )
 
     listed = await answer_to(discord_fake, "price", {"action": "list", "user": BOB}, ADMIN)
-    assert listed.startswith(f"{BOB_ACCOUNT}  scripted: 8 credits per image  set by")
+    assert listed.startswith(f"<@{BOB.id}>  scripted: 8 credits per image  set by <@{ADMIN.id}>")
     cleared = await answer_to(discord_fake, "price", {"action": "clear", "user": BOB}, ADMIN)
-    assert cleared == messages.price_overrides_cleared(BOB_ACCOUNT, None, 1)
+    assert cleared == messages.price_overrides_cleared(f"<@{BOB.id}>", None, 1)
     assert await service.ledger.price_overrides(None) == []
+
+
+async def test_everyone_s_prices_name_discord_people_by_mention_and_others_by_id(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.ledger.set_price_override(
+        BOB_ACCOUNT, model_id=None, percent_off=10, until=None, actor="cli:root", reason="beta"
+    )
+    await service.ledger.set_price_override(
+        "slack:T1:U3", model_id=None, percent_off=20, until=None, actor="cli:root", reason="beta"
+    )
+
+    listed = await answer_to(discord_fake, "price", {"action": "list"}, ADMIN)
+
+    lines = sorted(listed.splitlines())
+    assert lines[0].startswith(f"<@{BOB.id}>  every model: 10% off  set by cli:root on ")
+    assert lines[1].startswith("slack:T1:U3  every model: 20% off  set by cli:root on ")
 
 
 async def test_everyone_s_prices_too_many_for_one_message_are_listed_in_several(

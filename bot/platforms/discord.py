@@ -79,6 +79,14 @@ def discord_account(user: discord.abc.User) -> str:
     return f"discord:{user.id}"
 
 
+def discord_shown(account: str) -> str:
+    """An account as Discord shows the person: a Discord user's mention, any other's id."""
+    platform, _, user_id = account.partition(":")
+    if platform == "discord" and user_id.isdigit():
+        return messages.discord_account_name(int(user_id))
+    return account
+
+
 @dataclass(frozen=True)
 class CommandSync:
     """What a command sync did: the scopes synced, and a sentence for each Discord refused."""
@@ -382,7 +390,9 @@ class ImagineBot(discord.AutoShardedClient):
                 raise RequestError(
                     messages.DISCORD_PRICE_USAGE if set_usage else messages.DISCORD_CLEAR_USAGE
                 )
-            return await self.prices.run(discord_account(interaction.user), command)
+            return await self.prices.run(
+                discord_account(interaction.user), command, name=discord_shown
+            )
 
         try:
             text = await _ready_in_time(interaction, price_answer())

@@ -86,6 +86,16 @@ def slack_account(team_id: str, user_id: str) -> str:
     return f"slack:{team_id}:{user_id}"
 
 
+def slack_shown(team: str) -> Callable[[str], str]:
+    """Accounts as Slack shows people in ``team``: its members' mentions, other accounts' ids."""
+    members = f"slack:{team}:"
+
+    def shown(account: str) -> str:
+        return f"<@{account.removeprefix(members)}>" if account.startswith(members) else account
+
+    return shown
+
+
 class SlackImagine:
     """The bolt app with the bot's commands and buttons, over one ``ImagineService``."""
 
@@ -333,7 +343,7 @@ class SlackImagine:
                 text = f"```{statements.as_table(lines)}```"
             elif words and words[0].lower() == "price":
                 price = _price_command(team, " ".join(words[1:]))
-                text = await self.prices.run(account, price)
+                text = await self.prices.run(account, price, name=slack_shown(team))
             elif words:
                 raise RequestError(messages.slack_credits_usage(words[0]))
             else:
