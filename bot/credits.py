@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import ledger
@@ -16,10 +17,13 @@ from bot.errors import (
     InvalidAmount,
     NotAdmin,
     ReasonTooLong,
+    RequestError,
     RevokeExceedsBalance,
     UnknownAccount,
 )
+from bot.options import take_option
 from bot.pricing import NO_ALLOWANCE, Allowance, period_bounds
+from bot.when import parse_expiry
 from ledger import Balance, Generation, Ledger, LotKind, StatementLine
 
 MAX_GRANT = 1_000_000_000
@@ -130,20 +134,35 @@ class Credits:
         amount: int | str,
         reason: str = "",
         *,
+        expires: str | None = None,
         shown_as: str | None = None,
         idempotency_key: str | None = None,
     ) -> str:
         """``grant`` or ``revoke``, and the sentence reporting the target's new balance.
 
-        ``shown_as`` names the target the way the platform does (a mention);
-        by default, its account id. ``idempotency_key``: the platform's id of
-        the command, so that the same command delivered twice changes the
-        balance once; by default, a new key each time.
+        ``expires``: when granted credits expire, as the admin typed it
+        (``parse_expiry``); a revoke takes none. ``shown_as`` names the target
+        the way the platform does (a mention); by default, its account id.
+        ``idempotency_key``: the platform's id of the command, so that the same
+        command delivered twice changes the balance once; by default, a new key
+        each time.
         """
-        change = self.grant if action == "grant" else self.revoke
-        balance = await change(actor, target, amount, reason, idempotency_key)
-        report = messages.granted if action == "grant" else messages.revoked
-        return report(shown_as or balance.account, parse_amount(amount), balance.available)
+        # Who may, and what was typed, before the expiry: a stranger's typo gets NOT_ADMIN.
+        self._admin_arguments(actor, target, amount, reason)
+        if action != "grant":
+            if expires is not None:
+                raise RequestError(messages.EXPIRY_ON_REVOKE)
+            balance = await self.revoke(actor, target, amount, reason, idempotency_key)
+            return messages.revoked(
+                shown_as or balance.account, parse_amount(amount), balance.available
+            )
+        expires_at = None if expires is None else parse_expiry(expires, self.ledger.now())
+        balance = await self.grant(
+            actor, target, amount, reason, idempotency_key, expires_at=expires_at
+        )
+        return messages.granted(
+            shown_as or balance.account, parse_amount(amount), balance.available, expires_at
+        )
 
     async def existing_balance(self, account: str) -> Balance:
         """The balance of an account that must already exist (admin look-ups)."""
@@ -223,3 +242,29 @@ def parse_amount(amount: int | str) -> int:
     if not 0 < credits <= MAX_GRANT:
         raise InvalidAmount(str(amount))
     return credits
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A grant or revoke as an admin typed it; checking it is ``Credits.adjust``'s."""
+
+    target: str
+    amount: str
+    expires: str | None
+    reason: str
+
+
+def parse_adjustment(words: Sequence[str], usage: str) -> Adjustment:
+    """The words after ``grant`` or ``revoke`` in the text form the console and Slack share:
+
+        ACCOUNT AMOUNT [expires:7d|expires:2027-01-01] [REASON…]
+
+    ``expires:`` may come anywhere after the amount. Fewer words are refused with
+    ``usage``; the account word is left as typed, for the adapter to translate (a
+    Slack mention, say).
+    """
+    if len(words) < 2:
+        raise RequestError(usage)
+    target, amount, *rest = words
+    expires, reason = take_option(rest, "expires")
+    return Adjustment(target, amount, expires, " ".join(reason))

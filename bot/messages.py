@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -465,6 +465,17 @@ def history_line(generation: Generation) -> str:
 
 
 NO_STATEMENT = "No entries yet: nothing has been granted to or spent by this account."
+
+
+def statement_attached(changes: int, available: int) -> str:
+    """The line beside a statement sent as a file."""
+    noun = "change" if changes == 1 else "changes"
+    return (
+        f"Your statement: {changes} {noun} to your credits, each with the balance after it;"
+        f" {credits(available)} available now."
+    )
+
+
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
 
 
@@ -491,6 +502,9 @@ def granted(account: str, amount: int, available: int, expires_at: datetime | No
         f"Granted {credits(amount)} to {account}{expiring}; "
         f"their balance is now {credits(available)}."
     )
+
+
+EXPIRY_ON_REVOKE = "Only granted credits can expire; a revoke takes no expiry. Nothing was changed."
 
 
 def revoked(account: str, amount: int, available: int) -> str:
@@ -543,6 +557,14 @@ def bad_duration(text: str) -> str:
     )
 
 
+def bad_expiry(text: str) -> str:
+    return (
+        f"'{_echo(text)}' is not when credits can expire; give a duration such as 12h or 7d,"
+        " or a date or time such as 2027-01-01 or 2027-01-01T18:00 (UTC unless an offset is"
+        " given). Nothing was changed."
+    )
+
+
 def lot_line(lot: Lot) -> str:
     """One lot of a balance: what is left of it, of what kind, and until when."""
     held = f", {lot.held} held" if lot.held else ""
@@ -586,15 +608,18 @@ def no_price_overrides(account: str | None) -> str:
     return f"{account} has no price of its own; they pay list prices."
 
 
-def price_override_line(override: PriceOverride, in_force: bool) -> str:
+def price_override_line(
+    override: PriceOverride, in_force: bool, *, name: Callable[[str], str] = str
+) -> str:
+    """One override; ``name`` shows its account and who set it (a platform's mention)."""
     if override.credits_per_image is not None:
         rule = f"{override.model_id}: {credits(override.credits_per_image)} per image"
     else:
         rule = f"every model: {override.percent_off}% off"
     state = "" if in_force else " (expired, ignored)"
     return (
-        f"{override.account_id}  {rule}{_until(override.until)}{state}"
-        f"  set by {override.actor} on {moment(override.created_at)}: {override.reason}"
+        f"{name(override.account_id)}  {rule}{_until(override.until)}{state}"
+        f"  set by {name(override.actor)} on {moment(override.created_at)}: {override.reason}"
     )
 
 
@@ -647,7 +672,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
     if is_admin:
         lines += [
             "Admin:",
-            "  /grant <account> <amount> [reason]    add credits, e.g. /grant discord:1234 50 welcome",
+            "  /grant <account> <amount> [expires:<when>] [reason]",
+            "      add credits, expiring after a duration or on a date if you like, e.g."
+            " /grant discord:1234 50 expires:7d welcome",
             "  /revoke <account> <amount> [reason]   take available credits back",
             "  /price set <account> <model> <credits> [until:<date>] <reason>",
             "      the account's own price per image of a model, e.g."
@@ -662,7 +689,12 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
 
 
 def admin_usage(command: str) -> str:
-    return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 contest prize"
+    if command == "grant":
+        return (
+            "Usage: /grant <account> <amount> [expires:<7d|2027-01-01>] [reason],"
+            " e.g. /grant discord:1234 50 expires:30d contest prize"
+        )
+    return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 refund"
 
 
 def models_table(rows: Sequence[tuple[ModelSpec, str | None]]) -> str:
@@ -809,7 +841,11 @@ def report(tables: Mapping[str, Sequence[Mapping[str, object]]], output: str) ->
 DISCORD_QUOTE_EXPIRED_BUTTONS = "This quote expired; nothing was charged. Run /imagine again."
 DISCORD_STARTING = "Starting…"
 DISCORD_GRANT_USAGE = (
-    "Pick a user and an amount: /credits action:grant user:@someone amount:50 reason:contest prize"
+    "Pick a user and an amount: /credits action:grant user:@someone amount:50"
+    " [expires:7d] reason:contest prize"
+)
+DISCORD_EXPIRES_DESCRIPTION = (
+    "When the granted credits expire: 7d, 12h or a date such as 2027-01-01"
 )
 DISCORD_REVOKE_USAGE = (
     "Pick a user and an amount: /credits action:revoke user:@someone amount:50 reason:refund"
@@ -837,12 +873,15 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel.",
         "**/credits**: your balance and recent generations.",
+        "**/statement**: every change to your credits, with the balance after each,"
+        " as a CSV file only you see.",
         "**/models**: the models, their prices and what they support.",
     ]
     if is_admin:
         lines.append(
-            "**/credits** `action:grant|revoke` `user` `amount` `[reason]`: "
-            "add or take back credits (bot admins only)."
+            "**/credits** `action:grant|revoke` `user` `amount` `[expires]` `[reason]`: "
+            "add credits, expiring after a duration or on a date if you like, or take them "
+            "back (bot admins only)."
         )
         lines.append(
             "**/price** `action:set|list|clear` `user` `[model]` `[credits]` `[percent_off]` "
@@ -888,7 +927,8 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
     ]
     if is_admin:
         lines.append(
-            "*/credits grant @someone 50 reason* and *revoke*: change someone's credits "
+            "*/credits grant @someone 50 [expires:7d] reason* and *revoke*: change someone's "
+            "credits; granted ones expire after a duration or on a date if you like "
             "(bot admins only)."
         )
         lines.append(
@@ -911,13 +951,18 @@ def discord_sync_refused(scope: str, detail: str) -> str:
 def slack_credits_usage(typed: str) -> str:
     return (
         f"/credits does not know “{_echo(typed)}”. Use /credits for your balance and recent "
-        "images, /credits statement for your last changes; admins: /credits grant @someone <amount> [reason], or revoke, and /credits"
-        " price set, list or clear."
+        "images, /credits statement for your last changes; admins: /credits grant @someone <amount>"
+        " [expires:<when>] [reason], or revoke, and /credits price set, list or clear."
     )
 
 
 def slack_admin_usage(action: str) -> str:
-    return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 contest prize"
+    if action == "grant":
+        return (
+            "Usage: /credits grant @someone <amount> [expires:<7d|2027-01-01>] [reason],"
+            " e.g. /credits grant @ana 50 expires:30d contest prize"
+        )
+    return f"Usage: /credits {action} @someone <amount> [reason], e.g. /credits {action} @ana 50 refund"
 
 
 SLACK_PRICE_USAGE = (

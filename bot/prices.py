@@ -15,6 +15,7 @@ from bot import messages
 from bot.accounts import parse_account
 from bot.credits import Credits, parse_amount
 from bot.errors import NotAdmin, ReasonTooLong, RequestError, UnknownModel
+from bot.options import take_option
 from bot.registry import Registry
 from bot.when import parse_until
 from ledger import utc_now
@@ -37,9 +38,6 @@ class PriceCommand:
     reason: str = ""
 
 
-_UNTIL = "until:"
-
-
 def parse_price_command(text: str, usage: str) -> PriceCommand:
     """The text form the console's ``/price`` and Slack's ``/credits price`` share:
 
@@ -60,12 +58,7 @@ def parse_price_command(text: str, usage: str) -> PriceCommand:
     if action != "set" or len(rest) < 2:
         raise RequestError(usage)
     account, *terms = rest
-    # until: may come anywhere after the account, so it is never silently part of the reason.
-    untils = [word for word in terms if word.lower().startswith(_UNTIL)]
-    if len(untils) > 1:
-        raise RequestError(messages.repeated_option("until"))
-    until = untils[0][len(_UNTIL) :] if untils else None
-    terms = [word for word in terms if word not in untils]
+    until, terms = take_option(terms, "until")
     if terms and terms[0].endswith("%"):
         return PriceCommand(
             "set", account, percent_off=terms[0], until=until, reason=" ".join(terms[1:])
@@ -83,6 +76,11 @@ def parse_price_command(text: str, usage: str) -> PriceCommand:
     )
 
 
+def _as_is(account: str) -> str:
+    """An account shown as its id: how the CLI and the console name people."""
+    return account
+
+
 class PriceAdmin:
     """Price overrides as admins change them; every refusal is one sentence, nothing changed."""
 
@@ -94,14 +92,20 @@ class PriceAdmin:
         self.registry = registry
         self._clock = clock
 
-    async def run(self, actor: str, command: PriceCommand) -> str:
-        """Carry out a command from chat; the sentence saying what changed or what is there."""
+    async def run(
+        self, actor: str, command: PriceCommand, *, name: Callable[[str], str] = _as_is
+    ) -> str:
+        """Carry out a command from chat; the sentence saying what changed or what is there.
+
+        ``name`` shows an account the way the platform shows the person (a mention);
+        by default, as its id.
+        """
         if command.action == "list":
-            return await self.list_prices(actor, command.account)
+            return await self.list_prices(actor, command.account, name=name)
         # Only a list may leave the account out: an empty one is refused as no account.
         target = command.account or ""
         if command.action == "clear":
-            return await self.clear_prices(actor, target, command.model)
+            return await self.clear_prices(actor, target, command.model, name=name)
         return await self.set_price(
             actor,
             target,
@@ -110,6 +114,7 @@ class PriceAdmin:
             percent_off=command.percent_off,
             until=command.until,
             reason=command.reason,
+            name=name,
         )
 
     async def set_price(
@@ -122,6 +127,7 @@ class PriceAdmin:
         percent_off: str | None,
         until: str | None,
         reason: str,
+        name: Callable[[str], str] = _as_is,
     ) -> str:
         """A fixed price per image for ``model``, or ``percent_off`` every model (not both),
         replacing the account's rule of the same scope; the sentence saying what changed."""
@@ -139,7 +145,7 @@ class PriceAdmin:
             await self.ledger.set_price_override(
                 account, model_id=None, percent_off=percent, until=ends, actor=actor, reason=reason
             )
-            return messages.percent_off_set(account, percent, ends)
+            return messages.percent_off_set(name(account), percent, ends)
         if model is None or credits_per_image is None:
             raise RequestError(messages.PRICE_ONE_RULE)
         model_id = self._model_id(model)
@@ -152,26 +158,37 @@ class PriceAdmin:
             actor=actor,
             reason=reason,
         )
-        return messages.model_price_set(account, model_id, price, ends)
+        return messages.model_price_set(name(account), model_id, price, ends)
 
-    async def list_prices(self, actor: str, target: str | None) -> str:
+    async def list_prices(
+        self, actor: str, target: str | None, *, name: Callable[[str], str] = _as_is
+    ) -> str:
         """Every override of ``target`` (everyone's if None), expired ones marked."""
         self._require_admin(actor)
         account = None if target is None else parse_account(target)
         overrides = await self.ledger.price_overrides(account)
         if not overrides:
-            return messages.no_price_overrides(account)
+            return messages.no_price_overrides(None if account is None else name(account))
         now = self._clock()
-        return "\n".join(messages.price_override_line(o, o.in_force(now)) for o in overrides)
+        return "\n".join(
+            messages.price_override_line(o, o.in_force(now), name=name) for o in overrides
+        )
 
-    async def clear_prices(self, actor: str, target: str, model: str | None) -> str:
+    async def clear_prices(
+        self,
+        actor: str,
+        target: str,
+        model: str | None,
+        *,
+        name: Callable[[str], str] = _as_is,
+    ) -> str:
         """Remove the account's override for ``model``, or every override it has."""
         self._require_admin(actor)
         account = parse_account(target)
         # An id no longer in the registry may still have a rule to clear: only its form is checked.
         model_id = None if model is None else model.strip().lower()
         cleared = await self.ledger.clear_price_overrides(account, model_id)
-        return messages.price_overrides_cleared(account, model_id, cleared)
+        return messages.price_overrides_cleared(name(account), model_id, cleared)
 
     def _require_admin(self, actor: str) -> None:
         if not self.credits.is_admin(actor):

@@ -42,3 +42,17 @@ def parse_until(text: str, now: datetime) -> datetime:
     if when <= now:
         raise RequestError(messages.date_in_the_past(when))
     return when
+
+
+def parse_expiry(text: str, now: datetime) -> datetime:
+    """When granted credits expire: a duration from ``now`` (``parse_duration``) or a date or
+    time still to come (``parse_until``)."""
+    typed = text.strip()
+    if _DURATION.fullmatch(typed.lower()):
+        return now + parse_duration(typed)
+    try:
+        parse_moment(typed)
+    except RequestError:
+        # Neither form: one sentence naming both, not the date's alone.
+        raise RequestError(messages.bad_expiry(text)) from None
+    return parse_until(typed, now)

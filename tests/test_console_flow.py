@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -571,6 +571,54 @@ async def test_an_admin_grant_adds_credits_and_is_recorded(
     assert (entry.actor, entry.reason) == (OWNER, "contest prize")
 
 
+async def test_an_admin_grant_expiring_after_a_duration_says_when_and_the_lot_expires_then(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/grant console:guest 50 expires:7d contest prize")
+
+    week_later = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert said == messages.granted(GUEST, 50, 50, week_later)
+    [lot] = (await service.credits.balance(GUEST)).lots
+    assert lot.expires_at is not None
+    assert lot.expires_at - week_later < timedelta(seconds=1)
+
+
+async def test_an_admin_grant_expiring_on_a_date_keeps_the_reason_around_the_option(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/grant console:guest 50 contest expires:2027-01-01 prize")
+
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    assert said == messages.granted(GUEST, 50, 50, new_year)
+    assert said.endswith("expiring 2027-01-01 00:00 UTC; their balance is now 50 credits.")
+    [lot] = (await service.credits.balance(GUEST)).lots
+    assert lot.expires_at == new_year
+    [entry] = await service.ledger.entries(GUEST)
+    assert entry.reason == "contest prize"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("/grant console:guest 50 expires:soon", messages.bad_expiry("soon")),
+        ("/grant console:guest 50 expires:0d", messages.bad_duration("0d")),
+        (
+            "/grant console:guest 50 expires:2001-01-01",
+            messages.date_in_the_past(datetime(2001, 1, 1, tzinfo=UTC)),
+        ),
+        ("/grant console:guest 50 expires:7d expires:8d", messages.repeated_option("expires")),
+        ("/revoke console:guest 5 expires:7d", messages.EXPIRY_ON_REVOKE),
+    ],
+)
+async def test_a_bad_expiry_is_one_sentence_and_leaves_the_balance_unchanged(
+    console: ScriptedConsole, service: ImagineService, line: str, expected: str
+) -> None:
+    await console.say("/grant console:guest 10")
+
+    assert await console.say(line) == expected
+    assert await available(service, GUEST) == 10
+
+
 async def test_a_grant_by_a_non_admin_is_refused(
     service: ImagineService, settings: Settings
 ) -> None:
@@ -578,6 +626,13 @@ async def test_a_grant_by_a_non_admin_is_refused(
     said = await guest.say(f"/grant {GUEST} 1000")
     assert said == messages.NOT_ADMIN
     assert await available(service, GUEST) == 0
+
+
+async def test_a_grant_with_an_expiry_by_a_non_admin_is_refused_as_not_an_admin_s(
+    service: ImagineService, settings: Settings
+) -> None:
+    guest = ScriptedConsole(service, GUEST, settings.output_dir)
+    assert await guest.say(f"/grant {GUEST} 1000 expires:soon") == messages.NOT_ADMIN
 
 
 async def test_a_revoke_beyond_the_available_balance_is_refused(

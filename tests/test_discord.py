@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ import pytest
 from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
-from bot import messages, references
+from bot import messages, references, statements
 from bot.app import open_service
 from bot.flow import ImagineService
 from bot.platforms import discord as discord_adapter
@@ -160,6 +161,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "imagine",
         "credits",
         "price",
+        "statement",
         "models",
         "help",
     }
@@ -190,6 +192,17 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         1,
         100,
     )
+
+
+async def test_credits_offers_an_optional_expiry_for_grants(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    [(_, commands)] = discord_fake.sync_calls
+    [credits] = [command for command in commands if command["name"] == "credits"]
+    [expires] = [option for option in credits["options"] if option["name"] == "expires"]
+
+    assert (expires["type"], expires.get("required", False)) == (3, False)
+    assert expires["description"] == messages.DISCORD_EXPIRES_DESCRIPTION
 
 
 async def test_an_unchanged_command_set_is_not_synced_again_on_restart(
@@ -945,6 +958,45 @@ async def test_an_admin_grant_is_recorded_and_reports_the_new_balance(
     assert (entry.actor, entry.reason) == (f"discord:{ADMIN.id}", "contest prize")
 
 
+async def test_an_admin_grant_with_an_expiry_says_when_the_credits_expire(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    said = await answer_to(
+        discord_fake,
+        "credits",
+        {"action": "grant", "user": BOB, "amount": 100, "expires": "7d"},
+        ADMIN,
+    )
+
+    week_later = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert said == messages.granted(f"<@{BOB.id}>", 100, 150, week_later)
+    balance = await service.credits.balance(BOB_ACCOUNT)
+    [expiring] = [lot.expires_at for lot in balance.lots if lot.expires_at]
+    assert expiring - week_later < timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"action": "grant", "expires": "next week"}, messages.bad_expiry("next week")),
+        ({"action": "revoke", "expires": "7d"}, messages.EXPIRY_ON_REVOKE),
+    ],
+)
+async def test_a_bad_expiry_is_one_sentence_and_leaves_the_balance_unchanged(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    options: dict[str, object],
+    expected: str,
+) -> None:
+    await service.credits.open_account(BOB_ACCOUNT)
+
+    said = await answer_to(discord_fake, "credits", {"user": BOB, "amount": 10, **options}, ADMIN)
+
+    assert said == expected
+    assert await available(service, BOB_ACCOUNT) == 50
+
+
 async def test_an_admin_revoke_takes_credits_back(
     bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
 ) -> None:
@@ -965,6 +1017,78 @@ async def test_a_grant_without_a_user_says_how_to_grant(
     assert said == messages.DISCORD_GRANT_USAGE
 
 
+# -- /statement ---------------------------------------------------------------------
+
+
+async def statement_of(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
+    """The answer to ``/statement`` once it is complete (after a deferral, its edit)."""
+    interaction = await discord_fake.slash("statement", {}, user=user)
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content.startswith(("Your", "No"))
+        )
+    )
+    return discord_fake.original(interaction)
+
+
+async def test_statement_attaches_your_changes_as_csv_with_the_running_balance(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.credits.grant(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 20, "contest")
+    await service.credits.revoke(f"discord:{ADMIN.id}", ALICE_ACCOUNT, 5, "correction")
+
+    message = await statement_of(discord_fake)
+
+    assert message.ephemeral
+    assert message.content == messages.statement_attached(3, 65)
+    [attached] = message.files
+    assert attached.filename == "statement-2026-11-24.csv"
+    header, *rows = csv.reader(io.StringIO(attached.data.decode()))
+    assert tuple(header) == statements.COLUMNS
+    assert [(row[1], row[3], row[7]) for row in rows] == [
+        ("grant", "50", "50"),
+        ("grant", "20", "70"),
+        ("adjustment", "-5", "65"),
+    ]
+
+
+async def test_a_statement_slower_than_the_deadline_allows_is_deferred_then_attached(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow_down(service.credits, "own_statement", monkeypatch)
+
+    interaction = await discord_fake.slash("statement", {})
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).files
+    )
+
+    assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE
+    message = discord_fake.original(interaction)
+    assert (message.ephemeral, message.content) == (True, messages.statement_attached(1, 50))
+    assert message.files[0].data.decode().splitlines()[1].split(",")[1] == "grant"
+
+
+async def test_a_statement_with_no_entries_says_so_without_a_file(
+    settings: Settings, discord_fake: LoopbackDiscord, clock: FakeClock
+) -> None:
+    unwelcomed = settings.model_copy(update={"starting_credits": 0})
+    async with (
+        open_service(unwelcomed, clock=clock) as service,
+        running_bot(service, unwelcomed, discord_fake),
+    ):
+        message = await statement_of(discord_fake)
+
+    assert (message.ephemeral, message.content, message.files) == (
+        True,
+        messages.NO_STATEMENT,
+        [],
+    )
+
+
 # -- /price -------------------------------------------------------------------------
 
 
@@ -978,7 +1102,7 @@ async def test_an_admin_s_price_for_a_model_is_the_next_quote_s_price(
         ADMIN,
     )
 
-    assert said == messages.model_price_set(BOB_ACCOUNT, "scripted", 8, None)
+    assert said == messages.model_price_set(f"<@{BOB.id}>", "scripted", 8, None)
     [override] = await service.ledger.price_overrides(BOB_ACCOUNT)
     assert (override.actor, override.reason) == (f"discord:{ADMIN.id}", "loyal")
     _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
@@ -1001,7 +1125,7 @@ async def test_an_admin_s_percent_off_is_the_next_quote_s_price(
         ADMIN,
     )
 
-    assert said == messages.percent_off_set(BOB_ACCOUNT, 30, datetime(2099, 1, 1, tzinfo=UTC))
+    assert said == messages.percent_off_set(f"<@{BOB.id}>", 30, datetime(2099, 1, 1, tzinfo=UTC))
     _, quoted = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"}, BOB)
     assert "Your price 7 per image, list 10 (30% off, until 2099-01-01 00:00 UTC)." in (
         quoted.content
@@ -1019,10 +1143,27 @@ async def test_an_admin_lists_and_clears_someone_s_prices(
     )
 
     listed = await answer_to(discord_fake, "price", {"action": "list", "user": BOB}, ADMIN)
-    assert listed.startswith(f"{BOB_ACCOUNT}  scripted: 8 credits per image  set by")
+    assert listed.startswith(f"<@{BOB.id}>  scripted: 8 credits per image  set by <@{ADMIN.id}>")
     cleared = await answer_to(discord_fake, "price", {"action": "clear", "user": BOB}, ADMIN)
-    assert cleared == messages.price_overrides_cleared(BOB_ACCOUNT, None, 1)
+    assert cleared == messages.price_overrides_cleared(f"<@{BOB.id}>", None, 1)
     assert await service.ledger.price_overrides(None) == []
+
+
+async def test_everyone_s_prices_name_discord_people_by_mention_and_others_by_id(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.ledger.set_price_override(
+        BOB_ACCOUNT, model_id=None, percent_off=10, until=None, actor="cli:root", reason="beta"
+    )
+    await service.ledger.set_price_override(
+        "slack:T1:U3", model_id=None, percent_off=20, until=None, actor="cli:root", reason="beta"
+    )
+
+    listed = await answer_to(discord_fake, "price", {"action": "list"}, ADMIN)
+
+    lines = sorted(listed.splitlines())
+    assert lines[0].startswith(f"<@{BOB.id}>  every model: 10% off  set by cli:root on ")
+    assert lines[1].startswith("slack:T1:U3  every model: 20% off  set by cli:root on ")
 
 
 async def test_everyone_s_prices_too_many_for_one_message_are_listed_in_several(
@@ -1152,6 +1293,7 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     for_admin = await answer_to(discord_fake, "help", {}, ADMIN)
 
     assert "/imagine" in for_alice
+    assert "**/statement**" in for_alice
     assert "grant" not in for_alice
     assert "grant" in for_admin
     assert "/price" not in for_alice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from bot import messages
 from bot.catalog import ModelCatalog
 from bot.errors import ModelUnavailable, RequestError, UnknownModel
+from bot.options import take_option
 from bot.parsing import (
     ImagineOptions,
     parse_imagine,
@@ -19,6 +21,7 @@ from bot.parsing import (
     visible_text,
 )
 from bot.registry import Registry, load_registry
+from bot.when import parse_expiry
 from providers import PROVIDERS
 from providers.base import ReferenceImage
 
@@ -500,3 +503,77 @@ def test_control_and_invisible_characters_are_removed_but_not_the_emoji_joiner(
     typed: str, kept: str
 ) -> None:
     assert visible_text(typed) == kept
+
+
+# -- when granted credits expire ------------------------------------------------
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("typed", "after"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("30m", timedelta(minutes=30)),
+        ("12h", timedelta(hours=12)),
+        (" 7D ", timedelta(days=7)),
+    ],
+)
+def test_an_expiry_given_as_a_duration_counts_from_now(typed: str, after: timedelta) -> None:
+    assert parse_expiry(typed, NOW) == NOW + after
+
+
+@pytest.mark.parametrize(
+    ("typed", "when"),
+    [
+        ("2027-01-01", datetime(2027, 1, 1, tzinfo=UTC)),
+        ("2027-01-01T18:00", datetime(2027, 1, 1, 18, 0, tzinfo=UTC)),
+        ("2027-01-01T18:00+01:00", datetime(2027, 1, 1, 17, 0, tzinfo=UTC)),
+    ],
+)
+def test_an_expiry_given_as_a_date_is_that_moment_in_utc(typed: str, when: datetime) -> None:
+    assert parse_expiry(typed, NOW) == when
+
+
+def test_an_expiry_already_past_is_refused_with_the_date() -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_expiry("2026-11-24", NOW)
+    assert refused.value.message == messages.date_in_the_past(datetime(2026, 11, 24, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("typed", ["0d", "3651d"])
+def test_a_duration_out_of_range_is_refused_as_a_duration(typed: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_expiry(typed, NOW)
+    assert refused.value.message == messages.bad_duration(typed)
+
+
+@pytest.mark.parametrize("typed", ["next week", "7 days", "", "-7d"])
+def test_an_expiry_that_is_neither_a_duration_nor_a_date_is_one_sentence(typed: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_expiry(typed, NOW)
+    assert refused.value.message == messages.bad_expiry(typed)
+
+
+# -- an option among an admin command's words ------------------------------------
+
+
+def test_an_option_is_taken_from_anywhere_among_the_words() -> None:
+    words = ["contest", "Expires:7d", "prize"]
+    assert take_option(words, "expires") == ("7d", ["contest", "prize"])
+
+
+def test_words_without_the_option_are_left_as_they_are() -> None:
+    assert take_option(["contest", "prize"], "expires") == (None, ["contest", "prize"])
+
+
+def test_an_option_given_twice_is_refused() -> None:
+    with pytest.raises(RequestError) as refused:
+        take_option(["expires:7d", "expires:2027-01-01"], "expires")
+    assert refused.value.message == messages.repeated_option("expires")
+
+
+def test_an_option_without_a_value_is_refused() -> None:
+    with pytest.raises(RequestError) as refused:
+        take_option(["expires:", "prize"], "expires")
+    assert refused.value.message == messages.empty_option("expires")

@@ -111,6 +111,7 @@ async def test_a_price_set_by_a_non_admin_is_refused_and_changes_nothing(
             messages.date_in_the_past(datetime(2001, 1, 1, tzinfo=UTC)),
         ),
         (f"set {OWNER} 5% until:someday nice", messages.bad_date("someday")),
+        (f"set {OWNER} 5% until: nice", messages.empty_option("until")),
         (
             f"set {OWNER} 5% until:2099-01-01 until:2099-02-01 nice",
             messages.repeated_option("until"),

@@ -590,6 +590,39 @@ async def test_an_admin_grant_is_recorded_with_actor_and_reason(
     assert (entry.actor, entry.reason) == (f"slack:{TEAM}:{ADMIN}", "contest prize")
 
 
+async def test_an_admin_grant_with_an_expiry_says_when_the_credits_expire(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/credits", f"grant <@{BOB}|bob> 100 contest expires:2027-01-01 prize", user=ADMIN
+    )
+
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    assert acknowledgement["text"] == messages.granted(f"<@{BOB}>", 100, 150, new_year)
+    balance = await service.credits.balance(f"slack:{TEAM}:{BOB}")
+    assert [lot.expires_at for lot in balance.lots if lot.expires_at] == [new_year]
+    [entry, *_] = await service.ledger.entries(f"slack:{TEAM}:{BOB}")
+    assert entry.reason == "contest prize"
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        (f"grant <@{BOB}> 100 expires:someday", messages.bad_expiry("someday")),
+        (f"revoke <@{BOB}> 10 expires:7d", messages.EXPIRY_ON_REVOKE),
+    ],
+)
+async def test_a_bad_expiry_is_one_sentence_and_leaves_the_balance_unchanged(
+    driver: SlackDriver, service: ImagineService, typed: str, expected: str
+) -> None:
+    await service.credits.open_account(f"slack:{TEAM}:{BOB}")
+
+    _, acknowledgement, _ = await driver.command("/credits", typed, user=ADMIN)
+
+    assert acknowledgement["text"] == expected
+    assert await available(service, f"slack:{TEAM}:{BOB}") == 50
+
+
 async def test_a_grant_reason_is_recorded_as_the_admin_typed_it(
     driver: SlackDriver, service: ImagineService
 ) -> None:
@@ -665,7 +698,7 @@ async def test_an_admin_s_price_for_a_model_is_the_next_quote_s_price(
         "/credits", f"price set <@{BOB}|bob> scripted 8 loyal &amp; kind", user=ADMIN
     )
 
-    assert acknowledgement["text"] == messages.model_price_set(BOB_ACCOUNT, "scripted", 8, None)
+    assert acknowledgement["text"] == messages.model_price_set(f"<@{BOB}>", "scripted", 8, None)
     assert acknowledgement["response_type"] == "ephemeral"
     [override] = await service.ledger.price_overrides(BOB_ACCOUNT)
     assert (override.actor, override.reason) == (f"slack:{TEAM}:{ADMIN}", "loyal & kind")
@@ -679,7 +712,7 @@ async def test_an_admin_s_percent_off_is_the_next_quote_s_price(driver: SlackDri
     )
 
     until = datetime(2099, 1, 1, tzinfo=UTC)
-    assert acknowledgement["text"] == messages.percent_off_set(BOB_ACCOUNT, 25, until)
+    assert acknowledgement["text"] == messages.percent_off_set(f"<@{BOB}>", 25, until)
     _, quoted, _ = await driver.command("/imagine", "model:scripted a fox", user=BOB)
     assert (
         "Your price 7.5 per image, list 10 (25% off, until 2099-01-01 00:00 UTC)."
@@ -693,10 +726,31 @@ async def test_an_admin_lists_and_clears_someone_s_prices(
     await driver.command("/credits", f"price set <@{BOB}> scripted 8 loyal", user=ADMIN)
 
     _, listed, _ = await driver.command("/credits", f"price list <@{BOB}|bob>", user=ADMIN)
-    assert listed["text"].startswith(f"{BOB_ACCOUNT}  scripted: 8 credits per image  set by")
+    assert listed["text"].startswith(f"<@{BOB}>  scripted: 8 credits per image  set by")
     _, cleared, _ = await driver.command("/credits", f"price clear <@{BOB}> scripted", user=ADMIN)
-    assert cleared["text"] == messages.price_overrides_cleared(BOB_ACCOUNT, "scripted", 1)
+    assert cleared["text"] == messages.price_overrides_cleared(f"<@{BOB}>", "scripted", 1)
     assert await service.ledger.price_overrides(None) == []
+
+
+async def test_everyone_s_prices_name_this_workspace_s_people_by_mention_and_others_by_id(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await driver.command("/credits", f"price set <@{BOB}> scripted 8 loyal", user=ADMIN)
+    await service.ledger.set_price_override(
+        "discord:42", model_id=None, percent_off=10, until=None, actor="cli:root", reason="beta"
+    )
+
+    _, listed, _ = await driver.command("/credits", "price list", user=ADMIN)
+
+    lines = sorted(listed["text"].splitlines())
+    assert lines[0].startswith(f"<@{BOB}>  scripted: 8 credits per image  set by <@{ADMIN}> on ")
+    assert lines[1].startswith("discord:42  every model: 10% off  set by cli:root on ")
+
+
+async def test_no_prices_of_someone_s_own_names_them_by_mention(driver: SlackDriver) -> None:
+    _, listed, _ = await driver.command("/credits", f"price list <@{BOB}>", user=ADMIN)
+
+    assert listed["text"] == messages.no_price_overrides(f"<@{BOB}>")
 
 
 async def test_a_price_set_by_a_non_admin_is_refused_and_changes_nothing(

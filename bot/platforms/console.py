@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import messages, statements
-from bot.errors import ImagineError, RequestError
+from bot.credits import Adjustment, parse_adjustment
+from bot.errors import ImagineError
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
@@ -147,8 +148,17 @@ class ConsoleChat:
         await self._adjust("revoke", arguments)
 
     async def _adjust(self, action: str, arguments: str) -> None:
-        target, amount, reason = _admin_arguments(action, arguments)
-        self.write(await self.service.credits.adjust(action, self.account, target, amount, reason))
+        typed = _admin_arguments(action, arguments)
+        self.write(
+            await self.service.credits.adjust(
+                action,
+                self.account,
+                typed.target,
+                typed.amount,
+                typed.reason,
+                expires=typed.expires,
+            )
+        )
 
     async def price(self, arguments: str) -> None:
         command = parse_price_command(arguments, messages.CONSOLE_PRICE_USAGE)
@@ -189,15 +199,13 @@ def _save(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _admin_arguments(command: str, arguments: str) -> tuple[str, str, str]:
+def _admin_arguments(command: str, arguments: str) -> Adjustment:
     try:
         words = shlex.split(arguments)
     except ValueError:
         # An unpaired quote, as in a reason like "Bob's prize": taken as typed.
         words = arguments.split()
-    if len(words) < 2:
-        raise RequestError(messages.admin_usage(command))
-    return words[0], words[1], " ".join(words[2:])
+    return parse_adjustment(words, messages.admin_usage(command))
 
 
 def stdin_reader(interactive: bool) -> ReadLine:

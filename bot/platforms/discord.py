@@ -30,7 +30,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot import messages, references
+from bot import messages, references, statements
 from bot.credits import MAX_GRANT
 from bot.errors import (
     ImagineError,
@@ -77,6 +77,14 @@ class ShownQuote:
 
 def discord_account(user: discord.abc.User) -> str:
     return f"discord:{user.id}"
+
+
+def discord_shown(account: str) -> str:
+    """An account as Discord shows the person: a Discord user's mention, any other's id."""
+    platform, _, user_id = account.partition(":")
+    if platform == "discord" and user_id.isdigit():
+        return messages.discord_account_name(int(user_id))
+    return account
 
 
 @dataclass(frozen=True)
@@ -321,6 +329,7 @@ class ImagineBot(discord.AutoShardedClient):
         user: discord.User | discord.Member | None,
         amount: int | None,
         reason: str | None,
+        expires: str | None,
     ) -> None:
         """The balance and history, or an admin's grant or revoke reported."""
 
@@ -339,6 +348,7 @@ class ImagineBot(discord.AutoShardedClient):
                 discord_account(user),
                 amount,
                 reason or "",
+                expires=expires,
                 shown_as=messages.discord_account_name(user.id),
                 # The same interaction delivered again (a resumed gateway) must not grant again.
                 idempotency_key=f"{action}:discord:{interaction.id}",
@@ -350,6 +360,27 @@ class ImagineBot(discord.AutoShardedClient):
             text = refusal.message
         await _answer(interaction, text)
 
+    async def show_statement(self, interaction: discord.Interaction) -> None:
+        """The user's own statement as a CSV file only they see, with a line saying what is in it."""
+
+        async def statement_file() -> tuple[str, list[discord.File]]:
+            account = discord_account(interaction.user)
+            # Topped up first, as /credits does, so the file ends at the balance the line says.
+            balance = await self.service.credits.balance(account, _role_ids(interaction.user))
+            lines = await self.service.credits.own_statement(account)
+            if not lines:
+                return messages.NO_STATEMENT, []
+            csv = io.BytesIO(statements.as_csv(lines).encode())
+            name = f"statement-{self.service.ledger.now():%Y-%m-%d}.csv"
+            summary = messages.statement_attached(len(lines), balance.available)
+            return summary, [discord.File(csv, filename=name)]
+
+        try:
+            text, files = await _ready_in_time(interaction, statement_file())
+        except ImagineError as refusal:
+            text, files = refusal.message, []
+        await _answer(interaction, text, files=files)
+
     async def change_prices(self, interaction: discord.Interaction, command: PriceCommand) -> None:
         """An admin's /price: someone's own prices set, listed or cleared, said privately."""
 
@@ -359,7 +390,9 @@ class ImagineBot(discord.AutoShardedClient):
                 raise RequestError(
                     messages.DISCORD_PRICE_USAGE if set_usage else messages.DISCORD_CLEAR_USAGE
                 )
-            return await self.prices.run(discord_account(interaction.user), command)
+            return await self.prices.run(
+                discord_account(interaction.user), command, name=discord_shown
+            )
 
         try:
             text = await _ready_in_time(interaction, price_answer())
@@ -490,6 +523,7 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         user="Whose credits to change",
         amount="How many credits",
         reason="Recorded in the ledger",
+        expires=messages.DISCORD_EXPIRES_DESCRIPTION,
     )
     @app_commands.choices(
         action=[
@@ -504,8 +538,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         user: Optional[discord.User] = None,  # noqa: UP045
         amount: Optional[app_commands.Range[int, 1, 1_000_000]] = None,  # noqa: UP045
         reason: Optional[app_commands.Range[str, 0, 200]] = None,  # noqa: UP045
+        expires: Optional[str] = None,  # noqa: UP045
     ) -> None:
-        await bot.show_credits(interaction, action, user, amount, reason)
+        await bot.show_credits(interaction, action, user, amount, reason, expires)
 
     async def price_models(
         interaction: discord.Interaction, current: str
@@ -553,6 +588,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
+    async def statement(interaction: discord.Interaction) -> None:
+        await bot.show_statement(interaction)
+
     async def help_command(interaction: discord.Interaction) -> None:
         await bot.show_help(interaction)
 
@@ -567,6 +605,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             name="price",
             description="Admins: someone's own price per image, or percent off",
             callback=price,
+        ),
+        app_commands.Command(
+            name="statement",
+            description="Every change to your credits, as a CSV file only you see",
+            callback=statement,
         ),
         app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
@@ -833,17 +876,26 @@ async def _ready_in_time(interaction: discord.Interaction, work: Awaitable[T]) -
 
 
 async def _answer(
-    interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
+    interaction: discord.Interaction,
+    text: str,
+    *,
+    view: discord.ui.View | None = None,
+    files: Sequence[discord.File] = (),
 ) -> int | None:
-    """Answer ephemerally; after a deferral, by filling in the "thinking…" message.
+    """Answer ephemerally, with ``files`` attached; after a deferral, by filling in the
+    "thinking…" message.
 
     Returns the answer's message id, when Discord gives it.
     """
     if interaction.response.is_done():
-        return (await interaction.edit_original_response(content=text, view=view)).id
-    if view is None:
-        return (await interaction.response.send_message(text, ephemeral=True)).message_id
-    return (await interaction.response.send_message(text, view=view, ephemeral=True)).message_id
+        # Only named when there are files: an empty list would be sent as "remove them all".
+        attached: dict[str, Any] = {"attachments": list(files)} if files else {}
+        edited = await interaction.edit_original_response(content=text, view=view, **attached)
+        return edited.id
+    extra: dict[str, Any] = {"files": list(files)} if files else {}
+    if view is not None:
+        extra["view"] = view
+    return (await interaction.response.send_message(text, ephemeral=True, **extra)).message_id
 
 
 async def _downloaded(reference: discord.Attachment) -> ReferenceImage:

@@ -42,6 +42,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookResponse
 
 from bot import messages, slack_text, statements
+from bot.credits import parse_adjustment
 from bot.errors import (
     ImagineError,
     RequestError,
@@ -83,6 +84,16 @@ Respond = Callable[..., Awaitable[Any]]
 
 def slack_account(team_id: str, user_id: str) -> str:
     return f"slack:{team_id}:{user_id}"
+
+
+def slack_shown(team: str) -> Callable[[str], str]:
+    """Accounts as Slack shows people in ``team``: its members' mentions, other accounts' ids."""
+    members = f"slack:{team}:"
+
+    def shown(account: str) -> str:
+        return f"<@{account.removeprefix(members)}>" if account.startswith(members) else account
+
+    return shown
 
 
 class SlackImagine:
@@ -308,16 +319,19 @@ class SlackImagine:
         try:
             if words and words[0].lower() in ("grant", "revoke"):
                 action = words[0].lower()
-                mention = _MENTION.match(words[1]) if len(words) >= 3 else None
+                usage = messages.slack_admin_usage(action)
+                typed = parse_adjustment(words[1:], usage)
+                mention = _MENTION.match(typed.target)
                 if mention is None:
-                    raise RequestError(messages.slack_admin_usage(action))
+                    raise RequestError(usage)
                 text = await self.service.credits.adjust(
                     action,
                     account,
                     slack_account(team, mention.group(1)),
-                    words[2],
+                    typed.amount,
                     # Recorded as the admin saw it typed, not in Slack's escaped form.
-                    slack_text.typed(" ".join(words[3:])),
+                    slack_text.typed(typed.reason),
+                    expires=typed.expires,
                     shown_as=f"<@{mention.group(1)}>",
                     # The same command delivered again must not grant again.
                     idempotency_key=f"{action}:slack:{command['trigger_id']}",
@@ -329,7 +343,7 @@ class SlackImagine:
                 text = f"```{statements.as_table(lines)}```"
             elif words and words[0].lower() == "price":
                 price = _price_command(team, " ".join(words[1:]))
-                text = await self.prices.run(account, price)
+                text = await self.prices.run(account, price, name=slack_shown(team))
             elif words:
                 raise RequestError(messages.slack_credits_usage(words[0]))
             else:
