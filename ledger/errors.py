@@ -5,6 +5,7 @@ The ledger knows nothing of chat; the bot translates these into sentences.
     LedgerError
     ├── AccountNotFound        no such account
     ├── GenerationNotFound     no such generation (request id)
+    ├── PurchaseNotFound       no such purchase
     ├── InsufficientFunds      a hold or revoke larger than the available balance
     ├── CreditsOwed            a hold or quote by an account that owes credits
     ├── WrongAccount           a generation confirmed or cancelled by another account
@@ -45,6 +46,12 @@ class GenerationNotFound(LedgerError):
     def __init__(self, generation_id: str) -> None:
         super().__init__(f"no generation {generation_id!r}")
         self.generation_id = generation_id
+
+
+class PurchaseNotFound(LedgerError):
+    def __init__(self, purchase_id: str) -> None:
+        super().__init__(f"no purchase {purchase_id!r}")
+        self.purchase_id = purchase_id
 
 
 class InsufficientFunds(LedgerError):

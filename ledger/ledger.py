@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import prices, rules
+from ledger import prices, purchases, rules
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
@@ -58,6 +58,7 @@ from ledger.errors import (
     InvalidAmount,
     InvalidTransition,
     LedgerError,
+    PurchaseNotFound,
     QuoteExpired,
     ReferenceCorrupt,
     ReferenceStorageFull,
@@ -87,7 +88,12 @@ from ledger.values import (
     Lot,
     LotKind,
     NewGeneration,
+    NewPurchase,
+    PaymentEvent,
     PriceOverride,
+    Purchase,
+    PurchaseChange,
+    PurchaseStatus,
     QuoteLimits,
     QuoteReference,
     StatementLine,
@@ -204,11 +210,7 @@ class Ledger:
             if _replayed(connection, account, line):
                 _check_granted_lot(connection, idempotency_key, kind, expires_at)
             else:
-                self._insert_account(connection, account)
-                touched = self._touch(connection, account, now)
-                self._grant_lot(connection, account, line, kind, expires_at, now)
-                if touched is not None and touched.owed:
-                    self._repay(connection, account, now, idempotency_key)
+                self._grant(connection, account, line, kind, expires_at)
             return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
@@ -254,15 +256,8 @@ class Ledger:
 
         def work(connection: Connection) -> Balance:
             now = self._clock()
-            if _replayed(connection, account, line):
-                return _balance(connection, account, now)
-            balance = self._touch(connection, account, now)
-            if balance is None:
-                raise AccountNotFound(account)
-            first_lot = None
-            if from_grant is not None:
-                first_lot = connection.scalar(_GRANT_LOT_ID, {"key": from_grant})
-            self._apply(connection, account, rules.taken_back(line, balance.lots, now, first_lot))
+            if not _replayed(connection, account, line):
+                self._take_back(connection, account, line, from_grant)
             return _balance(connection, account, now)
 
         return await self._idempotent_write(work)
@@ -676,6 +671,183 @@ class Ledger:
             partial(prices.clear_overrides, account=account, model_id=model_id)
         )
 
+    # -- purchases ------------------------------------------------------------
+
+    async def open_purchase(self, new: NewPurchase) -> Purchase:
+        """Record a pack being bought, opening the buyer's account if new; one whose id is
+        recorded already is answered as it is."""
+
+        def work(connection: Connection) -> Purchase:
+            self._insert_account(connection, new.account_id)
+            return purchases.open_purchase(connection, new, self._clock())
+
+        return await self._database.write(work)
+
+    async def set_purchase_external_id(self, purchase_id: str, external_id: str) -> Purchase:
+        """Name the purchase's Checkout Session (or entitlement), once it exists."""
+        return await self._database.write(
+            lambda connection: purchases.change(
+                connection, purchase_id, self._clock(), external_id=external_id
+            )
+        )
+
+    async def purchase(self, purchase_id: str) -> Purchase | None:
+        return await self._database.read(lambda connection: purchases.find(connection, purchase_id))
+
+    async def purchase_by_external_id(self, source: str, external_id: str) -> Purchase | None:
+        return await self._database.read(
+            lambda connection: purchases.find_by(connection, source=source, external_id=external_id)
+        )
+
+    async def purchase_by_payment(self, payment_reference: str) -> Purchase | None:
+        """The purchase a refund or dispute names by its payment (a Stripe PaymentIntent)."""
+        return await self._database.read(
+            lambda connection: purchases.find_by(connection, payment_reference=payment_reference)
+        )
+
+    async def purchases(self, account: str | None = None, *, limit: int = 100) -> list[Purchase]:
+        """Newest first: ``account``'s purchases, or everyone's."""
+        return await self._database.read(
+            lambda connection: purchases.listed(connection, account, limit)
+        )
+
+    async def record_payment_event(self, event: PaymentEvent) -> bool:
+        """Remember an event that concerns no purchase of ours; False if seen before."""
+        return await self._database.write(
+            lambda connection: purchases.record_event(connection, event, None, self._clock())
+        )
+
+    async def fulfil_purchase(
+        self, purchase_id: str, event: PaymentEvent, *, payment_reference: str | None = None
+    ) -> PurchaseChange:
+        """The purchase is paid: grant its credits as a ``paid`` lot, once per purchase however
+        many events say so, in whatever order; a refund or dispute recorded before it is then
+        taken back at once."""
+
+        def work(connection: Connection) -> PurchaseChange:
+            now = self._clock()
+            bought = self._locked_purchase(connection, purchase_id)
+            if not purchases.record_event(connection, event, purchase_id, now):
+                return PurchaseChange(bought, repeated=True)
+            if bought.status in (PurchaseStatus.PAID, PurchaseStatus.REFUNDED):
+                return PurchaseChange(bought)
+            line = rules.Line(
+                EntryKind.GRANT,
+                bought.credits,
+                bought.credits,
+                0,
+                bought.source,
+                f"bought the {bought.pack} pack",
+                purchases.grant_key(bought.id),
+            )
+            self._grant(connection, bought.account_id, line, LotKind.PAID, None)
+            paid = purchases.change(
+                connection,
+                purchase_id,
+                now,
+                status=PurchaseStatus.PAID,
+                paid_at=now,
+                payment_reference=bought.payment_reference or payment_reference,
+            )
+            change = self._match_reversals(connection, paid, event)
+            return replace(change, granted=bought.credits)
+
+        return await self._idempotent_write(work)
+
+    async def close_purchase(
+        self, purchase_id: str, event: PaymentEvent, status: PurchaseStatus
+    ) -> PurchaseChange:
+        """An open purchase that will never be paid: ``failed`` or ``expired``; one already paid
+        is left as it is."""
+
+        def work(connection: Connection) -> PurchaseChange:
+            now = self._clock()
+            bought = self._locked_purchase(connection, purchase_id)
+            if not purchases.record_event(connection, event, purchase_id, now):
+                return PurchaseChange(bought, repeated=True)
+            if bought.status != PurchaseStatus.OPEN:
+                return PurchaseChange(bought)
+            return PurchaseChange(purchases.change(connection, purchase_id, now, status=status))
+
+        return await self._idempotent_write(work)
+
+    async def reverse_purchase(
+        self,
+        purchase_id: str,
+        event: PaymentEvent,
+        *,
+        amount_refunded: int | None = None,
+        disputed: bool | None = None,
+        payment_reference: str | None = None,
+    ) -> PurchaseChange:
+        """A refund (``amount_refunded``: the total refunded so far) or a dispute opened or
+        closed in the buyer's favour (``disputed``): the purchase's credits are taken back, or
+        given back, to match (``rules.purchase_taken_back``). Recorded on a purchase not yet
+        paid, it takes effect when it is."""
+
+        def work(connection: Connection) -> PurchaseChange:
+            now = self._clock()
+            bought = self._locked_purchase(connection, purchase_id)
+            if not purchases.record_event(connection, event, purchase_id, now):
+                return PurchaseChange(bought, repeated=True)
+            values: dict[str, Any] = {}
+            if amount_refunded is not None:
+                values["amount_refunded"] = max(bought.amount_refunded, amount_refunded)
+            if disputed is not None:
+                values["disputed"] = int(disputed)
+            if payment_reference is not None and bought.payment_reference is None:
+                values["payment_reference"] = payment_reference
+            changed = purchases.change(connection, purchase_id, now, **values)
+            return self._match_reversals(connection, changed, event)
+
+        return await self._idempotent_write(work)
+
+    def _locked_purchase(self, connection: Connection, purchase_id: str) -> Purchase:
+        found = purchases.find(connection, purchase_id, lock=True)
+        if found is None:
+            raise PurchaseNotFound(purchase_id)
+        return found
+
+    def _match_reversals(
+        self, connection: Connection, bought: Purchase, event: PaymentEvent
+    ) -> PurchaseChange:
+        """Take back or give back the paid purchase's credits so that what is taken back
+        matches its refunds and disputes, keyed by ``event``."""
+        if bought.status not in (PurchaseStatus.PAID, PurchaseStatus.REFUNDED):
+            return PurchaseChange(bought)
+        now = self._clock()
+        target = rules.purchase_taken_back(
+            bought.credits, bought.amount, bought.amount_refunded, bought.disputed
+        )
+        more = target - bought.credits_taken_back
+        reason = f"{event.type} for the {bought.pack} pack"
+        if more > 0:
+            line = rules.Line(
+                EntryKind.TAKE_BACK, more, 0, 0, bought.source, reason, f"take-back:{event.id}"
+            )
+            self._take_back(
+                connection, bought.account_id, line, from_grant=purchases.grant_key(bought.id)
+            )
+        elif more < 0:
+            line = rules.Line(
+                EntryKind.GRANT, -more, -more, 0, bought.source, reason, f"give-back:{event.id}"
+            )
+            self._grant(connection, bought.account_id, line, LotKind.PAID, None)
+        refunded = bought.amount_refunded >= bought.amount
+        changed = purchases.change(
+            connection,
+            bought.id,
+            now,
+            credits_taken_back=target,
+            status=PurchaseStatus.REFUNDED if refunded else PurchaseStatus.PAID,
+        )
+        return PurchaseChange(
+            changed,
+            taken_back=max(more, 0),
+            given_back=max(-more, 0),
+            balance=_balance(connection, bought.account_id, now),
+        )
+
     async def statement(
         self, account: str, *, since: datetime | None = None
     ) -> list[StatementLine]:
@@ -799,6 +971,36 @@ class Ledger:
         for line in expiring:
             self._apply(connection, account, line)
         return len(expiring)
+
+    def _grant(
+        self,
+        connection: Connection,
+        account: str,
+        line: rules.Line,
+        kind: LotKind,
+        expires_at: datetime | None,
+    ) -> None:
+        """``line``'s credits in a new lot, opening the account if new; what it owes is paid
+        from them first."""
+        now = self._clock()
+        self._insert_account(connection, account)
+        touched = self._touch(connection, account, now)
+        self._grant_lot(connection, account, line, kind, expires_at, now)
+        if touched is not None and touched.owed:
+            self._repay(connection, account, now, line.idempotency_key)
+
+    def _take_back(
+        self, connection: Connection, account: str, line: rules.Line, from_grant: str | None
+    ) -> None:
+        """``line``, a take-back, split by ``rules.taken_back``."""
+        now = self._clock()
+        balance = self._touch(connection, account, now)
+        if balance is None:
+            raise AccountNotFound(account)
+        first_lot = None
+        if from_grant is not None:
+            first_lot = connection.scalar(_GRANT_LOT_ID, {"key": from_grant})
+        self._apply(connection, account, rules.taken_back(line, balance.lots, now, first_lot))
 
     def _repay(self, connection: Connection, account: str, now: datetime, cause: str) -> None:
         """Pay what the account owes from what it can spend now (``rules.repayment``), keyed

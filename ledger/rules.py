@@ -350,6 +350,15 @@ def repayment(owed: int, lots: Sequence[Lot], now: datetime, key: str) -> Line |
     return repaid
 
 
+def purchase_taken_back(credits: int, amount: int, amount_refunded: int, disputed: bool) -> int:
+    """How many of a purchase's ``credits`` its payment's reversals take back: all of them
+    while a dispute holds the payment, else the refunded share of ``amount``, rounded down
+    (in the buyer's favour, as prices are)."""
+    if disputed or amount_refunded >= amount:
+        return credits
+    return credits * amount_refunded // amount
+
+
 def by_lot(
     settlement: Settlement, held_parts: Sequence[tuple[Lot, int]], now: datetime
 ) -> tuple[Line, ...]:

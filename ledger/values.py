@@ -253,3 +253,80 @@ class PriceOverride:
     def in_force(self, now: datetime) -> bool:
         """An override whose ``until`` has passed is ignored (and kept, as a record)."""
         return self.until is None or self.until > now
+
+
+class PurchaseStatus(StrEnum):
+    """Where a purchase is.
+
+    open ─┬─> paid ──> refunded   (all of its price paid back)
+          ├─> failed              (a delayed payment did not go through)
+          └─> expired             (the checkout was never paid)
+    """
+
+    OPEN = "open"
+    PAID = "paid"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True)
+class NewPurchase:
+    """A pack someone started buying: the credits and price come from the pricing file."""
+
+    id: str
+    source: str
+    """``stripe`` or ``discord``."""
+    account_id: str
+    pack: str
+    credits: int
+    amount: int
+    """In the currency's smallest unit (cents)."""
+    currency: str
+    external_id: str | None = None
+    """The Checkout Session's or the entitlement's id, once known."""
+    channel: str | None = None
+    """Where the buyer asked, to tell them there when it is paid."""
+
+
+@dataclass(frozen=True)
+class Purchase:
+    id: str
+    source: str
+    external_id: str | None
+    account_id: str
+    pack: str
+    credits: int
+    amount: int
+    currency: str
+    status: PurchaseStatus
+    payment_reference: str | None
+    amount_refunded: int
+    disputed: bool
+    credits_taken_back: int
+    channel: str | None
+    created_at: datetime
+    updated_at: datetime
+    paid_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """One notification from a payment provider: its id (once per event, however often it is
+    delivered) and type."""
+
+    id: str
+    type: str
+
+
+@dataclass(frozen=True)
+class PurchaseChange:
+    """What an event did to a purchase: nothing (``repeated``: the event was seen before), or
+    credits granted, taken back or given back."""
+
+    purchase: Purchase
+    repeated: bool = False
+    granted: int = 0
+    taken_back: int = 0
+    given_back: int = 0
+    balance: Balance | None = None
