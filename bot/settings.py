@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -97,6 +97,22 @@ class Settings(BaseSettings):
     """A pause before each ``local`` image, to try progress and shutdown with a slow provider."""
     credit_value_usd: float = Field(default=0.02, gt=0)
     """What one credit is worth; ``models --check`` warns where a price is below the provider's cost."""
+    web_host: str = Field(
+        default="0.0.0.0", validation_alias=AliasChoices("web_host", "slack_http_host")
+    )
+    web_port: int = Field(
+        default=3000, ge=1, le=65535, validation_alias=AliasChoices("web_port", "slack_http_port")
+    )
+    """The one public web server: ``/slack/events`` (Slack's HTTP mode) and ``/stripe/webhook``.
+    ``SLACK_HTTP_HOST``/``SLACK_HTTP_PORT`` are read when these are not set."""
+    public_url: str | None = None
+    """How the outside world reaches the web server: Checkout's return pages are under it."""
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    """Another Stripe-compatible API (tests); unset: Stripe's own."""
+    discord_allow_test_purchases: bool = False
+    """Grant credits for Discord's test-mode purchases (entitlement type 4)."""
 
     discord_token: str | None = None
     discord_guild_ids: str | None = None
@@ -108,8 +124,6 @@ class Settings(BaseSettings):
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
-    slack_http_host: str = "0.0.0.0"
-    slack_http_port: int = Field(default=3000, ge=1, le=65535)
     slack_api_base_url: str | None = None
     gemini_api_key: str | None = None
     google_api_key: str | None = None

@@ -23,8 +23,13 @@ CONTRACT_VARIABLES = [
     "SLACK_BOT_TOKEN",
     "SLACK_SIGNING_SECRET",
     "SLACK_APP_TOKEN",
-    "SLACK_HTTP_HOST",
-    "SLACK_HTTP_PORT",
+    "WEB_HOST",
+    "WEB_PORT",
+    "PUBLIC_URL",
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_API_BASE",
+    "DISCORD_ALLOW_TEST_PURCHASES",
     "SLACK_API_BASE_URL",
     "GEMINI_API_KEY",
     "GEMINI_BASE_URL",
@@ -87,9 +92,24 @@ def test_discord_api_base_defaults_to_discords_v10_api() -> None:
     assert Settings(_env_file=None).discord_api_base == "https://discord.com/api/v10"
 
 
-def test_slack_http_mode_listens_on_every_interface_at_port_3000_by_default() -> None:
+def test_the_web_server_listens_on_every_interface_at_port_3000_by_default() -> None:
     settings = Settings(_env_file=None)
-    assert (settings.slack_http_host, settings.slack_http_port) == ("0.0.0.0", 3000)
+    assert (settings.web_host, settings.web_port) == ("0.0.0.0", 3000)
+
+
+def test_slack_http_host_and_port_still_place_the_web_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLACK_HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SLACK_HTTP_PORT", "8080")
+    settings = Settings(_env_file=None)
+    assert (settings.web_host, settings.web_port) == ("127.0.0.1", 8080)
+
+
+def test_web_port_wins_over_its_older_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_HTTP_PORT", "8080")
+    monkeypatch.setenv("WEB_PORT", "9090")
+    assert Settings(_env_file=None).web_port == 9090
 
 
 def test_platform_tokens_and_provider_keys_are_unset_by_default() -> None:
@@ -104,10 +124,10 @@ def test_platform_tokens_and_provider_keys_are_unset_by_default() -> None:
 
 def test_each_setting_reads_its_upper_cased_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STARTING_CREDITS", "7")
-    monkeypatch.setenv("SLACK_HTTP_PORT", "8080")
+    monkeypatch.setenv("WEB_PORT", "8080")
     monkeypatch.setenv("OUTPUT_DIR", "/srv/images")
     settings = Settings(_env_file=None)
-    assert (settings.starting_credits, settings.slack_http_port, settings.output_dir) == (
+    assert (settings.starting_credits, settings.web_port, settings.output_dir) == (
         7,
         8080,
         Path("/srv/images"),
@@ -162,7 +182,7 @@ def test_negative_starting_credits_are_refused() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("SLACK_HTTP_PORT", "99999", "less than or equal to 65535"),
+        ("WEB_PORT", "99999", "less than or equal to 65535"),
         ("QUOTE_TTL_SECONDS", "inf", "finite number"),
         ("GENERATION_TIMEOUT_SECONDS", "nan", "finite number"),
         ("STARTING_CREDITS", "99999999999999999999", "less than or equal to 1000000000"),

@@ -12,7 +12,7 @@ progress never takes the last, and an outcome Slack refuses anyway is sent
 with ``chat.postEphemeral``.
 
 Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
-``SLACK_HTTP_HOST:SLACK_HTTP_PORT`` at ``/slack/events`` with signature
+``WEB_HOST:WEB_PORT`` at ``/slack/events`` with signature
 verification. The web framework only appears in two small translators.
 """
 
@@ -708,14 +708,14 @@ async def serve_slack(service: ImagineService, settings: Settings) -> None:
             try:
                 await web.TCPSite(
                     runner,
-                    settings.slack_http_host,
-                    settings.slack_http_port,
+                    settings.web_host,
+                    settings.web_port,
                     backlog=LISTEN_BACKLOG,
                 ).start()
                 logger.info(
                     "Slack events at http://%s:%d%s",
-                    settings.slack_http_host,
-                    settings.slack_http_port,
+                    settings.web_host,
+                    settings.web_port,
                     EVENTS_PATH,
                 )
                 await asyncio.Event().wait()
