@@ -25,6 +25,7 @@ from bot.errors import (
 from bot.flow import MEGABYTE, Clock, ImagineService
 from bot.observability import health_application
 from bot.pricing import Pricing, PricingError, load_pricing
+from bot.purchases import StripeConfig
 from bot.registry import Registry, RegistryError, load_registry
 from bot.settings import Settings
 from ledger import Ledger, QuoteLimits, create_engine, migrate, utc_now
@@ -155,6 +156,8 @@ async def open_service(
                 heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
                 quote_limits=quote_limits(settings),
                 clock=clock,
+                stripe_config=StripeConfig.from_settings(settings),
+                allow_test_purchases=settings.discord_allow_test_purchases,
             )
             if not serving:
                 yield service

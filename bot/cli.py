@@ -46,6 +46,7 @@ from bot.platforms.console import ConsoleChat, stdin_reader
 from bot.prices import PriceAdmin
 from bot.registry import price_warnings
 from bot.settings import Settings
+from bot.web import PublicWeb
 from bot.when import parse_duration, parse_moment, parse_until
 from ledger import migrate, utc_now
 from ledger.backup import NoDatabaseFile, backup_sqlite
@@ -263,34 +264,40 @@ async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             _fail(EXIT_USAGE, messages.NO_CHAT_PLATFORM)
         return await _console(settings, arguments)
-    servers = _chat_platforms(settings)
+    preparers = _chat_platforms(settings)
     with _stop_on_sigterm(settings.shutdown_grace_seconds) as shutdown:
         try:
             async with open_service(settings, check_online=True) as service:
                 shutdown.service = service
+                public = PublicWeb(settings)
+                if service.purchases.sells_through_stripe:
+                    public.sell_through_stripe(service.purchases)
+                # Every adapter adds its routes before the web server starts.
+                servers = [prepare(service, settings, public) for prepare in preparers]
                 freeze_startup_heap()
-                await asyncio.gather(*(serve(service, settings) for serve in servers))
+                await asyncio.gather(*(serve() for serve in servers), public.serve())
         except asyncio.CancelledError:
             if not shutdown.requested:
                 raise
     return 0
 
 
-PlatformServer = Callable[[ImagineService, Settings], Awaitable[None]]
+PlatformPreparer = Callable[[ImagineService, Settings, PublicWeb], Callable[[], Awaitable[None]]]
 
 
-def _chat_platforms(settings: Settings) -> list[PlatformServer]:
-    """The adapters whose tokens are set; each serves until cancelled, then closes its connections."""
-    servers: list[PlatformServer] = []
+def _chat_platforms(settings: Settings) -> list[PlatformPreparer]:
+    """The adapters whose tokens are set; each prepared adapter serves until cancelled, then
+    closes its connections."""
+    preparers: list[PlatformPreparer] = []
     if settings.discord_token:
-        from bot.platforms.discord import serve_discord
+        from bot.platforms.discord import prepare_discord
 
-        servers.append(serve_discord)
+        preparers.append(prepare_discord)
     if settings.slack_bot_token:
-        from bot.platforms.slack import serve_slack
+        from bot.platforms.slack import prepare_slack
 
-        servers.append(serve_slack)
-    return servers
+        preparers.append(prepare_slack)
+    return preparers
 
 
 async def _console(settings: Settings, arguments: argparse.Namespace) -> int:

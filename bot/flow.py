@@ -39,6 +39,7 @@ from bot.observability import HealthCheck, Metrics
 from bot.parsing import ImagineRequest
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
+from bot.purchases import Purchases, StripeConfig
 from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
 from ledger.rules import delivered_charge
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
@@ -237,6 +238,8 @@ class ImagineService:
         quote_limits: QuoteLimits = DEFAULT_QUOTE_LIMITS,
         settle_retry: Retry = Retry(),
         clock: Clock = ledger.utc_now,
+        stripe_config: StripeConfig | None = None,
+        allow_test_purchases: bool = False,
     ) -> None:
         self.catalog = catalog
         self.providers = providers
@@ -274,6 +277,14 @@ class ImagineService:
             self.metrics.queue_depth.labels(name).set_function(lambda slots=slots: slots.waiting)
         self.platform_checks: dict[str, HealthCheck] = {}
         """Adapters add ``name → is connected`` here for ``/readyz``."""
+        self.purchases = Purchases(
+            self.ledger,
+            pricing.packs,
+            self.metrics,
+            stripe_config=stripe_config,
+            allow_test_purchases=allow_test_purchases,
+            clock=clock,
+        )
 
     async def quote(
         self,

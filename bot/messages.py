@@ -970,3 +970,89 @@ SLACK_PRICE_USAGE = (
     " set @someone <N>% [until:<date>] <reason>, /credits price list [@someone] or /credits price"
     " clear @someone [<model>]."
 )
+
+
+# -- buying credits ---------------------------------------------------------------
+
+STRIPE_NOT_SET_UP = (
+    "Buying credits is not set up here: the operator needs STRIPE_API_KEY, "
+    "STRIPE_WEBHOOK_SECRET and PUBLIC_URL. Ask an admin for credits meanwhile."
+)
+NO_PACKS = "No credit packs are for sale here. Ask an admin for credits."
+NO_PACKS_ON_DISCORD = "No credit packs are for sale on Discord yet. Ask an admin for credits."
+
+
+def unknown_pack(typed: str, packs: Sequence[str]) -> str:
+    listed = ", ".join(packs) if packs else "none"
+    return f"There is no pack called {_echo(typed)}. The packs are: {listed}."
+
+
+def pack_product_name(pack_id: str, credits_in_pack: int) -> str:
+    """What Stripe's checkout page calls the pack."""
+    return f"{credits(credits_in_pack)} ({pack_id} pack)"
+
+
+def pack_line(pack_id: str, credits_in_pack: int, price: str) -> str:
+    return f"{pack_id}: {credits(credits_in_pack)} for {price}"
+
+
+def checkout_line(pack_id: str, credits_in_pack: int, price: str, url: str) -> str:
+    return f"{pack_line(pack_id, credits_in_pack, price)} · pay here: {url}"
+
+
+def buy_links(lines: Sequence[str], minutes: int) -> str:
+    return "\n".join(
+        [
+            "Credit packs (paid credits never expire):",
+            *lines,
+            f"Each link is yours alone and works for {minutes} minutes; "
+            "your credits arrive here once the payment goes through.",
+        ]
+    )
+
+
+def discord_buy(lines: Sequence[str]) -> str:
+    return "\n".join(
+        [
+            "Credit packs (paid credits never expire). Buy one with its button;"
+            " your credits arrive once Discord confirms the payment:",
+            *lines,
+        ]
+    )
+
+
+def _owing(owed: int) -> str:
+    return f" You still owe {credits(owed)}." if owed else ""
+
+
+def purchase_paid(pack_id: str, credits_in_pack: int, available: int, owed: int) -> str:
+    return (
+        f"Payment received: the {pack_id} pack's {credits(credits_in_pack)} are yours;"
+        f" you have {credits(available)}.{_owing(owed)}"
+    )
+
+
+def purchase_taken_back(
+    pack_id: str, taken: int, event_type: str, available: int, owed: int
+) -> str:
+    why = "disputed" if "dispute" in event_type else "refunded"
+    return (
+        f"Your {pack_id} pack's payment was {why}, so {credits(taken)} were taken back;"
+        f" you have {credits(available)}.{_owing(owed)}"
+    )
+
+
+def purchase_given_back(pack_id: str, given: int, available: int) -> str:
+    return (
+        f"The dispute over your {pack_id} pack was settled in your favour: {credits(given)}"
+        f" are back; you have {credits(available)}."
+    )
+
+
+CHECKOUT_PAID_PAGE = (
+    "Thank you! Your payment is being confirmed; the credits arrive in the chat where you "
+    "asked for them, usually within a minute. You can close this page."
+)
+CHECKOUT_CANCELLED_PAGE = (
+    "No payment was taken. You can close this page; /buy in the chat gives you a new link."
+)

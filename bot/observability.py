@@ -109,6 +109,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.purchases = Counter(
+            "imagine_purchases",
+            "Payment events handled, by source and what they did (granted, taken_back, "
+            "given_back, closed, repeated, ignored)",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.purchase_alerts = Counter(
+            "imagine_purchase_alerts",
+            "Payment events refused for admins to look at (a forged signature, a session the "
+            "bot did not create, an amount that does not match), by reason",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -44,6 +44,7 @@ from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
+from bot.web import PublicWeb
 from ledger import Generation, GenerationStatus
 from providers.base import GeneratedImage, ReferenceImage
 
@@ -940,16 +941,24 @@ async def _tell_clicker(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.send_message(text, ephemeral=True)
 
 
-async def serve_discord(service: ImagineService, settings: Settings) -> None:
-    """Run the Discord bot until cancelled, then close it (running generations release their holds)."""
-    if not settings.discord_token:
+def prepare_discord(
+    service: ImagineService, settings: Settings, _public: PublicWeb
+) -> Callable[[], Awaitable[None]]:
+    """What runs the Discord bot until cancelled, then closes it (running generations release
+    their holds). Discord needs no route of its own on the web server."""
+    token = settings.discord_token
+    if not token:
         raise ValueError("DISCORD_TOKEN is not set")
-    point_at(settings.discord_api_base)
-    bot = ImagineBot(service, settings)
-    try:
-        await bot.start(settings.discord_token)
-    finally:
-        await bot.close()
+
+    async def serve() -> None:
+        point_at(settings.discord_api_base)
+        bot = ImagineBot(service, settings)
+        try:
+            await bot.start(token)
+        finally:
+            await bot.close()
+
+    return serve
 
 
 async def sync_discord_commands(service: ImagineService, settings: Settings) -> CommandSync:

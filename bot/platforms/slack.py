@@ -53,15 +53,13 @@ from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, answer_in_time
+from bot.web import PublicWeb
 from ledger import Generation
 from providers.base import GeneratedImage
 
 logger = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
-LISTEN_BACKLOG = 1024
-"""Pending connections the events listener queues: with aiohttp's default of 128 a
-burst of commands loses connects, and Slack's retry comes after its 3 s have passed."""
 GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -677,50 +675,55 @@ def _with_trailing_slash(base_url: str | None) -> str:
 # -- transports -------------------------------------------------------------------
 
 
-def events_application(slack: SlackImagine) -> web.Application:
-    """The HTTP-mode web application: one route, two translators around bolt."""
+def events_handler(slack: SlackImagine) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """HTTP mode's one route: two translators around bolt."""
 
     async def events(request: web.Request) -> web.Response:
         return await to_aiohttp_response(
             await slack.app.async_dispatch(await to_bolt_request(request))
         )
 
+    return events
+
+
+def events_application(slack: SlackImagine) -> web.Application:
+    """A web application with HTTP mode's route alone (tests)."""
     application = web.Application()
-    application.router.add_post(EVENTS_PATH, events)
+    application.router.add_post(EVENTS_PATH, events_handler(slack))
     return application
 
 
-async def serve_slack(service: ImagineService, settings: Settings) -> None:
-    """Run the Slack app until cancelled (Socket Mode or HTTP), then close it."""
+def prepare_slack(
+    service: ImagineService, settings: Settings, public: PublicWeb
+) -> Callable[[], Awaitable[None]]:
+    """The Slack app, its route added to ``public`` in HTTP mode; what runs it until cancelled
+    (then closes it)."""
     slack = SlackImagine(service, settings)
-    try:
-        if settings.slack_app_token:
-            handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token)
-            await handler.connect_async()
-            service.platform_checks["slack"] = lambda: not handler.client.closed
-            try:
+    if not settings.slack_app_token:
+        public.add_post(EVENTS_PATH, events_handler(slack))
+
+    async def serve() -> None:
+        try:
+            if settings.slack_app_token:
+                handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token)
+                await handler.connect_async()
+                service.platform_checks["slack"] = lambda: not handler.client.closed
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    await handler.close_async()
+            else:
+                # Requests come through ``public``, which answers for itself.
                 await asyncio.Event().wait()
-            finally:
-                await handler.close_async()
-        else:
-            runner = web.AppRunner(events_application(slack))
-            await runner.setup()
-            try:
-                await web.TCPSite(
-                    runner,
-                    settings.web_host,
-                    settings.web_port,
-                    backlog=LISTEN_BACKLOG,
-                ).start()
-                logger.info(
-                    "Slack events at http://%s:%d%s",
-                    settings.web_host,
-                    settings.web_port,
-                    EVENTS_PATH,
-                )
-                await asyncio.Event().wait()
-            finally:
-                await runner.cleanup()
-    finally:
-        service.platform_checks["slack"] = lambda: False
-        await slack.aclose()
+        finally:
+            service.platform_checks["slack"] = lambda: False
+            await slack.aclose()
+
+    return serve
+
+
+async def serve_slack(service: ImagineService, settings: Settings) -> None:
+    """Run the Slack app alone (with its own web server in HTTP mode) until cancelled."""
+    public = PublicWeb(settings)
+    serve = prepare_slack(service, settings, public)
+    await asyncio.gather(serve(), public.serve())
