@@ -666,6 +666,7 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
+        "  /buy              credit packs, each with a payment link",
         "  /models           the models, their prices and what they support",
         "  /help             this help",
     ]
@@ -875,6 +876,7 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         "**/credits**: your balance and recent generations.",
         "**/statement**: every change to your credits, with the balance after each,"
         " as a CSV file only you see.",
+        "**/buy**: credit packs; paid credits never expire.",
         "**/models**: the models, their prices and what they support.",
     ]
     if is_admin:
@@ -924,6 +926,7 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
+        "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
     ]
     if is_admin:
         lines.append(

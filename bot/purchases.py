@@ -11,6 +11,7 @@ they asked, through the notifier their platform registered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -215,6 +216,24 @@ class Purchases:
         if session.url is None:
             raise RuntimeError(f"Stripe returned Checkout Session {session.id} without a URL")
         return CheckoutLink(pack, session.url, expires_at)
+
+    async def offer(self, account: str, channel: str | None) -> str:
+        """What ``/buy`` answers on Slack and in the console: every pack with a Checkout link
+        of its own, for this buyer only."""
+        if not self.packs:
+            return messages.NO_PACKS
+        links = await asyncio.gather(
+            *(self.checkout(account, pack_id, channel) for pack_id in self.packs)
+        )
+        return messages.buy_links(
+            [
+                messages.checkout_line(
+                    link.pack.id, link.pack.credits, link.pack.shown_price, link.url
+                )
+                for link in links
+            ],
+            int(CHECKOUT_LIFETIME.total_seconds() // 60),
+        )
 
     async def stripe_webhook(self, payload: bytes, signature: str | None) -> int:
         """Handle one delivery to ``/stripe/webhook``; the HTTP status to answer.

@@ -21,6 +21,7 @@ from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
+from bot.purchases import Notice
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -53,6 +54,7 @@ class ConsoleChat:
         self.write = write
         self.welcome_credits = welcome_credits
         self.prices = PriceAdmin(service.credits, service.catalog.registry)
+        service.purchases.notifiers["console"] = self._told
 
     async def run(self) -> None:
         """Greet, then answer lines until /quit or the end of input."""
@@ -105,6 +107,7 @@ class ConsoleChat:
             "grant": self.grant,
             "revoke": self.revoke,
             "price": self.price,
+            "buy": self.buy,
         }
 
     async def imagine(self, text: str) -> None:
@@ -120,6 +123,9 @@ class ConsoleChat:
             return
         delivery = _SaveToFolder(self.output_dir, self.write)
         await self.service.confirm(quote.id, self.account, delivery)
+
+    async def _told(self, notice: Notice) -> None:
+        self.write(notice.text)
 
     async def show_credits(self, _arguments: str) -> None:
         self.write(await self.service.credits.statement(self.account))
@@ -159,6 +165,9 @@ class ConsoleChat:
                 expires=typed.expires,
             )
         )
+
+    async def buy(self, _arguments: str) -> None:
+        self.write(await self.service.purchases.offer(self.account, "console"))
 
     async def price(self, arguments: str) -> None:
         command = parse_price_command(arguments, messages.CONSOLE_PRICE_USAGE)

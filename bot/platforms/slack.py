@@ -51,6 +51,7 @@ from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImage
 from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
+from bot.purchases import Notice
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, answer_in_time
 from bot.web import PublicWeb
@@ -125,9 +126,25 @@ class SlackImagine:
         self.app.middleware(self._serve_allowed_workspaces)
         self.app.command("/imagine")(self._imagine)
         self.app.command("/credits")(self._credits)
+        self.app.command("/buy")(self._buy)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
         self.app.error(self._tell_what_failed)
+        service.purchases.notifiers["slack"] = self._told
+
+    async def _told(self, notice: Notice) -> None:
+        """A purchase's news for its buyer, privately in the channel where they ran /buy, or in a
+        direct message if that channel is gone or the bot is not in it."""
+        user = notice.account.rsplit(":", 1)[-1]
+        if notice.channel:
+            try:
+                await self.client.chat_postEphemeral(
+                    channel=notice.channel, user=user, text=notice.text
+                )
+                return
+            except SlackApiError as refusal:
+                logger.info("could not tell %s in %s: %s", user, notice.channel, refusal)
+        await self.client.chat_postMessage(channel=user, text=notice.text)
 
     async def aclose(self) -> None:
         # Generations still running are cancelled; the flow releases their holds.
@@ -300,6 +317,22 @@ class SlackImagine:
             await _refuse_click(respond, refusal)
             return
         await respond(text=messages.CANCELLED, replace_original=True)
+
+    # -- /buy -----------------------------------------------------------------
+
+    async def _buy(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_command(ack, respond, self._buy_answer(command))
+
+    async def _buy_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Every pack with a Checkout link for this member alone (the answer is ephemeral)."""
+        account = slack_account(command["team_id"], command["user_id"])
+        try:
+            text = await self.service.purchases.offer(account, command.get("channel_id"))
+        except ImagineError as refusal:
+            text = refusal.message
+        return {"text": text}
 
     # -- /credits -------------------------------------------------------------
 
