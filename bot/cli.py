@@ -202,6 +202,14 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=_at_least_one, default=20)
     history.set_defaults(handler=_history)
 
+    bought = commands.add_parser(
+        "purchases", help="credit packs bought (everyone's, or one account's), newest first"
+    )
+    bought.add_argument("account", nargs="?")
+    bought.add_argument("--limit", type=_at_least_one, default=50)
+    bought.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    bought.set_defaults(handler=_purchases)
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(title="commands", metavar="COMMAND", required=True)
     upgrade = database_commands.add_parser(
@@ -550,6 +558,18 @@ async def _history(settings: Settings, arguments: argparse.Namespace) -> int:
         balance = await credits.existing_balance(arguments.account)
         recent = await credits.history(balance.account, limit=arguments.limit)
         print("\n".join(map(messages.history_line, recent)) if recent else messages.NO_HISTORY)
+    return 0
+
+
+async def _purchases(settings: Settings, arguments: argparse.Namespace) -> int:
+    account = None if arguments.account is None else parse_account(arguments.account)
+    async with open_ledger(settings) as ledger:
+        found = await ledger.purchases(account, limit=arguments.limit)
+    rows = [messages.purchase_row(purchase) for purchase in found]
+    if arguments.format == "table" and not rows:
+        print(messages.NO_PURCHASES)
+        return 0
+    print(messages.report({"purchases": rows}, arguments.format), end="")
     return 0
 
 

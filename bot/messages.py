@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
+from ledger.values import major_units
 
 if TYPE_CHECKING:
     from fractions import Fraction
 
     from bot.pricing import Price
     from bot.registry import ModelSpec
-    from ledger import Balance, Generation, Lot, PriceOverride
+    from ledger import Balance, Generation, Lot, PriceOverride, Purchase
 
 PROMPT_MAX_CHARS = 2000
 """The longest prompt accepted, in characters (documented in the README)."""
@@ -1059,3 +1060,23 @@ CHECKOUT_PAID_PAGE = (
 CHECKOUT_CANCELLED_PAGE = (
     "No payment was taken. You can close this page; /buy in the chat gives you a new link."
 )
+
+NO_PURCHASES = "No purchases yet."
+
+
+def purchase_row(purchase: Purchase) -> dict[str, object]:
+    """One purchase as ``imagine-bot purchases`` lists it."""
+    return {
+        "created": purchase.created_at.isoformat(timespec="seconds"),
+        "purchase": purchase.id,
+        "source": purchase.source,
+        "external_id": purchase.external_id or "",
+        "account": purchase.account_id,
+        "pack": purchase.pack,
+        "credits": purchase.credits,
+        "price": f"{major_units(purchase.amount, purchase.currency)} {purchase.currency.upper()}",
+        "status": str(purchase.status),
+        "refunded": str(major_units(purchase.amount_refunded, purchase.currency)),
+        "disputed": "yes" if purchase.disputed else "",
+        "taken_back": purchase.credits_taken_back,
+    }

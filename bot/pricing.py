@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ledger import PriceOverride
+from ledger import ZERO_DECIMAL_CURRENCIES, PriceOverride
 
 MAX_ALLOWANCE = 1_000_000_000
 """The most credits an allowance may give per period (as the most one grant may)."""
@@ -91,29 +91,6 @@ def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
         else start.replace(month=start.month + 1)
     )
     return start, following
-
-
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    [
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    ]
-)
-"""Currencies Stripe counts in whole units, not hundredths."""
 
 
 @dataclass(frozen=True)

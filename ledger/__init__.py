@@ -24,6 +24,7 @@ from ledger.errors import (
 )
 from ledger.ledger import DEFAULT_LEASE, Ledger, create_engine, process_identity, utc_now
 from ledger.values import (
+    ZERO_DECIMAL_CURRENCIES,
     Balance,
     Discrepancy,
     Entry,
@@ -42,10 +43,12 @@ from ledger.values import (
     QuoteLimits,
     QuoteReference,
     StatementLine,
+    major_units,
 )
 
 __all__ = [
     "DEFAULT_LEASE",
+    "ZERO_DECIMAL_CURRENCIES",
     "AccountNotFound",
     "AccountReferencesFull",
     "Balance",
@@ -82,6 +85,7 @@ __all__ = [
     "TooManyQuotes",
     "WrongAccount",
     "create_engine",
+    "major_units",
     "process_identity",
     "transient",
     "utc_now",

@@ -1,26 +1,29 @@
-"""Analytics over the generation history: what was made, what it earned, what failed.
+"""Analytics over the generation history: what was made, what it earned, what failed; and
+over purchases: what packs sold for, what was refunded or disputed.
 
 Every settled generation counts (quotes that were cancelled or expired never
 cost anything and are left out), by the time it was settled: ``since`` and the
 days are those of ``finished_at``, the day its credits were captured or
 returned. A generation *failed* when it delivered no image; *partial* ones
 delivered some. The database does the grouping, so a report reads a few dozen
-rows whatever the history's size (``bench/report.py``).
+rows whatever the history's size (``bench/report.py``). Purchases count by the
+day they were paid.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Date, Select, case, cast, desc, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from ledger.schema import generations
-from ledger.values import GenerationStatus
+from ledger.schema import generations, purchases
+from ledger.values import GenerationStatus, PurchaseStatus, major_units
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,32 @@ class TopUser:
 
 
 @dataclass(frozen=True)
+class PackRevenue:
+    """What one pack sold for on one day, in one currency, and what of it went back."""
+
+    day: date
+    pack: str
+    currency: str
+    purchases: int
+    credits: int
+    gross: Decimal
+    refunded: Decimal
+    disputed: int
+    """Purchases whose payment a dispute holds back now."""
+
+    @property
+    def net(self) -> Decimal:
+        return self.gross - self.refunded
+
+
+@dataclass(frozen=True)
 class Report:
     since: datetime | None
     models: list[ModelUsage]
     providers: list[ProviderFailures]
     daily: list[DailyCredits]
     top_users: list[TopUser]
+    revenue: list[PackRevenue] = field(default_factory=list)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         """Every table as rows of plain values, for CSV and JSON."""
@@ -105,6 +128,20 @@ class Report:
             ],
             "daily": [asdict(d) | {"day": d.day.isoformat()} for d in self.daily],
             "top_users": [asdict(u) for u in self.top_users],
+            "revenue": [
+                {
+                    "day": r.day.isoformat(),
+                    "pack": r.pack,
+                    "currency": r.currency,
+                    "purchases": r.purchases,
+                    "credits": r.credits,
+                    "gross": str(r.gross),
+                    "refunded": str(r.refunded),
+                    "net": str(r.net),
+                    "disputed": r.disputed,
+                }
+                for r in self.revenue
+            ],
         }
 
 
@@ -120,7 +157,9 @@ async def build_report(engine: AsyncEngine, *, since: datetime | None, top: int 
         reasons = await _reasons(connection, since)
         daily = await _daily(connection, since)
         top_users = await _top_users(connection, since, top)
+        revenue = await _revenue(connection, since)
     return Report(
+        revenue=revenue,
         since=since,
         models=sorted(
             (usage for usage, _, _ in models),
@@ -214,12 +253,12 @@ def _providers(
     ]
 
 
-def _day(connection: AsyncConnection) -> ColumnElement[date]:
-    """The UTC day a generation was settled, as each database spells it."""
+def _day(connection: AsyncConnection, moment: Any = _COLUMNS.finished_at) -> ColumnElement[date]:
+    """The UTC day of ``moment`` (when a generation was settled), as each database spells it."""
     if connection.dialect.name == "postgresql":
-        return cast(func.timezone("UTC", _COLUMNS.finished_at), Date)
+        return cast(func.timezone("UTC", moment), Date)
     # SQLite keeps the UTC time as text ("2026-11-24 09:30:00.000000"); Date reads the result back.
-    return func.date(_COLUMNS.finished_at, type_=Date)
+    return func.date(moment, type_=Date)
 
 
 async def _daily(connection: AsyncConnection, since: datetime | None) -> list[DailyCredits]:
@@ -250,4 +289,41 @@ async def _top_users(
     return [
         TopUser(account, count, int(images), int(spent))
         for account, count, images, spent in await connection.execute(query)
+    ]
+
+
+async def _revenue(connection: AsyncConnection, since: datetime | None) -> list[PackRevenue]:
+    """Paid purchases by the day they were paid, pack and currency (``ix_purchases_paid_at``)."""
+    day = _day(connection, purchases.c.paid_at).label("day")
+    query = (
+        select(
+            day,
+            purchases.c.pack,
+            purchases.c.currency,
+            func.count(),
+            func.sum(purchases.c.credits),
+            func.sum(purchases.c.amount),
+            func.sum(purchases.c.amount_refunded),
+            func.sum(purchases.c.disputed),
+        )
+        .where(purchases.c.status.in_([PurchaseStatus.PAID, PurchaseStatus.REFUNDED]))
+        .group_by(day, purchases.c.pack, purchases.c.currency)
+        .order_by(day, purchases.c.pack, purchases.c.currency)
+    )
+    if since is not None:
+        query = query.where(purchases.c.paid_at >= since)
+    return [
+        PackRevenue(
+            day_value,
+            pack,
+            currency,
+            count,
+            int(credits),
+            major_units(int(gross), currency),
+            major_units(int(refunded), currency),
+            int(disputed),
+        )
+        for day_value, pack, currency, count, credits, gross, refunded, disputed in (
+            await connection.execute(query)
+        )
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -253,6 +254,17 @@ class PriceOverride:
     def in_force(self, now: datetime) -> bool:
         """An override whose ``until`` has passed is ignored (and kept, as a record)."""
         return self.until is None or self.until > now
+
+
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
+)
+"""Currencies payments count in whole units, not hundredths (as Stripe does)."""
+
+
+def major_units(amount: int, currency: str) -> Decimal:
+    """An amount kept in the currency's smallest unit, in the currency itself (499 → 4.99)."""
+    return Decimal(amount) if currency in ZERO_DECIMAL_CURRENCIES else Decimal(amount) / 100
 
 
 class PurchaseStatus(StrEnum):

@@ -6,6 +6,7 @@ reading a pipe and SIGTERM while generating run the real program.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 from bot import cli, messages
+from ledger import Ledger, NewPurchase, PaymentEvent, create_engine, migrate
 from tests.cli_helpers import command_and_environment, imagine_bot, imagine_bot_process
 
 
@@ -384,3 +386,32 @@ def test_a_statement_since_a_date_that_is_not_one_says_so(tmp_path: Path) -> Non
 
     assert refused.returncode == 2
     assert "'last week' is not a date" in refused.stderr
+
+
+async def one_paid_purchase(database: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    await migrate.upgrade(engine)
+    ledger = Ledger(engine)
+    try:
+        await ledger.open_purchase(
+            NewPurchase("pur_1", "stripe", "slack:T1:U2", "starter", 500, 499, "usd", "cs_1")
+        )
+        await ledger.fulfil_purchase("pur_1", PaymentEvent("evt_1", "checkout.session.completed"))
+    finally:
+        await ledger.close()
+
+
+def test_purchases_lists_each_pack_bought_with_its_status(tmp_path: Path) -> None:
+    asyncio.run(one_paid_purchase(tmp_path / "imagine.db"))
+
+    listed = imagine_bot(tmp_path, "purchases", "--format", "json")
+    nobody = imagine_bot(tmp_path, "purchases", "discord:9")
+
+    [row] = json.loads(listed.stdout)["purchases"]
+    assert (row["account"], row["pack"], row["price"], row["status"]) == (
+        "slack:T1:U2",
+        "starter",
+        "4.99 USD",
+        "paid",
+    )
+    assert nobody.stdout.strip() == messages.NO_PURCHASES

@@ -15,6 +15,7 @@ from bot.app import open_service
 from bot.flow import ImagineService
 from bot.parsing import parse_imagine
 from bot.settings import Settings
+from ledger import NewPurchase, PaymentEvent
 from ledger.report import Report, build_report
 from providers.errors import ContentBlocked, ProviderUnavailable
 from tests.cli_helpers import imagine_bot
@@ -46,8 +47,28 @@ async def generate(service: ImagineService, account: str, text: str, script: Scr
     await service.confirm(quote.id, account, RecordingDelivery())
 
 
+async def bought(
+    service: ImagineService, purchase_id: str, *, refunded: int = 0, disputed: bool = False
+) -> None:
+    """A starter pack (500 credits for 4.99 USD) paid by Ana, then refunded or disputed."""
+    ledger = service.ledger
+    await ledger.open_purchase(
+        NewPurchase(purchase_id, "stripe", ANA, "starter", 500, 499, "usd", f"cs_{purchase_id}")
+    )
+    await ledger.fulfil_purchase(purchase_id, PaymentEvent(f"paid_{purchase_id}", "paid"))
+    if refunded or disputed:
+        await ledger.reverse_purchase(
+            purchase_id,
+            PaymentEvent(f"back_{purchase_id}", "reversed"),
+            amount_refunded=refunded,
+            disputed=disputed,
+        )
+
+
 @pytest.fixture
 async def report(service: ImagineService, clock: FakeClock) -> Report:
+    await bought(service, "p1", refunded=100)
+    await bought(service, "p2", disputed=True)
     await generate(service, ANA, "model:scripted count:2 a fox", Script())
     await generate(service, ANA, "model:scripted count:2 a fox", Script(images=1))
     await generate(service, BEN, "model:scripted a fox", Script(images=0, error=ContentBlocked()))
@@ -151,11 +172,35 @@ async def test_providers_count_the_calls_recorded_per_image_asked_for(
     }
 
 
+async def test_revenue_is_counted_per_pack_and_day_with_what_was_refunded_and_disputed(
+    report: Report,
+) -> None:
+    assert report.tables()["revenue"] == [
+        {
+            "day": "2026-11-24",
+            "pack": "starter",
+            "currency": "usd",
+            "purchases": 2,
+            "credits": 1000,
+            "gross": "9.98",
+            "refunded": "1",
+            "net": "8.98",
+            "disputed": 1,
+        }
+    ]
+
+
 async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) -> None:
     text = messages.report(report.tables(), "csv")
 
     blocks = [list(csv.DictReader(io.StringIO(block))) for block in text.split("\n\n")]
-    assert [rows[0]["table"] for rows in blocks] == ["models", "providers", "daily", "top_users"]
+    assert [rows[0]["table"] for rows in blocks] == [
+        "models",
+        "providers",
+        "daily",
+        "top_users",
+        "revenue",
+    ]
     assert blocks[3][0] == {
         "table": "top_users",
         "account": ANA,
@@ -168,7 +213,7 @@ async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) 
 async def test_json_export_holds_every_table(report: Report) -> None:
     exported = json.loads(messages.report(report.tables(), "json"))
 
-    assert set(exported) == {"models", "providers", "daily", "top_users"}
+    assert set(exported) == {"models", "providers", "daily", "top_users", "revenue"}
     assert exported["providers"][1]["failures_by_reason"] == "blocked=1;unavailable=1"
 
 
@@ -188,6 +233,7 @@ def test_the_command_exports_json_from_a_fresh_database(tmp_path: Path) -> None:
         "providers": [],
         "daily": [],
         "top_users": [],
+        "revenue": [],
     }
 
 
