@@ -1080,3 +1080,18 @@ def purchase_row(purchase: Purchase) -> dict[str, object]:
         "disputed": "yes" if purchase.disputed else "",
         "taken_back": purchase.credits_taken_back,
     }
+
+
+DISCORD_PAY_LABEL = "Pay by card"
+
+
+def discord_stripe_label(pack_id: str, price: str) -> str:
+    """A button's label: at most 80 characters, which a pack id and price stay well within."""
+    return f"{pack_id} by card · {price}" if price else f"{pack_id} by card"
+
+
+def pack_hidden_on_discord(pack_id: str) -> str:
+    return (
+        f"The {pack_id} pack is not offered on Discord: it has no discord_sku, and Discord's "
+        "price-parity rule allows selling on Discord only what Discord itself sells too."
+    )

@@ -118,7 +118,9 @@ class Deadlines(Generic[K, T]):
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, key: K, value: T, *, due_in_seconds: float) -> None:
+        """Wait for ``key``, replacing (and moving last) what it was waiting with before."""
         loop = asyncio.get_running_loop()
+        self._waiting.pop(key, None)
         self._waiting[key] = (loop.time() + due_in_seconds, value)
         if self._timer is None:
             self._timer = loop.call_at(self._waiting[key][0], self._fire)
@@ -126,6 +128,11 @@ class Deadlines(Generic[K, T]):
     def discard(self, key: K) -> None:
         """Forget ``key`` (done with before it fell due); the timer finds out when it fires."""
         self._waiting.pop(key, None)
+
+    def get(self, key: K) -> T | None:
+        """What ``key`` waits with, if it has not fallen due (nor been discarded)."""
+        waiting = self._waiting.get(key)
+        return None if waiting is None else waiting[1]
 
     def __len__(self) -> int:
         return len(self._waiting)

@@ -162,6 +162,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "credits",
         "price",
         "statement",
+        "buy",
         "models",
         "help",
     }

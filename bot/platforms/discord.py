@@ -42,6 +42,7 @@ from bot.parsing import ImagineOptions, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
+from bot.purchases import Notice
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
 from bot.web import PublicWeb
@@ -77,7 +78,15 @@ class ShownQuote:
 
 
 def discord_account(user: discord.abc.User) -> str:
-    return f"discord:{user.id}"
+    return discord_account_for(user.id)
+
+
+def discord_account_for(user_id: int) -> str:
+    return f"discord:{user_id}"
+
+
+def _forget(_account: str, _interaction: discord.Interaction) -> None:
+    """A /buy's token has expired: its buyer is told by direct message from then on."""
 
 
 def discord_shown(account: str) -> str:
@@ -124,6 +133,10 @@ class ImagineBot(discord.AutoShardedClient):
         for command in build_commands(self):
             self.tree.add_command(command)
         service.platform_checks["discord"] = lambda: self.is_ready() and not self.is_closed()
+        self._buyers: Deadlines[str, discord.Interaction] = Deadlines(_forget)
+        """Each buyer's last /buy, whose token can still tell them privately about a payment."""
+        service.purchases.notifiers["discord"] = self._told
+        self._reconciled = False
 
     @property
     def guild_ids(self) -> list[int]:
@@ -149,9 +162,21 @@ class ImagineBot(discord.AutoShardedClient):
         return False
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(GenerateButton, CancelButton)
+        self.add_dynamic_items(GenerateButton, CancelButton, StripeButton)
+        for pack in self.service.purchases.hidden_on_discord():
+            logger.info(messages.pack_hidden_on_discord(pack.id))
         if self.sync_on_start:
             await self.sync_commands()
+
+    @property
+    def runs_shard_zero(self) -> bool:
+        """Entitlement events come to shard 0 only, so its process handles purchases."""
+        return self.shard_ids is None or 0 in self.shard_ids
+
+    async def on_ready(self) -> None:
+        if self.runs_shard_zero and not self._reconciled:
+            self._reconciled = True
+            await self.fulfil_missed_purchases()
 
     async def sync_commands(self, *, force: bool = False) -> CommandSync:
         """Sync where the definitions changed since the last recorded sync.
@@ -193,6 +218,7 @@ class ImagineBot(discord.AutoShardedClient):
 
     async def close(self) -> None:
         self.quotes_shown.close()
+        self._buyers.close()
         # Generations still running are cancelled; the flow releases their holds.
         await self.background.aclose()
         await super().close()
@@ -381,6 +407,108 @@ class ImagineBot(discord.AutoShardedClient):
         except ImagineError as refusal:
             text, files = refusal.message, []
         await _answer(interaction, text, files=files)
+
+    # -- buying credits -------------------------------------------------------
+
+    async def show_packs(self, interaction: discord.Interaction) -> None:
+        """/buy: each pack sold on Discord, with its premium button (and a card payment through
+        Stripe when that is set up), said privately."""
+        purchases = self.service.purchases
+        packs = purchases.discord_packs()
+        if not packs:
+            await _answer(interaction, messages.NO_PACKS_ON_DISCORD)
+            return
+        view = discord.ui.View(timeout=None)
+        for pack in packs:
+            view.add_item(discord.ui.Button(sku_id=int(pack.discord_sku or 0)))
+        if purchases.sells_through_stripe:
+            for pack in packs:
+                view.add_item(StripeButton(pack.id, pack.shown_price))
+        view.stop()
+        lines = [messages.pack_line(p.id, p.credits, p.shown_price) for p in packs]
+        self._remember_buyer(interaction)
+        await _answer(interaction, messages.discord_buy(lines), view=view)
+
+    async def stripe_clicked(self, interaction: discord.Interaction, pack_id: str) -> None:
+        """A card payment for one pack: its own Checkout link, for the clicker alone."""
+        account = discord_account(interaction.user)
+        channel = None if interaction.channel_id is None else str(interaction.channel_id)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            link = await self.service.purchases.checkout(account, pack_id, channel)
+        except ImagineError as refusal:
+            await interaction.followup.send(refusal.message, ephemeral=True)
+            return
+        view = discord.ui.View(timeout=None)
+        view.add_item(discord.ui.Button(label=messages.DISCORD_PAY_LABEL, url=link.url))
+        view.stop()
+        self._remember_buyer(interaction)
+        await interaction.followup.send(
+            messages.checkout_line(
+                link.pack.id, link.pack.credits, link.pack.shown_price, link.url
+            ),
+            view=view,
+            ephemeral=True,
+        )
+
+    def _remember_buyer(self, interaction: discord.Interaction) -> None:
+        self._buyers.add(
+            discord_account(interaction.user), interaction, due_in_seconds=_LONGEST_EDITABLE_SECONDS
+        )
+
+    async def _told(self, notice: Notice) -> None:
+        """A purchase's news, privately under the buyer's /buy while its token lives, else in a
+        direct message."""
+        asked = self._buyers.get(notice.account)
+        if asked is not None:
+            try:
+                await asked.followup.send(notice.text, ephemeral=True)
+                return
+            except discord.HTTPException as refusal:
+                logger.info("could not follow up /buy for %s: %s", notice.account, refusal)
+        user = await self.fetch_user(int(notice.account.removeprefix("discord:")))
+        await user.send(notice.text)
+
+    async def on_entitlement_create(self, entitlement: discord.Entitlement) -> None:
+        await self.fulfil(entitlement)
+
+    async def on_entitlement_delete(self, entitlement: discord.Entitlement) -> None:
+        await self.service.purchases.entitlement_deleted(str(entitlement.id))
+
+    async def fulfil(self, entitlement: discord.Entitlement) -> None:
+        """Grant the pack an entitlement bought, then consume it so it can be bought again.
+
+        Granting first and consuming after means a crash between the two leaves an
+        entitlement still unconsumed, which the next start fulfils (once: the grant's
+        key is the entitlement's id) and consumes.
+        """
+        if entitlement.user_id is None:
+            return
+        change = await self.service.purchases.entitlement_created(
+            str(entitlement.id),
+            discord_account_for(entitlement.user_id),
+            str(entitlement.sku_id),
+            test_mode=entitlement.type is discord.EntitlementType.test_mode_purchase,
+        )
+        if change is None and self.service.purchases.pack_for_sku(str(entitlement.sku_id)) is None:
+            # Not one of our packs (another product of this app): not ours to consume.
+            return
+        await entitlement.consume()
+
+    async def fulfil_missed_purchases(self) -> None:
+        """At start-up: every unconsumed entitlement of a pack's SKU, fulfilled and consumed."""
+        skus = [
+            discord.Object(int(p.discord_sku or 0)) for p in self.service.purchases.discord_packs()
+        ]
+        if not skus:
+            return
+        missed = 0
+        async for entitlement in self.entitlements(skus=skus, exclude_ended=True, limit=None):
+            if not entitlement.consumed:
+                missed += 1
+                await self.fulfil(entitlement)
+        if missed:
+            logger.info("fulfilled %d Discord purchases made while the bot was away", missed)
 
     async def change_prices(self, interaction: discord.Interaction, command: PriceCommand) -> None:
         """An admin's /price: someone's own prices set, listed or cleared, said privately."""
@@ -589,6 +717,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
+    async def buy(interaction: discord.Interaction) -> None:
+        await bot.show_packs(interaction)
+
     async def statement(interaction: discord.Interaction) -> None:
         await bot.show_statement(interaction)
 
@@ -614,6 +745,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         ),
         app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
+        ),
+        app_commands.Command(
+            name="buy", description="Buy credits: packs that never expire", callback=buy
         ),
         app_commands.Command(name="help", description="How to use the bot", callback=help_command),
     ]
@@ -676,6 +810,36 @@ class GenerateButton(
         assert isinstance(interaction.client, ImagineBot)
         bot = interaction.client
         await bot.clicked(interaction, self.generation_id, bot.generate_clicked)
+
+
+class StripeButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:stripe:(?P<pack>[a-z0-9_-]+)"
+):
+    """Pay for a pack by card through Stripe: its link is made for whoever clicks."""
+
+    def __init__(self, pack_id: str, price: str = "") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=messages.discord_stripe_label(pack_id, price),
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"imagine:stripe:{pack_id}",
+            )
+        )
+        self.pack_id = pack_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "StripeButton":
+        return cls(match["pack"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        await interaction.client.stripe_clicked(interaction, self.pack_id)
 
 
 class CancelButton(
