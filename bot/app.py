@@ -159,30 +159,39 @@ async def open_service(
                 stripe_config=StripeConfig.from_settings(settings),
                 allow_test_purchases=settings.discord_allow_test_purchases,
             )
-            if not serving:
-                yield service
-                return
-            await service.recover()
-            background = [
-                asyncio.create_task(service.sweep_periodically()),
-                asyncio.create_task(
-                    service.check_ledger_periodically(
-                        timedelta(hours=settings.verify_interval_hours)
-                    )
-                ),
-            ]
-            health = await _start_health_server(settings, service)
             try:
-                yield service
+                if not serving:
+                    yield service
+                    return
+                async with _serving(service, settings):
+                    yield service
             finally:
-                await service.stop_settling()
-                if health is not None:
-                    await health.cleanup()
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
+                await service.purchases.aclose()
     finally:
         await providers.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _serving(service: ImagineService, settings: Settings) -> AsyncIterator[None]:
+    """What a serving process runs beside the platforms: recovery first, then the periodic
+    sweep and ledger check, and the health server."""
+    await service.recover()
+    background = [
+        asyncio.create_task(service.sweep_periodically()),
+        asyncio.create_task(
+            service.check_ledger_periodically(timedelta(hours=settings.verify_interval_hours))
+        ),
+    ]
+    health = await _start_health_server(settings, service)
+    try:
+        yield
+    finally:
+        await service.stop_settling()
+        if health is not None:
+            await health.cleanup()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
 
 
 def quote_limits(settings: Settings) -> QuoteLimits:

@@ -38,6 +38,9 @@ from ledger import (
 
 logger = logging.getLogger(__name__)
 
+# Left on, the library writes an id under the home folder and reports the platform to Stripe.
+stripe.enable_telemetry = False
+
 CHECKOUT_LIFETIME = timedelta(minutes=30)
 """How long a Checkout link can be paid; Stripe's shortest."""
 WEBHOOK_PATH = "/stripe/webhook"
@@ -130,12 +133,20 @@ class Purchases:
         """By platform (an account's prefix, ``discord``, ``slack``, ``console``): how to tell
         a buyer something; registered by each adapter as it starts."""
         self._stripe: stripe.StripeClient | None = None
+        self._stripe_http: stripe.AIOHTTPClient | None = None
         if stripe_config is not None:
+            # Named, not left to the library, which would pick httpx whenever it is importable.
+            self._stripe_http = stripe.AIOHTTPClient()
             self._stripe = stripe.StripeClient(
                 stripe_config.api_key,
                 base_addresses={"api": stripe_config.api_base} if stripe_config.api_base else {},
-                http_client=stripe.AIOHTTPClient(),
+                http_client=self._stripe_http,
             )
+
+    async def aclose(self) -> None:
+        """Close the connections to Stripe (the client has no close of its own)."""
+        if self._stripe_http is not None:
+            await self._stripe_http.close_async()
 
     # -- what is for sale -----------------------------------------------------------
 
@@ -184,7 +195,8 @@ class Purchases:
                 channel=channel,
             )
         )
-        expires_at = self._clock() + CHECKOUT_LIFETIME
+        # A little over Stripe's shortest, so the time the call takes cannot bring it under.
+        expires_at = self._clock() + CHECKOUT_LIFETIME + timedelta(seconds=30)
         public_url = self.stripe_config.public_url
         line_item: dict[str, Any] = (
             {"price": pack.stripe_price, "quantity": 1}
@@ -206,8 +218,7 @@ class Purchases:
                 "line_items": [line_item],
                 "success_url": f"{public_url}/stripe/paid",
                 "cancel_url": f"{public_url}/stripe/cancelled",
-                # One more second than the shortest Stripe takes, for the time the call itself takes.
-                "expires_at": int(expires_at.timestamp()) + 1,
+                "expires_at": int(expires_at.timestamp()),
             },
             # The same purchase asked twice (a retried call) makes one session.
             {"idempotency_key": purchase_id},
@@ -270,7 +281,7 @@ class Purchases:
     async def _stripe_event(self, event: stripe.Event) -> str:
         """Act on one verified event; what it did, for the metrics."""
         paid_event = PaymentEvent(event.id, event.type)
-        found: Any = event.data.object
+        found = event.data.object.to_dict()
         if event.type in _PAID_EVENTS or event.type in _CLOSING_EVENTS:
             purchase = await self._session_purchase(found)
             if event.type in _CLOSING_EVENTS:
@@ -305,20 +316,20 @@ class Purchases:
         await self._tell_buyer(change, event.type)
         return _outcome(change)
 
-    async def _session_purchase(self, session: Any) -> Purchase:
-        """The purchase a Checkout Session event concerns, checked against what the bot
-        recorded when it created the session; ``PurchaseRefused`` for anything else."""
-        metadata = session.get("metadata") or {}
-        purchase_id = metadata.get("purchase_id")
+    async def _session_purchase(self, session: Mapping[str, Any]) -> Purchase:
+        """The purchase a Checkout Session (as a plain dict) concerns, checked against what the
+        bot recorded when it created the session; ``PurchaseRefused`` for anything else."""
+        session_id = session.get("id")
+        purchase_id = (session.get("metadata") or {}).get("purchase_id")
         purchase = await self.ledger.purchase(purchase_id) if purchase_id else None
-        if purchase is None or purchase.source != STRIPE or purchase.external_id != session.id:
+        if purchase is None or purchase.source != STRIPE or purchase.external_id != session_id:
             raise PurchaseRefused(
-                "unknown_session", f"Checkout Session {session.id} was not created by this bot"
+                "unknown_session", f"Checkout Session {session_id} was not created by this bot"
             )
         if purchase.account_id != session.get("client_reference_id"):
             raise PurchaseRefused(
                 "wrong_account",
-                f"Checkout Session {session.id} names {session.get('client_reference_id')!r},"
+                f"Checkout Session {session_id} names {session.get('client_reference_id')!r},"
                 f" but was created for {purchase.account_id}",
             )
         if (session.get("amount_total"), session.get("currency")) != (
@@ -327,7 +338,7 @@ class Purchases:
         ):
             raise PurchaseRefused(
                 "amount_mismatch",
-                f"Checkout Session {session.id} is for {session.get('amount_total')}"
+                f"Checkout Session {session_id} is for {session.get('amount_total')}"
                 f" {session.get('currency')}, the {purchase.pack} pack for"
                 f" {purchase.amount} {purchase.currency}",
             )
@@ -344,7 +355,7 @@ class Purchases:
                 {"payment_intent": payment_intent, "limit": 1}
             )
             for session in sessions.data:
-                purchase = await self._session_purchase(session)
+                purchase = await self._session_purchase(session.to_dict())
         if purchase is None:
             raise PurchaseRefused(
                 "unknown_payment", f"PaymentIntent {payment_intent} is not a purchase of this bot"
