@@ -7,6 +7,10 @@ interactions (slash commands, autocomplete, button clicks) as
 INTERACTION_CREATE events and reads back everything the bot did with each
 interaction's token: its callback, the edits of its original message and its
 follow-ups, with uploaded files as bytes.
+
+Every gateway connection is a session of the shard it named in IDENTIFY, and
+events are routed as Discord routes them: a guild's to the sessions of shard
+``(guild_id >> 22) % shard_count``, events without a guild to shard 0's.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 # How long a test waits for the bot before failing; generous for shared, noisy machines.
 _PATIENCE_SECONDS = 10
 LISTEN_BACKLOG = 4096
+
+# Gateway close codes (Discord's numbers).
+INVALID_SHARD = 4010
 
 # Interaction callback types (Discord's numbers).
 CHANNEL_MESSAGE = 4
@@ -173,6 +180,43 @@ class Interaction:
         return self.callbacks[0][0] if self.callbacks else None
 
 
+@dataclass
+class GatewaySession:
+    """One gateway connection: the shard it identified as, and the events it was sent."""
+
+    number: int
+    """Its place in the order connections were opened, from 0 (what ``listener`` names)."""
+    socket: web.WebSocketResponse = field(repr=False)
+    shard: tuple[int, int] | None = None
+    """``(shard_id, shard_count)`` from IDENTIFY, ``(0, 1)`` when it named none; None before."""
+    ready: bool = False
+    """READY and its shard's guilds were sent: events may follow."""
+    events: list[str] = field(default_factory=list)
+    """The name of every dispatch sent on it, in order (READY and GUILD_CREATE included)."""
+    close_code: int | None = None
+    """The code the fake closed it with, when the fake refused it."""
+    _sequence: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    @property
+    def connected(self) -> bool:
+        return not self.socket.closed
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether Discord sends this session the events of ``guild_id`` (None: no guild)."""
+        if self.shard is None:
+            return False
+        shard_id, shard_count = self.shard
+        if guild_id is None:
+            # Direct messages, entitlements and other events without a guild.
+            return shard_id == 0
+        return (guild_id >> 22) % shard_count == shard_id
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
+        self.events.append(event)
+        await self.socket.send_str(json.dumps(frame))
+
+
 class LoopbackDiscord:
     """Start with ``async with LoopbackDiscord() as discord_fake``; point the client at ``api_base``."""
 
@@ -202,13 +246,16 @@ class LoopbackDiscord:
         self.fail_downloads_with: int | None = None
         """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
-        self._sequence = itertools.count(1)
         self._changed = asyncio.Condition()
-        self._sockets: list[web.WebSocketResponse] = []
-        self.listener = -1
-        """Which gateway connection receives events, in the order they connected: the newest
-        unless set (the latency benchmark keeps two bots connected and alternates)."""
-        self._ready = asyncio.Event()
+        self.sessions: list[GatewaySession] = []
+        """Every gateway connection, in the order they were opened, closed ones included."""
+        self.recommended_shards = 1
+        """The shard count ``GET /gateway/bot`` recommends (what an ``AutoShardedClient`` runs)."""
+        self.listener: int | None = None
+        """None: events go where Discord sends them, to every connected session of the shard
+        they belong to (two sessions of one shard both get them, as on Discord). A number:
+        only to that session, as if the others were different bots (the latency benchmark
+        keeps two bots connected and alternates)."""
         self._closing = asyncio.Event()
         """Set when the fake stops: what a hanging request waits for."""
         self._runner: web.AppRunner | None = None
@@ -248,14 +295,14 @@ class LoopbackDiscord:
 
     async def __aexit__(self, *_exc: object) -> None:
         self._closing.set()
-        for socket in self._sockets:
-            await socket.close()
+        for session in self.sessions:
+            await session.socket.close()
         assert self._runner is not None
         await self._runner.cleanup()
 
     async def wait_until_ready(self) -> None:
-        async with asyncio.timeout(_PATIENCE_SECONDS):
-            await self._ready.wait()
+        """Wait until the newest gateway connection has identified and been sent its guilds."""
+        await self.wait_for(lambda: self.sessions and self.sessions[-1].ready)
 
     async def wait_for(
         self, condition: Callable[[], object], patience: float = _PATIENCE_SECONDS
@@ -405,13 +452,29 @@ class LoopbackDiscord:
         if message is not None:
             payload["message"] = message.payload()
         interaction.sent_at = time.perf_counter()
-        await self._dispatch("INTERACTION_CREATE", payload)
+        await self._dispatch("INTERACTION_CREATE", payload, guild=guild)
         return interaction
 
-    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        await self.wait_until_ready()
-        frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
-        await self._sockets[self.listener].send_str(json.dumps(frame))
+    async def _dispatch(self, event: str, data: dict[str, Any], *, guild: int | None) -> None:
+        """Send ``event`` to the sessions Discord sends ``guild``'s events to (None: no guild).
+
+        Waits for such a session to be ready: a test sends events once a bot is starting.
+        """
+        async with asyncio.timeout(_PATIENCE_SECONDS), self._changed:
+            await self._changed.wait_for(lambda: self._recipients(guild))
+        for session in self._recipients(guild):
+            await session.send(event, data)
+
+    def _recipients(self, guild: int | None) -> list[GatewaySession]:
+        if self.listener is not None:
+            # Slicing, so -1 names the newest and a session not yet open names none.
+            chosen = self.sessions[self.listener :][:1]
+            return [session for session in chosen if session.ready and session.connected]
+        return [
+            session
+            for session in self.sessions
+            if session.ready and session.connected and session.owns(guild)
+        ]
 
     def _command(self, name: str) -> tuple[dict[str, Any], str]:
         for scope, commands in self.commands.items():
@@ -425,31 +488,53 @@ class LoopbackDiscord:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._ready.clear()
-        self._sockets.append(socket)
+        session = GatewaySession(len(self.sessions), socket)
+        self.sessions.append(session)
         await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45_000}})
-        async for frame in socket:
-            if frame.type != WSMsgType.TEXT:
-                continue
-            message = json.loads(frame.data)
-            if message["op"] == 1:
-                await socket.send_json({"op": 11})
-            elif message["op"] == 2:
-                await self._identify(socket)
+        try:
+            async for frame in socket:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                message = json.loads(frame.data)
+                if message["op"] == 1:
+                    await socket.send_json({"op": 11})
+                elif message["op"] == 2:
+                    await self._identify(session, message.get("d") or {})
+        finally:
+            # Whoever waits for a session to send to looks again.
+            await self._notify()
         return socket
 
-    async def _identify(self, socket: web.WebSocketResponse) -> None:
+    async def _identify(self, session: GatewaySession, identify: dict[str, Any]) -> None:
+        socket = session.socket
+        shard = identify.get("shard")
+        shard_id, shard_count = (0, 1) if shard is None else shard
+        if not 0 <= shard_id < shard_count:
+            # Discord's answer to a shard it cannot place: close, Invalid shard, no reconnect.
+            session.close_code = INVALID_SHARD
+            await socket.close(code=INVALID_SHARD, message=b"Invalid shard.")
+            return
+        session.shard = (shard_id, shard_count)
+        on_shard = session.owns(GUILD_ID)
         ready = {
             "v": 10,
             "user": BOT.payload() | {"bot": True},
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-            "session_id": "fake-session",
+            # Only the guilds of this shard, as Discord sends them.
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}] if on_shard else [],
+            "session_id": f"fake-session-{session.number}",
             "resume_gateway_url": self.gateway_url,
-            "shard": [0, 1],
             "application": {"id": str(APPLICATION_ID), "flags": 0},
         }
-        await socket.send_json({"op": 0, "t": "READY", "s": next(self._sequence), "d": ready})
-        guild = {
+        if shard is not None:
+            ready["shard"] = [shard_id, shard_count]
+        await session.send("READY", ready)
+        if on_shard:
+            await session.send("GUILD_CREATE", self._guild())
+        session.ready = True
+        await self._notify()
+
+    def _guild(self) -> dict[str, Any]:
+        return {
             "id": str(GUILD_ID),
             "name": "Test Server",
             "unavailable": False,
@@ -487,10 +572,6 @@ class LoopbackDiscord:
             "features": [],
             "owner_id": str(ALICE.id),
         }
-        await socket.send_json(
-            {"op": 0, "t": "GUILD_CREATE", "s": next(self._sequence), "d": guild}
-        )
-        self._ready.set()
 
     # -- REST -----------------------------------------------------------------
 
@@ -529,7 +610,7 @@ class LoopbackDiscord:
         return _json(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000,
