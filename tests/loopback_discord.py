@@ -8,6 +8,11 @@ INTERACTION_CREATE events and reads back everything the bot did with each
 interaction's token: its callback, the edits of its original message and its
 follow-ups, with uploaded files as bytes.
 
+The application sells SKUs (``add_sku``): a test makes a user buy one
+(``purchase``), which Discord announces as ENTITLEMENT_CREATE, or refunds it
+(``refund``, ENTITLEMENT_DELETE); the bot lists entitlements and consumes them
+through the REST routes, and each consume request is recorded.
+
 Every gateway connection is a session of the shard it named in IDENTIFY, and
 events are routed as Discord routes them: a guild's to the sessions of shard
 ``(guild_id >> 22) % shard_count``, events without a guild to shard 0's.
@@ -19,7 +24,8 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,6 +44,16 @@ LISTEN_BACKLOG = 4096
 
 # Gateway close codes (Discord's numbers).
 INVALID_SHARD = 4010
+
+# SKU types, entitlement types and error codes (Discord's numbers).
+DURABLE = 2
+CONSUMABLE = 3
+PURCHASE = 1
+TEST_MODE_PURCHASE = 4
+UNKNOWN_ENTITLEMENT = 10029
+SKU_AVAILABLE = 1 << 2
+"""The SKU flag of one on sale."""
+DISCORD_EPOCH_MS = 1_420_070_400_000
 
 # Interaction callback types (Discord's numbers).
 CHANNEL_MESSAGE = 4
@@ -181,6 +197,69 @@ class Interaction:
 
 
 @dataclass
+class Sku:
+    """A premium offering of the application; ``type`` is ``CONSUMABLE`` or ``DURABLE``."""
+
+    id: int
+    name: str
+    type: int = CONSUMABLE
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "application_id": str(APPLICATION_ID),
+            "name": self.name,
+            "slug": self.name.lower().replace(" ", "-"),
+            "flags": SKU_AVAILABLE,
+        }
+
+
+@dataclass
+class Entitlement:
+    """A user's purchase of a SKU, as Discord keeps it; the bot changes ``consumed``."""
+
+    id: int
+    sku_id: int
+    user_id: int
+    type: int
+    starts_at: datetime
+    ends_at: datetime | None = None
+    """None for a one-time purchase, which never ends."""
+    consumed: bool = False
+    deleted: bool = False
+    """Refunded (or revoked): listed only when asked for with ``exclude_deleted=false``."""
+
+    @property
+    def ended(self) -> bool:
+        return self.ends_at is not None and self.ends_at <= datetime.now(UTC)
+
+    @property
+    def active(self) -> bool:
+        """Still gives the user what was bought: not refunded, consumed, nor ended."""
+        return not (self.deleted or self.consumed or self.ended)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "sku_id": str(self.sku_id),
+            "application_id": str(APPLICATION_ID),
+            "user_id": str(self.user_id),
+            "promotion_id": None,
+            "type": self.type,
+            "deleted": self.deleted,
+            "gift_code_flags": 0,
+            "consumed": self.consumed,
+            "starts_at": self.starts_at.isoformat(),
+            "ends_at": None if self.ends_at is None else self.ends_at.isoformat(),
+        }
+
+
+class PurchaseRefused(Exception):
+    """Discord's store would not sell this: an unknown SKU, or one the user holds unconsumed."""
+
+
+@dataclass
 class GatewaySession:
     """One gateway connection: the shard it identified as, and the events it was sent."""
 
@@ -247,6 +326,12 @@ class LoopbackDiscord:
         """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
         self._changed = asyncio.Condition()
+        self.skus: dict[int, Sku] = {}
+        self.entitlements: dict[int, Entitlement] = {}
+        """Every entitlement ever created, by id, refunded and consumed ones included."""
+        self.consume_calls: list[int] = []
+        """The entitlement id of every consume request the bot made, in order, refused ones too."""
+        self._last_snowflake = 0
         self.sessions: list[GatewaySession] = []
         """Every gateway connection, in the order they were opened, closed ones included."""
         self.recommended_shards = 1
@@ -279,6 +364,14 @@ class LoopbackDiscord:
             ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
             ("POST", "/webhooks/{app}/{token}", self._followup),
             ("GET", "/channels/{channel}/messages", self._channel_messages),
+            ("GET", "/applications/{app}/skus", self._list_skus),
+            ("GET", "/applications/{app}/entitlements", self._list_entitlements),
+            ("GET", "/applications/{app}/entitlements/{entitlement}", self._get_entitlement),
+            (
+                "POST",
+                "/applications/{app}/entitlements/{entitlement}/consume",
+                self._consume_entitlement,
+            ),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, "/api/v10" + path, self._authorised(handler))
@@ -401,6 +494,76 @@ class LoopbackDiscord:
         data = {"custom_id": button["custom_id"], "component_type": 2}
         return await self._send(3, data, user, message=message, guild=guild)
 
+    def add_sku(self, sku_id: int, name: str, *, type: int = CONSUMABLE) -> Sku:
+        """Put a one-time purchase on sale: a credit pack is ``CONSUMABLE``."""
+        sku = Sku(sku_id, name, type)
+        self.skus[sku_id] = sku
+        return sku
+
+    async def purchase(
+        self,
+        user: User,
+        sku_id: int,
+        *,
+        test_mode: bool = False,
+        announce: bool = True,
+        ends_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """``user`` buys SKU ``sku_id``: the entitlement as Discord sends it, in ENTITLEMENT_CREATE.
+
+        ``test_mode``: bought in Application Test Mode (type 4, no charge), where a
+        consumable may be bought again before the last one is consumed.
+        ``announce``: False creates it without the event, as one sent while the bot was
+        down (the bot finds it only by listing). ``ends_at``: when it stops being valid.
+        Raises ``PurchaseRefused`` where Discord's store would not sell it.
+        """
+        sku = self.skus.get(sku_id)
+        if sku is None or sku.type not in (CONSUMABLE, DURABLE):
+            raise PurchaseRefused(f"SKU {sku_id} is not a one-time purchase on sale")
+        held = [
+            entitlement
+            for entitlement in self.entitlements.values()
+            if (entitlement.user_id, entitlement.sku_id) == (user.id, sku_id)
+            and not (entitlement.deleted or entitlement.consumed)
+        ]
+        # A consumable cannot be bought again until the app consumes it; a durable, ever.
+        if held and not (test_mode and sku.type == CONSUMABLE):
+            raise PurchaseRefused(f"{user.name} holds SKU {sku_id} unconsumed: {held[0].id}")
+        entitlement = Entitlement(
+            id=self._snowflake(),
+            sku_id=sku_id,
+            user_id=user.id,
+            type=TEST_MODE_PURCHASE if test_mode else PURCHASE,
+            starts_at=datetime.now(UTC),
+            ends_at=ends_at,
+        )
+        self.entitlements[entitlement.id] = entitlement
+        payload = entitlement.payload()
+        if announce:
+            # Entitlement events have no guild: they go to shard 0.
+            await self._dispatch("ENTITLEMENT_CREATE", payload, guild=None)
+        return payload
+
+    async def refund(self, entitlement_id: int, *, announce: bool = True) -> dict[str, Any]:
+        """Discord refunds (or revokes) an entitlement: deleted, announced in ENTITLEMENT_DELETE."""
+        entitlement = self.entitlements[entitlement_id]
+        entitlement.deleted = True
+        payload = entitlement.payload()
+        if announce:
+            await self._dispatch("ENTITLEMENT_DELETE", payload, guild=None)
+        return payload
+
+    @property
+    def consume_counts(self) -> Counter[int]:
+        """How many consume requests the bot made for each entitlement id."""
+        return Counter(self.consume_calls)
+
+    def _snowflake(self) -> int:
+        """A new id whose time is now, as Discord's are: ``created_at`` and paging by date work."""
+        now = (time.time_ns() // 1_000_000 - DISCORD_EPOCH_MS) << 22
+        self._last_snowflake = max(now, self._last_snowflake + 1)
+        return self._last_snowflake
+
     def original(self, interaction: Interaction) -> Message:
         assert interaction.original_id is not None, "the bot has not answered this interaction"
         return self.messages[interaction.original_id]
@@ -436,7 +599,12 @@ class LoopbackDiscord:
             "app_permissions": "51200",
             "locale": "en-US",
             "guild_locale": "en-US",
-            "entitlements": [],
+            # What the user holds and has not used up, as Discord tells a monetized app.
+            "entitlements": [
+                entitlement.payload()
+                for entitlement in self.entitlements.values()
+                if entitlement.user_id == user.id and entitlement.active
+            ],
             "attachment_size_limit": self.attachment_limit,
         }
         if guild is None:
@@ -733,6 +901,69 @@ class LoopbackDiscord:
         ]
         return _json(shown[:limit])
 
+    async def _list_skus(self, _request: web.Request) -> web.Response:
+        return _json([sku.payload() for sku in self.skus.values()])
+
+    async def _list_entitlements(self, request: web.Request) -> web.Response:
+        """``GET /applications/{id}/entitlements``: filtered, then a page in ascending id order.
+
+        With ``before``, the page is the ``limit`` entitlements just before it (still
+        ascending); otherwise the first ``limit`` after ``after`` (or from the oldest):
+        how discord.py's ``Client.entitlements()`` pages through them.
+        """
+        query = request.query
+        try:
+            user_id = _snowflake_param(query, "user_id")
+            guild_id = _snowflake_param(query, "guild_id")
+            before = _snowflake_param(query, "before")
+            after = _snowflake_param(query, "after")
+            sku_ids = _snowflakes_param(query, "sku_ids")
+            limit = _int_param(query, "limit", default=100)
+            exclude_ended = _boolean_param(query, "exclude_ended", default=False)
+            exclude_deleted = _boolean_param(query, "exclude_deleted", default=True)
+        except _FormError as refused:
+            return _invalid_form_body(refused.field, refused.problem)
+        if not 1 <= limit <= 100:
+            return _invalid_form_body("limit", "Must be between 1 and 100.")
+        chosen = [
+            entitlement
+            for entitlement in sorted(self.entitlements.values(), key=lambda e: e.id)
+            if (user_id is None or entitlement.user_id == user_id)
+            # Every entitlement here is a user's: none is a guild's.
+            and guild_id is None
+            and (sku_ids is None or entitlement.sku_id in sku_ids)
+            and (before is None or entitlement.id < before)
+            and (after is None or entitlement.id > after)
+            and not (exclude_ended and entitlement.ended)
+            and not (exclude_deleted and entitlement.deleted)
+        ]
+        page = chosen[-limit:] if before is not None else chosen[:limit]
+        return _json([entitlement.payload() for entitlement in page])
+
+    async def _get_entitlement(self, request: web.Request) -> web.Response:
+        entitlement = self._entitlement(request)
+        if entitlement is None:
+            return _unknown_entitlement()
+        return _json(entitlement.payload())
+
+    async def _consume_entitlement(self, request: web.Request) -> web.Response:
+        """Marks it consumed and answers 204, as Discord does.
+
+        Discord's documentation does not say whether it also sends ENTITLEMENT_UPDATE;
+        the fake sends nothing, so a bot must not wait for one.
+        """
+        self.consume_calls.append(_int_or(request.match_info["entitlement"], 0))
+        entitlement = self._entitlement(request)
+        if entitlement is None:
+            return _unknown_entitlement()
+        entitlement.consumed = True
+        return web.Response(status=204)
+
+    def _entitlement(self, request: web.Request) -> Entitlement | None:
+        if request.match_info["app"] != str(APPLICATION_ID):
+            return None
+        return self.entitlements.get(_int_or(request.match_info["entitlement"], 0))
+
     async def _download(self, request: web.Request) -> web.Response:
         if self.fail_downloads_with is not None:
             return web.Response(status=self.fail_downloads_with)
@@ -804,6 +1035,68 @@ def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:
         "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]
     }
     return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": error}}, 400)
+
+
+class _FormError(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _invalid_form_body(field: str, problem: str) -> web.Response:
+    """Discord's 400 for a parameter it cannot take, its errors keyed by the parameter."""
+    error = {"_errors": [{"code": "INVALID_FORM_BODY", "message": problem}]}
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": {field: error}}, 400)
+
+
+def _unknown_entitlement() -> web.Response:
+    return _json({"message": "Unknown Entitlement", "code": UNKNOWN_ENTITLEMENT}, status=404)
+
+
+def _snowflake_param(query: Mapping[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _FormError(name, "Value is not snowflake.")
+    return int(value)
+
+
+def _snowflakes_param(query: Mapping[str, str], name: str) -> set[int] | None:
+    """A comma-delimited set of snowflakes, as ``sku_ids`` is sent."""
+    value = query.get(name)
+    if value is None:
+        return None
+    parts = value.split(",")
+    if not all(part.isdigit() for part in parts):
+        raise _FormError(name, "Value is not snowflake.")
+    return {int(part) for part in parts}
+
+
+def _int_param(query: Mapping[str, str], name: str, *, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise _FormError(name, "Value is not int.")
+    return int(value)
+
+
+def _boolean_param(query: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """A boolean query string as Discord reads it: true/True/1 or false/False/0."""
+    value = query.get(name)
+    if value is None:
+        return default
+    if value in ("true", "True", "1"):
+        return True
+    if value in ("false", "False", "0"):
+        return False
+    raise _FormError(name, "Value is not boolean.")
+
+
+def _int_or(text: str, default: int) -> int:
+    return int(text) if text.isdigit() else default
 
 
 def _drop_connection(request: web.Request) -> None:

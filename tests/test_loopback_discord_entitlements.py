@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
@@ -19,13 +20,20 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
 from tests.loopback_discord import (
+    ALICE,
+    BOB,
     GUILD_ID,
     INVALID_SHARD,
     TOKEN,
+    UNKNOWN_ENTITLEMENT,
     LoopbackDiscord,
+    PurchaseRefused,
 )
 
 PATIENCE_SECONDS = 10
+PACK = 900_000_000_000_500_001
+"""A credit pack: a consumable SKU."""
+BIG_PACK = 900_000_000_000_500_002
 
 
 class Shop(discord.Client):
@@ -36,9 +44,12 @@ class Shop(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.received: list[tuple[str, discord.Entitlement]] = []
         """Every entitlement event, as ``("create" | "update" | "delete", entitlement)``."""
+        self.held_at_buy: list[discord.Entitlement] = []
+        """The entitlements the last /buy interaction came with."""
 
         @self.tree.command(name="buy", description="Buy credits")
         async def buy(interaction: discord.Interaction) -> None:
+            self.held_at_buy = list(interaction.entitlements)
             view = discord.ui.View()
             for sku_id in sku_ids:
                 view.add_item(discord.ui.Button(sku_id=sku_id))
@@ -71,7 +82,31 @@ class ShardedShop(Shop, discord.AutoShardedClient):
 @pytest.fixture
 async def discord_fake() -> AsyncIterator[LoopbackDiscord]:
     async with LoopbackDiscord() as fake:
+        fake.add_sku(PACK, "100 credits")
+        fake.add_sku(BIG_PACK, "500 credits")
         yield fake
+
+
+@pytest.fixture
+async def shop(discord_fake: LoopbackDiscord) -> AsyncIterator[Shop]:
+    """A plain ``Client`` (its IDENTIFY names no shard) connected to the fake."""
+    client = Shop((PACK, BIG_PACK))
+    async with pointed_at(discord_fake), running(client):
+        yield client
+
+
+async def listed(client: discord.Client, **filters: Any) -> list[discord.Entitlement]:
+    return [entitlement async for entitlement in client.entitlements(limit=None, **filters)]
+
+
+async def expecting(client: discord.Client, kind: str) -> asyncio.Future[discord.Entitlement]:
+    """The next ``entitlement_{kind}`` event the client dispatches, once it comes."""
+    waiting = asyncio.ensure_future(
+        client.wait_for(f"entitlement_{kind}", timeout=PATIENCE_SECONDS)
+    )
+    # wait_for registers its listener when it first runs: before the event may arrive.
+    await asyncio.sleep(0)
+    return waiting
 
 
 @contextlib.asynccontextmanager
@@ -144,3 +179,257 @@ async def test_a_shard_beyond_the_shard_count_is_closed_as_an_invalid_shard(
     assert refused.value.code == INVALID_SHARD
     [session] = discord_fake.sessions
     assert (session.shard, session.close_code) == (None, INVALID_SHARD)
+
+
+async def test_a_purchase_reaches_the_app_as_entitlement_create_for_the_user_and_sku(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    created = await expecting(shop, "create")
+    sent = await discord_fake.purchase(ALICE, PACK)
+    entitlement = await created
+
+    assert entitlement.id == int(sent["id"])
+    assert (entitlement.user_id, entitlement.sku_id) == (ALICE.id, PACK)
+    assert entitlement.type is discord.EntitlementType.purchase
+    assert entitlement.application_id == shop.application_id
+    assert (entitlement.consumed, entitlement.deleted, entitlement.ends_at) == (False, False, None)
+
+
+async def test_a_test_mode_purchase_is_type_4_and_may_be_bought_again_unconsumed(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    await discord_fake.purchase(ALICE, PACK, test_mode=True)
+    created = await expecting(shop, "create")
+    await discord_fake.purchase(ALICE, PACK, test_mode=True)
+
+    assert (await created).type is discord.EntitlementType.test_mode_purchase
+
+
+async def test_a_consumable_cannot_be_bought_again_until_the_app_consumes_it(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    created = await expecting(shop, "create")
+    await discord_fake.purchase(ALICE, PACK)
+    with pytest.raises(PurchaseRefused):
+        await discord_fake.purchase(ALICE, PACK)
+
+    await (await created).consume()
+
+    await discord_fake.purchase(ALICE, PACK)
+
+
+async def test_listing_finds_a_purchase_announced_while_the_app_was_down(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    missed = await discord_fake.purchase(ALICE, PACK, announce=False)
+    client = Shop()
+
+    async with pointed_at(discord_fake), running(client):
+        [entitlement] = await listed(client, exclude_ended=True)
+
+    assert client.received == []
+    assert (entitlement.id, entitlement.user_id, entitlement.consumed) == (
+        int(missed["id"]),
+        ALICE.id,
+        False,
+    )
+
+
+async def test_listing_with_exclude_ended_leaves_out_an_ended_entitlement(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    ended = await discord_fake.purchase(ALICE, PACK, announce=False, ends_at=yesterday)
+    lasting = await discord_fake.purchase(BOB, PACK, announce=False)
+
+    every = await listed(shop)
+    current = await listed(shop, exclude_ended=True)
+
+    assert [e.id for e in every] == [int(ended["id"]), int(lasting["id"])]
+    assert [e.id for e in current] == [int(lasting["id"])]
+
+
+async def test_listing_filters_by_user_and_by_sku(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    alices = await discord_fake.purchase(ALICE, PACK, announce=False)
+    await discord_fake.purchase(ALICE, BIG_PACK, announce=False)
+    await discord_fake.purchase(BOB, PACK, announce=False)
+
+    found = await listed(shop, user=discord.Object(ALICE.id), skus=[discord.Object(PACK)])
+
+    assert [entitlement.id for entitlement in found] == [int(alices["id"])]
+
+
+async def test_listing_pages_through_more_than_a_hundred_in_ascending_order(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    bought = [
+        int((await discord_fake.purchase(ALICE, PACK, test_mode=True, announce=False))["id"])
+        for _ in range(150)
+    ]
+
+    assert [entitlement.id for entitlement in await listed(shop)] == bought
+
+
+async def test_listing_before_an_entitlement_pages_back_through_the_older_ones(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    bought = [
+        int((await discord_fake.purchase(ALICE, PACK, test_mode=True, announce=False))["id"])
+        for _ in range(150)
+    ]
+
+    older = await listed(shop, before=discord.Object(bought[-1]))
+
+    # discord.py yields each page of 100 in ascending order, the newest page first.
+    assert [entitlement.id for entitlement in older] == bought[49:149] + bought[:49]
+
+
+async def test_a_page_limit_outside_1_to_100_is_refused_as_an_invalid_form_body(
+    shop: Shop,
+) -> None:
+    assert shop.application_id is not None
+    with pytest.raises(discord.HTTPException) as refused:
+        await shop.http.get_entitlements(shop.application_id, limit=101)
+
+    assert (refused.value.status, refused.value.code) == (400, 50035)
+    assert "limit" in refused.value.text
+
+
+async def test_the_app_lists_its_skus_as_consumables(shop: Shop) -> None:
+    skus = await shop.fetch_skus()
+
+    assert [(sku.id, sku.name, sku.type) for sku in skus] == [
+        (PACK, "100 credits", discord.SKUType.consumable),
+        (BIG_PACK, "500 credits", discord.SKUType.consumable),
+    ]
+
+
+async def test_an_entitlement_is_fetched_by_id_and_an_unknown_one_is_not_found(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    bought = await discord_fake.purchase(ALICE, PACK, announce=False)
+
+    fetched = await shop.fetch_entitlement(int(bought["id"]))
+    with pytest.raises(discord.NotFound) as refused:
+        await shop.fetch_entitlement(1234)
+
+    assert (fetched.user_id, fetched.sku_id) == (ALICE.id, PACK)
+    assert refused.value.code == UNKNOWN_ENTITLEMENT
+
+
+async def test_consume_reaches_the_route_and_the_listing_then_shows_it_consumed(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    created = await expecting(shop, "create")
+    await discord_fake.purchase(ALICE, PACK)
+    entitlement = await created
+
+    await entitlement.consume()
+
+    assert discord_fake.consume_calls == [entitlement.id]
+    assert discord_fake.entitlements[entitlement.id].consumed
+    [again] = await listed(shop, exclude_ended=True)
+    assert (again.id, again.consumed) == (entitlement.id, True)
+
+
+async def test_consuming_an_unknown_entitlement_is_refused_as_discord_does(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    assert shop.application_id is not None
+    with pytest.raises(discord.NotFound) as refused:
+        await shop.http.consume_entitlement(shop.application_id, 1234)
+
+    assert refused.value.code == UNKNOWN_ENTITLEMENT
+    assert discord_fake.consume_counts[1234] == 1
+
+
+async def test_every_consume_request_is_counted(discord_fake: LoopbackDiscord, shop: Shop) -> None:
+    created = await expecting(shop, "create")
+    await discord_fake.purchase(ALICE, PACK)
+    entitlement = await created
+
+    await entitlement.consume()
+    await entitlement.consume()
+
+    assert discord_fake.consume_counts == {entitlement.id: 2}
+
+
+async def test_a_refund_reaches_the_app_as_entitlement_delete(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    bought = await discord_fake.purchase(ALICE, PACK, announce=False)
+    deleted = await expecting(shop, "delete")
+
+    await discord_fake.refund(int(bought["id"]))
+
+    entitlement = await deleted
+    assert (entitlement.id, entitlement.user_id, entitlement.deleted) == (
+        int(bought["id"]),
+        ALICE.id,
+        True,
+    )
+
+
+async def test_a_refunded_entitlement_is_listed_only_when_asked_for_with_before(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    refunded = await discord_fake.purchase(ALICE, PACK, announce=False)
+    await discord_fake.refund(int(refunded["id"]), announce=False)
+    later = await discord_fake.purchase(BOB, PACK, announce=False)
+
+    # discord.py 2.7 sends exclude_deleted only when paging with ``before``: without it,
+    # Discord's default (true) applies whatever the call asked for.
+    without_before = await listed(shop, exclude_deleted=False)
+    with_before = await listed(shop, exclude_deleted=False, before=discord.Object(int(later["id"])))
+
+    assert [e.id for e in without_before] == [int(later["id"])]
+    assert [(e.id, e.deleted) for e in with_before] == [(int(refunded["id"]), True)]
+
+
+async def test_an_interaction_carries_the_entitlements_the_user_holds_unconsumed(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    held = await discord_fake.purchase(ALICE, PACK, announce=False)
+    await discord_fake.purchase(BOB, BIG_PACK, announce=False)
+
+    interaction = await discord_fake.slash("buy", user=ALICE)
+    await discord_fake.wait_for(lambda: interaction.callbacks)
+
+    assert [entitlement.id for entitlement in shop.held_at_buy] == [int(held["id"])]
+
+
+async def test_an_entitlement_event_reaches_only_the_process_holding_shard_0(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    # The bot's layout across processes: one AutoShardedClient per shard range.
+    first, second = (
+        ShardedShop(shard_ids=[0], shard_count=2),
+        ShardedShop(shard_ids=[1], shard_count=2),
+    )
+    async with pointed_at(discord_fake), running(first, second):
+        created = await expecting(first, "create")
+        await discord_fake.purchase(ALICE, PACK)
+        await created
+
+    assert [kind for kind, _ in first.received] == ["create"]
+    assert second.received == []
+    by_shard = {session.shard: session.events for session in discord_fake.sessions}
+    assert "ENTITLEMENT_CREATE" in by_shard[(0, 2)]
+    assert "ENTITLEMENT_CREATE" not in by_shard[(1, 2)]
+
+
+async def test_two_sessions_of_one_shard_both_receive_its_events_as_on_discord(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    # Discord does not refuse a second IDENTIFY of a shard: a bot run twice gets
+    # every purchase twice, so it must credit each entitlement id once.
+    once, twice = Shop(), Shop()
+    async with pointed_at(discord_fake), running(once, twice):
+        first = await expecting(once, "create")
+        second = await expecting(twice, "create")
+        await discord_fake.purchase(ALICE, PACK)
+        assert (await first).id == (await second).id
+
+    assert [session.shard for session in discord_fake.sessions] == [(0, 1), (0, 1)]
