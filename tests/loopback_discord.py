@@ -62,6 +62,10 @@ DEFERRED_UPDATE = 6
 UPDATE_MESSAGE = 7
 AUTOCOMPLETE_RESULT = 8
 
+# Button styles (Discord's numbers).
+PREMIUM_BUTTON = 6
+"""A button that opens the purchase of its ``sku_id``; clicking it sends the app nothing."""
+
 
 @dataclass(frozen=True)
 class User:
@@ -135,6 +139,11 @@ class Message:
             for component in row.get("components", [])
             if component.get("type") == 2
         ]
+
+    @property
+    def premium_buttons(self) -> list[int]:
+        """The SKU id of each premium button shown, in order."""
+        return [int(b["sku_id"]) for b in self.buttons if b.get("style") == PREMIUM_BUTTON]
 
     def button(self, label_start: str) -> dict[str, Any]:
         [found] = [b for b in self.buttons if b.get("label", "").startswith(label_start)]
@@ -819,7 +828,7 @@ class LoopbackDiscord:
         body, files = await _read_body(request)
         kind = body["type"]
         data = body.get("data") or {}
-        if (refusal := _refuse_long_content(data)) is not None:
+        if (refusal := _refuse_invalid_message(data)) is not None:
             return refusal
         interaction.callbacks.append((kind, data))
         if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
@@ -849,7 +858,7 @@ class LoopbackDiscord:
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         message = self._webhook_message(request)
         body, files = await _read_body(request)
-        if (refusal := _refuse_long_content(body)) is not None:
+        if (refusal := _refuse_invalid_message(body)) is not None:
             return refusal
         self._edit(message, body, files)
         return _json(message.payload())
@@ -869,7 +878,7 @@ class LoopbackDiscord:
                 await self._closing.wait()
                 return _json({"message": "Gone", "code": 0}, status=503)
         body, files = await _read_body(request)
-        if (refusal := _refuse_long_content(body)) is not None:
+        if (refusal := _refuse_invalid_message(body)) is not None:
             return refusal
         message = self._post(body, files, default_flags=body.get("flags", 0))
         interaction.followup_ids.append(message.id)
@@ -1024,6 +1033,34 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], list[Uploade
 
 
 MESSAGE_CONTENT_LIMIT = 2000
+
+
+def _refuse_invalid_message(body: dict[str, Any]) -> web.Response | None:
+    """Discord's 400 for a message it would not post, None for one it would."""
+    return _refuse_long_content(body) or _refuse_bad_premium_buttons(body)
+
+
+def _refuse_bad_premium_buttons(body: dict[str, Any]) -> web.Response | None:
+    """Discord's answer to a premium button that has more than its ``sku_id``, or lacks it.
+
+    discord.py builds ``ui.Button(sku_id=..., label=...)`` without complaint; Discord
+    refuses a premium button with a custom_id, label, url or emoji.
+    """
+    for row_number, row in enumerate(body.get("components") or []):
+        for number, component in enumerate(row.get("components", [])):
+            if component.get("type") != 2 or component.get("style") != PREMIUM_BUTTON:
+                continue
+            extra = [
+                key
+                for key in ("custom_id", "label", "url", "emoji")
+                if component.get(key) is not None
+            ]
+            if extra or not component.get("sku_id"):
+                problem = f"A premium button needs a sku_id and no {', '.join(extra) or 'other'}."
+                error = {"_errors": [{"code": "COMPONENT_INVALID", "message": problem}]}
+                errors = {"components": {str(row_number): {"components": {str(number): error}}}}
+                return _json({"message": "Invalid Form Body", "code": 50035, "errors": errors}, 400)
+    return None
 
 
 def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:

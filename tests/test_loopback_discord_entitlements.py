@@ -37,22 +37,35 @@ BIG_PACK = 900_000_000_000_500_002
 
 
 class Shop(discord.Client):
-    """A minimal premium app: ``/buy`` shows one premium button per SKU in ``sku_ids``."""
+    """A minimal premium app: ``/buy`` shows one premium button per SKU in ``sku_ids``.
 
-    def __init__(self, sku_ids: tuple[int, ...] = (), **options: Any) -> None:
+    ``label``: a label on each (which Discord refuses on a premium button).
+    """
+
+    def __init__(
+        self, sku_ids: tuple[int, ...] = (), *, label: str | None = None, **options: Any
+    ) -> None:
         super().__init__(intents=discord.Intents(guilds=True), guild_ready_timeout=0.1, **options)
         self.tree = app_commands.CommandTree(self)
         self.received: list[tuple[str, discord.Entitlement]] = []
         """Every entitlement event, as ``("create" | "update" | "delete", entitlement)``."""
         self.held_at_buy: list[discord.Entitlement] = []
         """The entitlements the last /buy interaction came with."""
+        self.failures: asyncio.Queue[app_commands.AppCommandError] = asyncio.Queue()
+        """Errors of /buy, such as Discord refusing its answer."""
+
+        @self.tree.error
+        async def failed(
+            _interaction: discord.Interaction, error: app_commands.AppCommandError
+        ) -> None:
+            self.failures.put_nowait(error)
 
         @self.tree.command(name="buy", description="Buy credits")
         async def buy(interaction: discord.Interaction) -> None:
             self.held_at_buy = list(interaction.entitlements)
             view = discord.ui.View()
             for sku_id in sku_ids:
-                view.add_item(discord.ui.Button(sku_id=sku_id))
+                view.add_item(discord.ui.Button(sku_id=sku_id, label=label))
             await interaction.response.send_message("Credit packs:", view=view, ephemeral=True)
 
     async def setup_hook(self) -> None:
@@ -433,3 +446,32 @@ async def test_two_sessions_of_one_shard_both_receive_its_events_as_on_discord(
         assert (await first).id == (await second).id
 
     assert [session.shard for session in discord_fake.sessions] == [(0, 1), (0, 1)]
+
+
+# -- premium buttons ----------------------------------------------------------
+
+
+async def test_a_premium_button_the_app_shows_is_recorded_with_its_sku(
+    discord_fake: LoopbackDiscord, shop: Shop
+) -> None:
+    interaction = await discord_fake.slash("buy")
+    await discord_fake.wait_for(lambda: interaction.original_id is not None)
+
+    message = discord_fake.original(interaction)
+    assert message.premium_buttons == [PACK, BIG_PACK]
+    assert all("custom_id" not in button for button in message.buttons)
+
+
+async def test_a_premium_button_with_a_label_is_refused_as_discord_does(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    labelled = Shop((PACK,), label="Buy 100 credits")
+    async with pointed_at(discord_fake), running(labelled):
+        interaction = await discord_fake.slash("buy")
+        async with asyncio.timeout(PATIENCE_SECONDS):
+            failure = await labelled.failures.get()
+
+    assert isinstance(failure, app_commands.CommandInvokeError)
+    assert isinstance(failure.original, discord.HTTPException)
+    assert (failure.original.status, failure.original.code) == (400, 50035)
+    assert interaction.original_id is None
