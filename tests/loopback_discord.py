@@ -7,6 +7,15 @@ interactions (slash commands, autocomplete, button clicks) as
 INTERACTION_CREATE events and reads back everything the bot did with each
 interaction's token: its callback, the edits of its original message and its
 follow-ups, with uploaded files as bytes.
+
+The application sells SKUs (``add_sku``): a test makes a user buy one
+(``purchase``), which Discord announces as ENTITLEMENT_CREATE, or refunds it
+(``refund``, ENTITLEMENT_DELETE); the bot lists entitlements and consumes them
+through the REST routes, and each consume request is recorded.
+
+Every gateway connection is a session of the shard it named in IDENTIFY, and
+events are routed as Discord routes them: a guild's to the sessions of shard
+``(guild_id >> 22) % shard_count``, events without a guild to shard 0's.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,12 +42,29 @@ DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 _PATIENCE_SECONDS = 10
 LISTEN_BACKLOG = 4096
 
+# Gateway close codes (Discord's numbers).
+INVALID_SHARD = 4010
+
+# SKU types, entitlement types and error codes (Discord's numbers).
+DURABLE = 2
+CONSUMABLE = 3
+PURCHASE = 1
+TEST_MODE_PURCHASE = 4
+UNKNOWN_ENTITLEMENT = 10029
+SKU_AVAILABLE = 1 << 2
+"""The SKU flag of one on sale."""
+DISCORD_EPOCH_MS = 1_420_070_400_000
+
 # Interaction callback types (Discord's numbers).
 CHANNEL_MESSAGE = 4
 DEFERRED_CHANNEL_MESSAGE = 5
 DEFERRED_UPDATE = 6
 UPDATE_MESSAGE = 7
 AUTOCOMPLETE_RESULT = 8
+
+# Button styles (Discord's numbers).
+PREMIUM_BUTTON = 6
+"""A button that opens the purchase of its ``sku_id``; clicking it sends the app nothing."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,11 @@ class Message:
             if component.get("type") == 2
         ]
 
+    @property
+    def premium_buttons(self) -> list[int]:
+        """The SKU id of each premium button shown, in order."""
+        return [int(b["sku_id"]) for b in self.buttons if b.get("style") == PREMIUM_BUTTON]
+
     def button(self, label_start: str) -> dict[str, Any]:
         [found] = [b for b in self.buttons if b.get("label", "").startswith(label_start)]
         return found
@@ -173,6 +205,106 @@ class Interaction:
         return self.callbacks[0][0] if self.callbacks else None
 
 
+@dataclass
+class Sku:
+    """A premium offering of the application; ``type`` is ``CONSUMABLE`` or ``DURABLE``."""
+
+    id: int
+    name: str
+    type: int = CONSUMABLE
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "application_id": str(APPLICATION_ID),
+            "name": self.name,
+            "slug": self.name.lower().replace(" ", "-"),
+            "flags": SKU_AVAILABLE,
+        }
+
+
+@dataclass
+class Entitlement:
+    """A user's purchase of a SKU, as Discord keeps it; the bot changes ``consumed``."""
+
+    id: int
+    sku_id: int
+    user_id: int
+    type: int
+    starts_at: datetime
+    ends_at: datetime | None = None
+    """None for a one-time purchase, which never ends."""
+    consumed: bool = False
+    deleted: bool = False
+    """Refunded (or revoked): listed only when asked for with ``exclude_deleted=false``."""
+
+    @property
+    def ended(self) -> bool:
+        return self.ends_at is not None and self.ends_at <= datetime.now(UTC)
+
+    @property
+    def active(self) -> bool:
+        """Still gives the user what was bought: not refunded, consumed, nor ended."""
+        return not (self.deleted or self.consumed or self.ended)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "sku_id": str(self.sku_id),
+            "application_id": str(APPLICATION_ID),
+            "user_id": str(self.user_id),
+            "promotion_id": None,
+            "type": self.type,
+            "deleted": self.deleted,
+            "gift_code_flags": 0,
+            "consumed": self.consumed,
+            "starts_at": self.starts_at.isoformat(),
+            "ends_at": None if self.ends_at is None else self.ends_at.isoformat(),
+        }
+
+
+class PurchaseRefused(Exception):
+    """Discord's store would not sell this: an unknown SKU, or one the user holds unconsumed."""
+
+
+@dataclass
+class GatewaySession:
+    """One gateway connection: the shard it identified as, and the events it was sent."""
+
+    number: int
+    """Its place in the order connections were opened, from 0 (what ``listener`` names)."""
+    socket: web.WebSocketResponse = field(repr=False)
+    shard: tuple[int, int] | None = None
+    """``(shard_id, shard_count)`` from IDENTIFY, ``(0, 1)`` when it named none; None before."""
+    ready: bool = False
+    """READY and its shard's guilds were sent: events may follow."""
+    events: list[str] = field(default_factory=list)
+    """The name of every dispatch sent on it, in order (READY and GUILD_CREATE included)."""
+    close_code: int | None = None
+    """The code the fake closed it with, when the fake refused it."""
+    _sequence: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    @property
+    def connected(self) -> bool:
+        return not self.socket.closed
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether Discord sends this session the events of ``guild_id`` (None: no guild)."""
+        if self.shard is None:
+            return False
+        shard_id, shard_count = self.shard
+        if guild_id is None:
+            # Direct messages, entitlements and other events without a guild.
+            return shard_id == 0
+        return (guild_id >> 22) % shard_count == shard_id
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
+        self.events.append(event)
+        await self.socket.send_str(json.dumps(frame))
+
+
 class LoopbackDiscord:
     """Start with ``async with LoopbackDiscord() as discord_fake``; point the client at ``api_base``."""
 
@@ -202,13 +334,22 @@ class LoopbackDiscord:
         self.fail_downloads_with: int | None = None
         """An HTTP status to refuse attachment downloads with, as an expired file URL would."""
         self._ids: Iterator[int] = itertools.count(900_000_000_000_100_000)
-        self._sequence = itertools.count(1)
         self._changed = asyncio.Condition()
-        self._sockets: list[web.WebSocketResponse] = []
-        self.listener = -1
-        """Which gateway connection receives events, in the order they connected: the newest
-        unless set (the latency benchmark keeps two bots connected and alternates)."""
-        self._ready = asyncio.Event()
+        self.skus: dict[int, Sku] = {}
+        self.entitlements: dict[int, Entitlement] = {}
+        """Every entitlement ever created, by id, refunded and consumed ones included."""
+        self.consume_calls: list[int] = []
+        """The entitlement id of every consume request the bot made, in order, refused ones too."""
+        self._last_snowflake = 0
+        self.sessions: list[GatewaySession] = []
+        """Every gateway connection, in the order they were opened, closed ones included."""
+        self.recommended_shards = 1
+        """The shard count ``GET /gateway/bot`` recommends (what an ``AutoShardedClient`` runs)."""
+        self.listener: int | None = None
+        """None: events go where Discord sends them, to every connected session of the shard
+        they belong to (two sessions of one shard both get them, as on Discord). A number:
+        only to that session, as if the others were different bots (the latency benchmark
+        keeps two bots connected and alternates)."""
         self._closing = asyncio.Event()
         """Set when the fake stops: what a hanging request waits for."""
         self._runner: web.AppRunner | None = None
@@ -232,6 +373,14 @@ class LoopbackDiscord:
             ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
             ("POST", "/webhooks/{app}/{token}", self._followup),
             ("GET", "/channels/{channel}/messages", self._channel_messages),
+            ("GET", "/applications/{app}/skus", self._list_skus),
+            ("GET", "/applications/{app}/entitlements", self._list_entitlements),
+            ("GET", "/applications/{app}/entitlements/{entitlement}", self._get_entitlement),
+            (
+                "POST",
+                "/applications/{app}/entitlements/{entitlement}/consume",
+                self._consume_entitlement,
+            ),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, "/api/v10" + path, self._authorised(handler))
@@ -248,14 +397,14 @@ class LoopbackDiscord:
 
     async def __aexit__(self, *_exc: object) -> None:
         self._closing.set()
-        for socket in self._sockets:
-            await socket.close()
+        for session in self.sessions:
+            await session.socket.close()
         assert self._runner is not None
         await self._runner.cleanup()
 
     async def wait_until_ready(self) -> None:
-        async with asyncio.timeout(_PATIENCE_SECONDS):
-            await self._ready.wait()
+        """Wait until the newest gateway connection has identified and been sent its guilds."""
+        await self.wait_for(lambda: self.sessions and self.sessions[-1].ready)
 
     async def wait_for(
         self, condition: Callable[[], object], patience: float = _PATIENCE_SECONDS
@@ -354,6 +503,76 @@ class LoopbackDiscord:
         data = {"custom_id": button["custom_id"], "component_type": 2}
         return await self._send(3, data, user, message=message, guild=guild)
 
+    def add_sku(self, sku_id: int, name: str, *, type: int = CONSUMABLE) -> Sku:
+        """Put a one-time purchase on sale: a credit pack is ``CONSUMABLE``."""
+        sku = Sku(sku_id, name, type)
+        self.skus[sku_id] = sku
+        return sku
+
+    async def purchase(
+        self,
+        user: User,
+        sku_id: int,
+        *,
+        test_mode: bool = False,
+        announce: bool = True,
+        ends_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """``user`` buys SKU ``sku_id``: the entitlement as Discord sends it, in ENTITLEMENT_CREATE.
+
+        ``test_mode``: bought in Application Test Mode (type 4, no charge), where a
+        consumable may be bought again before the last one is consumed.
+        ``announce``: False creates it without the event, as one sent while the bot was
+        down (the bot finds it only by listing). ``ends_at``: when it stops being valid.
+        Raises ``PurchaseRefused`` where Discord's store would not sell it.
+        """
+        sku = self.skus.get(sku_id)
+        if sku is None or sku.type not in (CONSUMABLE, DURABLE):
+            raise PurchaseRefused(f"SKU {sku_id} is not a one-time purchase on sale")
+        held = [
+            entitlement
+            for entitlement in self.entitlements.values()
+            if (entitlement.user_id, entitlement.sku_id) == (user.id, sku_id)
+            and not (entitlement.deleted or entitlement.consumed)
+        ]
+        # A consumable cannot be bought again until the app consumes it; a durable, ever.
+        if held and not (test_mode and sku.type == CONSUMABLE):
+            raise PurchaseRefused(f"{user.name} holds SKU {sku_id} unconsumed: {held[0].id}")
+        entitlement = Entitlement(
+            id=self._snowflake(),
+            sku_id=sku_id,
+            user_id=user.id,
+            type=TEST_MODE_PURCHASE if test_mode else PURCHASE,
+            starts_at=datetime.now(UTC),
+            ends_at=ends_at,
+        )
+        self.entitlements[entitlement.id] = entitlement
+        payload = entitlement.payload()
+        if announce:
+            # Entitlement events have no guild: they go to shard 0.
+            await self._dispatch("ENTITLEMENT_CREATE", payload, guild=None)
+        return payload
+
+    async def refund(self, entitlement_id: int, *, announce: bool = True) -> dict[str, Any]:
+        """Discord refunds (or revokes) an entitlement: deleted, announced in ENTITLEMENT_DELETE."""
+        entitlement = self.entitlements[entitlement_id]
+        entitlement.deleted = True
+        payload = entitlement.payload()
+        if announce:
+            await self._dispatch("ENTITLEMENT_DELETE", payload, guild=None)
+        return payload
+
+    @property
+    def consume_counts(self) -> Counter[int]:
+        """How many consume requests the bot made for each entitlement id."""
+        return Counter(self.consume_calls)
+
+    def _snowflake(self) -> int:
+        """A new id whose time is now, as Discord's are: ``created_at`` and paging by date work."""
+        now = (time.time_ns() // 1_000_000 - DISCORD_EPOCH_MS) << 22
+        self._last_snowflake = max(now, self._last_snowflake + 1)
+        return self._last_snowflake
+
     def original(self, interaction: Interaction) -> Message:
         assert interaction.original_id is not None, "the bot has not answered this interaction"
         return self.messages[interaction.original_id]
@@ -389,7 +608,12 @@ class LoopbackDiscord:
             "app_permissions": "51200",
             "locale": "en-US",
             "guild_locale": "en-US",
-            "entitlements": [],
+            # What the user holds and has not used up, as Discord tells a monetized app.
+            "entitlements": [
+                entitlement.payload()
+                for entitlement in self.entitlements.values()
+                if entitlement.user_id == user.id and entitlement.active
+            ],
             "attachment_size_limit": self.attachment_limit,
         }
         if guild is None:
@@ -405,13 +629,29 @@ class LoopbackDiscord:
         if message is not None:
             payload["message"] = message.payload()
         interaction.sent_at = time.perf_counter()
-        await self._dispatch("INTERACTION_CREATE", payload)
+        await self._dispatch("INTERACTION_CREATE", payload, guild=guild)
         return interaction
 
-    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        await self.wait_until_ready()
-        frame = {"op": 0, "t": event, "s": next(self._sequence), "d": data}
-        await self._sockets[self.listener].send_str(json.dumps(frame))
+    async def _dispatch(self, event: str, data: dict[str, Any], *, guild: int | None) -> None:
+        """Send ``event`` to the sessions Discord sends ``guild``'s events to (None: no guild).
+
+        Waits for such a session to be ready: a test sends events once a bot is starting.
+        """
+        async with asyncio.timeout(_PATIENCE_SECONDS), self._changed:
+            await self._changed.wait_for(lambda: self._recipients(guild))
+        for session in self._recipients(guild):
+            await session.send(event, data)
+
+    def _recipients(self, guild: int | None) -> list[GatewaySession]:
+        if self.listener is not None:
+            # Slicing, so -1 names the newest and a session not yet open names none.
+            chosen = self.sessions[self.listener :][:1]
+            return [session for session in chosen if session.ready and session.connected]
+        return [
+            session
+            for session in self.sessions
+            if session.ready and session.connected and session.owns(guild)
+        ]
 
     def _command(self, name: str) -> tuple[dict[str, Any], str]:
         for scope, commands in self.commands.items():
@@ -425,31 +665,53 @@ class LoopbackDiscord:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._ready.clear()
-        self._sockets.append(socket)
+        session = GatewaySession(len(self.sessions), socket)
+        self.sessions.append(session)
         await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45_000}})
-        async for frame in socket:
-            if frame.type != WSMsgType.TEXT:
-                continue
-            message = json.loads(frame.data)
-            if message["op"] == 1:
-                await socket.send_json({"op": 11})
-            elif message["op"] == 2:
-                await self._identify(socket)
+        try:
+            async for frame in socket:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                message = json.loads(frame.data)
+                if message["op"] == 1:
+                    await socket.send_json({"op": 11})
+                elif message["op"] == 2:
+                    await self._identify(session, message.get("d") or {})
+        finally:
+            # Whoever waits for a session to send to looks again.
+            await self._notify()
         return socket
 
-    async def _identify(self, socket: web.WebSocketResponse) -> None:
+    async def _identify(self, session: GatewaySession, identify: dict[str, Any]) -> None:
+        socket = session.socket
+        shard = identify.get("shard")
+        shard_id, shard_count = (0, 1) if shard is None else shard
+        if not 0 <= shard_id < shard_count:
+            # Discord's answer to a shard it cannot place: close, Invalid shard, no reconnect.
+            session.close_code = INVALID_SHARD
+            await socket.close(code=INVALID_SHARD, message=b"Invalid shard.")
+            return
+        session.shard = (shard_id, shard_count)
+        on_shard = session.owns(GUILD_ID)
         ready = {
             "v": 10,
             "user": BOT.payload() | {"bot": True},
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-            "session_id": "fake-session",
+            # Only the guilds of this shard, as Discord sends them.
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}] if on_shard else [],
+            "session_id": f"fake-session-{session.number}",
             "resume_gateway_url": self.gateway_url,
-            "shard": [0, 1],
             "application": {"id": str(APPLICATION_ID), "flags": 0},
         }
-        await socket.send_json({"op": 0, "t": "READY", "s": next(self._sequence), "d": ready})
-        guild = {
+        if shard is not None:
+            ready["shard"] = [shard_id, shard_count]
+        await session.send("READY", ready)
+        if on_shard:
+            await session.send("GUILD_CREATE", self._guild())
+        session.ready = True
+        await self._notify()
+
+    def _guild(self) -> dict[str, Any]:
+        return {
             "id": str(GUILD_ID),
             "name": "Test Server",
             "unavailable": False,
@@ -487,10 +749,6 @@ class LoopbackDiscord:
             "features": [],
             "owner_id": str(ALICE.id),
         }
-        await socket.send_json(
-            {"op": 0, "t": "GUILD_CREATE", "s": next(self._sequence), "d": guild}
-        )
-        self._ready.set()
 
     # -- REST -----------------------------------------------------------------
 
@@ -529,7 +787,7 @@ class LoopbackDiscord:
         return _json(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000,
@@ -570,7 +828,7 @@ class LoopbackDiscord:
         body, files = await _read_body(request)
         kind = body["type"]
         data = body.get("data") or {}
-        if (refusal := _refuse_long_content(data)) is not None:
+        if (refusal := _refuse_invalid_message(data)) is not None:
             return refusal
         interaction.callbacks.append((kind, data))
         if kind in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE):
@@ -600,7 +858,7 @@ class LoopbackDiscord:
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         message = self._webhook_message(request)
         body, files = await _read_body(request)
-        if (refusal := _refuse_long_content(body)) is not None:
+        if (refusal := _refuse_invalid_message(body)) is not None:
             return refusal
         self._edit(message, body, files)
         return _json(message.payload())
@@ -620,7 +878,7 @@ class LoopbackDiscord:
                 await self._closing.wait()
                 return _json({"message": "Gone", "code": 0}, status=503)
         body, files = await _read_body(request)
-        if (refusal := _refuse_long_content(body)) is not None:
+        if (refusal := _refuse_invalid_message(body)) is not None:
             return refusal
         message = self._post(body, files, default_flags=body.get("flags", 0))
         interaction.followup_ids.append(message.id)
@@ -651,6 +909,69 @@ class LoopbackDiscord:
             if message.channel_id == channel and not message.ephemeral
         ]
         return _json(shown[:limit])
+
+    async def _list_skus(self, _request: web.Request) -> web.Response:
+        return _json([sku.payload() for sku in self.skus.values()])
+
+    async def _list_entitlements(self, request: web.Request) -> web.Response:
+        """``GET /applications/{id}/entitlements``: filtered, then a page in ascending id order.
+
+        With ``before``, the page is the ``limit`` entitlements just before it (still
+        ascending); otherwise the first ``limit`` after ``after`` (or from the oldest):
+        how discord.py's ``Client.entitlements()`` pages through them.
+        """
+        query = request.query
+        try:
+            user_id = _snowflake_param(query, "user_id")
+            guild_id = _snowflake_param(query, "guild_id")
+            before = _snowflake_param(query, "before")
+            after = _snowflake_param(query, "after")
+            sku_ids = _snowflakes_param(query, "sku_ids")
+            limit = _int_param(query, "limit", default=100)
+            exclude_ended = _boolean_param(query, "exclude_ended", default=False)
+            exclude_deleted = _boolean_param(query, "exclude_deleted", default=True)
+        except _FormError as refused:
+            return _invalid_form_body(refused.field, refused.problem)
+        if not 1 <= limit <= 100:
+            return _invalid_form_body("limit", "Must be between 1 and 100.")
+        chosen = [
+            entitlement
+            for entitlement in sorted(self.entitlements.values(), key=lambda e: e.id)
+            if (user_id is None or entitlement.user_id == user_id)
+            # Every entitlement here is a user's: none is a guild's.
+            and guild_id is None
+            and (sku_ids is None or entitlement.sku_id in sku_ids)
+            and (before is None or entitlement.id < before)
+            and (after is None or entitlement.id > after)
+            and not (exclude_ended and entitlement.ended)
+            and not (exclude_deleted and entitlement.deleted)
+        ]
+        page = chosen[-limit:] if before is not None else chosen[:limit]
+        return _json([entitlement.payload() for entitlement in page])
+
+    async def _get_entitlement(self, request: web.Request) -> web.Response:
+        entitlement = self._entitlement(request)
+        if entitlement is None:
+            return _unknown_entitlement()
+        return _json(entitlement.payload())
+
+    async def _consume_entitlement(self, request: web.Request) -> web.Response:
+        """Marks it consumed and answers 204, as Discord does.
+
+        Discord's documentation does not say whether it also sends ENTITLEMENT_UPDATE;
+        the fake sends nothing, so a bot must not wait for one.
+        """
+        self.consume_calls.append(_int_or(request.match_info["entitlement"], 0))
+        entitlement = self._entitlement(request)
+        if entitlement is None:
+            return _unknown_entitlement()
+        entitlement.consumed = True
+        return web.Response(status=204)
+
+    def _entitlement(self, request: web.Request) -> Entitlement | None:
+        if request.match_info["app"] != str(APPLICATION_ID):
+            return None
+        return self.entitlements.get(_int_or(request.match_info["entitlement"], 0))
 
     async def _download(self, request: web.Request) -> web.Response:
         if self.fail_downloads_with is not None:
@@ -714,6 +1035,34 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], list[Uploade
 MESSAGE_CONTENT_LIMIT = 2000
 
 
+def _refuse_invalid_message(body: dict[str, Any]) -> web.Response | None:
+    """Discord's 400 for a message it would not post, None for one it would."""
+    return _refuse_long_content(body) or _refuse_bad_premium_buttons(body)
+
+
+def _refuse_bad_premium_buttons(body: dict[str, Any]) -> web.Response | None:
+    """Discord's answer to a premium button that has more than its ``sku_id``, or lacks it.
+
+    discord.py builds ``ui.Button(sku_id=..., label=...)`` without complaint; Discord
+    refuses a premium button with a custom_id, label, url or emoji.
+    """
+    for row_number, row in enumerate(body.get("components") or []):
+        for number, component in enumerate(row.get("components", [])):
+            if component.get("type") != 2 or component.get("style") != PREMIUM_BUTTON:
+                continue
+            extra = [
+                key
+                for key in ("custom_id", "label", "url", "emoji")
+                if component.get(key) is not None
+            ]
+            if extra or not component.get("sku_id"):
+                problem = f"A premium button needs a sku_id and no {', '.join(extra) or 'other'}."
+                error = {"_errors": [{"code": "COMPONENT_INVALID", "message": problem}]}
+                errors = {"components": {str(row_number): {"components": {str(number): error}}}}
+                return _json({"message": "Invalid Form Body", "code": 50035, "errors": errors}, 400)
+    return None
+
+
 def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:
     """Discord's answer to message content over its limit: 400, Invalid Form Body."""
     content = body.get("content") or ""
@@ -723,6 +1072,68 @@ def _refuse_long_content(body: dict[str, Any]) -> web.Response | None:
         "_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]
     }
     return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": error}}, 400)
+
+
+class _FormError(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _invalid_form_body(field: str, problem: str) -> web.Response:
+    """Discord's 400 for a parameter it cannot take, its errors keyed by the parameter."""
+    error = {"_errors": [{"code": "INVALID_FORM_BODY", "message": problem}]}
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": {field: error}}, 400)
+
+
+def _unknown_entitlement() -> web.Response:
+    return _json({"message": "Unknown Entitlement", "code": UNKNOWN_ENTITLEMENT}, status=404)
+
+
+def _snowflake_param(query: Mapping[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _FormError(name, "Value is not snowflake.")
+    return int(value)
+
+
+def _snowflakes_param(query: Mapping[str, str], name: str) -> set[int] | None:
+    """A comma-delimited set of snowflakes, as ``sku_ids`` is sent."""
+    value = query.get(name)
+    if value is None:
+        return None
+    parts = value.split(",")
+    if not all(part.isdigit() for part in parts):
+        raise _FormError(name, "Value is not snowflake.")
+    return {int(part) for part in parts}
+
+
+def _int_param(query: Mapping[str, str], name: str, *, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise _FormError(name, "Value is not int.")
+    return int(value)
+
+
+def _boolean_param(query: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """A boolean query string as Discord reads it: true/True/1 or false/False/0."""
+    value = query.get(name)
+    if value is None:
+        return default
+    if value in ("true", "True", "1"):
+        return True
+    if value in ("false", "False", "0"):
+        return False
+    raise _FormError(name, "Value is not boolean.")
+
+
+def _int_or(text: str, default: int) -> int:
+    return int(text) if text.isdigit() else default
 
 
 def _drop_connection(request: web.Request) -> None:
