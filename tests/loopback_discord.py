@@ -315,6 +315,8 @@ class LoopbackDiscord:
         """Commands as last PUT, by scope: "global" or the guild id."""
         self.sync_calls: list[tuple[str, list[dict[str, Any]]]] = []
         self.messages: dict[int, Message] = {}
+        self.channel_posts: dict[int, list[Message]] = {}
+        """Messages the bot sent with ``POST /channels/{id}/messages``, by channel id."""
         self.interactions: dict[str, Interaction] = {}
         self.downloads: dict[str, bytes] = {}
         self.attachment_limit = DEFAULT_ATTACHMENT_LIMIT
@@ -339,6 +341,7 @@ class LoopbackDiscord:
         self.entitlements: dict[int, Entitlement] = {}
         """Every entitlement ever created, by id, refunded and consumed ones included."""
         self.consume_calls: list[int] = []
+        self._consumes_held: asyncio.Event | None = None
         """The entitlement id of every consume request the bot made, in order, refused ones too."""
         self._last_snowflake = 0
         self.sessions: list[GatewaySession] = []
@@ -373,6 +376,8 @@ class LoopbackDiscord:
             ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
             ("POST", "/webhooks/{app}/{token}", self._followup),
             ("GET", "/channels/{channel}/messages", self._channel_messages),
+            ("POST", "/channels/{channel}/messages", self._create_message),
+            ("POST", "/users/@me/channels", self._open_direct_messages),
             ("GET", "/applications/{app}/skus", self._list_skus),
             ("GET", "/applications/{app}/entitlements", self._list_entitlements),
             ("GET", "/applications/{app}/entitlements/{entitlement}", self._get_entitlement),
@@ -502,6 +507,17 @@ class LoopbackDiscord:
         """Press ``button`` on ``message`` as ``user``."""
         data = {"custom_id": button["custom_id"], "component_type": 2}
         return await self._send(3, data, user, message=message, guild=guild)
+
+    def hold_consumes(self) -> None:
+        """From now on a consume call waits, consuming nothing, until ``release_consumes``:
+        a bot killed between granting a purchase and consuming its entitlement."""
+        self._consumes_held = asyncio.Event()
+
+    def release_consumes(self) -> None:
+        """Held consume calls end (503) without consuming; later ones consume again."""
+        if self._consumes_held is not None:
+            self._consumes_held.set()
+            self._consumes_held = None
 
     def add_sku(self, sku_id: int, name: str, *, type: int = CONSUMABLE) -> Sku:
         """Put a one-time purchase on sale: a credit pack is ``CONSUMABLE``."""
@@ -910,6 +926,27 @@ class LoopbackDiscord:
         ]
         return _json(shown[:limit])
 
+    async def _open_direct_messages(self, request: web.Request) -> web.Response:
+        """``POST /users/@me/channels``: the bot's direct-message channel with a user, whose id
+        is the user's (a fake's choice: Discord gives it an id of its own)."""
+        recipient = int((await request.json())["recipient_id"])
+        return _json(
+            {
+                "id": str(recipient),
+                "type": 1,
+                "recipients": [User(recipient, f"user{recipient}").payload()],
+            }
+        )
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        """``POST /channels/{id}/messages``: a message the bot sends itself, kept by channel in
+        ``channel_posts`` (a direct message's channel is its recipient's id)."""
+        body, files = await _read_body(request)
+        message = self._post(body, files, default_flags=0)
+        message.channel_id = int(request.match_info["channel"])
+        self.channel_posts.setdefault(message.channel_id, []).append(message)
+        return _json(message.payload())
+
     async def _list_skus(self, _request: web.Request) -> web.Response:
         return _json([sku.payload() for sku in self.skus.values()])
 
@@ -965,6 +1002,10 @@ class LoopbackDiscord:
         entitlement = self._entitlement(request)
         if entitlement is None:
             return _unknown_entitlement()
+        if self._consumes_held is not None:
+            # Answered only once released, and consuming nothing: the bot is killed meanwhile.
+            await self._consumes_held.wait()
+            return web.Response(status=503)
         entitlement.consumed = True
         return web.Response(status=204)
 

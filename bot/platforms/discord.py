@@ -466,8 +466,8 @@ class ImagineBot(discord.AutoShardedClient):
                 return
             except discord.HTTPException as refusal:
                 logger.info("could not follow up /buy for %s: %s", notice.account, refusal)
-        user = await self.fetch_user(int(notice.account.removeprefix("discord:")))
-        await user.send(notice.text)
+        direct = await self.create_dm(discord.Object(int(notice.account.removeprefix("discord:"))))
+        await direct.send(notice.text)
 
     async def on_entitlement_create(self, entitlement: discord.Entitlement) -> None:
         await self.fulfil(entitlement)
