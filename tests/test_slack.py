@@ -45,6 +45,9 @@ from tests.loopback_slack import (
     LoopbackSlack,
     SlackDriver,
 )
+from tests.loopback_stripe import API_KEY as STRIPE_KEY
+from tests.loopback_stripe import WEBHOOK_SECRET as STRIPE_SECRET
+from tests.loopback_stripe import LoopbackStripe
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -1006,3 +1009,41 @@ async def test_credits_statement_shows_your_last_entries_as_text(driver: SlackDr
     assert lines[1].split()[1:3] == ["grant", "1"]
     assert lines[1].split()[-2:] == ["50", "0"]
     assert acknowledgement["response_type"] == "ephemeral"
+
+
+async def test_buy_answers_each_pack_with_a_checkout_link_for_the_member_alone_and_tells_them_when_paid(
+    database_url: str, tmp_path: Path, slack: LoopbackSlack, clock: FakeClock
+) -> None:
+    (tmp_path / "models.toml").write_text(MODELS)
+    (tmp_path / "pricing.toml").write_text('[packs.starter]\ncredits = 500\nprice = "4.99"\n')
+    async with LoopbackStripe() as stripe_fake:
+        settings = Settings(
+            _env_file=None,
+            database_url=database_url,
+            models_file=tmp_path / "models.toml",
+            pricing_file=tmp_path / "pricing.toml",
+            slack_bot_token=BOT_TOKEN,
+            slack_signing_secret=SIGNING_SECRET,
+            slack_api_base_url=slack.base_url,
+            stripe_api_key=STRIPE_KEY,
+            stripe_webhook_secret=STRIPE_SECRET,
+            stripe_api_base=stripe_fake.api_base,
+            public_url="https://bot.example.com",
+        )
+        # The real clock: Stripe checks a session's expiry against its own.
+        async with (
+            open_service(settings) as service,
+            serving(SlackImagine(service, settings), slack) as driver,
+        ):
+            status, answer, _ = await driver.command("/buy", "")
+            [session] = stripe_fake.sessions.values()
+            link = session["url"]
+            paid = LoopbackStripe.payload(stripe_fake.complete(session["id"]))
+            await service.purchases.stripe_webhook(paid, stripe_fake.sign(paid, STRIPE_SECRET))
+
+    assert (status, answer["response_type"]) == (200, "ephemeral")
+    assert link in answer["text"]
+    assert session["client_reference_id"] == ALICE
+    [told] = slack.called("chat.postEphemeral")
+    assert (told["channel"], told["user"]) == (CHANNEL, "U0ALICE")
+    assert told["text"] == messages.purchase_paid("starter", 500, 500, 0)

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from bot.platforms.slack import EVENTS_PATH, GENERATE_ACTION
+from bot.purchases import WEBHOOK_PATH
 from tests.cli_helpers import command_and_environment
 from tests.loopback_discord import GUILD_ID, TOKEN, LoopbackDiscord
 from tests.loopback_slack import BOT_TOKEN, SIGNING_SECRET, LoopbackSlack, SlackDriver
@@ -110,4 +111,43 @@ async def test_run_serves_discord_and_slack_in_one_process(
             _, stderr = await asyncio.wait_for(process.communicate(), 60)
 
     assert status == 200
+    assert process.returncode == 0, stderr.decode()
+
+
+async def test_run_serves_slack_and_stripe_s_webhook_on_the_one_web_port(
+    tmp_path: Path, slack: LoopbackSlack
+) -> None:
+    port = free_port()
+    (tmp_path / "pricing.toml").write_text('[packs.starter]\ncredits = 500\nprice = "4.99"\n')
+    command, env = command_and_environment(
+        tmp_path,
+        {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_BASE_URL": slack.base_url,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "PRICING_FILE": str(tmp_path / "pricing.toml"),
+            "STRIPE_API_KEY": "sk_test_loopback",
+            "STRIPE_WEBHOOK_SECRET": "whsec_loopback",
+            "STRIPE_API_BASE": "http://127.0.0.1:9",
+            "PUBLIC_URL": "https://bot.example.com",
+        },
+    )
+    process = await asyncio.create_subprocess_exec(
+        *command, "run", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            driver = SlackDriver(f"http://127.0.0.1:{port}{EVENTS_PATH}", slack, session)
+            status, _, _ = await answered(driver)
+            async with session.post(
+                f"http://127.0.0.1:{port}{WEBHOOK_PATH}", data=b"{}"
+            ) as unsigned:
+                webhook_status = unsigned.status
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    assert (status, webhook_status) == (200, 400)
     assert process.returncode == 0, stderr.decode()
