@@ -89,10 +89,10 @@ def test_bad_price_input_is_refused_in_one_sentence_and_changes_nothing(
 
 def test_models_check_names_the_pricing_file_s_problems(tmp_path: Path) -> None:
     pricing = tmp_path / "pricing.toml"
-    pricing.write_text("[packs.small]\ncredits = 5\n")
+    pricing.write_text('[packs.small]\ncredits = 5\nprice = "five"\n')
     checked = imagine_bot(tmp_path, "models", "--check", PRICING_FILE=str(pricing))
     assert checked.returncode == 1
-    assert f"{pricing}: key 'packs': unknown key" in checked.stderr
+    assert f"{pricing}: key 'packs.small.price': 'five' is not a price" in checked.stderr
 
 
 def test_a_pricing_file_named_but_missing_is_refused(tmp_path: Path) -> None:
