@@ -105,19 +105,47 @@ async def drive(work: list[tuple[str, str]], tasks: Sequence[Task]) -> Result:
     return Result(len(work) / elapsed, holds, captures, errors)
 
 
-async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]:
-    """A migrated database with funded accounts and one quote per round trip."""
+LOTS = (
+    (LotKind.ALLOWANCE, timedelta(days=1)),
+    (LotKind.PROMO, timedelta(days=1)),
+    (LotKind.PROMO, timedelta(days=2)),
+    (LotKind.PROMO, None),
+    (LotKind.PAID, None),
+)
+"""The lots an account's credits are split into, each kind and how long until it expires:
+allowance, promos by soonest expiry, the never-expiring promo, then paid, the draw order."""
+
+
+async def prepare(
+    url: str, rounds: int, accounts: int, *, lots: int = 1, images: int = 1
+) -> list[tuple[str, str]]:
+    """A migrated database with one quote of ``images`` one-credit images per round trip, the
+    round trips spread over ``accounts`` accounts; each account holds exactly what its quotes
+    cost, in equal parts in the first ``lots`` of ``LOTS``."""
     engine = create_engine(url)
     ledger = Ledger(engine)
+    now = datetime.now(UTC)
     try:
         await migrate.upgrade(engine)
-        names = [f"bench:{number}" for number in range(accounts)]
-        for name in names:
-            await ledger.grant(name, rounds, actor="bench", reason="", idempotency_key=f"f:{name}")
+        # Accounts beyond the round trips' would hold nothing, and no lot holds nothing.
+        names = [f"bench:{number}" for number in range(min(accounts, rounds))]
+        for number, name in enumerate(names):
+            credits = images * len(range(number, rounds, len(names)))
+            if credits % lots:
+                raise ValueError(f"{credits} credits do not split into {lots} equal lots")
+            for index, (kind, lasts) in enumerate(LOTS[:lots]):
+                await ledger.grant(
+                    name,
+                    credits // lots,
+                    actor="bench",
+                    reason="",
+                    idempotency_key=f"f:{name}:{index}",
+                    kind=kind,
+                    expires_at=None if lasts is None else now + lasts,
+                )
         work = []
-        expires = datetime.now(UTC) + timedelta(hours=1)
         for number in range(rounds):
-            account = names[number % accounts]
+            account = names[number % len(names)]
             generation_id = f"g{number}-{uuid.uuid4().hex[:6]}"
             await ledger.create_quote(
                 NewGeneration(
@@ -128,9 +156,9 @@ async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]
                     provider_model="p",
                     prompt="bench",
                     options={},
-                    images_requested=1,
+                    images_requested=images,
                     credits_per_image=1,
-                    expires_at=expires,
+                    expires_at=now + timedelta(hours=1),
                 )
             )
             work.append((generation_id, account))
@@ -139,7 +167,9 @@ async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]
         await ledger.close()
 
 
-async def run_ledger(url: str, work: list[tuple[str, str]], concurrency: int) -> Result:
+async def run_ledger(
+    url: str, work: list[tuple[str, str]], concurrency: int, images: int = 1
+) -> Result:
     ledger = Ledger(create_engine(url))
     try:
         # Open the connections first, as the baseline does before its clock starts.
@@ -149,72 +179,7 @@ async def run_ledger(url: str, work: list[tuple[str, str]], concurrency: int) ->
             await ledger.hold(generation_id, account)
 
         async def capture(generation_id: str, _account: str) -> None:
-            await ledger.capture(generation_id, 1)
-
-        return await drive(work, [(hold, capture)] * concurrency)
-    finally:
-        await ledger.close()
-
-
-async def prepare_lots(url: str, lots: int, rounds: int) -> list[tuple[str, str]]:
-    """One account per round trip holding ``LOT_CREDITS`` in ``lots`` lots, and its quote for all of them."""
-    engine = create_engine(url)
-    ledger = Ledger(engine)
-    soon = datetime.now(UTC) + timedelta(days=1)
-    # Allowance first, promos by soonest expiry, never-expiring promo, then paid: the draw order.
-    kinds = [
-        (LotKind.ALLOWANCE, soon),
-        (LotKind.PROMO, soon),
-        (LotKind.PROMO, soon + timedelta(days=1)),
-        (LotKind.PROMO, None),
-        (LotKind.PAID, None),
-    ]
-    try:
-        await migrate.upgrade(engine)
-        work = []
-        for number in range(rounds):
-            account = f"bench:{number}"
-            for index, (kind, expires_at) in enumerate(kinds[:lots]):
-                await ledger.grant(
-                    account,
-                    LOT_CREDITS // lots,
-                    actor="bench",
-                    reason="",
-                    idempotency_key=f"f:{account}:{index}",
-                    kind=kind,
-                    expires_at=expires_at,
-                )
-            generation_id = f"g{number}-{uuid.uuid4().hex[:6]}"
-            await ledger.create_quote(
-                NewGeneration(
-                    id=generation_id,
-                    account_id=account,
-                    model_id="m",
-                    provider="local",
-                    provider_model="p",
-                    prompt="bench",
-                    options={},
-                    images_requested=LOT_CREDITS,
-                    credits_per_image=1,
-                    expires_at=soon,
-                )
-            )
-            work.append((generation_id, account))
-        return work
-    finally:
-        await ledger.close()
-
-
-async def run_lots(url: str, work: list[tuple[str, str]], concurrency: int) -> Result:
-    ledger = Ledger(create_engine(url))
-    try:
-        await asyncio.gather(*(ledger.ping() for _ in range(concurrency)))
-
-        async def hold(generation_id: str, account: str) -> None:
-            await ledger.hold(generation_id, account)
-
-        async def capture(generation_id: str, _account: str) -> None:
-            await ledger.capture(generation_id, LOT_CREDITS)
+            await ledger.capture(generation_id, images)
 
         return await drive(work, [(hold, capture)] * concurrency)
     finally:
@@ -238,8 +203,8 @@ async def lots_section(
                     else postgres_database(f"lots{lots}x{concurrency}")
                 )
                 async with database as (url, _):
-                    work = await prepare_lots(url, lots, rounds)
-                    result = await run_lots(url, work, concurrency)
+                    work = await prepare(url, rounds, rounds, lots=lots, images=LOT_CREDITS)
+                    result = await run_ledger(url, work, concurrency, LOT_CREDITS)
                 errors += result.errors
                 # Holds per second of hold time, as each task spent it.
                 rates.append(len(result.hold_latencies) * concurrency / sum(result.hold_latencies))
@@ -558,7 +523,7 @@ async def main(quick: bool) -> None:
     rounds = 60 if quick else 2000
     # --quick only shows the script runs: one size of each, every database and section.
     concurrencies = [16] if quick else [1, 16, 64]
-    account_counts = [100] if quick else [1, 1000]
+    account_counts = [30] if quick else [1, 1000]
     backends = ["sqlite"] + (["postgres"] if await postgres_reachable() else [])
     server = f", PostgreSQL {await postgres_version()}" if "postgres" in backends else ""
     print(f"bench.ledger on {machine()}{server}: {rounds} hold+capture round trips per run")
@@ -581,7 +546,7 @@ async def main(quick: bool) -> None:
                             else postgres_database(f"{accounts}x{concurrency}{system}")
                         )
                         async with database as (url, raw_target):
-                            work = await prepare(url, accounts, rounds)
+                            work = await prepare(url, rounds, accounts)
                             if system == "ledger":
                                 results.append(await run_ledger(url, work, concurrency))
                             elif backend == "sqlite":
@@ -626,6 +591,6 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="60 round trips, 16 tasks, 100 accounts"
+        "--quick", action="store_true", help="60 round trips, 16 tasks, 30 accounts"
     )
     asyncio.run(main(parser.parse_args().quick))
