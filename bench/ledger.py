@@ -1,16 +1,19 @@
 """Ledger throughput: hold + capture round trips per second, against the raw driver doing the same.
 
-For 1, 16 and 64 concurrent tasks over 1 and 1,000 accounts, on SQLite (file,
-WAL) and PostgreSQL (``TEST_POSTGRES_DSN``, skipped if unreachable): every
-round trip holds a one-credit quote and captures it, each one transaction
-through ``Ledger``. Baseline: the statements the ledger issues, in the same
-transactions, written by hand on the raw async driver:
+For 1, 16 and 64 concurrent tasks over 1 and 1,000 accounts, each account's
+credits in one lot, on SQLite (file, WAL) and PostgreSQL (``TEST_POSTGRES_DSN``,
+skipped if unreachable): every round trip holds a one-credit quote and captures
+it, each one transaction through ``Ledger``. Baseline: the statements the
+ledger issues, in the same transactions, written by hand on the raw async
+driver:
 
 - hold: the generation locked with the database's clock (``FOR UPDATE`` on
-  PostgreSQL), the balance, the conditional balance ``UPDATE``, the entry, and
-  the generation's ``UPDATE ... RETURNING``;
-- capture (1 of 1 image): the generation locked, the conditional balance
-  ``UPDATE``, the entry, the generation's ``UPDATE ... RETURNING``.
+  PostgreSQL), the account's row locked (``FOR NO KEY UPDATE``; SQLite's writer
+  lock covers it), the account's lots with credits, the conditional balance
+  ``UPDATE``, the entry, the lot's ``UPDATE``, the entry's part, and the
+  generation's ``UPDATE ... RETURNING``;
+- capture (1 of 1 image): the generation locked, the account's row locked, the
+  hold's parts with their lots, then as a hold from the balance ``UPDATE`` on.
 
 On SQLite, aiosqlite with the ledger's pragmas and one writer connection behind
 an asyncio lock, each transaction ``BEGIN IMMEDIATE``; on PostgreSQL, asyncpg
@@ -105,19 +108,47 @@ async def drive(work: list[tuple[str, str]], tasks: Sequence[Task]) -> Result:
     return Result(len(work) / elapsed, holds, captures, errors)
 
 
-async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]:
-    """A migrated database with funded accounts and one quote per round trip."""
+LOTS = (
+    (LotKind.ALLOWANCE, timedelta(days=1)),
+    (LotKind.PROMO, timedelta(days=1)),
+    (LotKind.PROMO, timedelta(days=2)),
+    (LotKind.PROMO, None),
+    (LotKind.PAID, None),
+)
+"""The lots an account's credits are split into, each kind and how long until it expires:
+allowance, promos by soonest expiry, the never-expiring promo, then paid, the draw order."""
+
+
+async def prepare(
+    url: str, rounds: int, accounts: int, *, lots: int = 1, images: int = 1
+) -> list[tuple[str, str]]:
+    """A migrated database with one quote of ``images`` one-credit images per round trip, the
+    round trips spread over ``accounts`` accounts; each account holds exactly what its quotes
+    cost, in equal parts in the first ``lots`` of ``LOTS``."""
     engine = create_engine(url)
     ledger = Ledger(engine)
+    now = datetime.now(UTC)
     try:
         await migrate.upgrade(engine)
-        names = [f"bench:{number}" for number in range(accounts)]
-        for name in names:
-            await ledger.grant(name, rounds, actor="bench", reason="", idempotency_key=f"f:{name}")
+        # Accounts beyond the round trips' would hold nothing, and no lot holds nothing.
+        names = [f"bench:{number}" for number in range(min(accounts, rounds))]
+        for number, name in enumerate(names):
+            credits = images * len(range(number, rounds, len(names)))
+            if credits % lots:
+                raise ValueError(f"{credits} credits do not split into {lots} equal lots")
+            for index, (kind, lasts) in enumerate(LOTS[:lots]):
+                await ledger.grant(
+                    name,
+                    credits // lots,
+                    actor="bench",
+                    reason="",
+                    idempotency_key=f"f:{name}:{index}",
+                    kind=kind,
+                    expires_at=None if lasts is None else now + lasts,
+                )
         work = []
-        expires = datetime.now(UTC) + timedelta(hours=1)
         for number in range(rounds):
-            account = names[number % accounts]
+            account = names[number % len(names)]
             generation_id = f"g{number}-{uuid.uuid4().hex[:6]}"
             await ledger.create_quote(
                 NewGeneration(
@@ -128,9 +159,9 @@ async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]
                     provider_model="p",
                     prompt="bench",
                     options={},
-                    images_requested=1,
+                    images_requested=images,
                     credits_per_image=1,
-                    expires_at=expires,
+                    expires_at=now + timedelta(hours=1),
                 )
             )
             work.append((generation_id, account))
@@ -139,7 +170,9 @@ async def prepare(url: str, accounts: int, rounds: int) -> list[tuple[str, str]]
         await ledger.close()
 
 
-async def run_ledger(url: str, work: list[tuple[str, str]], concurrency: int) -> Result:
+async def run_ledger(
+    url: str, work: list[tuple[str, str]], concurrency: int, images: int = 1
+) -> Result:
     ledger = Ledger(create_engine(url))
     try:
         # Open the connections first, as the baseline does before its clock starts.
@@ -149,72 +182,7 @@ async def run_ledger(url: str, work: list[tuple[str, str]], concurrency: int) ->
             await ledger.hold(generation_id, account)
 
         async def capture(generation_id: str, _account: str) -> None:
-            await ledger.capture(generation_id, 1)
-
-        return await drive(work, [(hold, capture)] * concurrency)
-    finally:
-        await ledger.close()
-
-
-async def prepare_lots(url: str, lots: int, rounds: int) -> list[tuple[str, str]]:
-    """One account per round trip holding ``LOT_CREDITS`` in ``lots`` lots, and its quote for all of them."""
-    engine = create_engine(url)
-    ledger = Ledger(engine)
-    soon = datetime.now(UTC) + timedelta(days=1)
-    # Allowance first, promos by soonest expiry, never-expiring promo, then paid: the draw order.
-    kinds = [
-        (LotKind.ALLOWANCE, soon),
-        (LotKind.PROMO, soon),
-        (LotKind.PROMO, soon + timedelta(days=1)),
-        (LotKind.PROMO, None),
-        (LotKind.PAID, None),
-    ]
-    try:
-        await migrate.upgrade(engine)
-        work = []
-        for number in range(rounds):
-            account = f"bench:{number}"
-            for index, (kind, expires_at) in enumerate(kinds[:lots]):
-                await ledger.grant(
-                    account,
-                    LOT_CREDITS // lots,
-                    actor="bench",
-                    reason="",
-                    idempotency_key=f"f:{account}:{index}",
-                    kind=kind,
-                    expires_at=expires_at,
-                )
-            generation_id = f"g{number}-{uuid.uuid4().hex[:6]}"
-            await ledger.create_quote(
-                NewGeneration(
-                    id=generation_id,
-                    account_id=account,
-                    model_id="m",
-                    provider="local",
-                    provider_model="p",
-                    prompt="bench",
-                    options={},
-                    images_requested=LOT_CREDITS,
-                    credits_per_image=1,
-                    expires_at=soon,
-                )
-            )
-            work.append((generation_id, account))
-        return work
-    finally:
-        await ledger.close()
-
-
-async def run_lots(url: str, work: list[tuple[str, str]], concurrency: int) -> Result:
-    ledger = Ledger(create_engine(url))
-    try:
-        await asyncio.gather(*(ledger.ping() for _ in range(concurrency)))
-
-        async def hold(generation_id: str, account: str) -> None:
-            await ledger.hold(generation_id, account)
-
-        async def capture(generation_id: str, _account: str) -> None:
-            await ledger.capture(generation_id, LOT_CREDITS)
+            await ledger.capture(generation_id, images)
 
         return await drive(work, [(hold, capture)] * concurrency)
     finally:
@@ -238,8 +206,8 @@ async def lots_section(
                     else postgres_database(f"lots{lots}x{concurrency}")
                 )
                 async with database as (url, _):
-                    work = await prepare_lots(url, lots, rounds)
-                    result = await run_lots(url, work, concurrency)
+                    work = await prepare(url, rounds, rounds, lots=lots, images=LOT_CREDITS)
+                    result = await run_ledger(url, work, concurrency, LOT_CREDITS)
                 errors += result.errors
                 # Holds per second of hold time, as each task spent it.
                 rates.append(len(result.hold_latencies) * concurrency / sum(result.hold_latencies))
@@ -257,25 +225,51 @@ _GENERATION_COLUMNS = (
     "id, account_id, model_id, provider, provider_model, prompt, options, channel, "
     "images_requested, images_delivered, credits_per_image, credits_held, credits_charged, "
     "status, error_code, error_message, created_at, expires_at, confirmed_at, finished_at, "
-    "images_posted, owner, lease_until"
+    "images_posted, owner, lease_until, provider_attempts"
 )
 _QUALIFIED_COLUMNS = ", ".join(f"generations.{name}" for name in _GENERATION_COLUMNS.split(", "))
 _ENTRY_COLUMNS = (
     "account_id, kind, amount, available_delta, held_delta, actor, reason, idempotency_key, "
     "generation_id, created_at"
 )
+_LOT_COLUMNS = (
+    "credit_lots.id, credit_lots.kind, credit_lots.available, credit_lots.held, "
+    "credit_lots.expires_at"
+)
+_HOLD_PARTS = (
+    "SELECT entry_parts.lot_id, entry_parts.held_delta AS held, credit_lots.kind, "
+    "credit_lots.expires_at FROM ledger_entries "
+    "JOIN entry_parts ON entry_parts.entry_id = ledger_entries.id "
+    "JOIN credit_lots ON credit_lots.id = entry_parts.lot_id "
+    "WHERE ledger_entries.idempotency_key = "
+)
 
 SQLITE_LOCKED_GENERATION = (
     f"SELECT {_QUALIFIED_COLUMNS}, strftime(?, ?) AS database_now "
     "FROM generations WHERE generations.id = ?"
 )
-SQLITE_BALANCE = "SELECT accounts.available, accounts.held FROM accounts WHERE accounts.id = ?"
+SQLITE_LOCKED_ACCOUNT = (
+    "SELECT accounts.available, accounts.held FROM accounts WHERE accounts.id = ?"
+)
+SQLITE_LOTS = (
+    f"SELECT {_LOT_COLUMNS} FROM credit_lots WHERE credit_lots.account_id = ? "
+    "AND (credit_lots.available > ? OR credit_lots.held > ?)"
+)
+SQLITE_HOLD_PARTS = f"{_HOLD_PARTS}?"
 SQLITE_APPLY = (
     "UPDATE accounts SET available=(accounts.available + ?), held=(accounts.held + ?), "
-    "updated_at=? WHERE accounts.id = ? AND accounts.available >= ? AND accounts.held >= ?"
+    "updated_at=? WHERE accounts.id = ? AND accounts.available + ? >= ? "
+    "AND accounts.held + ? >= ?"
 )
 SQLITE_ENTRY = (
     f"INSERT INTO ledger_entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQLITE_CHANGE_LOT = (
+    "UPDATE credit_lots SET available=(credit_lots.available + ?), "
+    "held=(credit_lots.held + ?) WHERE credit_lots.id = ?"
+)
+SQLITE_PARTS = (
+    "INSERT INTO entry_parts (entry_id, lot_id, available_delta, held_delta) VALUES (?, ?, ?, ?)"
 )
 SQLITE_HOLD_GENERATION = (
     "UPDATE generations SET credits_held=?, status=?, confirmed_at=?, owner=?, lease_until=? "
@@ -292,19 +286,33 @@ POSTGRES_LOCKED_GENERATION = (
     f"SELECT {_QUALIFIED_COLUMNS}, now() AS database_now "
     "FROM generations WHERE generations.id = $1::VARCHAR FOR UPDATE OF generations"
 )
-POSTGRES_BALANCE = (
-    "SELECT accounts.available, accounts.held FROM accounts WHERE accounts.id = $1::VARCHAR"
+POSTGRES_LOCKED_ACCOUNT = (
+    "SELECT accounts.available, accounts.held FROM accounts WHERE accounts.id = $1::VARCHAR "
+    "FOR NO KEY UPDATE"
 )
+POSTGRES_LOTS = (
+    f"SELECT {_LOT_COLUMNS} FROM credit_lots WHERE credit_lots.account_id = $1::VARCHAR "
+    "AND (credit_lots.available > $2::BIGINT OR credit_lots.held > $3::BIGINT)"
+)
+POSTGRES_HOLD_PARTS = f"{_HOLD_PARTS}$1::VARCHAR"
 POSTGRES_APPLY = (
     "UPDATE accounts SET available=(accounts.available + $1::BIGINT), "
     "held=(accounts.held + $2::BIGINT), updated_at=$3::TIMESTAMP WITH TIME ZONE "
-    "WHERE accounts.id = $4::VARCHAR AND accounts.available >= $5::BIGINT "
-    "AND accounts.held >= $6::BIGINT"
+    "WHERE accounts.id = $4::VARCHAR AND accounts.available + $1::BIGINT >= $5::BIGINT "
+    "AND accounts.held + $2::BIGINT >= $6::BIGINT"
 )
 POSTGRES_ENTRY = (
     f"INSERT INTO ledger_entries ({_ENTRY_COLUMNS}) VALUES ($1::VARCHAR, $2::VARCHAR, "
     "$3::BIGINT, $4::BIGINT, $5::BIGINT, $6::VARCHAR, $7::VARCHAR, $8::VARCHAR, $9::VARCHAR, "
     "$10::TIMESTAMP WITH TIME ZONE) RETURNING ledger_entries.id"
+)
+POSTGRES_CHANGE_LOT = (
+    "UPDATE credit_lots SET available=(credit_lots.available + $1::BIGINT), "
+    "held=(credit_lots.held + $2::BIGINT) WHERE credit_lots.id = $3::BIGINT"
+)
+POSTGRES_PARTS = (
+    "INSERT INTO entry_parts (entry_id, lot_id, available_delta, held_delta) "
+    "VALUES ($1::BIGINT, $2::BIGINT, $3::BIGINT, $4::BIGINT)"
 )
 POSTGRES_HOLD_GENERATION = (
     "UPDATE generations SET credits_held=$1::BIGINT, status=$2::VARCHAR, "
@@ -321,10 +329,59 @@ POSTGRES_SETTLE_GENERATION = (
 
 OWNER = "bench:raw"
 
+Part = tuple[int, int, int]
+"""A line's change to one lot: the lot's id, its available delta, its held delta."""
 
-def hold_entry(generation_id: str, account: str, price: int) -> tuple[Any, ...]:
-    """The hold's entry, after the account: kind, amount, deltas, actor, reason, key, generation."""
-    return (
+
+@dataclass(frozen=True)
+class Line:
+    """An entry and its parts, as ``Ledger._apply`` writes them."""
+
+    account: str
+    kind: str
+    amount: int
+    available_delta: int
+    held_delta: int
+    actor: str
+    reason: str
+    key: str
+    generation_id: str
+    parts: list[Part]
+
+    def entry(self) -> tuple[Any, ...]:
+        """The entry's columns in ``_ENTRY_COLUMNS``' order, all but ``created_at``."""
+        return (
+            self.account,
+            self.kind,
+            self.amount,
+            self.available_delta,
+            self.held_delta,
+            self.actor,
+            self.reason,
+            self.key,
+            self.generation_id,
+        )
+
+
+def hold_line(quote: Any, account: str, lots: Sequence[Any], now: datetime) -> Line:
+    """``rules.hold``'s checks on the locked quote, and ``rules.drawn`` of its price over the
+    account's unexpired lots; in the order read, as every account here has one lot."""
+    if quote is None or quote["account_id"] != account or quote["status"] != "quoted":
+        raise RuntimeError("hold refused")
+    if quote["expires_at"] <= now:
+        raise RuntimeError("quote expired")
+    price = quote["images_requested"] * quote["credits_per_image"]
+    wanted = price
+    parts = []
+    for lot in lots:
+        if wanted and lot["available"] and not expired(lot["expires_at"], now):
+            taken = min(wanted, lot["available"])
+            wanted -= taken
+            parts.append((lot["id"], -taken, taken))
+    if wanted:
+        raise RuntimeError("insufficient funds")
+    generation_id = quote["id"]
+    return Line(
         account,
         "hold",
         price,
@@ -334,45 +391,48 @@ def hold_entry(generation_id: str, account: str, price: int) -> tuple[Any, ...]:
         f"hold for generation {generation_id}",
         f"hold:{generation_id}",
         generation_id,
+        parts,
     )
 
 
-def capture_entry(generation_id: str, account: str, charged: int) -> tuple[Any, ...]:
-    return (
-        account,
-        "capture",
-        charged,
-        0,
-        -charged,
-        "system",
-        "1 of 1 images delivered",
-        f"capture:{generation_id}",
-        generation_id,
-    )
-
-
-def check_quote(quote: Any, account: str, available: int, now: datetime) -> int:
-    """``rules.hold``'s checks on the locked row; the price."""
-    if quote is None or quote["account_id"] != account or quote["status"] != "quoted":
-        raise RuntimeError("hold refused")
-    if quote["expires_at"] <= now:
-        raise RuntimeError("quote expired")
-    price = quote["images_requested"] * quote["credits_per_image"]
-    if available < price:
-        raise RuntimeError("insufficient funds")
-    return price
-
-
-def check_running(running: Any) -> int:
-    """``rules.check_settler`` and ``rules.settlement``'s checks on the locked row; the charge."""
+def check_running(running: Any) -> None:
+    """``rules.check_settler`` and ``rules.settlement``'s checks on the locked row."""
     if running is None or running["status"] != "running" or running["owner"] != OWNER:
         raise RuntimeError("capture refused")
-    return running["credits_per_image"]
+
+
+def capture_line(running: Any, held_parts: Sequence[Any]) -> Line:
+    """``rules.by_lot`` for every image delivered: each part of the hold charged whole."""
+    held = running["credits_held"]
+    if sum(part["held"] for part in held_parts) != held:
+        raise RuntimeError("hold missing")
+    images = running["images_requested"]
+    return Line(
+        running["account_id"],
+        "capture",
+        held,
+        0,
+        -held,
+        "system",
+        f"{images} of {images} images delivered",
+        f"capture:{running['id']}",
+        running["id"],
+        [(part["lot_id"], 0, -part["held"]) for part in held_parts],
+    )
+
+
+def expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now
 
 
 def sqlite_text(moment: datetime) -> str:
     """A timestamp as the ledger stores it on SQLite (UTC, naive, microseconds)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def sqlite_time(text: str | None) -> datetime | None:
+    """A timestamp the ledger stored on SQLite, aware again."""
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: int) -> Result:
@@ -405,32 +465,48 @@ async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: i
         if not rows:
             return None
         found = dict(next(iter(rows)))
-        found["expires_at"] = datetime.fromisoformat(found["expires_at"]).replace(tzinfo=UTC)
-        found["database_now"] = datetime.fromisoformat(found["database_now"]).replace(tzinfo=UTC)
+        found["expires_at"] = sqlite_time(found["expires_at"])
+        found["database_now"] = sqlite_time(found["database_now"])
         return found
+
+    async def apply(line: Line) -> None:
+        changed = await db.execute(
+            SQLITE_APPLY,
+            (
+                line.available_delta,
+                line.held_delta,
+                sqlite_text(datetime.now(UTC)),
+                line.account,
+                line.available_delta,
+                0,
+                line.held_delta,
+                0,
+            ),
+        )
+        if changed.rowcount != 1:
+            raise RuntimeError("balance refused")
+        entry = await db.execute(SQLITE_ENTRY, (*line.entry(), sqlite_text(datetime.now(UTC))))
+        await db.executemany(SQLITE_CHANGE_LOT, [(a, h, lot) for lot, a, h in line.parts])
+        await db.executemany(
+            SQLITE_PARTS, [(entry.lastrowid, lot, a, h) for lot, a, h in line.parts]
+        )
 
     async def hold(generation_id: str, account: str) -> None:
         now = datetime.now(UTC)
         async with writing():
             quote = await locked_generation(generation_id)
-            balance = await db.execute_fetchall(SQLITE_BALANCE, (account,))
-            available = next(iter(balance))[0] if balance else 0
-            price = check_quote(quote, account, available, now)
+            await db.execute_fetchall(SQLITE_LOCKED_ACCOUNT, (account,))
+            lots = [
+                {**lot, "expires_at": sqlite_time(lot["expires_at"])}
+                for lot in await db.execute_fetchall(SQLITE_LOTS, (account, 0, 0))
+            ]
+            line = hold_line(quote, account, lots, now)
             assert quote is not None
-            changed = await db.execute(
-                SQLITE_APPLY,
-                (-price, price, sqlite_text(datetime.now(UTC)), account, price, -price),
-            )
-            if changed.rowcount != 1:
-                raise RuntimeError("balance refused")
-            await db.execute(
-                SQLITE_ENTRY,
-                (*hold_entry(generation_id, account, price), sqlite_text(datetime.now(UTC))),
-            )
+            await apply(line)
             started = await db.execute_fetchall(
                 SQLITE_HOLD_GENERATION,
                 (
-                    price,
+                    line.amount,
                     "running",
                     sqlite_text(now),
                     OWNER,
@@ -441,25 +517,21 @@ async def run_raw_sqlite(path: Path, work: list[tuple[str, str]], concurrency: i
             if not started:
                 raise RuntimeError("hold lost its generation")
 
-    async def capture(generation_id: str, account: str) -> None:
+    async def capture(generation_id: str, _account: str) -> None:
         async with writing():
             running = await locked_generation(generation_id)
-            charged = check_running(running)
-            changed = await db.execute(
-                SQLITE_APPLY, (0, -charged, sqlite_text(datetime.now(UTC)), account, 0, charged)
-            )
-            if changed.rowcount != 1:
-                raise RuntimeError("hold missing")
-            await db.execute(
-                SQLITE_ENTRY,
-                (*capture_entry(generation_id, account, charged), sqlite_text(datetime.now(UTC))),
-            )
+            check_running(running)
+            assert running is not None
+            await db.execute_fetchall(SQLITE_LOCKED_ACCOUNT, (running["account_id"],))
+            held_parts = await db.execute_fetchall(SQLITE_HOLD_PARTS, (f"hold:{generation_id}",))
+            line = capture_line(running, held_parts)
+            await apply(line)
             finished = await db.execute_fetchall(
                 SQLITE_SETTLE_GENERATION,
                 (
-                    1,
+                    running["images_requested"],
                     0,
-                    charged,
+                    line.amount,
                     "completed",
                     None,
                     None,
@@ -481,23 +553,35 @@ async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: i
     connections = [await pool.acquire() for _ in range(concurrency)]
 
     def task(db: asyncpg.Connection) -> Task:
+        async def apply(line: Line) -> None:
+            changed = await db.execute(
+                POSTGRES_APPLY,
+                line.available_delta,
+                line.held_delta,
+                datetime.now(UTC),
+                line.account,
+                0,
+                0,
+            )
+            if changed != "UPDATE 1":
+                raise RuntimeError("balance refused")
+            entry_id = await db.fetchval(POSTGRES_ENTRY, *line.entry(), datetime.now(UTC))
+            await db.executemany(POSTGRES_CHANGE_LOT, [(a, h, lot) for lot, a, h in line.parts])
+            await db.executemany(
+                POSTGRES_PARTS, [(entry_id, lot, a, h) for lot, a, h in line.parts]
+            )
+
         async def hold(generation_id: str, account: str) -> None:
             now = datetime.now(UTC)
             async with db.transaction():
                 quote = await db.fetchrow(POSTGRES_LOCKED_GENERATION, generation_id)
-                balance = await db.fetchrow(POSTGRES_BALANCE, account)
-                price = check_quote(quote, account, balance["available"] if balance else 0, now)
-                changed = await db.execute(
-                    POSTGRES_APPLY, -price, price, datetime.now(UTC), account, price, -price
-                )
-                if changed != "UPDATE 1":
-                    raise RuntimeError("balance refused")
-                await db.fetchrow(
-                    POSTGRES_ENTRY, *hold_entry(generation_id, account, price), datetime.now(UTC)
-                )
+                await db.fetchrow(POSTGRES_LOCKED_ACCOUNT, account)
+                lots = await db.fetch(POSTGRES_LOTS, account, 0, 0)
+                line = hold_line(quote, account, lots, now)
+                await apply(line)
                 started = await db.fetchrow(
                     POSTGRES_HOLD_GENERATION,
-                    price,
+                    line.amount,
                     "running",
                     now,
                     OWNER,
@@ -507,25 +591,19 @@ async def run_raw_postgres(dsn: str, work: list[tuple[str, str]], concurrency: i
                 if started is None:
                     raise RuntimeError("hold lost its generation")
 
-        async def capture(generation_id: str, account: str) -> None:
+        async def capture(generation_id: str, _account: str) -> None:
             async with db.transaction():
                 running = await db.fetchrow(POSTGRES_LOCKED_GENERATION, generation_id)
-                charged = check_running(running)
-                changed = await db.execute(
-                    POSTGRES_APPLY, 0, -charged, datetime.now(UTC), account, 0, charged
-                )
-                if changed != "UPDATE 1":
-                    raise RuntimeError("hold missing")
-                await db.fetchrow(
-                    POSTGRES_ENTRY,
-                    *capture_entry(generation_id, account, charged),
-                    datetime.now(UTC),
-                )
+                check_running(running)
+                await db.fetchrow(POSTGRES_LOCKED_ACCOUNT, running["account_id"])
+                held_parts = await db.fetch(POSTGRES_HOLD_PARTS, f"hold:{generation_id}")
+                line = capture_line(running, held_parts)
+                await apply(line)
                 finished = await db.fetchrow(
                     POSTGRES_SETTLE_GENERATION,
-                    1,
+                    running["images_requested"],
                     0,
-                    charged,
+                    line.amount,
                     "completed",
                     None,
                     None,
@@ -558,7 +636,7 @@ async def main(quick: bool) -> None:
     rounds = 60 if quick else 2000
     # --quick only shows the script runs: one size of each, every database and section.
     concurrencies = [16] if quick else [1, 16, 64]
-    account_counts = [100] if quick else [1, 1000]
+    account_counts = [30] if quick else [1, 1000]
     backends = ["sqlite"] + (["postgres"] if await postgres_reachable() else [])
     server = f", PostgreSQL {await postgres_version()}" if "postgres" in backends else ""
     print(f"bench.ledger on {machine()}{server}: {rounds} hold+capture round trips per run")
@@ -581,7 +659,7 @@ async def main(quick: bool) -> None:
                             else postgres_database(f"{accounts}x{concurrency}{system}")
                         )
                         async with database as (url, raw_target):
-                            work = await prepare(url, accounts, rounds)
+                            work = await prepare(url, rounds, accounts)
                             if system == "ledger":
                                 results.append(await run_ledger(url, work, concurrency))
                             elif backend == "sqlite":
@@ -626,6 +704,6 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="60 round trips, 16 tasks, 100 accounts"
+        "--quick", action="store_true", help="60 round trips, 16 tasks, 30 accounts"
     )
     asyncio.run(main(parser.parse_args().quick))

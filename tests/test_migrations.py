@@ -12,9 +12,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger import Balance, Ledger, LotKind, create_engine, migrate, schema
+from ledger import Balance, Ledger, LotKind, NewGeneration, create_engine, migrate, schema
 from tests.conftest import FakeClock
 
 LEDGER_TABLES = {"accounts", "generations", "ledger_entries"}
@@ -295,3 +295,129 @@ def before_lots_entries(now: datetime) -> list[dict[str, Any]]:
         entry("discord:1", "hold", 20, -20, 20, "hold:running", "running"),
         entry("discord:2", "grant", 50, 50, 0, "fund:2", None),
     ]
+
+
+async def test_downgrading_from_lots_keeps_every_balance_as_stored_before_lots_and_back(
+    fresh_database_url: str,
+) -> None:
+    # The downgrade expires lots by the machine's clock, so the ledger's runs a day behind it:
+    # every lot this test lets expire has expired by both.
+    clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
+    ledger = Ledger(create_engine(fresh_database_url), clock, owner="bot:1")
+    try:
+        await migrate.upgrade(ledger.engine)
+        await lots_of_every_kind(ledger, clock)
+        balances = {account: await ledger.balance(account) for account in ("alice", "bob")}
+        assert await ledger.verify() == []
+    finally:
+        await ledger.close()
+    at_head = {account: (each.available, each.held) for account, each in balances.items()}
+
+    async with engine_for(fresh_database_url) as engine:
+        await migrate.downgrade(engine, "0006")
+        async with engine.connect() as connection:
+            stored = await before_lots_balances(connection)
+            disagreeing = await before_lots_disagreements(connection)
+
+    ledger = Ledger(create_engine(fresh_database_url), clock, owner="bot:1")
+    try:
+        await migrate.upgrade(ledger.engine)
+        upgraded = {account: await ledger.balance(account) for account in ("alice", "bob")}
+        verified = await ledger.verify()
+        # The generation still running settles on the lot the upgrade made.
+        await ledger.capture("g2", 1)
+        settled = await ledger.balance("alice")
+    finally:
+        await ledger.close()
+
+    # Alice: 125 granted, 15 charged, 10 + 10 expired, 40 held; Bob: 24 granted, 8 + 4 expired.
+    assert at_head == {"alice": (50, 40), "bob": (12, 0)}
+    assert stored == at_head
+    assert disagreeing == []
+    assert {account: (each.available, each.held) for account, each in upgraded.items()} == at_head
+    assert [(lot.kind, lot.expires_at) for lot in upgraded["alice"].lots] == [(LotKind.PROMO, None)]
+    assert verified == []
+    assert (settled.available, settled.held) == (50, 0)
+
+
+async def lots_of_every_kind(ledger: Ledger, clock: FakeClock) -> None:
+    """Two lots of each kind for Alice, one expiring before her first generation settles and
+    one after; that generation captured half its hold, the rest released, part of it to a
+    lot that expired meanwhile; a second generation holding credits from three lots. Bob's
+    allowance expired and swept, his promo expired and not yet swept."""
+    start = clock.now
+    for account, amount, kind, expires_at in (
+        ("alice", 10, LotKind.ALLOWANCE, start + timedelta(hours=1)),
+        ("alice", 10, LotKind.ALLOWANCE, start + timedelta(days=30)),
+        ("alice", 20, LotKind.PROMO, start + timedelta(hours=2)),
+        ("alice", 5, LotKind.PROMO, None),
+        ("alice", 50, LotKind.PAID, None),
+        ("alice", 30, LotKind.PAID, None),
+        ("bob", 8, LotKind.ALLOWANCE, start + timedelta(hours=1)),
+        ("bob", 4, LotKind.PROMO, start + timedelta(hours=4)),
+        ("bob", 12, LotKind.PAID, None),
+    ):
+        await ledger.grant(
+            account,
+            amount,
+            actor="admin",
+            reason="",
+            idempotency_key=f"{account}:{kind}:{expires_at}:{amount}",
+            kind=kind,
+            expires_at=expires_at,
+        )
+    # 30 from both allowances and the promo expiring first.
+    await ledger.create_quote(quote("g1", images=2, credits_per_image=15, now=clock.now))
+    await ledger.hold("g1", "alice")
+    clock.advance(hours=3)
+    # 15 charged; 5 back to the allowance, 10 to the promo that expired meanwhile: expired.
+    await ledger.capture("g1", 1)
+    # The expired promo's 10 available and Bob's allowance.
+    assert await ledger.expire_lots() == 2
+    # 40 from the allowance's 5, the never-expiring promo's 5 and the first paid lot.
+    await ledger.create_quote(quote("g2", images=1, credits_per_image=40, now=clock.now))
+    await ledger.hold("g2", "alice")
+    # Bob's promo expires, unswept.
+    clock.advance(hours=2)
+
+
+def quote(
+    generation_id: str, *, images: int, credits_per_image: int, now: datetime
+) -> NewGeneration:
+    return NewGeneration(
+        id=generation_id,
+        account_id="alice",
+        model_id="local-sketch",
+        provider="local",
+        provider_model="procedural-v1",
+        prompt="a lighthouse",
+        options={},
+        images_requested=images,
+        credits_per_image=credits_per_image,
+        expires_at=now + timedelta(minutes=10),
+    )
+
+
+async def before_lots_balances(connection: AsyncConnection) -> dict[str, tuple[int, int]]:
+    rows = await connection.execute(text("SELECT id, available, held FROM accounts"))
+    return {row.id: (row.available, row.held) for row in rows}
+
+
+async def before_lots_disagreements(connection: AsyncConnection) -> list[Any]:
+    """The accounts the ledger before lots would report: stored figures other than the sums
+    of their entries, or held other than what their running generations hold."""
+    rows = await connection.execute(
+        text(
+            "SELECT accounts.id FROM accounts"
+            " LEFT JOIN (SELECT account_id, SUM(available_delta) AS available,"
+            " SUM(held_delta) AS held FROM ledger_entries GROUP BY account_id) AS entries"
+            " ON entries.account_id = accounts.id"
+            " LEFT JOIN (SELECT account_id, SUM(credits_held) AS held FROM generations"
+            " WHERE status = 'running' GROUP BY account_id) AS running"
+            " ON running.account_id = accounts.id"
+            " WHERE accounts.available <> COALESCE(entries.available, 0)"
+            " OR accounts.held <> COALESCE(entries.held, 0)"
+            " OR accounts.held <> COALESCE(running.held, 0)"
+        )
+    )
+    return list(rows)

@@ -5,10 +5,18 @@ holding its whole balance, available and held; every entry it has becomes one
 part on that lot, so running generations' holds point at it and each lot adds
 up from its parts as `verify` checks.
 
+The downgrade keeps each account's available and held credits as the ledger
+counts them: a lot past its expiry whose `expire` entry is not written yet gets
+it first, then `expire` entries become `adjustment`s. Held credits stay held,
+whichever lot they came from; before lots, what a generation does not charge
+goes back to available, even what came from a lot that has expired since.
+
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-07
 """
+
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,7 +34,12 @@ _KINDS_AFTER = "kind IN ('grant', 'adjustment', 'hold', 'capture', 'release', 'e
 _LOT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 _accounts = sa.table(
-    "accounts", sa.column("id"), sa.column("available"), sa.column("held"), sa.column("created_at")
+    "accounts",
+    sa.column("id"),
+    sa.column("available"),
+    sa.column("held"),
+    sa.column("created_at"),
+    sa.column("updated_at", UTCDateTime),
 )
 _entries = sa.table(
     "ledger_entries",
@@ -36,16 +49,21 @@ _entries = sa.table(
     sa.column("amount"),
     sa.column("available_delta"),
     sa.column("held_delta"),
+    sa.column("actor"),
+    sa.column("reason"),
+    sa.column("idempotency_key"),
+    sa.column("generation_id"),
+    sa.column("created_at", UTCDateTime),
 )
 _lots = sa.table(
     "credit_lots",
     sa.column("id"),
     sa.column("account_id"),
-    sa.column("kind"),
+    sa.column("kind", sa.String),
     sa.column("granted"),
     sa.column("available"),
     sa.column("held"),
-    sa.column("expires_at"),
+    sa.column("expires_at", UTCDateTime),
     sa.column("created_at"),
 )
 _parts = sa.table(
@@ -131,10 +149,56 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    now = datetime.now(UTC)
+    due = sa.and_(_lots.c.expires_at <= now, _lots.c.available > 0)
+    # An expired lot's credits count for nothing even before its `expire` entry is written;
+    # once the lots are gone nothing would tell them apart, so they expire now, as the
+    # ledger's sweep would (rules.expiry: one entry per lot, its key and reason).
+    op.execute(
+        _entries.insert().from_select(
+            [
+                "account_id",
+                "kind",
+                "amount",
+                "available_delta",
+                "held_delta",
+                "actor",
+                "reason",
+                "idempotency_key",
+                "generation_id",
+                "created_at",
+            ],
+            sa.select(
+                _lots.c.account_id,
+                sa.literal("expire"),
+                _lots.c.available,
+                -_lots.c.available,
+                sa.literal(0),
+                sa.literal("system"),
+                _lots.c.kind + sa.literal(" credits expired"),
+                sa.literal("expire:lot:")
+                + sa.cast(_lots.c.id, sa.String)
+                + sa.literal(f":{now.isoformat()}"),
+                sa.null(),
+                sa.literal(now, UTCDateTime),
+            ).where(due),
+        )
+    )
+    expiring = (
+        sa.select(sa.func.sum(_lots.c.available))
+        .where(_lots.c.account_id == _accounts.c.id, due)
+        .scalar_subquery()
+    )
+    op.execute(
+        _accounts.update()
+        .where(expiring.is_not(None))
+        .values(available=_accounts.c.available - expiring, updated_at=now)
+    )
+    # Before the batch below: on SQLite it drops ledger_entries, which entry_parts refers to.
+    op.drop_table("entry_parts")
+    op.drop_table("credit_lots")
     # Before lots there was no expiry: what expired was taken back, as an adjustment is.
     op.execute(_entries.update().where(_entries.c.kind == "expire").values(kind="adjustment"))
     with op.batch_alter_table("ledger_entries") as table:
         table.drop_constraint(op.f("ck_ledger_entries_known_kind"), type_="check")
         table.create_check_constraint(op.f("ck_ledger_entries_known_kind"), sa.text(_KINDS_BEFORE))
-    op.drop_table("entry_parts")
-    op.drop_table("credit_lots")
