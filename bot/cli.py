@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import NoReturn
 
@@ -631,7 +632,12 @@ async def _config(settings: Settings, _arguments: argparse.Namespace) -> int:
 async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
     since = utc_now() - timedelta(days=arguments.days) if arguments.days else None
     async with open_ledger(settings) as ledger:
-        built = await build_report(ledger.engine, since=since, top=arguments.top)
+        built = await build_report(
+            ledger.engine,
+            since=since,
+            top=arguments.top,
+            credit_value_usd=Decimal(str(settings.credit_value_usd)),
+        )
     tables = built.tables()
     if arguments.table:
         tables = {arguments.table: tables[arguments.table]}

@@ -43,7 +43,7 @@ from bot.purchases import Purchases, StripeConfig
 from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
 from ledger.rules import delivered_charge
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
-from providers.calls import AttemptLog, recording_attempts
+from providers.calls import AttemptLog, CallOutcome, recording_attempts
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -325,6 +325,7 @@ class ImagineService:
                     },
                     images_requested=request.count,
                     credits_per_image=request.credits_per_image,
+                    cost_per_image_microusd=microusd(request.model.cost_for(request.resolution)),
                     price_total=priced.total,
                     expires_at=self._clock() + self.quote_ttl,
                     channel=channel,
@@ -543,6 +544,7 @@ class ImagineService:
                 references = await self._references(generation)
                 await _report(delivery, Generating(model_name, 0, generation.images_requested))
                 provider_started = time.monotonic()
+                returned = 0
                 with recording_attempts() as calls:
                     try:
                         # The provider keeps the finished images at the time limit, which
@@ -551,11 +553,12 @@ class ImagineService:
                             result = await provider.generate(
                                 replace(request, reference_images=references), image_done
                             )
+                        returned = len(result.images)
                     finally:
                         self.metrics.provider_latency.labels(generation.provider).observe(
                             time.monotonic() - provider_started
                         )
-                        await self._record_attempts(generation, calls)
+                        await self._record_attempts(generation, calls, returned)
                 # Nor through the delivery, which can take a while.
                 del references
         except QueuedTooLong:
@@ -625,16 +628,27 @@ class ImagineService:
             raise ReferencesLost()
         return tuple(ReferenceImage(reference.data, reference.media_type) for reference in stored)
 
-    async def _record_attempts(self, generation: Generation, calls: AttemptLog) -> None:
-        """Keep the provider's calls on the generation and count them, whatever they came to.
+    async def _record_attempts(
+        self, generation: Generation, calls: AttemptLog, returned: int
+    ) -> None:
+        """Keep the provider's calls on the generation, and what the provider charged for them,
+        and count them, whatever they came to.
 
-        Only a record: if the database does not take it, the generation goes on.
+        The provider bills each image it made: the ``returned`` ones (posted or not),
+        and each call that may have made one though no answer came back (timed out,
+        connection lost, abandoned at the time limit), so a budget counts what the
+        bill may hold. Only a record: if the database does not take it, the
+        generation goes on.
         """
         for call in calls.attempts:
             self.metrics.provider_attempts.labels(generation.provider, str(call.outcome)).inc()
+        cost = None
+        if generation.cost_per_image_microusd is not None:
+            unanswered = sum(1 for call in calls.attempts if call.outcome in _MAYBE_BILLED)
+            cost = (returned + unanswered) * generation.cost_per_image_microusd
         try:
             await self.ledger.record_attempts(
-                generation.id, [call.as_json() for call in calls.attempts]
+                generation.id, [call.as_json() for call in calls.attempts], cost
             )
         except Exception:
             logger.warning(
@@ -950,6 +964,15 @@ async def _conclude(delivery: Delivery, outcome: Outcome, within: float | None =
             await delivery.conclude(outcome.report)
     except Exception:
         logger.warning("could not show the outcome of %s", outcome.generation.id, exc_info=True)
+
+
+_MAYBE_BILLED = frozenset({CallOutcome.TIMEOUT, CallOutcome.CONNECTION_LOST, CallOutcome.ABANDONED})
+"""Calls sent whose answer never came: the provider may have made, and billed, the image."""
+
+
+def microusd(usd: float | None) -> int | None:
+    """Dollars as millionths of a dollar, which add up exactly."""
+    return None if usd is None else round(usd * 1_000_000)
 
 
 def _translate(refusal: ledger.LedgerError) -> ImagineError:

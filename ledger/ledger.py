@@ -517,14 +517,22 @@ class Ledger:
         await self._database.write(lambda connection: connection.execute(_MARK_POSTED, values))
 
     async def record_attempts(
-        self, generation_id: str, attempts: Sequence[Mapping[str, Any]]
+        self,
+        generation_id: str,
+        attempts: Sequence[Mapping[str, Any]],
+        provider_cost_microusd: int | None = None,
     ) -> None:
-        """Keep the calls made to the provider for ``generation_id``, in order, once they have ended.
+        """Keep the calls made to the provider for ``generation_id``, in order, once they have
+        ended, and what the provider charged for them.
 
         Written whatever the outcome, so that a call the provider may have billed
         is on record even when the user was charged nothing.
         """
-        values = {"generation_id": generation_id, "attempts": [dict(each) for each in attempts]}
+        values = {
+            "generation_id": generation_id,
+            "attempts": [dict(each) for each in attempts],
+            "cost": provider_cost_microusd,
+        }
         await self._database.write(lambda connection: connection.execute(_RECORD_ATTEMPTS, values))
 
     async def expired_leases(self) -> list[str]:
@@ -1130,6 +1138,7 @@ class Ledger:
             "credits_per_image": new.credits_per_image,
             "credits_held": 0,
             "credits_charged": 0,
+            "cost_per_image_microusd": new.cost_per_image_microusd,
             "status": GenerationStatus.QUOTED,
             "created_at": self._clock().astimezone(UTC),
             "expires_at": new.expires_at.astimezone(UTC),
@@ -1665,7 +1674,10 @@ _CLOSE_QUOTE = (
 _RECORD_ATTEMPTS = (
     update(generations)
     .where(generations.c.id == bindparam("generation_id"))
-    .values(provider_attempts=bindparam("attempts", type_=generations.c.provider_attempts.type))
+    .values(
+        provider_attempts=bindparam("attempts", type_=generations.c.provider_attempts.type),
+        provider_cost_microusd=bindparam("cost"),
+    )
 )
 _MARK_POSTED = (
     update(generations)

@@ -36,10 +36,16 @@ class ModelUsage:
     credits_charged: int
     partial: int
     failed: int
+    provider_cost_microusd: int = 0
+    """What the provider charged for these generations, failed ones included."""
 
     @property
     def failure_rate(self) -> float:
         return self.failed / self.generations if self.generations else 0.0
+
+
+def usd(microusd: int) -> Decimal:
+    return (Decimal(microusd) / 1_000_000).quantize(Decimal("0.0001"))
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class ProviderFailures:
     """HTTP calls made to the provider for these generations, retries included, where recorded."""
     images_with_calls: int
     """Images asked for by the generations whose calls are recorded."""
+    credits_charged: int = 0
+    provider_cost_microusd: int = 0
 
     @property
     def failure_rate(self) -> float:
@@ -106,11 +114,31 @@ class Report:
     daily: list[DailyCredits]
     top_users: list[TopUser]
     revenue: list[PackRevenue] = field(default_factory=list)
+    credit_value_usd: Decimal = Decimal("0.02")
+    """What one credit is worth (``CREDIT_VALUE_USD``): credits charged times it is the
+    revenue the margin is counted from."""
+
+    def money(self, credits: int, cost_microusd: int) -> dict[str, str]:
+        """Provider cost, revenue (credits at their value) and margin, in US dollars."""
+        revenue = (self.credit_value_usd * credits).quantize(Decimal("0.0001"))
+        cost = usd(cost_microusd)
+        return {
+            "provider_cost_usd": str(cost),
+            "revenue_usd": str(revenue),
+            "margin_usd": str(revenue - cost),
+        }
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         """Every table as rows of plain values, for CSV and JSON."""
         return {
-            "models": [asdict(m) | {"failure_rate": round(m.failure_rate, 4)} for m in self.models],
+            "models": [
+                {
+                    **{k: v for k, v in asdict(m).items() if k != "provider_cost_microusd"},
+                    "failure_rate": round(m.failure_rate, 4),
+                    **self.money(m.credits_charged, m.provider_cost_microusd),
+                }
+                for m in self.models
+            ],
             "providers": [
                 {
                     "provider": p.provider,
@@ -123,6 +151,7 @@ class Report:
                     ),
                     "calls": p.calls,
                     "calls_per_image": round(p.calls_per_image, 2),
+                    **self.money(p.credits_charged, p.provider_cost_microusd),
                 }
                 for p in self.providers
             ],
@@ -150,7 +179,13 @@ _UNSETTLED = [str(status) for status in GenerationStatus if status not in _SETTL
 _COLUMNS = generations.c
 
 
-async def build_report(engine: AsyncEngine, *, since: datetime | None, top: int = 10) -> Report:
+async def build_report(
+    engine: AsyncEngine,
+    *,
+    since: datetime | None,
+    top: int = 10,
+    credit_value_usd: Decimal = Decimal("0.02"),
+) -> Report:
     """Aggregate the generations settled at or after ``since`` (all of them when None)."""
     async with engine.connect() as connection:
         models = await _models(connection, since)
@@ -168,6 +203,7 @@ async def build_report(engine: AsyncEngine, *, since: datetime | None, top: int 
         providers=_providers(models, reasons),
         daily=daily,
         top_users=top_users,
+        credit_value_usd=credit_value_usd,
     )
 
 
@@ -200,6 +236,7 @@ async def _models(
             func.sum(_COLUMNS.credits_charged),
             _count_where(_COLUMNS.status == GenerationStatus.PARTIAL),
             _count_where(_COLUMNS.status == GenerationStatus.FAILED),
+            func.coalesce(func.sum(_COLUMNS.provider_cost_microusd), 0),
             # One function on SQLite and PostgreSQL's json alike; NULL (not recorded) adds nothing.
             func.coalesce(func.sum(func.json_array_length(_COLUMNS.provider_attempts)), 0),
             func.sum(case((recorded, _COLUMNS.images_requested), else_=0)),
@@ -210,7 +247,7 @@ async def _models(
     for model_id, provider, *sums in await connection.execute(query):
         # PostgreSQL sums bigints as numeric; every figure here is a whole number.
         figures = [int(value) for value in sums]
-        rows.append((ModelUsage(model_id, provider, *figures[:6]), figures[6], figures[7]))
+        rows.append((ModelUsage(model_id, provider, *figures[:7]), figures[7], figures[8]))
     return rows
 
 
@@ -235,7 +272,12 @@ def _providers(
     totals: dict[str, Counter[str]] = defaultdict(Counter)
     for usage, calls, images in models:
         totals[usage.provider].update(
-            generations=usage.generations, failed=usage.failed, calls=calls, images=images
+            generations=usage.generations,
+            failed=usage.failed,
+            calls=calls,
+            images=images,
+            credits=usage.credits_charged,
+            cost=usage.provider_cost_microusd,
         )
     by_reason: dict[str, Counter[str]] = defaultdict(Counter)
     for provider, reason, count in reasons:
@@ -248,6 +290,8 @@ def _providers(
             dict(by_reason[name]),
             counts["calls"],
             counts["images"],
+            counts["credits"],
+            counts["cost"],
         )
         for name, counts in sorted(totals.items())
     ]

@@ -100,6 +100,9 @@ generations = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     # None is SQL NULL, "not recorded", rather than a JSON null the report would have to skip.
     Column("provider_attempts", JSON(none_as_null=True), nullable=True),
+    # In millionths of a US dollar, so sums stay exact on every database.
+    Column("cost_per_image_microusd", BigInteger, nullable=True),
+    Column("provider_cost_microusd", BigInteger, nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",
@@ -109,7 +112,11 @@ generations = Table(
     Index("ix_generations_account_created", "account_id", "created_at"),
     Index("ix_generations_status", "status"),
     Index("ix_generations_finished_at", "finished_at"),
+    Index("ix_generations_provider_finished_at", "provider", "finished_at"),
 )
+"""``cost_per_image_microusd``: what the provider charges per image at the quote's resolution,
+as the registry said when it was quoted (None: not known). ``provider_cost_microusd``: what
+the provider charged for it, every image it made counted (retries included), once it ran."""
 
 quote_references = Table(
     "quote_references",

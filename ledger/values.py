@@ -139,6 +139,8 @@ class NewGeneration:
     credits_per_image: int
     expires_at: datetime
     channel: str | None = None
+    cost_per_image_microusd: int | None = None
+    """What the provider charges per image, in millionths of a US dollar, if known."""
     price_total: int | None = None
     """What the whole request costs when price rules (a discount, an account's own price)
     made it other than ``credits_per_image`` × ``images_requested``."""
@@ -180,6 +182,9 @@ class Generation:
     """Until when, by the database's clock, only its owner may settle it; the owner renews it."""
     provider_attempts: Sequence[Mapping[str, Any]] | None = None
     """Each call made to the provider for it, in order, once it has run."""
+    cost_per_image_microusd: int | None = None
+    provider_cost_microusd: int | None = None
+    """What the provider charged for it (millionths of a US dollar), once it has run."""
 
     @property
     def price(self) -> int:
