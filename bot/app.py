@@ -54,7 +54,9 @@ def load_models(settings: Settings) -> Registry:
 
 def load_prices(settings: Settings) -> Pricing:
     try:
-        return load_pricing(settings.pricing_file, required=settings.pricing_file_required)
+        return load_pricing(
+            settings.pricing_file, required=settings.pricing_file_required, providers=PROVIDERS
+        )
     except PricingError as error:
         raise PricingUnusable(error.problems) from None
 

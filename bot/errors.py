@@ -8,6 +8,7 @@ and nothing changed.
     ├── RequestError            bad input: unknown model, bad option, empty prompt, bad account…
     ├── InsufficientCredits     the price is more than the available balance
     ├── CreditsOwed             the account owes credits taken back after a refund or dispute
+    ├── ProviderOverBudget      the provider's monthly budget would be passed
     ├── TooManyQuotes           QUOTES_PER_MINUTE requests in the last minute already
     ├── AccountReferencesFull   the account's pending reference images would pass their limit
     ├── ReferenceStorageFull    everyone's pending reference images would pass their limit
@@ -28,6 +29,7 @@ and nothing changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import ClassVar
 
 from bot import messages
@@ -92,6 +94,13 @@ class CreditsOwed(ImagineError):
     def __init__(self, owed: int) -> None:
         super().__init__(messages.credits_owed(owed))
         self.owed = owed
+
+
+class ProviderOverBudget(ImagineError):
+    def __init__(self, provider: str, budget: Decimal) -> None:
+        super().__init__(messages.over_budget(provider, budget))
+        self.provider = provider
+        self.budget = budget
 
 
 class TooManyQuotes(ImagineError):

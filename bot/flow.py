@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 import ledger
 from bot import messages
+from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ProviderPool
 from bot.credits import Credits
 from bot.errors import (
@@ -277,6 +278,7 @@ class ImagineService:
             self.metrics.queue_depth.labels(name).set_function(lambda slots=slots: slots.waiting)
         self.platform_checks: dict[str, HealthCheck] = {}
         """Adapters add ``name → is connected`` here for ``/readyz``."""
+        self.budgets = Budgets(self.ledger, pricing.budgets, self.metrics, clock=clock)
         self.purchases = Purchases(
             self.ledger,
             pricing.packs,
@@ -301,6 +303,8 @@ class ImagineService:
         """
         if not self.accepting:
             raise ShuttingDown()
+        cost_per_image = microusd(request.model.cost_for(request.resolution))
+        await self.budgets.check(request.model.provider, request.count, cost_per_image)
         await self.credits.top_up_allowance(account, roles)
         priced = await self.price(account, request)
         try:
@@ -325,7 +329,7 @@ class ImagineService:
                     },
                     images_requested=request.count,
                     credits_per_image=request.credits_per_image,
-                    cost_per_image_microusd=microusd(request.model.cost_for(request.resolution)),
+                    cost_per_image_microusd=cost_per_image,
                     price_total=priced.total,
                     expires_at=self._clock() + self.quote_ttl,
                     channel=channel,

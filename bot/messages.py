@@ -19,6 +19,7 @@ from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger.values import major_units
 
 if TYPE_CHECKING:
+    from decimal import Decimal
     from fractions import Fraction
 
     from bot.pricing import Price
@@ -200,6 +201,20 @@ def insufficient_credits(need: int, have: int) -> str:
     return (
         f"Insufficient credits: need {need}, you have {have}. "
         "Ask an admin for more, or choose fewer images or a cheaper model."
+    )
+
+
+def over_budget(provider: str, budget: Decimal) -> str:
+    return (
+        f"The bot's monthly budget for {provider} (${budget:,.2f}) is used up, so its models "
+        "take no new requests until next month; try another model (/models lists them)."
+    )
+
+
+def budget_warning(provider: str, committed: Decimal, budget: Decimal) -> str:
+    return (
+        f"Budget alert: {provider} has ${committed:,.2f} of its ${budget:,.2f} monthly budget"
+        " committed (80% or more); at 100% its models refuse new requests."
     )
 
 

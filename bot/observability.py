@@ -124,6 +124,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.budget_share = Gauge(
+            "imagine_provider_budget_share",
+            "Share of a provider's monthly budget committed this month, at the last quote",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.budget_alerts = Counter(
+            "imagine_provider_budget_alerts",
+            "Times admins were told a provider passed 80% of its monthly budget",
+            ["provider"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -127,6 +127,8 @@ class Pricing:
     batch: BatchDiscounts = BatchDiscounts()
     packs: Mapping[str, Pack] = field(default_factory=dict)
     """By id, in the file's order."""
+    budgets: Mapping[str, Decimal] = field(default_factory=dict)
+    """Each provider's monthly spending cap in US dollars (``[providers.<name>]``)."""
 
     def discounts_for(self, model_discounts: BatchDiscounts | None) -> BatchDiscounts:
         """A model's own ``batch_discounts`` (models.toml) replace the file's, whole."""
@@ -262,15 +264,24 @@ class _PackSection(BaseModel):
     discord_sku: str | None = None
 
 
+class _ProviderSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    monthly_budget_usd: Annotated[float, Field(gt=0, le=10_000_000, allow_inf_nan=False)]
+
+
 class _PricingDocument(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     allowance: _AllowanceSection = _AllowanceSection()
     batch: _BatchSection = _BatchSection()
     packs: dict[str, _PackSection] = Field(default_factory=dict)
+    providers: dict[str, _ProviderSection] = Field(default_factory=dict)
 
 
-def load_pricing(path: Path, *, required: bool) -> Pricing:
+def load_pricing(
+    path: Path, *, required: bool, providers: Collection[str] | None = None
+) -> Pricing:
     """Read and validate a pricing file, raising ``PricingError`` with every problem found.
 
     A missing file is no allowance and no discounts, unless ``required`` (the
@@ -310,10 +321,20 @@ def load_pricing(path: Path, *, required: bool) -> Pricing:
         ]
         if pack is not None:
             packs[pack_id] = pack
+    if providers is not None:
+        problems += [
+            f"{path}: key 'providers.{name}': no such provider (known: {', '.join(sorted(providers))})"
+            for name in parsed.providers
+            if name not in providers
+        ]
     if problems:
         raise PricingError(path, problems)
     return Pricing(
         packs=packs,
+        budgets={
+            name: Decimal(str(section.monthly_budget_usd))
+            for name, section in parsed.providers.items()
+        },
         path=path,
         allowance=Allowance(
             credits=parsed.allowance.credits,

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
     """Another Stripe-compatible API (tests); unset: Stripe's own."""
+    alert_channel: str | None = Field(default=None, pattern=r"^(discord:[0-9]+|slack:[A-Z0-9]+)$")
+    """Where admins are told a provider passed 80% of its monthly budget: ``discord:<channel
+    id>`` or ``slack:<channel id>``."""
     discord_allow_test_purchases: bool = False
     """Grant credits for Discord's test-mode purchases (entitlement type 4)."""
 

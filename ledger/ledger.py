@@ -612,6 +612,31 @@ class Ledger:
         query = select(bot_state.c.value).where(bot_state.c.key == key)
         return await self._database.read(lambda connection: connection.scalar(query))
 
+    async def claim_state(self, key: str, value: str) -> bool:
+        """Remember ``value`` under ``key`` unless something is there already: True for the
+        one caller, of any process, that wrote it (a thing to do once, such as an alert)."""
+        now = self._clock()
+
+        def work(connection: Connection) -> bool:
+            claimed = connection.execute(
+                _dialect_insert(connection, bot_state)
+                .values(key=key, value=value, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            return claimed.rowcount == 1
+
+        return await self._database.write(work)
+
+    async def provider_spend(self, provider: str, since: datetime) -> int:
+        """What ``provider`` has been committed to since ``since``, in millionths of a US dollar:
+        what the generations settled since then cost, and for each one still running what it
+        cost so far, or, before that is known, its images at the price quoted."""
+        return await self._database.read(
+            lambda connection: int(
+                connection.scalar(_PROVIDER_SPEND, {"provider": provider, "since": since}) or 0
+            )
+        )
+
     async def write_state(self, key: str, value: str) -> None:
         """Remember ``value`` under ``key``, replacing what was there."""
         now = self._clock()
@@ -1575,6 +1600,33 @@ _GRANTED_LOT = (
     )
     .where(ledger_entries.c.idempotency_key == bindparam("key"))
 )
+
+_PROVIDER_SPEND = select(
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    generations.c.status == GenerationStatus.RUNNING,
+                    func.coalesce(
+                        generations.c.provider_cost_microusd,
+                        generations.c.images_requested * generations.c.cost_per_image_microusd,
+                    ),
+                ),
+                # A quote that was never confirmed has no cost, and costs nothing.
+                else_=generations.c.provider_cost_microusd,
+            )
+        ),
+        0,
+    )
+).where(
+    generations.c.provider == bindparam("provider"),
+    or_(
+        generations.c.finished_at >= _datetime("since"),
+        generations.c.status == GenerationStatus.RUNNING,
+    ),
+)
+"""A provider's committed spend since a moment (``Ledger.provider_spend``); the running
+generations are few, and the settled ones are found by ``ix_generations_provider_finished_at``."""
 
 _GRANT_LOT_ID = (
     select(entry_parts.c.lot_id)

@@ -136,6 +136,14 @@ class ImagineBot(discord.AutoShardedClient):
         self._buyers: Deadlines[str, discord.Interaction] = Deadlines(_forget)
         """Each buyer's last /buy, whose token can still tell them privately about a payment."""
         service.purchases.notifiers["discord"] = self._told
+        alert_channel = settings.alert_channel or ""
+        if alert_channel.startswith("discord:"):
+            channel_id = int(alert_channel.removeprefix("discord:"))
+
+            async def alert(text: str) -> None:
+                await self.get_partial_messageable(channel_id).send(text)
+
+            service.budgets.alerts["discord"] = alert
         self._reconciled = False
 
     @property

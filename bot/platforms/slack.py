@@ -131,6 +131,14 @@ class SlackImagine:
         self.app.action(CANCEL_ACTION)(self._cancel)
         self.app.error(self._tell_what_failed)
         service.purchases.notifiers["slack"] = self._told
+        alert_channel = settings.alert_channel or ""
+        if alert_channel.startswith("slack:"):
+            channel = alert_channel.removeprefix("slack:")
+
+            async def alert(text: str) -> None:
+                await self.client.chat_postMessage(channel=channel, text=text)
+
+            service.budgets.alerts["slack"] = alert
 
     async def _told(self, notice: Notice) -> None:
         """A purchase's news for its buyer, privately in the channel where they ran /buy, or in a
