@@ -3,6 +3,7 @@
 It knows nothing of chat platforms or providers; ``bot`` drives it.
 """
 
+from ledger.dashboard_sessions import DashboardSession
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
@@ -53,6 +54,7 @@ __all__ = [
     "AccountReferencesFull",
     "Balance",
     "CreditsOwed",
+    "DashboardSession",
     "Discrepancy",
     "Entry",
     "EntryKind",

@@ -47,7 +47,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import prices, purchases, rules
+from ledger import accounts as account_search
+from ledger import dashboard_sessions, prices, purchases, rules
+from ledger.dashboard_sessions import DashboardSession
 from ledger.errors import (
     AccountNotFound,
     AccountReferencesFull,
@@ -704,6 +706,69 @@ class Ledger:
             partial(prices.clear_overrides, account=account, model_id=model_id)
         )
 
+    async def find_accounts(self, text: str = "", *, limit: int = 50) -> list[Balance]:
+        """Accounts whose id contains ``text``, most recently active first, with their balances
+        (without lots); every account when ``text`` is empty."""
+        return await self._database.read(
+            partial(account_search.find, text=text.strip(), limit=limit, now=self._clock())
+        )
+
+    # -- the admin dashboard's logins (``ledger.dashboard_sessions``) ----------
+
+    async def new_dashboard_link(self, account: str, lifetime: timedelta) -> str:
+        """A one-time login link's token for ``account``, valid for ``lifetime``."""
+        return await self._database.write(
+            partial(
+                dashboard_sessions.new_token,
+                kind=dashboard_sessions.LINK,
+                account=account,
+                lifetime=lifetime,
+                now=self._clock(),
+            )
+        )
+
+    async def dashboard_link(self, token: str) -> DashboardSession | None:
+        """Whom an unused, unexpired login link is for; None otherwise. Uses nothing up."""
+        return await self._database.read(
+            partial(
+                dashboard_sessions.valid,
+                token=token,
+                kind=dashboard_sessions.LINK,
+                now=self._clock(),
+            )
+        )
+
+    async def exchange_dashboard_link(
+        self, token: str, session_lifetime: timedelta
+    ) -> tuple[str, DashboardSession] | None:
+        """Use a login link up for a session: its token and account; None for a link that is
+        unknown, used or expired."""
+        return await self._database.write(
+            partial(
+                dashboard_sessions.exchange_link,
+                token=token,
+                session_lifetime=session_lifetime,
+                now=self._clock(),
+            )
+        )
+
+    async def dashboard_session(self, token: str) -> DashboardSession | None:
+        """The account of a session that has neither expired nor logged out; None otherwise."""
+        return await self._database.read(
+            partial(
+                dashboard_sessions.valid,
+                token=token,
+                kind=dashboard_sessions.SESSION,
+                now=self._clock(),
+            )
+        )
+
+    async def end_dashboard_session(self, token: str) -> bool:
+        """Log a session out; False if it had ended already."""
+        return await self._database.write(
+            partial(dashboard_sessions.end_session, token=token, now=self._clock())
+        )
+
     # -- purchases ------------------------------------------------------------
 
     async def open_purchase(self, new: NewPurchase) -> Purchase:
@@ -738,10 +803,13 @@ class Ledger:
             lambda connection: purchases.find_by(connection, payment_reference=payment_reference)
         )
 
-    async def purchases(self, account: str | None = None, *, limit: int = 100) -> list[Purchase]:
-        """Newest first: ``account``'s purchases, or everyone's."""
+    async def purchases(
+        self, account: str | None = None, *, limit: int = 100, reversed_only: bool = False
+    ) -> list[Purchase]:
+        """Newest first: ``account``'s purchases, or everyone's; with ``reversed_only``, only
+        those refunded, disputed or with credits taken back."""
         return await self._database.read(
-            lambda connection: purchases.listed(connection, account, limit)
+            lambda connection: purchases.listed(connection, account, limit, reversed_only)
         )
 
     async def record_payment_event(self, event: PaymentEvent) -> bool:

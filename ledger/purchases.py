@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -66,11 +66,22 @@ def find_by(connection: Connection, **where: str) -> Purchase | None:
     return None if row is None else _purchase_from(row)
 
 
-def listed(connection: Connection, account: str | None, limit: int) -> list[Purchase]:
-    """Newest first: ``account``'s purchases, or everyone's."""
+def listed(
+    connection: Connection, account: str | None, limit: int, reversed_only: bool = False
+) -> list[Purchase]:
+    """Newest first: ``account``'s purchases, or everyone's; only those refunded, disputed or
+    with credits taken back if ``reversed_only``."""
     query = select(purchases).order_by(purchases.c.created_at.desc(), purchases.c.id).limit(limit)
     if account is not None:
         query = query.where(purchases.c.account_id == account)
+    if reversed_only:
+        query = query.where(
+            or_(
+                purchases.c.amount_refunded > 0,
+                purchases.c.disputed > 0,
+                purchases.c.credits_taken_back > 0,
+            )
+        )
     return [_purchase_from(row) for row in connection.execute(query)]
 
 

@@ -294,3 +294,20 @@ purchase_events = Table(
 )
 """Every payment event received (Stripe's event ids, Discord's entitlement events), the
 purchase it concerned if any: an event delivered again is recognised and changes nothing."""
+
+dashboard_tokens = Table(
+    "dashboard_tokens",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("kind", String(10), nullable=False),
+    Column("account_id", String(120), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    CheckConstraint("kind IN ('link', 'session')", name="known_kind"),
+    Index("ix_dashboard_tokens_expires_at", "expires_at"),
+)
+"""The admin dashboard's one-time login links and the sessions they were exchanged for, each
+known only by its token's SHA-256: a copy of the database logs nobody in. ``used_at``: when a
+link was exchanged, or a session ended by logging out. Not a foreign key to ``accounts``: an
+admin need never have used the bot."""
