@@ -51,6 +51,7 @@ from bot.web import PublicWeb
 from bot.when import parse_duration, parse_moment, parse_until
 from ledger import migrate, utc_now
 from ledger.backup import NoDatabaseFile, backup_sqlite
+from ledger.report import TABLES as REPORT_TABLES
 from ledger.report import build_report
 
 EXIT_REFUSED = 1
@@ -240,17 +241,19 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="generations, credits and failures per model, provider, day and user"
     )
-    report.add_argument(
+    period = report.add_mutually_exclusive_group()
+    period.add_argument(
         "--days", type=_at_least_one, help="only the last N days (default: everything)"
+    )
+    period.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only from this date or time (ISO 8601, UTC unless an offset is given)",
     )
     report.add_argument(
         "--top", type=_at_least_one, default=10, help="how many top users (default 10)"
     )
-    report.add_argument(
-        "--table",
-        choices=("models", "providers", "daily", "top_users"),
-        help="only this table",
-    )
+    report.add_argument("--table", choices=REPORT_TABLES, help="only this table")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.set_defaults(handler=_report)
 
@@ -631,17 +634,17 @@ async def _config(settings: Settings, _arguments: argparse.Namespace) -> int:
 
 async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
     since = utc_now() - timedelta(days=arguments.days) if arguments.days else None
+    if arguments.since is not None:
+        since = parse_moment(arguments.since)
     async with open_ledger(settings) as ledger:
         built = await build_report(
             ledger.engine,
             since=since,
             top=arguments.top,
             credit_value_usd=Decimal(str(settings.credit_value_usd)),
+            tables=[arguments.table] if arguments.table else REPORT_TABLES,
         )
-    tables = built.tables()
-    if arguments.table:
-        tables = {arguments.table: tables[arguments.table]}
-    print(messages.report(tables, arguments.format), end="")
+    print(messages.report(built.tables(), arguments.format), end="")
     return 0
 
 

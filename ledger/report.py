@@ -8,17 +8,24 @@ returned. A generation *failed* when it delivered no image; *partial* ones
 delivered some. The database does the grouping, so a report reads a few dozen
 rows whatever the history's size (``bench/report.py``). Purchases count by the
 day they were paid.
+
+A model's latency is from the click (``confirmed_at``) to its settlement
+(``finished_at``), over the generations that delivered an image, as the
+nearest-rank percentile computed by the database. ``build_report`` can be
+asked for some tables only (``tables``): the dashboard's pages and
+``imagine-bot report --table`` read just what they show.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, Select, case, cast, desc, func, select
+from sqlalchemy import Date, Select, case, cast, desc, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,6 +45,27 @@ class ModelUsage:
     failed: int
     provider_cost_microusd: int = 0
     """What the provider charged for these generations, failed ones included."""
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    latency_p50_seconds: float | None = None
+    """From the click to the settlement, over the generations that delivered an image."""
+    latency_p95_seconds: float | None = None
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.generations if self.generations else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Every settled generation of the period together."""
+
+    generations: int = 0
+    images_delivered: int = 0
+    credits_charged: int = 0
+    failed: int = 0
+    active_users: int = 0
+    """Accounts with at least one settled generation."""
+    provider_cost_microusd: int = 0
 
     @property
     def failure_rate(self) -> float:
@@ -106,6 +134,26 @@ class PackRevenue:
         return self.gross - self.refunded
 
 
+TABLES = (
+    "summary",
+    "models",
+    "providers",
+    "daily",
+    "top_users",
+    "revenue",
+    "revenue_totals",
+)
+"""Every table a report holds, in the order it shows them."""
+
+
+def _failures(reasons: dict[str, int]) -> str:
+    return ";".join(f"{reason}={count}" for reason, count in sorted(reasons.items()))
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 @dataclass(frozen=True)
 class Report:
     since: datetime | None
@@ -117,6 +165,30 @@ class Report:
     credit_value_usd: Decimal = Decimal("0.02")
     """What one credit is worth (``CREDIT_VALUE_USD``): credits charged times it is the
     revenue the margin is counted from."""
+    summary: Summary = field(default_factory=Summary)
+    included: tuple[str, ...] = TABLES
+    """The tables this report was built with (``build_report(tables=...)``)."""
+
+    @property
+    def revenue_totals(self) -> list[PackRevenue]:
+        """The revenue of every pack and day together, one row per currency (``day`` and
+        ``pack`` are those of the first row)."""
+        totals: dict[str, PackRevenue] = {}
+        for row in self.revenue:
+            found = totals.get(row.currency)
+            totals[row.currency] = (
+                row
+                if found is None
+                else replace(
+                    found,
+                    purchases=found.purchases + row.purchases,
+                    credits=found.credits + row.credits,
+                    gross=found.gross + row.gross,
+                    refunded=found.refunded + row.refunded,
+                    disputed=found.disputed + row.disputed,
+                )
+            )
+        return [totals[currency] for currency in sorted(totals)]
 
     def money(self, credits: int, cost_microusd: int) -> dict[str, str]:
         """Provider cost, revenue (credits at their value) and margin, in US dollars."""
@@ -129,12 +201,33 @@ class Report:
         }
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        """Every table as rows of plain values, for CSV and JSON."""
-        return {
+        """Every table the report was built with, as rows of plain values, for CSV and JSON."""
+        summary = self.summary
+        every = {
+            "summary": [
+                {
+                    "since": None if self.since is None else self.since.isoformat(),
+                    "generations": summary.generations,
+                    "images_delivered": summary.images_delivered,
+                    "credits_charged": summary.credits_charged,
+                    "failed": summary.failed,
+                    "failure_rate": round(summary.failure_rate, 4),
+                    "active_users": summary.active_users,
+                    **self.money(summary.credits_charged, summary.provider_cost_microusd),
+                }
+            ],
             "models": [
                 {
-                    **{k: v for k, v in asdict(m).items() if k != "provider_cost_microusd"},
+                    **{
+                        k: v
+                        for k, v in asdict(m).items()
+                        if k not in ("provider_cost_microusd", "failures_by_reason")
+                        and not k.startswith("latency_")
+                    },
                     "failure_rate": round(m.failure_rate, 4),
+                    "failures_by_reason": _failures(m.failures_by_reason),
+                    "latency_p50_seconds": _seconds(m.latency_p50_seconds),
+                    "latency_p95_seconds": _seconds(m.latency_p95_seconds),
                     **self.money(m.credits_charged, m.provider_cost_microusd),
                 }
                 for m in self.models
@@ -145,10 +238,7 @@ class Report:
                     "generations": p.generations,
                     "failed": p.failed,
                     "failure_rate": round(p.failure_rate, 4),
-                    "failures_by_reason": ";".join(
-                        f"{reason}={count}"
-                        for reason, count in sorted(p.failures_by_reason.items())
-                    ),
+                    "failures_by_reason": _failures(p.failures_by_reason),
                     "calls": p.calls,
                     "calls_per_image": round(p.calls_per_image, 2),
                     **self.money(p.credits_charged, p.provider_cost_microusd),
@@ -171,7 +261,20 @@ class Report:
                 }
                 for r in self.revenue
             ],
+            "revenue_totals": [
+                {
+                    "currency": r.currency,
+                    "purchases": r.purchases,
+                    "credits": r.credits,
+                    "gross": str(r.gross),
+                    "refunded": str(r.refunded),
+                    "net": str(r.net),
+                    "disputed": r.disputed,
+                }
+                for r in self.revenue_totals
+            ],
         }
+        return {name: every[name] for name in TABLES if name in self.included}
 
 
 _SETTLED = (GenerationStatus.COMPLETED, GenerationStatus.PARTIAL, GenerationStatus.FAILED)
@@ -185,25 +288,49 @@ async def build_report(
     since: datetime | None,
     top: int = 10,
     credit_value_usd: Decimal = Decimal("0.02"),
+    tables: Collection[str] = TABLES,
 ) -> Report:
-    """Aggregate the generations settled at or after ``since`` (all of them when None)."""
+    """Aggregate the generations settled at or after ``since`` (all of them when None), into
+    ``tables`` only (names from ``TABLES``); the others are left empty and out of ``tables()``."""
+    unknown = set(tables) - set(TABLES)
+    if unknown:
+        raise ValueError(f"no such report tables: {', '.join(sorted(unknown))}")
+    wanted = set(tables)
+    by_model = bool(wanted & {"models", "providers"})
     async with engine.connect() as connection:
-        models = await _models(connection, since)
-        reasons = await _reasons(connection, since)
-        daily = await _daily(connection, since)
-        top_users = await _top_users(connection, since, top)
-        revenue = await _revenue(connection, since)
+        summary = await _summary(connection, since) if "summary" in wanted else Summary()
+        models = await _models(connection, since) if by_model else []
+        reasons = await _reasons(connection, since) if by_model else []
+        latency = await _latency(connection, since) if "models" in wanted else {}
+        daily = await _daily(connection, since) if "daily" in wanted else []
+        top_users = await _top_users(connection, since, top) if "top_users" in wanted else []
+        revenue = (
+            await _revenue(connection, since) if wanted & {"revenue", "revenue_totals"} else []
+        )
+    model_reasons: dict[str, dict[str, int]] = defaultdict(dict)
+    for model_id, _, reason, count in reasons:
+        model_reasons[model_id][reason] = count
     return Report(
         revenue=revenue,
         since=since,
         models=sorted(
-            (usage for usage, _, _ in models),
+            (
+                replace(
+                    usage,
+                    failures_by_reason=model_reasons.get(usage.model_id, {}),
+                    latency_p50_seconds=latency.get(usage.model_id, (None, None))[0],
+                    latency_p95_seconds=latency.get(usage.model_id, (None, None))[1],
+                )
+                for usage, _, _ in models
+            ),
             key=lambda usage: (-usage.credits_charged, usage.model_id),
         ),
         providers=_providers(models, reasons),
         daily=daily,
         top_users=top_users,
         credit_value_usd=credit_value_usd,
+        summary=summary,
+        included=tuple(name for name in TABLES if name in wanted),
     )
 
 
@@ -253,20 +380,82 @@ async def _models(
 
 async def _reasons(
     connection: AsyncConnection, since: datetime | None
-) -> list[tuple[str, str, int]]:
+) -> list[tuple[str, str, str, int]]:
+    """Failed generations by model, provider and reason (``error_code``)."""
     query = _settled(
-        select(_COLUMNS.provider, func.coalesce(_COLUMNS.error_code, "unknown"), func.count())
+        select(
+            _COLUMNS.model_id,
+            _COLUMNS.provider,
+            func.coalesce(_COLUMNS.error_code, "unknown"),
+            func.count(),
+        )
         .where(_COLUMNS.status == GenerationStatus.FAILED)
-        .group_by(_COLUMNS.provider, _COLUMNS.error_code),
+        .group_by(_COLUMNS.model_id, _COLUMNS.provider, _COLUMNS.error_code),
         since,
     )
     return [
-        (provider, reason, count) for provider, reason, count in await connection.execute(query)
+        (model_id, provider, reason, count)
+        for model_id, provider, reason, count in await connection.execute(query)
     ]
 
 
+async def _summary(connection: AsyncConnection, since: datetime | None) -> Summary:
+    query = _settled(
+        select(
+            func.count(),
+            func.coalesce(func.sum(_COLUMNS.images_delivered), 0),
+            func.coalesce(func.sum(_COLUMNS.credits_charged), 0),
+            func.coalesce(_count_where(_COLUMNS.status == GenerationStatus.FAILED), 0),
+            func.count(func.distinct(_COLUMNS.account_id)),
+            func.coalesce(func.sum(_COLUMNS.provider_cost_microusd), 0),
+        ),
+        since,
+    )
+    # PostgreSQL sums bigints as numeric; every figure here is a whole number.
+    return Summary(*(int(value) for value in (await connection.execute(query)).one()))
+
+
+def _elapsed_seconds(connection: AsyncConnection) -> ColumnElement[Any]:
+    """Seconds from a generation's click to its settlement, as each database spells it."""
+    if connection.dialect.name == "postgresql":
+        return extract("epoch", _COLUMNS.finished_at - _COLUMNS.confirmed_at)
+    # SQLite keeps the UTC times as text, which julianday reads (to about 10 µs).
+    return (func.julianday(_COLUMNS.finished_at) - func.julianday(_COLUMNS.confirmed_at)) * 86_400.0
+
+
+async def _latency(
+    connection: AsyncConnection, since: datetime | None
+) -> dict[str, tuple[float | None, float | None]]:
+    """Each model's p50 and p95 latency (nearest rank) over its generations that delivered."""
+    elapsed = _elapsed_seconds(connection)
+    ranked = _settled(
+        select(
+            _COLUMNS.model_id,
+            elapsed.label("seconds"),
+            func.row_number().over(partition_by=_COLUMNS.model_id, order_by=elapsed).label("place"),
+            func.count().over(partition_by=_COLUMNS.model_id).label("total"),
+        ).where(_COLUMNS.images_delivered > 0, _COLUMNS.confirmed_at.is_not(None)),
+        since,
+    ).subquery()
+
+    def percentile(percent: int) -> ColumnElement[Any]:
+        # The ceil(percent% of total)-th fastest, in whole numbers on both databases.
+        place = (ranked.c.total * percent + 99) // 100
+        return func.max(case((ranked.c.place == place, ranked.c.seconds)))
+
+    query = select(ranked.c.model_id, percentile(50), percentile(95)).group_by(ranked.c.model_id)
+    return {
+        model_id: (_as_float(p50), _as_float(p95))
+        for model_id, p50, p95 in await connection.execute(query)
+    }
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _providers(
-    models: list[tuple[ModelUsage, int, int]], reasons: list[tuple[str, str, int]]
+    models: list[tuple[ModelUsage, int, int]], reasons: list[tuple[str, str, str, int]]
 ) -> list[ProviderFailures]:
     """Each provider's figures: the sums of its models' rows, already grouped by the database."""
     totals: dict[str, Counter[str]] = defaultdict(Counter)
@@ -280,7 +469,7 @@ def _providers(
             cost=usage.provider_cost_microusd,
         )
     by_reason: dict[str, Counter[str]] = defaultdict(Counter)
-    for provider, reason, count in reasons:
+    for _, provider, reason, count in reasons:
         by_reason[provider][reason] += count
     return [
         ProviderFailures(

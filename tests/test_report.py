@@ -195,13 +195,15 @@ async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) 
 
     blocks = [list(csv.DictReader(io.StringIO(block))) for block in text.split("\n\n")]
     assert [rows[0]["table"] for rows in blocks] == [
+        "summary",
         "models",
         "providers",
         "daily",
         "top_users",
         "revenue",
+        "revenue_totals",
     ]
-    assert blocks[3][0] == {
+    assert blocks[4][0] == {
         "table": "top_users",
         "account": ANA,
         "generations": "2",
@@ -213,14 +215,23 @@ async def test_csv_export_has_one_block_per_table_with_a_header(report: Report) 
 async def test_json_export_holds_every_table(report: Report) -> None:
     exported = json.loads(messages.report(report.tables(), "json"))
 
-    assert set(exported) == {"models", "providers", "daily", "top_users", "revenue"}
+    assert set(exported) == {
+        "summary",
+        "models",
+        "providers",
+        "daily",
+        "top_users",
+        "revenue",
+        "revenue_totals",
+    }
     assert exported["providers"][1]["failures_by_reason"] == "blocked=1;unavailable=1"
 
 
 async def test_the_table_output_titles_each_section(report: Report) -> None:
     text = messages.report(report.tables(), "table")
 
-    assert text.startswith("Models\nmodel_id")
+    assert text.startswith("Summary\nsince")
+    assert "\nModels\nmodel_id" in text
     assert "\nTop users\naccount" in text
 
 
@@ -228,13 +239,95 @@ def test_the_command_exports_json_from_a_fresh_database(tmp_path: Path) -> None:
     result = imagine_bot(tmp_path, "report", "--format", "json")
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    exported = json.loads(result.stdout)
+    assert exported["summary"] == [
+        {
+            "since": None,
+            "generations": 0,
+            "images_delivered": 0,
+            "credits_charged": 0,
+            "failed": 0,
+            "failure_rate": 0.0,
+            "active_users": 0,
+            "provider_cost_usd": "0.0000",
+            "revenue_usd": "0.0000",
+            "margin_usd": "0.0000",
+        }
+    ]
+    assert {name: rows for name, rows in exported.items() if name != "summary"} == {
         "models": [],
         "providers": [],
         "daily": [],
         "top_users": [],
         "revenue": [],
+        "revenue_totals": [],
     }
+
+
+async def test_the_summary_counts_every_settled_generation_and_the_accounts_behind_them(
+    report: Report,
+) -> None:
+    summary = report.summary
+
+    assert (summary.generations, summary.images_delivered, summary.credits_charged) == (5, 6, 33)
+    assert (summary.failed, summary.active_users, summary.failure_rate) == (2, 2, 0.4)
+
+
+async def test_models_show_their_failures_by_reason(report: Report) -> None:
+    usage = {model.model_id: model for model in report.models}
+
+    assert usage["scripted"].failures_by_reason == {"blocked": 1, "unavailable": 1}
+    assert usage["local-sketch"].failures_by_reason == {}
+
+
+async def test_latency_percentiles_are_the_nearest_rank_over_generations_that_delivered(
+    service: ImagineService, clock: FakeClock
+) -> None:
+    # Four generations that take 10, 20, 30 and 40 seconds from click to settlement, and a
+    # failed one of 500 seconds that is left out.
+    for seconds in (30, 10, 40, 20):
+        quote = await service.quote(ANA, parse_imagine("model:scripted a fox", service.catalog))
+        await service.ledger.hold(quote.id, ANA)
+        clock.advance(seconds=seconds)
+        await service.ledger.capture(quote.id, 1)
+    quote = await service.quote(BEN, parse_imagine("model:scripted a fox", service.catalog))
+    await service.ledger.hold(quote.id, BEN)
+    clock.advance(seconds=500)
+    await service.ledger.release(quote.id, error_code="timeout", error_message="slow")
+
+    built = await build_report(service.ledger.engine, since=None)
+
+    [scripted] = built.tables()["models"]
+    assert (scripted["latency_p50_seconds"], scripted["latency_p95_seconds"]) == (20.0, 40.0)
+
+
+async def test_revenue_totals_add_up_every_pack_and_day_per_currency(report: Report) -> None:
+    assert report.tables()["revenue_totals"] == [
+        {
+            "currency": "usd",
+            "purchases": 2,
+            "credits": 1000,
+            "gross": "9.98",
+            "refunded": "1",
+            "net": "8.98",
+            "disputed": 1,
+        }
+    ]
+
+
+async def test_a_report_of_some_tables_holds_only_those(service: ImagineService) -> None:
+    built = await build_report(service.ledger.engine, since=None, tables=["summary", "daily"])
+
+    assert list(built.tables()) == ["summary", "daily"]
+
+
+def test_the_command_reports_from_a_given_moment(tmp_path: Path) -> None:
+    result = imagine_bot(
+        tmp_path, "report", "--since", "2026-12-01", "--table", "summary", "--format", "json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"][0]["since"] == "2026-12-01T00:00:00+00:00"
 
 
 @pytest.mark.parametrize(
