@@ -40,6 +40,7 @@ from bot.app import (
 )
 from bot.catalog import check_models_online
 from bot.credits import parse_amount
+from bot.dashboard.auth import base_url, new_login_link
 from bot.errors import ImagineError, RequestError
 from bot.flow import ImagineService
 from bot.observability import configure_logging
@@ -257,6 +258,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.set_defaults(handler=_report)
 
+    dashboard = commands.add_parser("dashboard", help="the admin dashboard at /admin")
+    dashboard_commands = dashboard.add_subparsers(
+        title="commands", metavar="COMMAND", required=True
+    )
+    link = dashboard_commands.add_parser(
+        "link", help="print a login link for an admin account, valid once, for 10 minutes"
+    )
+    link.add_argument(
+        "--as",
+        dest="account",
+        metavar="ACCOUNT",
+        help="the admin account to log in as (default: the first of ADMIN_ACCOUNTS)",
+    )
+    link.set_defaults(handler=_dashboard_link)
+
     discord_parser = commands.add_parser("discord", help="Discord maintenance")
     discord_commands = discord_parser.add_subparsers(
         title="commands", metavar="COMMAND", required=True
@@ -284,6 +300,7 @@ async def _run(settings: Settings, arguments: argparse.Namespace) -> int:
                 public = PublicWeb(settings)
                 if service.purchases.sells_through_stripe:
                     public.sell_through_stripe(service.purchases)
+                public.add_dashboard(service)
                 # Every adapter adds its routes before the web server starts.
                 servers = [prepare(service, settings, public) for prepare in preparers]
                 freeze_startup_heap()
@@ -645,6 +662,17 @@ async def _report(settings: Settings, arguments: argparse.Namespace) -> int:
             tables=[arguments.table] if arguments.table else REPORT_TABLES,
         )
     print(messages.report(built.tables(), arguments.format), end="")
+    return 0
+
+
+async def _dashboard_link(settings: Settings, arguments: argparse.Namespace) -> int:
+    async with open_ledger(settings) as ledger:
+        link = await new_login_link(ledger, settings, arguments.account)
+    # The link alone on standard output, for a script to pick up; the rest is for people.
+    print(link.url)
+    print(messages.dashboard_link_issued(link.account, link.expires_at), file=sys.stderr)
+    if link.local:
+        print(messages.dashboard_link_local(base_url(settings)[0]), file=sys.stderr)
     return 0
 
 

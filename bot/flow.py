@@ -482,6 +482,13 @@ class ImagineService:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def provider_load(self) -> list[ProviderLoad]:
+        """Each provider's limit and what this process runs and queues for it now."""
+        return [
+            ProviderLoad(name, slots.limit, slots.running, slots.waiting)
+            for name, slots in sorted(self._slots.items())
+        ]
+
     def stop_accepting(self) -> None:
         """Refuse new quotes and clicks (with a sentence saying why); running generations go on."""
         self.accepting = False
@@ -906,6 +913,15 @@ class ImagineService:
                 )
 
 
+@dataclass(frozen=True)
+class ProviderLoad:
+    provider: str
+    limit: int
+    """Generations this process runs at once for the provider (PROVIDER_LIMITS)."""
+    running: int
+    queued: int
+
+
 class QueuedTooLong(Exception):
     """No slot came free while enough of the reply window was left to use one."""
 
@@ -918,12 +934,18 @@ class ProviderSlots:
     """A concurrency limit (a provider's, or one user's); callers that must wait are told their place."""
 
     def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._semaphore = asyncio.Semaphore(limit)
         self._waiting = 0
+        self._running = 0
 
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def running(self) -> int:
+        return self._running
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -942,9 +964,11 @@ class ProviderSlots:
                 self._waiting -= 1
         else:
             await self._semaphore.acquire()
+        self._running += 1
         try:
             yield
         finally:
+            self._running -= 1
             self._semaphore.release()
 
 

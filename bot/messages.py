@@ -1110,3 +1110,67 @@ def pack_hidden_on_discord(pack_id: str) -> str:
         f"The {pack_id} pack is not offered on Discord: it has no discord_sku, and Discord's "
         "price-parity rule allows selling on Discord only what Discord itself sells too."
     )
+
+
+# -- the admin dashboard --------------------------------------------------------
+# Sentences of `imagine-bot dashboard link` and the dashboard's pages (bot/dashboard).
+
+DASHBOARD_NO_ADMINS = (
+    "No admin accounts are set: list them in ADMIN_ACCOUNTS (e.g. ADMIN_ACCOUNTS=discord:123)"
+    " to use the dashboard."
+)
+DASHBOARD_LOG_IN_FIRST = (
+    "Log in first: run `imagine-bot dashboard link` where the bot runs, and open the link it"
+    " prints."
+)
+DASHBOARD_LINK_UNUSABLE = (
+    "This login link was used already, has expired, or is not for an admin account."
+    " Run `imagine-bot dashboard link` for a new one."
+)
+DASHBOARD_FORM_REFUSED = (
+    "This form is not from your current session (it may be from before you logged in again),"
+    " so nothing was done. Reload the page and send it again."
+)
+DASHBOARD_LOGGED_OUT = "You are logged out. Run `imagine-bot dashboard link` to log in again."
+DASHBOARD_NO_SUCH_PAGE = "There is no such page on the dashboard."
+DASHBOARD_NO_BUDGETS = (
+    "No provider has a monthly budget: set one with [providers.<name>] monthly_budget_usd in"
+    " the pricing file."
+)
+
+
+def dashboard_not_admin(account: str) -> str:
+    return f"{account} is not in ADMIN_ACCOUNTS: only admin accounts can use the dashboard."
+
+
+def dashboard_link_issued(account: str, expires_at: datetime) -> str:
+    return (
+        f"Open this link to log in to the dashboard as {account}; it works once, until"
+        f" {moment(expires_at)}."
+    )
+
+
+def dashboard_link_local(base_url: str) -> str:
+    return (
+        f"PUBLIC_URL is not set, so the link names the web server on this machine ({base_url});"
+        " set PUBLIC_URL to the address your browser reaches it at."
+    )
+
+
+def dashboard_log_in_as(account: str) -> str:
+    return f"Log in to the Imagine bot dashboard as {account}."
+
+
+def dashboard_new_account(account: str) -> str:
+    return f"{account} has not used the bot yet; a grant opens the account."
+
+
+def dashboard_form_sent_twice(account: str, available: int) -> str:
+    return (
+        f"This form was sent already, so nothing changed; {account} has"
+        f" {credits(available)} available."
+    )
+
+
+def dashboard_last_rows(shown: int, total: int) -> str:
+    return f"The last {shown} of {total} rows; the CSV has them all."

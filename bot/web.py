@@ -1,6 +1,6 @@
 """The one public web server (``WEB_HOST:WEB_PORT``): ``/slack/events`` in Slack's HTTP mode,
-``/stripe/webhook`` and Checkout's return pages. Adapters add their routes before it starts;
-with no route it does not listen at all."""
+``/stripe/webhook`` and Checkout's return pages, and the admin dashboard under ``/admin``.
+Adapters add their routes before it starts; with no route it does not listen at all."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bot import messages
+from bot.dashboard import DASHBOARD_PATH, Dashboard
+from bot.flow import ImagineService
 from bot.purchases import WEBHOOK_PATH, Purchases
 from bot.settings import Settings
 
@@ -55,6 +57,14 @@ class PublicWeb:
         self.add_post(WEBHOOK_PATH, webhook)
         self.add_page(PAID_PATH, messages.CHECKOUT_PAID_PAGE)
         self.add_page(CANCELLED_PATH, messages.CHECKOUT_CANCELLED_PAGE)
+
+    def add_dashboard(self, service: ImagineService) -> None:
+        """The admin dashboard, when there are admins to use it: without ADMIN_ACCOUNTS nobody
+        could log in, and a bot that serves nothing else opens no port for it."""
+        if not self.settings.admin_accounts:
+            return
+        Dashboard(service, self.settings).add_routes(self.application.router)
+        self.paths.append(DASHBOARD_PATH)
 
     async def serve(self) -> None:
         """Listen until cancelled; return at once if nothing was routed here."""

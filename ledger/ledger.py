@@ -713,6 +713,17 @@ class Ledger:
             partial(account_search.find, text=text.strip(), limit=limit, now=self._clock())
         )
 
+    async def running_by_provider(self) -> dict[str, int]:
+        """Generations running now, in every process, by provider (``ix_generations_status``)."""
+        query = (
+            select(generations.c.provider, func.count())
+            .where(generations.c.status == GenerationStatus.RUNNING)
+            .group_by(generations.c.provider)
+        )
+        return await self._database.read(
+            lambda connection: {provider: count for provider, count in connection.execute(query)}
+        )
+
     # -- the admin dashboard's logins (``ledger.dashboard_sessions``) ----------
 
     async def new_dashboard_link(self, account: str, lifetime: timedelta) -> str:
