@@ -101,7 +101,8 @@ class DashboardPages:
     # -- overview -----------------------------------------------------------------
 
     async def overview(self) -> Page:
-        now = self.ledger.now()
+        # To the second: each period's start is shown, and may be given to `report --since`.
+        now = self.ledger.now().replace(microsecond=0)
         windows = (
             ("today", now.replace(hour=0, minute=0, second=0, microsecond=0)),
             ("7 days", now - timedelta(days=7)),

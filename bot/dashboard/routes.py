@@ -41,7 +41,12 @@ from bot.settings import Settings
 
 DASHBOARD_PATH = "/admin"
 STATIC_PATH = "/admin/static"
-_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".md": "text/plain"}
+_STATIC_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".md": "text/plain",
+}
 _SECURITY_HEADERS = {
     # Only the dashboard's own files run or style a page; nothing may frame it.
     "Content-Security-Policy": (
