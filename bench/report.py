@@ -48,8 +48,9 @@ REASONS = ("blocked", "unavailable", "timeout", "rate_limited", "no_image")
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
-def rows(count: int, account_count: int) -> list[dict[str, Any]]:
-    """``count`` generations in a fixed pseudo-random mix, ids and all."""
+def rows(count: int, account_count: int, accounts_named: str = "bench:") -> list[dict[str, Any]]:
+    """``count`` generations in a fixed pseudo-random mix, ids and all, of the accounts
+    ``accounts_named`` followed by a number."""
     chance = random.Random(20261206)
     made = []
     for number in range(count):
@@ -75,7 +76,7 @@ def rows(count: int, account_count: int) -> list[dict[str, Any]]:
         made.append(
             {
                 "id": f"g{number:07d}",
-                "account_id": f"bench:{number % account_count}",
+                "account_id": f"{accounts_named}{number % account_count}",
                 "model_id": model_id,
                 "provider": provider,
                 "provider_model": model_id,
@@ -98,18 +99,20 @@ def rows(count: int, account_count: int) -> list[dict[str, Any]]:
     return made
 
 
-async def fill(engine: AsyncEngine, count: int, account_count: int) -> None:
+async def fill(
+    engine: AsyncEngine, count: int, account_count: int, accounts_named: str = "bench:"
+) -> None:
     await migrate.upgrade(engine)
     async with engine.begin() as connection:
         await connection.execute(
             insert(accounts),
             [
-                {"id": f"bench:{number}", "available": 0, "held": 0}
+                {"id": f"{accounts_named}{number}", "available": 0, "held": 0}
                 | {"created_at": NOW, "updated_at": NOW}
                 for number in range(account_count)
             ],
         )
-    made = rows(count, account_count)
+    made = rows(count, account_count, accounts_named)
     for start in range(0, len(made), 10_000):
         async with engine.begin() as connection:
             await connection.execute(insert(generations), made[start : start + 10_000])

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("name", "headline"),
     [
+        ("dashboard", "dashboard: slowest page"),
         ("delivery", "delivery: worst fit/JPEG ratio"),
         ("inflight", "inflight: "),
         ("ledger", "ledger: worst ledger/raw ratio"),
