@@ -13,17 +13,20 @@ A model's latency is from the click (``confirmed_at``) to its settlement
 (``finished_at``), over the generations that delivered an image, as the
 nearest-rank percentile computed by the database. ``build_report`` can be
 asked for some tables only (``tables``): the dashboard's pages and
-``imagine-bot report --table`` read just what they show.
+``imagine-bot report --table`` read just what they show. Each query runs on a
+connection of its own, all at once, as PostgreSQL's read committed already had
+each statement see its own moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Date, Select, case, cast, desc, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -277,6 +280,8 @@ class Report:
         return {name: every[name] for name in TABLES if name in self.included}
 
 
+T = TypeVar("T")
+
 _SETTLED = (GenerationStatus.COMPLETED, GenerationStatus.PARTIAL, GenerationStatus.FAILED)
 _UNSETTLED = [str(status) for status in GenerationStatus if status not in _SETTLED]
 _COLUMNS = generations.c
@@ -297,16 +302,24 @@ async def build_report(
         raise ValueError(f"no such report tables: {', '.join(sorted(unknown))}")
     wanted = set(tables)
     by_model = bool(wanted & {"models", "providers"})
-    async with engine.connect() as connection:
-        summary = await _summary(connection, since) if "summary" in wanted else Summary()
-        models = await _models(connection, since) if by_model else []
-        reasons = await _reasons(connection, since) if by_model else []
-        latency = await _latency(connection, since) if "models" in wanted else {}
-        daily = await _daily(connection, since) if "daily" in wanted else []
-        top_users = await _top_users(connection, since, top) if "top_users" in wanted else []
-        revenue = (
-            await _revenue(connection, since) if wanted & {"revenue", "revenue_totals"} else []
-        )
+
+    async def read(needed: object, query: Callable[[AsyncConnection], Awaitable[T]], empty: T) -> T:
+        if not needed:
+            return empty
+        async with engine.connect() as connection:
+            return await query(connection)
+
+    # Each query on a connection of its own, at once: the database works on them side by
+    # side (SQLite on a thread each), so a page waits for the slowest, not for their sum.
+    summary, models, reasons, latency, daily, top_users, revenue = await asyncio.gather(
+        read("summary" in wanted, lambda c: _summary(c, since), Summary()),
+        read(by_model, lambda c: _models(c, since), []),
+        read(by_model, lambda c: _reasons(c, since), []),
+        read("models" in wanted, lambda c: _latency(c, since), {}),
+        read("daily" in wanted, lambda c: _daily(c, since), []),
+        read("top_users" in wanted, lambda c: _top_users(c, since, top), []),
+        read(wanted & {"revenue", "revenue_totals"}, lambda c: _revenue(c, since), []),
+    )
     model_reasons: dict[str, dict[str, int]] = defaultdict(dict)
     for model_id, _, reason, count in reasons:
         model_reasons[model_id][reason] = count
