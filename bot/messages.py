@@ -1174,3 +1174,21 @@ def dashboard_form_sent_twice(account: str, available: int) -> str:
 
 def dashboard_last_rows(shown: int, total: int) -> str:
     return f"The last {shown} of {total} rows; the CSV has them all."
+
+
+DASHBOARD_NOTHING_YET = "Nothing yet."
+DASHBOARD_NO_ACCOUNT_MATCHES = "No account matches."
+DASHBOARD_LIST_PRICES = "No own prices: this account pays the list prices."
+DASHBOARD_NO_REFUNDS = "No purchase was refunded, disputed or taken back."
+DASHBOARD_NO_PROVIDERS = "No provider is configured."
+DASHBOARD_MODELS_NOTE = (
+    "Latency: from the click on Generate to the settlement, over the generations that"
+    " delivered an image (nearest-rank percentiles). Credits' worth: the credits spent at"
+    " CREDIT_VALUE_USD; margin: that less what the provider charged."
+)
+DASHBOARD_LIVE_NOTE = (
+    "In flight and queued: this process's generations (each bot process has its own provider"
+    " slots); running in every process: from the database. This page reloads every 10 seconds."
+)
+DASHBOARD_ACCEPTING = "Taking new requests."
+DASHBOARD_STOPPING = "Stopping: no new requests are taken."

@@ -39,7 +39,7 @@ class Table:
     rows: list[dict[str, Any]]
     headings: Mapping[str, str] = field(default_factory=dict)
     """Column → heading, where the column's name is not heading enough."""
-    empty: str = "Nothing yet."
+    empty: str = messages.DASHBOARD_NOTHING_YET
     link_column: str | None = None
     """A column of account ids, each shown as a link to the account's page."""
 
@@ -164,7 +164,15 @@ class DashboardPages:
         return Page(
             "users.html",
             "Users",
-            [Table("users", "Accounts", rows, empty="No account matches.", link_column="account")],
+            [
+                Table(
+                    "users",
+                    "Accounts",
+                    rows,
+                    empty=messages.DASHBOARD_NO_ACCOUNT_MATCHES,
+                    link_column="account",
+                )
+            ],
             {"search": search},
         )
 
@@ -206,7 +214,7 @@ class DashboardPages:
                     "prices",
                     "Own prices",
                     [_override_row(override, now) for override in overrides],
-                    empty="List prices.",
+                    empty=messages.DASHBOARD_LIST_PRICES,
                 ),
             ],
             {
@@ -239,7 +247,7 @@ class DashboardPages:
                     "refunds",
                     "Refunded, disputed or taken back",
                     [messages.purchase_row(purchase) for purchase in reversed_],
-                    empty="No refund or dispute.",
+                    empty=messages.DASHBOARD_NO_REFUNDS,
                     link_column="account",
                 ),
             ],
@@ -285,7 +293,7 @@ class DashboardPages:
                         "queued_here": "queued (this process)",
                         "running_everywhere": "running (every process)",
                     },
-                    empty="No provider is configured.",
+                    empty=messages.DASHBOARD_NO_PROVIDERS,
                 ),
                 Table(
                     "budgets",

@@ -88,7 +88,10 @@ class Dashboard:
             autoescape=True,
             undefined=StrictUndefined,
         )
-        self.templates.globals.update(account_url=account_url, form_key=_form_key)
+        # Every sentence a page says is in bot.messages, as everywhere else.
+        self.templates.globals.update(
+            account_url=account_url, form_key=_form_key, messages=messages
+        )
         self.static = {
             item.name: item.read_bytes()
             for item in resources.files("bot.dashboard").joinpath("static").iterdir()
