@@ -21,6 +21,7 @@ each statement see its own moment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Date, Select, case, cast, desc, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from ledger.schema import generations, purchases
@@ -302,11 +304,15 @@ async def build_report(
         raise ValueError(f"no such report tables: {', '.join(sorted(unknown))}")
     wanted = set(tables)
     by_model = bool(wanted & {"models", "providers"})
+    # A pool of one shared connection (SQLite in memory) cannot run two at once.
+    one_at_a_time = (
+        asyncio.Lock() if isinstance(engine.pool, StaticPool | SingletonThreadPool) else None
+    )
 
     async def read(needed: object, query: Callable[[AsyncConnection], Awaitable[T]], empty: T) -> T:
         if not needed:
             return empty
-        async with engine.connect() as connection:
+        async with one_at_a_time or contextlib.nullcontext(), engine.connect() as connection:
             return await query(connection)
 
     # Each query on a connection of its own, at once: the database works on them side by

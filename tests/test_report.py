@@ -15,8 +15,8 @@ from bot.app import open_service
 from bot.flow import ImagineService
 from bot.parsing import parse_imagine
 from bot.settings import Settings
-from ledger import NewPurchase, PaymentEvent
-from ledger.report import Report, build_report
+from ledger import NewPurchase, PaymentEvent, create_engine, migrate
+from ledger.report import Report, Summary, build_report
 from providers.errors import ContentBlocked, ProviderUnavailable
 from tests.cli_helpers import imagine_bot
 from tests.conftest import FakeClock
@@ -347,3 +347,14 @@ def test_a_count_below_one_is_refused_with_its_option_named(
 
     assert stopped.value.code == 2
     assert f"argument {arguments[-2]}: must be 1 or more" in capsys.readouterr().err
+
+
+async def test_a_database_in_memory_one_shared_connection_is_reported_one_query_at_a_time() -> None:
+    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    try:
+        await migrate.upgrade(engine)
+        built = await build_report(engine, since=None)
+    finally:
+        await engine.dispose()
+
+    assert built.summary == Summary()
