@@ -349,7 +349,7 @@ def test_a_count_below_one_is_refused_with_its_option_named(
     assert f"argument {arguments[-2]}: must be 1 or more" in capsys.readouterr().err
 
 
-async def test_a_database_in_memory_one_shared_connection_is_reported_one_query_at_a_time() -> None:
+async def test_a_database_in_memory_is_reported_one_query_at_a_time() -> None:
     engine = create_engine("sqlite+aiosqlite:///:memory:")
     try:
         await migrate.upgrade(engine)
