@@ -688,6 +688,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
             " /price set discord:1234 20% until:2027-01-01 beta tester",
             "  /price list [<account>]                the accounts' own prices",
             "  /price clear <account> [<model>]       back to list prices",
+            "  /stats [model:<id>]",
+            "      the last 30 days: generations, credits, provider cost, revenue, margin and"
+            " failures, with a chart of the credits spent each day by model saved as a PNG",
         ]
     return "\n".join(lines)
 
