@@ -928,6 +928,7 @@ DISCORD_MODEL_DESCRIPTION = "Which model draws it (default: the first one listed
 DISCORD_RESOLUTION_DESCRIPTION = "Image size; the choices follow the model you picked"
 DISCORD_ASPECT_DESCRIPTION = "Width:height; the choices follow the model you picked"
 DISCORD_REFERENCE_DESCRIPTION = "An image for the model to work from (PNG, JPEG or WebP)"
+DISCORD_STATS_MODEL_DESCRIPTION = "One model's figures alone (default: every model)"
 
 
 def discord_model_choice(model_name: str, price: int) -> str:
@@ -958,6 +959,11 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
             "`[until]` `[reason]`: give someone their own price per image of a model, or a "
             "percent off every model, until a date if you like; list or clear them "
             "(bot admins only)."
+        )
+        lines.append(
+            "**/stats** `[model]`: the last 30 days' generations, credits, provider cost, "
+            "revenue, margin and failures, with a chart of the credits spent each day by "
+            "model, only you see (bot admins only)."
         )
     return "\n".join(lines)
 
