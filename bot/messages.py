@@ -1014,6 +1014,11 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
             "*/credits price list [@someone]* and *clear @someone [<model>]*: someone's own "
             "prices (bot admins only)."
         )
+        lines.append(
+            "*/stats [model:<id>]*: the last 30 days' generations, credits, provider cost, "
+            "revenue, margin and failures, only you see, with a chart of the credits spent "
+            "each day by model in your direct messages with me (bot admins only)."
+        )
     lines.append(f"```{models_table}```")
     return "\n".join(lines)
 
