@@ -563,6 +563,7 @@ async def test_help_lists_admin_commands_only_to_admins(
     assert "/stats" not in guest_help
 
 
+@pytest.mark.sqlite_only  # Drawing is the same whatever the database (tests/test_stats.py).
 async def test_stats_prints_the_figures_and_saves_the_chart_in_the_output_folder(
     console: ScriptedConsole, settings: Settings
 ) -> None:
