@@ -17,7 +17,7 @@ and nothing changed.
     ├── NotYourRequest          someone else pressed the button
     ├── AlreadyHandled          the request was already confirmed or cancelled
     ├── ShuttingDown            the bot is stopping and takes no new requests
-    ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
+    ├── NotAdmin                an admin command by an account not in ADMIN_ACCOUNTS
     ├── UnknownAccount          an admin command named an account that never used the bot
     ├── RevokeExceedsBalance    a revoke of more than the account has available
     ├── IdempotencyKeyReused    a grant or revoke's key was used for a different change
@@ -153,8 +153,8 @@ class ShuttingDown(ImagineError):
 
 
 class NotAdmin(ImagineError):
-    def __init__(self) -> None:
-        super().__init__(messages.NOT_ADMIN)
+    def __init__(self, message: str = messages.NOT_ADMIN) -> None:
+        super().__init__(message)
 
 
 class UnknownAccount(ImagineError):

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -41,6 +42,7 @@ from bot.parsing import ImagineRequest
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
+from bot.stats import Statistics
 from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
 from ledger.rules import delivered_charge
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
@@ -241,6 +243,7 @@ class ImagineService:
         clock: Clock = ledger.utc_now,
         stripe_config: StripeConfig | None = None,
         allow_test_purchases: bool = False,
+        credit_value_usd: Decimal = Decimal("0.02"),
     ) -> None:
         self.catalog = catalog
         self.providers = providers
@@ -287,6 +290,8 @@ class ImagineService:
             allow_test_purchases=allow_test_purchases,
             clock=clock,
         )
+        self.stats = Statistics(credits, catalog.registry, credit_value_usd)
+        """Admins' /stats: the last 30 days' figures and chart."""
 
     async def quote(
         self,

@@ -43,6 +43,7 @@ from tests.loopback_discord import (
     Message,
     User,
 )
+from tests.test_report import generate
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -162,6 +163,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "credits",
         "price",
         "statement",
+        "stats",
         "buy",
         "models",
         "help",
@@ -1090,6 +1092,44 @@ async def test_a_statement_with_no_entries_says_so_without_a_file(
     )
 
 
+# -- /stats -------------------------------------------------------------------------
+
+
+async def test_stats_answers_an_admin_privately_with_the_chart_attached(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await generate(service, ALICE_ACCOUNT, "model:local-sketch count:2 a fox", Script())
+
+    interaction = await discord_fake.slash("stats", {"model": "local-sketch"}, user=ADMIN)
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).files
+    )
+
+    message = discord_fake.original(interaction)
+    assert message.ephemeral
+    assert message.content.splitlines()[0].endswith(", local-sketch:")
+    [chart] = message.files
+    assert chart.filename == "stats-2026-11-24-local-sketch.png"
+    with Image.open(io.BytesIO(chart.data)) as image:
+        assert image.format == "PNG"
+
+
+async def test_stats_are_refused_to_someone_not_an_admin(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    assert await answer_to(discord_fake, "stats", {}, ALICE) == messages.STATS_NOT_ADMIN
+
+
+async def test_stats_offers_the_models_as_the_model_is_typed(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "stats", {"model": "loc"}, focused="model", user=ADMIN
+    )
+
+    assert [choice["value"] for choice in choices] == ["local-sketch"]
+
+
 # -- /price -------------------------------------------------------------------------
 
 
@@ -1298,6 +1338,8 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     assert "grant" not in for_alice
     assert "grant" in for_admin
     assert "/price" not in for_alice
+    assert "/stats" not in for_alice
+    assert "**/stats**" in for_admin
     assert "**/price**" in for_admin
 
 

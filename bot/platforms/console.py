@@ -22,6 +22,7 @@ from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
+from bot.stats import parse_stats_arguments
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -108,6 +109,7 @@ class ConsoleChat:
             "revoke": self.revoke,
             "price": self.price,
             "buy": self.buy,
+            "stats": self.stats,
         }
 
     async def imagine(self, text: str) -> None:
@@ -172,6 +174,20 @@ class ConsoleChat:
     async def price(self, arguments: str) -> None:
         command = parse_price_command(arguments, messages.CONSOLE_PRICE_USAGE)
         self.write(await self.prices.run(self.account, command))
+
+    async def stats(self, arguments: str) -> None:
+        """The last 30 days' figures, and their chart saved as a PNG in the output folder."""
+        answer = await self.service.stats.answer(self.account, parse_stats_arguments(arguments))
+        self.write(answer.text)
+        if answer.chart is None:
+            return
+        path = self.output_dir / answer.chart.filename
+        try:
+            await asyncio.to_thread(_save, path, answer.chart.png)
+        except OSError as error:
+            self.write(messages.chart_not_saved(str(self.output_dir), error.strerror or str(error)))
+            return
+        self.write(messages.saved_to(str(path)))
 
 
 class _SaveToFolder:

@@ -416,6 +416,25 @@ class ImagineBot(discord.AutoShardedClient):
             text, files = refusal.message, []
         await _answer(interaction, text, files=files)
 
+    async def show_stats(self, interaction: discord.Interaction, model: str | None) -> None:
+        """An admin's /stats: the last 30 days' figures, with their chart attached, said
+        privately (revenue and margins are not for the channel)."""
+
+        async def stats_answer() -> tuple[str, list[discord.File]]:
+            answer = await self.service.stats.answer(discord_account(interaction.user), model)
+            if answer.chart is None:
+                return answer.text, []
+            png = io.BytesIO(answer.chart.png)
+            return answer.text, [discord.File(png, filename=answer.chart.filename)]
+
+        try:
+            # Drawing the chart can pass the deadline, the first time above all (matplotlib's
+            # import); Discord is then shown "thinking…" and the answer fills it in.
+            text, files = await _ready_in_time(interaction, stats_answer())
+        except ImagineError as refusal:
+            text, files = refusal.message, []
+        await _answer(interaction, text, files=files)
+
     # -- buying credits -------------------------------------------------------
 
     async def show_packs(self, interaction: discord.Interaction) -> None:
@@ -722,6 +741,14 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         )
         await bot.change_prices(interaction, command)
 
+    @app_commands.describe(model=messages.DISCORD_STATS_MODEL_DESCRIPTION)
+    @app_commands.autocomplete(model=price_models)
+    async def stats(
+        interaction: discord.Interaction,
+        model: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
+    ) -> None:
+        await bot.show_stats(interaction, model)
+
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
@@ -750,6 +777,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             name="statement",
             description="Every change to your credits, as a CSV file only you see",
             callback=statement,
+        ),
+        app_commands.Command(
+            name="stats",
+            description="Admins: the last 30 days' credits by model, as a chart",
+            callback=stats,
         ),
         app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
