@@ -160,6 +160,8 @@ async def open_service(
                 clock=clock,
                 stripe_config=StripeConfig.from_settings(settings),
                 allow_test_purchases=settings.discord_allow_test_purchases,
+                circuit_failures=settings.circuit_failures,
+                circuit_cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
             )
             try:
                 if not serving:
