@@ -396,6 +396,24 @@ async def test_a_tie_in_price_goes_to_the_model_listed_first(
     assert (quote.request.model.id, quote.price) == ("sketch-pro", 4)
 
 
+async def test_an_alternative_the_balance_cannot_pay_is_named_with_the_shortfall_and_no_question(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    await fail_generations(console, scripted)
+    await service.credits.revoke(OWNER, OWNER, 97)
+    asked = len(console.questions)
+
+    said = await console.say("/imagine model:scripted a fox")
+
+    assert said == messages.alternative_refused(
+        "Scripted",
+        messages.circuit_open_reason(FAILURES),
+        "Sketch",
+        messages.insufficient_credits(4, 3),
+    )
+    assert len(console.questions) == asked
+
+
 # -- the click --------------------------------------------------------------------
 
 
