@@ -162,6 +162,8 @@ async def open_service(
                 stripe_config=StripeConfig.from_settings(settings),
                 allow_test_purchases=settings.discord_allow_test_purchases,
                 credit_value_usd=Decimal(str(settings.credit_value_usd)),
+                circuit_failures=settings.circuit_failures,
+                circuit_cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
             )
             try:
                 if not serving:

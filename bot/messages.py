@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.platform_limits import BUTTON_CHARACTERS
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger.values import major_units
 
@@ -211,6 +212,45 @@ def over_budget(provider: str, budget: Decimal) -> str:
         f"The bot's monthly budget for {provider} (${budget:,.2f}) is used up, so its models "
         "take no new requests until next month; try another model (/models lists them)."
     )
+
+
+def over_budget_reason(provider: str, budget: Decimal) -> str:
+    return f"the bot's monthly budget for {provider} (${budget:,.2f}) is used up for this month"
+
+
+def circuit_open_reason(failures: int) -> str:
+    return f"its provider failed its last {failures} requests"
+
+
+def circuit_open(model_name: str, failures: int) -> str:
+    return (
+        f"{model_name} is unavailable right now: {circuit_open_reason(failures)}; try again in "
+        "a few minutes, or another model (/models lists them)."
+    )
+
+
+def alternative_offered(model_name: str, reason: str, alternative: str, price: int) -> str:
+    """The first line of a quote offered in place of a model that cannot be used now."""
+    return f"{model_name} is unavailable right now: {reason} · Try {alternative} · {credits(price)}"
+
+
+def alternative_refused(model_name: str, reason: str, alternative: str, refusal: str) -> str:
+    """A model cannot be used now, and the one that could replace it cannot take the request."""
+    return (
+        f"{model_name} is unavailable right now: {reason}. "
+        f"{alternative} could make it instead, but: {refusal}"
+    )
+
+
+def try_button(model_name: str, price: int) -> str:
+    """The Generate button of an alternative, short enough for every platform's buttons."""
+    price_part = f" · {credits(price)}"
+    room = BUTTON_CHARACTERS - len("Try ") - len(price_part)
+    return f"Try {_shorten(model_name, room)}{price_part}"
+
+
+def try_question(model_name: str, price: int) -> str:
+    return f"Try {model_name} for {credits(price)}?"
 
 
 def budget_warning(provider: str, committed: Decimal, budget: Decimal) -> str:
@@ -410,6 +450,8 @@ def generate_button(count: int, price: int) -> str:
     return f"Generate {images(count)} · {credits(price)}"
 
 
+GENERATE_BUTTON = "Generate"
+"""A Generate button with no price on it: an expired quote's, disabled."""
 CANCEL_BUTTON = "Cancel"
 
 

@@ -21,6 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from bot import messages, references, statements
 from bot.app import open_service
+from bot.circuits import Health
 from bot.flow import ImagineService
 from bot.platforms import discord as discord_adapter
 from bot.platforms.discord import ImagineBot, point_at
@@ -590,6 +591,28 @@ async def test_a_button_pressed_after_a_restart_still_works(
 
     assert len(discord_fake.followups(click)) == 1
     assert await available(service) == 49
+
+
+async def test_a_model_that_cannot_be_used_now_offers_the_alternative_s_button_which_survives_a_restart(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    for _ in range(service.circuits.failures):
+        service.circuits.record("scripted", Health.DOWN, "unavailable")
+
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+    offer = message.content
+    labels = [button["label"] for button in message.buttons]
+    async with running_bot(service, settings, discord_fake):
+        await discord_fake.click(message, message.button("Try"))
+        await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert offer.startswith(
+        "Scripted is unavailable right now: its provider failed its last 5 requests"
+        " · Try Local Sketch · 1 credit\n"
+    )
+    assert labels == ["Try Local Sketch · 1 credit", "Cancel"]
+    assert message.content == "Done: 1 image for 1 credit.\nBalance: 49 credits available."
 
 
 async def test_a_request_beyond_the_balance_is_refused_before_any_button(

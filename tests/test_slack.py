@@ -19,6 +19,7 @@ from PIL import Image
 
 from bot import messages
 from bot.app import open_service
+from bot.circuits import Health
 from bot.flow import ImagineService
 from bot.platforms.slack import (
     CANCEL_ACTION,
@@ -389,6 +390,25 @@ async def test_a_generate_whose_starting_message_cannot_be_shown_still_generates
     await service.drain(grace_seconds=10)
     balance = await service.credits.balance(ALICE)
     assert (balance.available, balance.held) == (49, 0)
+
+
+async def test_a_model_that_cannot_be_used_now_offers_the_alternative_s_button(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    for _ in range(service.circuits.failures):
+        service.circuits.record("scripted", Health.DOWN, "unavailable")
+
+    _, acknowledgement, _ = await driver.command("/imagine", "model:scripted a fox")
+    generate = buttons(acknowledgement)[GENERATE_ACTION]
+    _, response_url = await driver.click(GENERATE_ACTION, generate["value"])
+    said = await final_text(driver, response_url, "Balance")
+
+    assert acknowledgement["text"].startswith(
+        "Scripted is unavailable right now: its provider failed its last 5 requests"
+        " · Try Local Sketch · 1 credit\n"
+    )
+    assert generate["text"]["text"] == "Try Local Sketch · 1 credit"
+    assert said == "Done: 1 image for 1 credit.\nBalance: 49 credits available."
 
 
 async def test_cancel_charges_nothing(

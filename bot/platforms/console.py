@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment
-from bot.errors import ImagineError
+from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
@@ -114,11 +114,16 @@ class ConsoleChat:
 
     async def imagine(self, text: str) -> None:
         request = parse_imagine(text, self.service.catalog)
-        quote = await self.service.quote(self.account, request, channel="console")
-        self.write(quote.summary)
-        answer = await self.read_line(
-            f"{messages.generate_button(request.count, quote.price)}? [y/N] "
-        )
+        try:
+            quote = await self.service.quote(self.account, request, channel="console")
+        except ModelUnusable as unusable:
+            if unusable.alternative is None:
+                raise
+            self.write(unusable.message)
+            quote = unusable.alternative
+        else:
+            self.write(quote.summary)
+        answer = await self.read_line(f"{quote.question} [y/N] ")
         if (answer or "").strip().lower() not in ("y", "yes"):
             await self.service.cancel(quote.id, self.account)
             self.write(messages.CANCELLED)

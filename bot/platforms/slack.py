@@ -46,6 +46,7 @@ from bot import messages, slack_text, statements
 from bot.credits import parse_adjustment
 from bot.errors import (
     ImagineError,
+    ModelUnusable,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
@@ -270,13 +271,15 @@ class SlackImagine:
             quote = await self.service.quote(
                 account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
             )
+        except ModelUnusable as unusable:
+            if unusable.alternative is None:
+                return {"text": unusable.message}
+            quote, summary = unusable.alternative, unusable.message
         except ImagineError as refusal:
             return {"text": refusal.message}
-        summary = quote.summary
-        return {
-            "text": summary,
-            "blocks": quote_blocks(summary, quote.id, request.count, quote.price),
-        }
+        else:
+            summary = quote.summary
+        return {"text": summary, "blocks": quote_blocks(summary, quote.id, quote.button)}
 
     def _help(self, account: str) -> str:
         catalog = self.service.catalog
@@ -646,7 +649,7 @@ async def _upload_file(
     return str(answer["file_id"])
 
 
-def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> list[dict[str, Any]]:
+def quote_blocks(summary: str, generation_id: str, label: str) -> list[dict[str, Any]]:
     return [
         {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
         {
@@ -657,7 +660,7 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
                     "type": "button",
                     "action_id": GENERATE_ACTION,
                     "style": "primary",
-                    "text": {"type": "plain_text", "text": messages.generate_button(count, price)},
+                    "text": {"type": "plain_text", "text": label},
                     "value": generation_id,
                 },
                 {
