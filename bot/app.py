@@ -7,6 +7,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from aiohttp import web
@@ -160,6 +161,9 @@ async def open_service(
                 clock=clock,
                 stripe_config=StripeConfig.from_settings(settings),
                 allow_test_purchases=settings.discord_allow_test_purchases,
+                credit_value_usd=Decimal(str(settings.credit_value_usd)),
+                circuit_failures=settings.circuit_failures,
+                circuit_cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
             )
             try:
                 if not serving:

@@ -87,11 +87,15 @@ class Budgets:
         used = await self.use(provider)
         if used is None:
             return
-        adding = Decimal(images * (cost_per_image_microusd or 0)) / 1_000_000
         if used.share >= WARN_AT:
             await self._warn(used)
-        if used.committed_usd + adding > used.budget_usd:
+        if not _fits(used, images, cost_per_image_microusd):
             raise ProviderOverBudget(provider, used.budget_usd)
+
+    async def allows(self, provider: str, images: int, cost_per_image_microusd: int | None) -> bool:
+        """Whether ``check`` would let these images through, telling no one anything."""
+        used = await self.use(provider)
+        return used is None or _fits(used, images, cost_per_image_microusd)
 
     async def _warn(self, used: BudgetUse) -> None:
         month = f"{self._clock():%Y-%m}"
@@ -106,3 +110,8 @@ class Budgets:
             except Exception:
                 # The quote goes on: the log line and the metric have told admins already.
                 logger.exception("could not post the budget alert on %s", platform)
+
+
+def _fits(used: BudgetUse, images: int, cost_per_image_microusd: int | None) -> bool:
+    adding = Decimal(images * (cost_per_image_microusd or 0)) / 1_000_000
+    return used.committed_usd + adding <= used.budget_usd

@@ -51,12 +51,24 @@ class ModelCatalog:
 
     def require(self, model_id: str) -> ModelSpec:
         """The usable model called ``model_id``, or the error that says why not."""
-        model = self.registry.get(model_id)
-        if model is None:
-            raise UnknownModel(model_id, self.registry.closest_ids(model_id))
+        model = self.active(model_id)
         reason = self.reason_unavailable(model)
         if reason is not None:
             raise ModelUnavailable(model.id, reason)
+        return model
+
+    def active(self, model_id: str) -> ModelSpec:
+        """The model called ``model_id`` if it is switched on, usable now or not.
+
+        A request for one that cannot be used now (its provider has no key, say)
+        is still validated against it: the quote answers with the cause and
+        another model that can make the same request.
+        """
+        model = self.registry.get(model_id)
+        if model is None:
+            raise UnknownModel(model_id, self.registry.closest_ids(model_id))
+        if not model.active:
+            raise ModelUnavailable(model.id, SWITCHED_OFF)
         return model
 
 

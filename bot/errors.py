@@ -6,9 +6,12 @@ and nothing changed.
 
     ImagineError
     ├── RequestError            bad input: unknown model, bad option, empty prompt, bad account…
+    ├── ModelUnusable           the model cannot take requests now; may carry an alternative's quote
+    │   ├── ModelUnavailable    its provider has no key (or it is switched off); also a RequestError
+    │   ├── ProviderOverBudget  the provider's monthly budget would be passed
+    │   └── ProviderCircuitOpen the provider failed its last CIRCUIT_FAILURES generations
     ├── InsufficientCredits     the price is more than the available balance
     ├── CreditsOwed             the account owes credits taken back after a refund or dispute
-    ├── ProviderOverBudget      the provider's monthly budget would be passed
     ├── TooManyQuotes           QUOTES_PER_MINUTE requests in the last minute already
     ├── AccountReferencesFull   the account's pending reference images would pass their limit
     ├── ReferenceStorageFull    everyone's pending reference images would pass their limit
@@ -17,7 +20,7 @@ and nothing changed.
     ├── NotYourRequest          someone else pressed the button
     ├── AlreadyHandled          the request was already confirmed or cancelled
     ├── ShuttingDown            the bot is stopping and takes no new requests
-    ├── NotAdmin                a grant or revoke by an account not in ADMIN_ACCOUNTS
+    ├── NotAdmin                an admin command by an account not in ADMIN_ACCOUNTS
     ├── UnknownAccount          an admin command named an account that never used the bot
     ├── RevokeExceedsBalance    a revoke of more than the account has available
     ├── IdempotencyKeyReused    a grant or revoke's key was used for a different change
@@ -30,9 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from bot import messages
+
+if TYPE_CHECKING:
+    from bot.flow import Quote
 
 
 class ImagineError(Exception):
@@ -76,7 +82,26 @@ class UnknownModel(RequestError):
         self.suggestions = tuple(suggestions)
 
 
-class ModelUnavailable(RequestError):
+class ModelUnusable(ImagineError):
+    """The model asked for cannot take a request now; ``reason`` says why, in a phrase.
+
+    When another model can make the same request, the quote refused with this
+    carries that model's quote, recorded and ready for its button, as
+    ``alternative``, and ``message`` offers it. Nothing is switched: the
+    alternative is generated only if its owner confirms it.
+    """
+
+    reason: str
+    alternative: Quote | None = None
+
+    def offer(self, sentence: str, alternative: Quote | None = None) -> None:
+        """Say ``sentence`` instead, offering ``alternative`` (when it could be quoted)."""
+        self.alternative = alternative
+        self.message = sentence
+        self.args = (sentence,)
+
+
+class ModelUnavailable(RequestError, ModelUnusable):
     def __init__(self, model_id: str, reason: str) -> None:
         super().__init__(messages.model_unavailable(model_id, reason))
         self.model_id = model_id
@@ -96,11 +121,20 @@ class CreditsOwed(ImagineError):
         self.owed = owed
 
 
-class ProviderOverBudget(ImagineError):
+class ProviderOverBudget(ModelUnusable):
     def __init__(self, provider: str, budget: Decimal) -> None:
         super().__init__(messages.over_budget(provider, budget))
         self.provider = provider
         self.budget = budget
+        self.reason = messages.over_budget_reason(provider, budget)
+
+
+class ProviderCircuitOpen(ModelUnusable):
+    def __init__(self, model_name: str, provider: str, failures: int) -> None:
+        super().__init__(messages.circuit_open(model_name, failures))
+        self.provider = provider
+        self.failures = failures
+        self.reason = messages.circuit_open_reason(failures)
 
 
 class TooManyQuotes(ImagineError):
@@ -153,8 +187,8 @@ class ShuttingDown(ImagineError):
 
 
 class NotAdmin(ImagineError):
-    def __init__(self) -> None:
-        super().__init__(messages.NOT_ADMIN)
+    def __init__(self, message: str = messages.NOT_ADMIN) -> None:
+        super().__init__(message)
 
 
 class UnknownAccount(ImagineError):

@@ -15,13 +15,15 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import ledger
 from bot import messages
 from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ProviderPool
+from bot.circuits import Circuits, judge_error, judge_result
 from bot.credits import Credits
 from bot.errors import (
     AccountReferencesFull,
@@ -29,7 +31,10 @@ from bot.errors import (
     CreditsOwed,
     ImagineError,
     InsufficientCredits,
+    ModelUnavailable,
+    ModelUnusable,
     NotYourRequest,
+    ProviderCircuitOpen,
     QuoteExpired,
     QuoteNotFound,
     ReferenceStorageFull,
@@ -41,7 +46,17 @@ from bot.parsing import ImagineRequest
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
-from ledger import Balance, Generation, GenerationStatus, NewGeneration, QuoteLimits, QuoteReference
+from bot.registry import ModelSpec
+from bot.stats import Statistics
+from ledger import (
+    Balance,
+    Generation,
+    GenerationStatus,
+    NewGeneration,
+    PriceOverride,
+    QuoteLimits,
+    QuoteReference,
+)
 from ledger.rules import delivered_charge
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
 from providers.calls import AttemptLog, CallOutcome, recording_attempts
@@ -112,10 +127,27 @@ class Quote:
     balance: Balance
     breakdown: Price
     """How the price was made: list price, the account's own price, batch discount."""
+    instead_of: str | None = None
+    """The id of the model that could not be used now, when offered in its place
+    (``ModelUnusable.alternative``)."""
 
     @property
     def id(self) -> str:
         return self.generation.id
+
+    @property
+    def button(self) -> str:
+        """The label of its Generate button."""
+        if self.instead_of is not None:
+            return messages.try_button(self.request.model.display_name, self.price)
+        return messages.generate_button(self.request.count, self.price)
+
+    @property
+    def question(self) -> str:
+        """The Generate button as a question, where the answer is typed (the console)."""
+        if self.instead_of is not None:
+            return messages.try_question(self.request.model.display_name, self.price)
+        return f"{self.button}?"
 
     @property
     def price(self) -> int:
@@ -241,6 +273,9 @@ class ImagineService:
         clock: Clock = ledger.utc_now,
         stripe_config: StripeConfig | None = None,
         allow_test_purchases: bool = False,
+        credit_value_usd: Decimal = Decimal("0.02"),
+        circuit_failures: int = 5,
+        circuit_cooldown: timedelta = timedelta(seconds=60),
     ) -> None:
         self.catalog = catalog
         self.providers = providers
@@ -279,6 +314,14 @@ class ImagineService:
         self.platform_checks: dict[str, HealthCheck] = {}
         """Adapters add ``name → is connected`` here for ``/readyz``."""
         self.budgets = Budgets(self.ledger, pricing.budgets, self.metrics, clock=clock)
+        self.circuits = Circuits(
+            providers.providers, failures=circuit_failures, cooldown=circuit_cooldown, clock=clock
+        )
+        """Each provider's circuit breaker; ``circuits.states()`` for the dashboard."""
+        for name in providers.providers:
+            self.metrics.circuit_open.labels(name).set_function(
+                lambda name=name: 0 if self.circuits.closed(name) else 1
+            )
         self.purchases = Purchases(
             self.ledger,
             pricing.packs,
@@ -287,6 +330,8 @@ class ImagineService:
             allow_test_purchases=allow_test_purchases,
             clock=clock,
         )
+        self.stats = Statistics(credits, catalog.registry, credit_value_usd)
+        """Admins' /stats: the last 30 days' figures and chart."""
 
     async def quote(
         self,
@@ -300,13 +345,120 @@ class ImagineService:
 
         Refuses before any button if it cannot be paid, or would pass ``quote_limits``.
         ``roles``: the member's Discord role ids, for the free allowance.
+
+        A model that cannot be used now (no API key, its provider's circuit open,
+        its provider's budget used up) raises ``ModelUnusable`` naming the cause.
+        If another provider's model can make the same request, that model's quote
+        is recorded, as any quote is, and carried as ``alternative``: its button
+        is the ordinary confirm, and nothing is switched unless it is clicked.
         """
         if not self.accepting:
             raise ShuttingDown()
+        try:
+            await self._require_usable(request)
+        except ModelUnusable as unusable:
+            await self._offer_alternative(unusable, account, request, channel=channel, roles=roles)
+            raise
+        return await self._open_quote(account, request, channel=channel, roles=roles)
+
+    async def _require_usable(self, request: ImagineRequest) -> None:
+        """Raise why ``request``'s model cannot take it now.
+
+        The circuit is asked last: past its cool-down, the request it lets
+        through is the provider's one trial, and must not be refused after.
+        """
+        model = request.model
+        reason = self.catalog.reason_unavailable(model)
+        if reason is not None:
+            raise ModelUnavailable(model.id, reason)
+        cost_per_image = microusd(model.cost_for(request.resolution))
+        await self.budgets.check(model.provider, request.count, cost_per_image)
+        if not self.circuits.admit(model.provider):
+            raise ProviderCircuitOpen(
+                model.display_name, model.provider, self.circuits.failures_of(model.provider)
+            )
+
+    async def _offer_alternative(
+        self,
+        unusable: ModelUnusable,
+        account: str,
+        request: ImagineRequest,
+        *,
+        channel: str | None,
+        roles: Collection[str],
+    ) -> None:
+        """Give ``unusable`` the quote of the model that can make ``request`` instead, if any."""
+        alternative = await self._alternative(account, request)
+        if alternative is None:
+            return
+        wanted, offered = request.model.display_name, alternative.model.display_name
+        try:
+            # Checked again as any quote is (the budget's 80 % alert included).
+            await self._require_usable(alternative)
+            quote = await self._open_quote(
+                account, alternative, channel=channel, roles=roles, instead_of=request.model.id
+            )
+        except ImagineError as refusal:
+            unusable.offer(
+                messages.alternative_refused(wanted, unusable.reason, offered, refusal.message)
+            )
+            return
+        sentence = messages.alternative_offered(wanted, unusable.reason, offered, quote.price)
+        unusable.offer(f"{sentence}\n{quote.summary}", quote)
+
+    async def _alternative(self, account: str, request: ImagineRequest) -> ImagineRequest | None:
+        """``request`` made by the model of another provider that costs ``account`` least.
+
+        Only a model usable now (a key, its circuit closed, its budget room for
+        these images) that takes the request as it is: its resolution, aspect
+        ratio, number of images and reference images. Ties go to the registry's
+        order.
+        """
+        overrides = await self.ledger.price_overrides(account)
+        best: tuple[int, ImagineRequest] | None = None
+        for model in self.catalog.usable():
+            if (
+                model.provider == request.model.provider
+                or not _can_make(model, request)
+                or not self.circuits.closed(model.provider)
+            ):
+                continue
+            cost_per_image = microusd(model.cost_for(request.resolution))
+            if not await self.budgets.allows(model.provider, request.count, cost_per_image):
+                continue
+            candidate = replace(request, model=model)
+            total = self._price(candidate, overrides).total
+            if best is None or total < best[0]:
+                best = (total, candidate)
+        return None if best is None else best[1]
+
+    async def _open_quote(
+        self,
+        account: str,
+        request: ImagineRequest,
+        *,
+        channel: str | None,
+        roles: Collection[str],
+        instead_of: str | None = None,
+    ) -> Quote:
+        """Record ``request``'s quote (a ``quoted`` generation) with its reference images."""
         cost_per_image = microusd(request.model.cost_for(request.resolution))
-        await self.budgets.check(request.model.provider, request.count, cost_per_image)
         await self.credits.top_up_allowance(account, roles)
         priced = await self.price(account, request)
+        options: dict[str, Any] = {
+            "resolution": request.resolution,
+            "aspect_ratio": request.aspect_ratio,
+            "model_name": request.model.display_name,
+            # What was priced is what is made, whatever the registry says later.
+            "provider_options": dict(request.model.provider_options),
+            # The ledger records the price itself; these say how it was made,
+            # so history and analytics stay true when prices change.
+            "list_price": priced.list_price,
+            "price_rules": priced.rules,
+        }
+        if instead_of is not None:
+            # So a report can tell the requests a failover saved.
+            options["instead_of"] = instead_of
         try:
             balance, generation = await self.ledger.open_quote(
                 NewGeneration(
@@ -316,17 +468,7 @@ class ImagineService:
                     provider=request.model.provider,
                     provider_model=request.model.provider_model,
                     prompt=request.prompt,
-                    options={
-                        "resolution": request.resolution,
-                        "aspect_ratio": request.aspect_ratio,
-                        "model_name": request.model.display_name,
-                        # What was priced is what is made, whatever the registry says later.
-                        "provider_options": dict(request.model.provider_options),
-                        # The ledger records the price itself; these say how it was made,
-                        # so history and analytics stay true when prices change.
-                        "list_price": priced.list_price,
-                        "price_rules": priced.rules,
-                    },
+                    options=options,
                     images_requested=request.count,
                     credits_per_image=request.credits_per_image,
                     cost_per_image_microusd=cost_per_image,
@@ -343,15 +485,18 @@ class ImagineService:
             )
         except ledger.LedgerError as refusal:
             raise _translate(refusal) from None
-        return Quote(generation, request, balance, priced)
+        return Quote(generation, request, balance, priced, instead_of)
 
     async def price(self, account: str, request: ImagineRequest) -> Price:
         """What ``request`` costs ``account`` now (``bot.pricing.price``)."""
+        return self._price(request, await self.ledger.price_overrides(account))
+
+    def _price(self, request: ImagineRequest, overrides: Sequence[PriceOverride]) -> Price:
         return price(
             request.credits_per_image,
             request.count,
             batch=self.pricing.discounts_for(request.model.batch_discounts),
-            overrides=await self.ledger.price_overrides(account),
+            overrides=overrides,
             model_id=request.model.id,
             now=self._clock(),
         )
@@ -565,6 +710,11 @@ class ImagineService:
                                 replace(request, reference_images=references), image_done
                             )
                         returned = len(result.images)
+                    except BaseException as error:
+                        self.circuits.record(generation.provider, *judge_error(error))
+                        raise
+                    else:
+                        self.circuits.record(generation.provider, *judge_result(result))
                     finally:
                         self.metrics.provider_latency.labels(generation.provider).observe(
                             time.monotonic() - provider_started
@@ -996,6 +1146,16 @@ async def _conclude(delivery: Delivery, outcome: Outcome, within: float | None =
 
 _MAYBE_BILLED = frozenset({CallOutcome.TIMEOUT, CallOutcome.CONNECTION_LOST, CallOutcome.ABANDONED})
 """Calls sent whose answer never came: the provider may have made, and billed, the image."""
+
+
+def _can_make(model: ModelSpec, request: ImagineRequest) -> bool:
+    """Whether ``model`` takes ``request`` as it was asked, with nothing changed or left out."""
+    return (
+        request.resolution in model.resolutions
+        and request.aspect_ratio in model.aspect_ratios
+        and request.count <= model.max_images
+        and len(request.reference_images) <= model.max_reference_images
+    )
 
 
 def microusd(usd: float | None) -> int | None:

@@ -11,10 +11,12 @@ import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.platform_limits import BUTTON_CHARACTERS
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from ledger.values import major_units
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
     from bot.pricing import Price
     from bot.registry import ModelSpec
+    from bot.stats import Headline
     from ledger import Balance, Generation, Lot, PriceOverride, Purchase
 
 PROMPT_MAX_CHARS = 2000
@@ -209,6 +212,45 @@ def over_budget(provider: str, budget: Decimal) -> str:
         f"The bot's monthly budget for {provider} (${budget:,.2f}) is used up, so its models "
         "take no new requests until next month; try another model (/models lists them)."
     )
+
+
+def over_budget_reason(provider: str, budget: Decimal) -> str:
+    return f"the bot's monthly budget for {provider} (${budget:,.2f}) is used up for this month"
+
+
+def circuit_open_reason(failures: int) -> str:
+    return f"its provider failed its last {failures} requests"
+
+
+def circuit_open(model_name: str, failures: int) -> str:
+    return (
+        f"{model_name} is unavailable right now: {circuit_open_reason(failures)}; try again in "
+        "a few minutes, or another model (/models lists them)."
+    )
+
+
+def alternative_offered(model_name: str, reason: str, alternative: str, price: int) -> str:
+    """The first line of a quote offered in place of a model that cannot be used now."""
+    return f"{model_name} is unavailable right now: {reason} · Try {alternative} · {credits(price)}"
+
+
+def alternative_refused(model_name: str, reason: str, alternative: str, refusal: str) -> str:
+    """A model cannot be used now, and the one that could replace it cannot take the request."""
+    return (
+        f"{model_name} is unavailable right now: {reason}. "
+        f"{alternative} could make it instead, but: {refusal}"
+    )
+
+
+def try_button(model_name: str, price: int) -> str:
+    """The Generate button of an alternative, short enough for every platform's buttons."""
+    price_part = f" · {credits(price)}"
+    room = BUTTON_CHARACTERS - len("Try ") - len(price_part)
+    return f"Try {_shorten(model_name, room)}{price_part}"
+
+
+def try_question(model_name: str, price: int) -> str:
+    return f"Try {model_name} for {credits(price)}?"
 
 
 def budget_warning(provider: str, committed: Decimal, budget: Decimal) -> str:
@@ -408,6 +450,8 @@ def generate_button(count: int, price: int) -> str:
     return f"Generate {images(count)} · {credits(price)}"
 
 
+GENERATE_BUTTON = "Generate"
+"""A Generate button with no price on it: an expired quote's, disabled."""
 CANCEL_BUTTON = "Cancel"
 
 
@@ -701,6 +745,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
             " /price set discord:1234 20% until:2027-01-01 beta tester",
             "  /price list [<account>]                the accounts' own prices",
             "  /price clear <account> [<model>]       back to list prices",
+            "  /stats [model:<id>]",
+            "      the last 30 days: generations, credits, provider cost, revenue, margin and"
+            " failures, with a chart of the credits spent each day by model saved as a PNG",
         ]
     return "\n".join(lines)
 
@@ -852,6 +899,68 @@ def report(tables: Mapping[str, Sequence[Mapping[str, object]]], output: str) ->
     return "\n".join(sections)
 
 
+# -- statistics -------------------------------------------------------------------
+
+STATS_NOT_ADMIN = "Only bot admins can see the bot's statistics (ADMIN_ACCOUNTS lists them)."
+STATS_USAGE = "Usage: /stats [model:<id>], e.g. /stats model:gemini-3-pro for one model."
+STATS_CHART_AXIS = "credits"
+SLACK_STATS_CHART_SENT = "The chart is in your direct messages with me."
+
+
+def no_stats(days: int, model_id: str | None) -> str:
+    if model_id is None:
+        return (
+            f"No generation was settled in the last {days} days, so there is nothing to chart yet."
+        )
+    return (
+        f"No generation with {model_id} was settled in the last {days} days,"
+        " so there is nothing to chart yet."
+    )
+
+
+def _dollars(amount: Decimal) -> str:
+    return f"{amount.quantize(Decimal('0.01'))} USD"
+
+
+def stats_headline(
+    days: int,
+    first: date,
+    last: date,
+    model_id: str | None,
+    headline: Headline,
+    credit_value_usd: Decimal,
+) -> str:
+    """The figures beside a /stats chart."""
+    generations = "generation" if headline.generations == 1 else "generations"
+    return "\n".join(
+        [
+            f"Last {days} days ({first:%Y-%m-%d} to {last:%Y-%m-%d}, UTC),"
+            f" {'all models' if model_id is None else model_id}:",
+            f"{headline.generations} {generations} · {images(headline.images)}"
+            f" · {credits(headline.credits)} spent",
+            f"Provider cost {_dollars(headline.provider_cost_usd)}"
+            f" · revenue {_dollars(headline.revenue_usd)}"
+            f" (credits at {credit_value_usd.normalize():f} USD)"
+            f" · margin {_dollars(headline.margin_usd)}",
+            f"Failed: {headline.failed} of {headline.generations}"
+            f" ({headline.failure_rate:.1%}) delivered no image.",
+        ]
+    )
+
+
+def stats_chart_title(model_id: str | None, first: date, last: date) -> str:
+    scope = "by model" if model_id is None else f"with {model_id}"
+    return f"Credits spent per day {scope}, {first:%Y-%m-%d} to {last:%Y-%m-%d} (UTC)"
+
+
+def stats_chart_not_sent(why: str) -> str:
+    return f"The chart could not be sent to you ({why}); the figures above are complete."
+
+
+def chart_not_saved(folder: str, why: str) -> str:
+    return f"The chart could not be saved in {folder} ({why}); the figures above are complete."
+
+
 # -- Discord --------------------------------------------------------------------
 # Sentences only the Discord adapter shows.
 
@@ -876,6 +985,7 @@ DISCORD_MODEL_DESCRIPTION = "Which model draws it (default: the first one listed
 DISCORD_RESOLUTION_DESCRIPTION = "Image size; the choices follow the model you picked"
 DISCORD_ASPECT_DESCRIPTION = "Width:height; the choices follow the model you picked"
 DISCORD_REFERENCE_DESCRIPTION = "An image for the model to work from (PNG, JPEG or WebP)"
+DISCORD_STATS_MODEL_DESCRIPTION = "One model's figures alone (default: every model)"
 
 
 def discord_model_choice(model_name: str, price: int) -> str:
@@ -906,6 +1016,11 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
             "`[until]` `[reason]`: give someone their own price per image of a model, or a "
             "percent off every model, until a date if you like; list or clear them "
             "(bot admins only)."
+        )
+        lines.append(
+            "**/stats** `[model]`: the last 30 days' generations, credits, provider cost, "
+            "revenue, margin and failures, with a chart of the credits spent each day by "
+            "model, only you see (bot admins only)."
         )
     return "\n".join(lines)
 
@@ -955,6 +1070,11 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
             "*/credits price set @someone <N>% [until:<date>] <reason>*, "
             "*/credits price list [@someone]* and *clear @someone [<model>]*: someone's own "
             "prices (bot admins only)."
+        )
+        lines.append(
+            "*/stats [model:<id>]*: the last 30 days' generations, credits, provider cost, "
+            "revenue, margin and failures, only you see, with a chart of the credits spent "
+            "each day by model in your direct messages with me (bot admins only)."
         )
     lines.append(f"```{models_table}```")
     return "\n".join(lines)

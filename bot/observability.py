@@ -130,6 +130,13 @@ class Metrics:
             ["provider"],
             registry=self.registry,
         )
+        self.circuit_open = Gauge(
+            "imagine_provider_circuit_open",
+            "1 while a provider's circuit is open (it failed its last CIRCUIT_FAILURES "
+            "generations) or on trial, else 0",
+            ["provider"],
+            registry=self.registry,
+        )
         self.budget_alerts = Counter(
             "imagine_provider_budget_alerts",
             "Times admins were told a provider passed 80% of its monthly budget",

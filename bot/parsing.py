@@ -125,7 +125,8 @@ def parse_imagine_text(text: str) -> ImagineOptions:
 def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineRequest:
     """Apply every rule and the registry's defaults; raises ``RequestError`` with what to fix."""
     options = _visible(options)
-    model = catalog.require(options.model) if options.model else catalog.default_model()
+    # A model that cannot be used right now is still validated: its quote offers another.
+    model = catalog.active(options.model) if options.model else catalog.default_model()
 
     prompt = " ".join((options.prompt or "").split())
     if not prompt:

@@ -12,3 +12,5 @@ DISCORD_CHOICE_CHARACTERS = 100
 DISCORD_CHOICES = 25
 """The most choices one option (or one autocomplete answer) may offer."""
 DISCORD_MESSAGE_CHARACTERS = 2000
+BUTTON_CHARACTERS = 75
+"""The most characters in a button's label on every platform: Slack's 75 (Discord takes 80)."""

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     """Megabytes of reference images every account's requests may hold together, in the database."""
     quotes_per_minute: int = Field(default=10, ge=1, le=10_000)
     """Requests (quotes) one account may start per minute, counted across every bot process."""
+    circuit_failures: int = Field(default=5, ge=1, le=1000)
+    """Generations in a row that find a provider down (unavailable, timed out, rate-limited)
+    before its models are answered with an alternative instead."""
+    circuit_cooldown_seconds: float = Field(default=60, gt=0, le=_A_DAY, allow_inf_nan=False)
+    """How long a provider's circuit stays open before one request is let through as a trial."""
     upload_timeout_seconds: float = Field(default=60, gt=0, le=_AN_HOUR, allow_inf_nan=False)
     """How long one step of posting images (a Discord message, a Slack upload call) may take
     before the bot stops waiting and asks the platform whether it arrived."""

@@ -1,7 +1,7 @@
 """A loopback fake of Slack's Web API, and a driver that sends signed requests to the bot.
 
 The fake serves the Web API methods the bot calls (``auth.test``,
-``conversations.join``/``info``, the three steps of ``files_upload_v2``,
+``conversations.join``/``info``/``open``, the three steps of ``files_upload_v2``,
 ``files.info``, the ``chat`` methods), the upload URLs it hands out, and
 ``response_url``s, which take at most five messages each, as Slack's do; it
 records every call. ``completion_fault`` fails ``files.completeUploadExternal``
@@ -85,6 +85,8 @@ class LoopbackSlack:
     completion_fault: CompletionFault | None = None
     fail_files_info: bool = False
     """Refuse ``files.info`` (as for an app without the ``files:read`` scope)."""
+    fail_conversations_open: bool = False
+    """Refuse ``conversations.open`` (as for an app without the ``im:write`` scope)."""
     _shared_to: dict[str, set[str]] = field(default_factory=dict)
     """The channels each file was shared to, by file id."""
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -233,6 +235,13 @@ class LoopbackSlack:
                     "is_member": channel in self.member_of,
                 },
             }
+        if method == "conversations.open":
+            if self.fail_conversations_open:
+                return {"ok": False, "error": "missing_scope", "needed": "im:write"}
+            # A member's direct messages with the bot, which the bot is always in.
+            channel = f"D{params['users']}"
+            self.member_of.add(channel)
+            return {"ok": True, "channel": {"id": channel}}
         if method == "files.getUploadURLExternal":
             file_id = f"F{next(self._ids)}"
             self._bytes[file_id] = (str(params["filename"]), b"")

@@ -95,8 +95,25 @@ async def test_a_quote_that_would_cross_the_budget_is_refused_naming_the_cause(
         await service.quote(ANA, parse_imagine("model:scripted count:2 a fox", service.catalog))
     fits = await service.quote(ANA, parse_imagine("model:scripted a fox", service.catalog))
 
-    assert refused.value.message == messages.over_budget("scripted", Decimal("1.0"))
+    assert messages.over_budget_reason("scripted", Decimal("1.0")) in refused.value.message
     assert fits.price == 10
+
+
+async def test_a_quote_past_the_budget_offers_another_provider_s_model(
+    service: ImagineService,
+) -> None:
+    await generate(service, "model:scripted count:4 a fox")  # the whole $1.00
+
+    with pytest.raises(ProviderOverBudget) as refused:
+        await service.quote(ANA, parse_imagine("model:scripted count:2 a fox", service.catalog))
+
+    offered = refused.value.alternative
+    assert offered is not None
+    assert (offered.request.model.id, offered.price) == ("local-sketch", 2)
+    assert refused.value.message.startswith(
+        "Scripted is unavailable right now: the bot's monthly budget for scripted ($1.00) is"
+        " used up for this month · Try Local Sketch · 2 credits\n"
+    )
 
 
 async def test_images_held_by_running_generations_count_against_the_budget(

@@ -560,6 +560,28 @@ async def test_help_lists_admin_commands_only_to_admins(
     guest_help = await guest.say("/help")
     assert "/imagine" in guest_help
     assert "/grant" not in guest_help
+    assert "/stats" not in guest_help
+
+
+@pytest.mark.sqlite_only  # Drawing is the same whatever the database (tests/test_stats.py).
+async def test_stats_prints_the_figures_and_saves_the_chart_in_the_output_folder(
+    console: ScriptedConsole, settings: Settings
+) -> None:
+    await console.say("/imagine model:local-sketch count:2 a fox", "y")
+
+    said = (await console.say("/stats")).splitlines()
+
+    chart = settings.output_dir / "stats-2026-11-24.png"
+    assert said[1] == "1 generation · 2 images · 2 credits spent"
+    assert said[-1] == messages.saved_to(str(chart))
+    with Image.open(chart) as saved:
+        assert saved.format == "PNG"
+
+
+async def test_stats_are_refused_to_a_guest(service: ImagineService, settings: Settings) -> None:
+    guest = ScriptedConsole(service, GUEST, settings.output_dir)
+
+    assert await guest.say("/stats") == messages.STATS_NOT_ADMIN
 
 
 async def test_an_admin_grant_adds_credits_and_is_recorded(

@@ -21,6 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from bot import messages, references, statements
 from bot.app import open_service
+from bot.circuits import Health
 from bot.flow import ImagineService
 from bot.platforms import discord as discord_adapter
 from bot.platforms.discord import ImagineBot, point_at
@@ -43,6 +44,7 @@ from tests.loopback_discord import (
     Message,
     User,
 )
+from tests.test_report import generate
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -162,6 +164,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "credits",
         "price",
         "statement",
+        "stats",
         "buy",
         "models",
         "help",
@@ -588,6 +591,28 @@ async def test_a_button_pressed_after_a_restart_still_works(
 
     assert len(discord_fake.followups(click)) == 1
     assert await available(service) == 49
+
+
+async def test_a_model_that_cannot_be_used_now_offers_the_alternative_s_button_which_survives_a_restart(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    for _ in range(service.circuits.failures):
+        service.circuits.record("scripted", Health.DOWN, "unavailable")
+
+    async with running_bot(service, settings, discord_fake):
+        _, message = await quote(discord_fake, {"prompt": "a fox", "model": "scripted"})
+    offer = message.content
+    labels = [button["label"] for button in message.buttons]
+    async with running_bot(service, settings, discord_fake):
+        await discord_fake.click(message, message.button("Try"))
+        await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert offer.startswith(
+        "Scripted is unavailable right now: its provider failed its last 5 requests"
+        " · Try Local Sketch · 1 credit\n"
+    )
+    assert labels == ["Try Local Sketch · 1 credit", "Cancel"]
+    assert message.content == "Done: 1 image for 1 credit.\nBalance: 49 credits available."
 
 
 async def test_a_request_beyond_the_balance_is_refused_before_any_button(
@@ -1090,6 +1115,44 @@ async def test_a_statement_with_no_entries_says_so_without_a_file(
     )
 
 
+# -- /stats -------------------------------------------------------------------------
+
+
+async def test_stats_answers_an_admin_privately_with_the_chart_attached(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await generate(service, ALICE_ACCOUNT, "model:local-sketch count:2 a fox", Script())
+
+    interaction = await discord_fake.slash("stats", {"model": "local-sketch"}, user=ADMIN)
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).files
+    )
+
+    message = discord_fake.original(interaction)
+    assert message.ephemeral
+    assert message.content.splitlines()[0].endswith(", local-sketch:")
+    [chart] = message.files
+    assert chart.filename == "stats-2026-11-24-local-sketch.png"
+    with Image.open(io.BytesIO(chart.data)) as image:
+        assert image.format == "PNG"
+
+
+async def test_stats_are_refused_to_someone_not_an_admin(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    assert await answer_to(discord_fake, "stats", {}, ALICE) == messages.STATS_NOT_ADMIN
+
+
+async def test_stats_offers_the_models_as_the_model_is_typed(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    choices = await discord_fake.autocomplete(
+        "stats", {"model": "loc"}, focused="model", user=ADMIN
+    )
+
+    assert [choice["value"] for choice in choices] == ["local-sketch"]
+
+
 # -- /price -------------------------------------------------------------------------
 
 
@@ -1298,6 +1361,8 @@ async def test_help_explains_the_commands_and_admin_commands_only_to_admins(
     assert "grant" not in for_alice
     assert "grant" in for_admin
     assert "/price" not in for_alice
+    assert "/stats" not in for_alice
+    assert "**/stats**" in for_admin
     assert "**/price**" in for_admin
 
 

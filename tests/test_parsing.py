@@ -388,13 +388,16 @@ def test_an_inactive_model_is_refused_as_switched_off(catalog: ModelCatalog) -> 
     )
 
 
-def test_an_unavailable_model_gives_the_reason(catalog: ModelCatalog) -> None:
-    error = refusal(catalog, "model:keyless a fox")
-    assert isinstance(error, ModelUnavailable)
-    assert error.message == (
-        "keyless is unavailable: no API key is configured (set OPENAI_API_KEY). "
-        "/models lists the ones you can use."
-    )
+def test_a_model_unavailable_now_is_still_validated_for_its_quote_to_offer_another(
+    catalog: ModelCatalog,
+) -> None:
+    request = parse_imagine("model:keyless a fox", catalog)
+    assert request.model.id == "keyless"
+
+
+def test_a_model_unavailable_now_is_held_to_its_own_options(catalog: ModelCatalog) -> None:
+    error = refusal(catalog, "model:keyless count:2 a fox")
+    assert error.message == messages.bad_count("2", 1, "keyless")
 
 
 @pytest.mark.parametrize("count", ["0", "5", "two", "-1", "1.5", "9999"])

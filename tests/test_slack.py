@@ -19,6 +19,7 @@ from PIL import Image
 
 from bot import messages
 from bot.app import open_service
+from bot.circuits import Health
 from bot.flow import ImagineService
 from bot.platforms.slack import (
     CANCEL_ACTION,
@@ -48,6 +49,7 @@ from tests.loopback_slack import (
 from tests.loopback_stripe import API_KEY as STRIPE_KEY
 from tests.loopback_stripe import WEBHOOK_SECRET as STRIPE_SECRET
 from tests.loopback_stripe import LoopbackStripe
+from tests.test_report import generate
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -388,6 +390,25 @@ async def test_a_generate_whose_starting_message_cannot_be_shown_still_generates
     await service.drain(grace_seconds=10)
     balance = await service.credits.balance(ALICE)
     assert (balance.available, balance.held) == (49, 0)
+
+
+async def test_a_model_that_cannot_be_used_now_offers_the_alternative_s_button(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    for _ in range(service.circuits.failures):
+        service.circuits.record("scripted", Health.DOWN, "unavailable")
+
+    _, acknowledgement, _ = await driver.command("/imagine", "model:scripted a fox")
+    generate = buttons(acknowledgement)[GENERATE_ACTION]
+    _, response_url = await driver.click(GENERATE_ACTION, generate["value"])
+    said = await final_text(driver, response_url, "Balance")
+
+    assert acknowledgement["text"].startswith(
+        "Scripted is unavailable right now: its provider failed its last 5 requests"
+        " · Try Local Sketch · 1 credit\n"
+    )
+    assert generate["text"]["text"] == "Try Local Sketch · 1 credit"
+    assert said == "Done: 1 image for 1 credit.\nBalance: 49 credits available."
 
 
 async def test_cancel_charges_nothing(
@@ -787,12 +808,14 @@ async def test_a_bad_price_command_is_one_sentence_and_changes_nothing(
     assert await service.ledger.price_overrides(None) == []
 
 
-async def test_help_shows_the_price_commands_only_to_admins(driver: SlackDriver) -> None:
+async def test_help_shows_the_price_and_stats_commands_only_to_admins(driver: SlackDriver) -> None:
     _, for_alice, _ = await driver.command("/imagine", "help")
     _, for_admin, _ = await driver.command("/imagine", "help", user=ADMIN)
 
     assert "/credits price" not in for_alice["text"]
+    assert "/stats" not in for_alice["text"]
     assert "*/credits price set @someone" in for_admin["text"]
+    assert "*/stats [model:<id>]*" in for_admin["text"]
 
 
 def test_http_mode_without_a_signing_secret_says_what_to_set(
@@ -1009,6 +1032,60 @@ async def test_credits_statement_shows_your_last_entries_as_text(driver: SlackDr
     assert lines[1].split()[1:3] == ["grant", "1"]
     assert lines[1].split()[-2:] == ["50", "0"]
     assert acknowledgement["response_type"] == "ephemeral"
+
+
+# -- /stats ---------------------------------------------------------------------------
+
+
+async def stats_answer(driver: SlackDriver, slack: LoopbackSlack, text: str) -> dict[str, Any]:
+    """An admin's /stats answer once complete: the acknowledgement, or after "Working on it…"
+    (drawing the chart took past the deadline), what replaced it."""
+    _, acknowledgement, response_url = await driver.command("/stats", text, user=ADMIN)
+    if acknowledgement["text"] != messages.SLACK_PREPARING:
+        return acknowledgement
+    await slack.wait_for(lambda: slack.responded(response_url))
+    return slack.responded(response_url)[-1]
+
+
+async def test_stats_answers_an_admin_privately_and_sends_the_chart_to_their_direct_messages(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generate(service, ALICE, "model:local-sketch count:2 a fox", Script())
+
+    answer = await stats_answer(driver, slack, "model:local-sketch")
+
+    assert answer["response_type"] == "ephemeral"
+    figures, sent = answer["text"].rsplit("\n", 1)
+    assert sent == messages.SLACK_STATS_CHART_SENT
+    assert slack.called("conversations.open")[0]["users"] == ADMIN
+    [upload] = slack.uploads
+    assert (upload.channel, upload.initial_comment) == (f"D{ADMIN}", figures)
+    [(filename, png)] = upload.files
+    assert filename == "stats-2026-11-24-local-sketch.png"
+    with Image.open(io.BytesIO(png)) as chart:
+        assert chart.format == "PNG"
+
+
+async def test_stats_say_why_a_chart_slack_refused_was_not_sent(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generate(service, ALICE, "model:local-sketch a fox", Script())
+    slack.fail_conversations_open = True
+
+    answer = await stats_answer(driver, slack, "")
+
+    why = messages.upload_refused("Slack", "missing_scope")
+    assert answer["text"].endswith("\n" + messages.stats_chart_not_sent(why))
+    assert slack.uploads == []
+
+
+async def test_stats_are_refused_to_someone_not_an_admin(
+    driver: SlackDriver, slack: LoopbackSlack
+) -> None:
+    _, acknowledgement, _ = await driver.command("/stats", "")
+
+    assert acknowledgement["text"] == messages.STATS_NOT_ADMIN
+    assert slack.called("conversations.open") == []
 
 
 async def test_buy_answers_each_pack_with_a_checkout_link_for_the_member_alone_and_tells_them_when_paid(

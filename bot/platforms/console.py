@@ -16,12 +16,13 @@ from pathlib import Path
 
 from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment
-from bot.errors import ImagineError
+from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
+from bot.stats import parse_stats_arguments
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -108,15 +109,21 @@ class ConsoleChat:
             "revoke": self.revoke,
             "price": self.price,
             "buy": self.buy,
+            "stats": self.stats,
         }
 
     async def imagine(self, text: str) -> None:
         request = parse_imagine(text, self.service.catalog)
-        quote = await self.service.quote(self.account, request, channel="console")
-        self.write(quote.summary)
-        answer = await self.read_line(
-            f"{messages.generate_button(request.count, quote.price)}? [y/N] "
-        )
+        try:
+            quote = await self.service.quote(self.account, request, channel="console")
+        except ModelUnusable as unusable:
+            if unusable.alternative is None:
+                raise
+            self.write(unusable.message)
+            quote = unusable.alternative
+        else:
+            self.write(quote.summary)
+        answer = await self.read_line(f"{quote.question} [y/N] ")
         if (answer or "").strip().lower() not in ("y", "yes"):
             await self.service.cancel(quote.id, self.account)
             self.write(messages.CANCELLED)
@@ -172,6 +179,20 @@ class ConsoleChat:
     async def price(self, arguments: str) -> None:
         command = parse_price_command(arguments, messages.CONSOLE_PRICE_USAGE)
         self.write(await self.prices.run(self.account, command))
+
+    async def stats(self, arguments: str) -> None:
+        """The last 30 days' figures, and their chart saved as a PNG in the output folder."""
+        answer = await self.service.stats.answer(self.account, parse_stats_arguments(arguments))
+        self.write(answer.text)
+        if answer.chart is None:
+            return
+        path = self.output_dir / answer.chart.filename
+        try:
+            await asyncio.to_thread(_save, path, answer.chart.png)
+        except OSError as error:
+            self.write(messages.chart_not_saved(str(self.output_dir), error.strerror or str(error)))
+            return
+        self.write(messages.saved_to(str(path)))
 
 
 class _SaveToFolder:

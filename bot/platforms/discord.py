@@ -34,6 +34,7 @@ from bot import messages, references, statements
 from bot.credits import MAX_GRANT
 from bot.errors import (
     ImagineError,
+    ModelUnusable,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
@@ -275,9 +276,15 @@ class ImagineBot(discord.AutoShardedClient):
                 channel=f"discord:{interaction.channel_id}",
                 roles=_role_ids(interaction.user),
             )
+        except ModelUnusable as unusable:
+            if unusable.alternative is None:
+                return unusable.message, None, None
+            quote, text = unusable.alternative, unusable.message
         except ImagineError as refusal:
             return refusal.message, None, None
-        return quote.summary, quote_view(quote.id, request.count, quote.price), quote.id
+        else:
+            text = quote.summary
+        return text, quote_view(quote.id, quote.button), quote.id
 
     def _quote_timed_out(self, generation_id: str, shown: ShownQuote) -> None:
         self.background.spawn(
@@ -296,7 +303,7 @@ class ImagineBot(discord.AutoShardedClient):
                 await webhook.edit_message(
                     shown.message_id,
                     content=messages.DISCORD_QUOTE_EXPIRED_BUTTONS,
-                    view=quote_view(generation_id, 0, 0, disabled=True),
+                    view=quote_view(generation_id, messages.GENERATE_BUTTON, disabled=True),
                 )
         except discord.HTTPException:
             logger.info("could not mark quote %s expired on Discord", generation_id)
@@ -412,6 +419,25 @@ class ImagineBot(discord.AutoShardedClient):
 
         try:
             text, files = await _ready_in_time(interaction, statement_file())
+        except ImagineError as refusal:
+            text, files = refusal.message, []
+        await _answer(interaction, text, files=files)
+
+    async def show_stats(self, interaction: discord.Interaction, model: str | None) -> None:
+        """An admin's /stats: the last 30 days' figures, with their chart attached, said
+        privately (revenue and margins are not for the channel)."""
+
+        async def stats_answer() -> tuple[str, list[discord.File]]:
+            answer = await self.service.stats.answer(discord_account(interaction.user), model)
+            if answer.chart is None:
+                return answer.text, []
+            png = io.BytesIO(answer.chart.png)
+            return answer.text, [discord.File(png, filename=answer.chart.filename)]
+
+        try:
+            # Drawing the chart can pass the deadline, the first time above all (matplotlib's
+            # import); Discord is then shown "thinking…" and the answer fills it in.
+            text, files = await _ready_in_time(interaction, stats_answer())
         except ImagineError as refusal:
             text, files = refusal.message, []
         await _answer(interaction, text, files=files)
@@ -722,6 +748,14 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         )
         await bot.change_prices(interaction, command)
 
+    @app_commands.describe(model=messages.DISCORD_STATS_MODEL_DESCRIPTION)
+    @app_commands.autocomplete(model=price_models)
+    async def stats(
+        interaction: discord.Interaction,
+        model: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
+    ) -> None:
+        await bot.show_stats(interaction, model)
+
     async def models(interaction: discord.Interaction) -> None:
         await bot.show_models(interaction)
 
@@ -752,6 +786,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             callback=statement,
         ),
         app_commands.Command(
+            name="stats",
+            description="Admins: the last 30 days' credits by model, as a chart",
+            callback=stats,
+        ),
+        app_commands.Command(
             name="models", description="The models, prices and what they support", callback=models
         ),
         app_commands.Command(
@@ -761,14 +800,12 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     ]
 
 
-def quote_view(
-    generation_id: str, count: int, price: int, *, disabled: bool = False
-) -> discord.ui.View:
+def quote_view(generation_id: str, label: str, *, disabled: bool = False) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     # Plain buttons: a click reaches GenerateButton or CancelButton through the
     # DynamicItem templates registered in setup_hook, which match these custom
     # ids, so wrapping each button in its DynamicItem here would only cost time.
-    generate = _generate_button(generation_id, count, price)
+    generate = _generate_button(generation_id, label)
     cancel = _cancel_button(generation_id)
     generate.disabled = cancel.disabled = disabled
     view.add_item(generate)
@@ -779,9 +816,11 @@ def quote_view(
     return view
 
 
-def _generate_button(generation_id: str, count: int, price: int) -> discord.ui.Button[Any]:
+def _generate_button(generation_id: str, label: str) -> discord.ui.Button[Any]:
+    """A quote's Generate button; an alternative's ("Try …") is the same button, so a click
+    on either after a restart reaches ``GenerateButton``."""
     return discord.ui.Button(
-        label=messages.generate_button(count, price) if count else "Generate",
+        label=label,
         style=discord.ButtonStyle.primary,
         custom_id=f"imagine:generate:{generation_id}",
     )
@@ -801,7 +840,7 @@ class GenerateButton(
     """Pressing it confirms the quote; its id carries the request, so it outlives a restart."""
 
     def __init__(self, generation_id: str) -> None:
-        super().__init__(_generate_button(generation_id, 0, 0))
+        super().__init__(_generate_button(generation_id, messages.GENERATE_BUTTON))
         self.generation_id = generation_id
 
     @classmethod

@@ -7,7 +7,8 @@ carrying the request id; a click holds the credits, and the generation runs in
 the background while the ephemeral message shows progress; the images are
 uploaded to the channel (``files_upload_v2``'s three steps, each file counted
 as it is shared), and the ephemeral message ends with the outcome and the
-balance. A response_url takes five messages: every one sent is counted,
+balance. An admin's ``/stats`` is answered privately too, its chart uploaded the same
+way to their direct messages with the bot. A response_url takes five messages: every one sent is counted,
 progress never takes the last, and an outcome Slack refuses anyway is sent
 with ``chat.postEphemeral``.
 
@@ -45,6 +46,7 @@ from bot import messages, slack_text, statements
 from bot.credits import parse_adjustment
 from bot.errors import (
     ImagineError,
+    ModelUnusable,
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
@@ -53,6 +55,7 @@ from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.purchases import Notice
 from bot.settings import Settings
+from bot.stats import Chart, parse_stats_arguments
 from bot.tasks import BackgroundTasks, answer_in_time
 from bot.web import PublicWeb
 from ledger import Generation
@@ -127,6 +130,7 @@ class SlackImagine:
         self.app.command("/imagine")(self._imagine)
         self.app.command("/credits")(self._credits)
         self.app.command("/buy")(self._buy)
+        self.app.command("/stats")(self._stats)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
         self.app.error(self._tell_what_failed)
@@ -267,13 +271,15 @@ class SlackImagine:
             quote = await self.service.quote(
                 account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
             )
+        except ModelUnusable as unusable:
+            if unusable.alternative is None:
+                return {"text": unusable.message}
+            quote, summary = unusable.alternative, unusable.message
         except ImagineError as refusal:
             return {"text": refusal.message}
-        summary = quote.summary
-        return {
-            "text": summary,
-            "blocks": quote_blocks(summary, quote.id, request.count, quote.price),
-        }
+        else:
+            summary = quote.summary
+        return {"text": summary, "blocks": quote_blocks(summary, quote.id, quote.button)}
 
     def _help(self, account: str) -> str:
         catalog = self.service.catalog
@@ -341,6 +347,48 @@ class SlackImagine:
         except ImagineError as refusal:
             text = refusal.message
         return {"text": text}
+
+    # -- /stats ---------------------------------------------------------------
+
+    async def _stats(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_command(ack, respond, self._stats_answer(command))
+
+    async def _stats_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """An admin's figures, said privately, and the chart sent to their direct messages with
+        the bot: uploaded to the channel it was asked in, it would show revenue and margins to
+        everyone there, and Slack cannot share a file with one member of a channel alone."""
+        account = slack_account(command["team_id"], command["user_id"])
+        try:
+            model = parse_stats_arguments(slack_text.typed(command.get("text", "")))
+            answer = await self.service.stats.answer(account, model)
+        except ImagineError as refusal:
+            return {"text": refusal.message}
+        if answer.chart is None:
+            return {"text": answer.text}
+        try:
+            await self._send_privately(command["user_id"], answer.chart, answer.text)
+        except (*_UPLOAD_ERRORS, DeliveryFailed) as error:
+            logger.warning("could not send the /stats chart to %s: %r", command["user_id"], error)
+            why = str(error) if isinstance(error, DeliveryFailed) else _why_not_posted(error)
+            return {"text": f"{answer.text}\n{messages.stats_chart_not_sent(why)}"}
+        return {"text": f"{answer.text}\n{messages.SLACK_STATS_CHART_SENT}"}
+
+    async def _send_privately(self, user: str, chart: Chart, caption: str) -> None:
+        """``chart`` in the member's direct messages with the bot, with ``caption``."""
+        timeout = self.settings.upload_timeout_seconds
+        async with asyncio.timeout(timeout):
+            opened = await self.client.conversations_open(users=user)
+        channel = str(opened["channel"]["id"])
+        async with aiohttp.ClientSession() as session:
+            file_id = await _upload_file(self.client, session, chart.png, chart.filename, timeout)
+        async with asyncio.timeout(timeout):
+            await self.client.files_completeUploadExternal(
+                files=[{"id": file_id, "title": chart.filename}],
+                channel_id=channel,
+                initial_comment=caption,
+            )
 
     # -- /credits -------------------------------------------------------------
 
@@ -504,28 +552,18 @@ class _UploadToChannel:
             async with aiohttp.ClientSession() as session:
                 for number, image in enumerate(images, start=1):
                     extension = _EXTENSIONS.get(image.mime_type, "png")
-                    file_id = await self._upload(
-                        session, image.data, f"{generation.id}-{number}.{extension}"
+                    file_id = await _upload_file(
+                        self.client,
+                        session,
+                        image.data,
+                        f"{generation.id}-{number}.{extension}",
+                        self.upload_timeout,
                     )
                     files.append({"id": file_id, "title": f"{generation.prompt[:60]} ({number})"})
         except _UPLOAD_ERRORS as error:
             # Nothing is in the channel until the upload is completed.
             raise DeliveryFailed(_why_not_posted(error)) from error
         await self._share(files, caption, posted)
-
-    async def _upload(self, session: aiohttp.ClientSession, data: bytes, filename: str) -> str:
-        """``files.getUploadURLExternal`` and the POST of the bytes; the file's id."""
-        async with asyncio.timeout(self.upload_timeout):
-            answer = await self.client.files_getUploadURLExternal(
-                filename=filename, length=len(data)
-            )
-        async with (
-            asyncio.timeout(self.upload_timeout),
-            session.post(str(answer["upload_url"]), data=data) as response,
-        ):
-            if response.status != HTTPStatus.OK:
-                raise DeliveryFailed(messages.upload_refused("Slack", response.status))
-        return str(answer["file_id"])
 
     async def _share(self, files: list[dict[str, str]], caption: str, posted: PostedImages) -> None:
         """``files.completeUploadExternal``: the files appear in the channel, with the caption."""
@@ -590,7 +628,28 @@ class _UploadToChannel:
             raise DeliveryFailed(messages.SLACK_INVITE_ME) from error
 
 
-def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> list[dict[str, Any]]:
+async def _upload_file(
+    client: AsyncWebClient,
+    session: aiohttp.ClientSession,
+    data: bytes,
+    filename: str,
+    step_seconds: float,
+) -> str:
+    """The first two of ``files_upload_v2``'s three steps: ``files.getUploadURLExternal`` and
+    the POST of the bytes, each within ``step_seconds``; the file's id, for
+    ``files.completeUploadExternal`` to share."""
+    async with asyncio.timeout(step_seconds):
+        answer = await client.files_getUploadURLExternal(filename=filename, length=len(data))
+    async with (
+        asyncio.timeout(step_seconds),
+        session.post(str(answer["upload_url"]), data=data) as response,
+    ):
+        if response.status != HTTPStatus.OK:
+            raise DeliveryFailed(messages.upload_refused("Slack", response.status))
+    return str(answer["file_id"])
+
+
+def quote_blocks(summary: str, generation_id: str, label: str) -> list[dict[str, Any]]:
     return [
         {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
         {
@@ -601,7 +660,7 @@ def quote_blocks(summary: str, generation_id: str, count: int, price: int) -> li
                     "type": "button",
                     "action_id": GENERATE_ACTION,
                     "style": "primary",
-                    "text": {"type": "plain_text", "text": messages.generate_button(count, price)},
+                    "text": {"type": "plain_text", "text": label},
                     "value": generation_id,
                 },
                 {
