@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bot import messages
 from bot.app import open_service
+from bot.circuits import Health
 from bot.dashboard.auth import COOKIE, LINK_LIFETIME
 from bot.flow import ImagineService
 from bot.parsing import parse_imagine
@@ -439,6 +440,20 @@ async def test_the_live_page_shows_each_provider_s_limit_and_budget(
     assert [(row["provider"], row["budget_usd"], row["used_percent"]) for row in budgets] == [
         ("scripted", "25.0", "0.0")
     ]
+
+
+async def test_the_live_page_shows_a_provider_whose_circuit_is_open(
+    client: TestClient, service: ImagineService
+) -> None:
+    for _ in range(service.circuits.failures):
+        service.circuits.record("scripted", Health.DOWN, "unavailable")
+    await log_in(client, service)
+
+    providers = csv_rows(await (await client.get("/admin/live?csv=providers")).text())
+
+    scripted = next(row for row in providers if row["provider"] == "scripted")
+    assert (scripted["circuit"], scripted["last_error"]) == ("open", "unavailable")
+    assert scripted["retry_at"] != ""
 
 
 async def test_an_unknown_table_is_not_found(client: TestClient, service: ImagineService) -> None:

@@ -259,16 +259,22 @@ class DashboardPages:
     async def live(self) -> Page:
         service = self.service
         everywhere = await self.ledger.running_by_provider()
-        load = [
-            {
-                "provider": each.provider,
-                "limit": each.limit,
-                "running_here": each.running,
-                "queued_here": each.queued,
-                "running_everywhere": everywhere.get(each.provider, 0),
-            }
-            for each in service.provider_load()
-        ]
+        load = []
+        for each in service.provider_load():
+            circuit = service.circuits.state(each.provider)
+            load.append(
+                {
+                    "provider": each.provider,
+                    "limit": each.limit,
+                    "running_here": each.running,
+                    "queued_here": each.queued,
+                    "running_everywhere": everywhere.get(each.provider, 0),
+                    "circuit": str(circuit.state),
+                    "failures_in_a_row": circuit.failures,
+                    "last_error": circuit.last_error or "",
+                    "retry_at": _time(circuit.retry_at),
+                }
+            )
         budgets = [
             {
                 "provider": use.provider,
