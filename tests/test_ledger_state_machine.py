@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -39,11 +40,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import case, func, select
+from sqlalchemy import Engine, case, func, select
+from sqlalchemy.engine import Connection
 
 from bot.credits import Credits
 from bot.pricing import Allowance, BatchDiscounts, price
 from ledger import (
+    Balance,
+    Discrepancy,
     EntryKind,
     Generation,
     GenerationStatus,
@@ -54,6 +58,8 @@ from ledger import (
     create_engine,
     migrate,
 )
+from ledger.ledger import _disagreements as disagreements
+from ledger.ledger import _find_balance as find_balance
 from ledger.schema import credit_lots, entry_parts, ledger_entries
 from tests.conftest import FakeClock, SessionPostgres, postgres_database
 
@@ -61,6 +67,8 @@ ACCOUNTS = ("discord:1", "discord:2", "slack:T1:U3")
 T = TypeVar("T")
 Quote = tuple[str, str, int, int]
 """A quote as the machine keeps it: generation id, account, images, the price of them all."""
+Snapshot = tuple[list[Balance], list[Any], list[Discrepancy]]
+"""What the invariants read: each account's balance, each lot's figures, ``verify``'s findings."""
 Held = tuple[Quote, Generation]
 """A held quote, and the generation as the hold answered it."""
 
@@ -164,7 +172,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.database = self.new_database()
         self.clock = FakeClock(datetime(2026, 11, 25, tzinfo=UTC))
-        self.engine = create_engine(self.run(self.database.__aenter__()))
+        url = self.run(self.database.__aenter__())
+        self.engine = create_engine(url)
+        self.reader = self.new_reader(url)
         self.ledger = Ledger(self.engine, self.clock)
         self.lots: dict[str, list[ModelLot]] = {account: [] for account in ACCOUNTS}
         self.grant_keys: dict[str, tuple[str, int, LotKind, datetime | None]] = {}
@@ -183,7 +193,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def new_database(self) -> contextlib.AbstractAsyncContextManager[str]:
         return sqlite_file()
 
+    def new_reader(self, url: str) -> Engine | None:
+        return sqlalchemy.create_engine(url.replace("+aiosqlite", ""))
+
     def teardown(self) -> None:
+        if self.reader is not None:
+            self.reader.dispose()
         self.run(self.ledger.close())
         self.run(self.database.__aexit__(None, None, None))
         self.loop.close()
@@ -466,10 +481,13 @@ class LedgerMachine(RuleBasedStateMachine):
     # -- invariants ------------------------------------------------------------------
 
     @invariant()
-    def balances_and_lots_match_the_model_and_add_up(self) -> None:
+    def the_ledger_matches_the_model_and_adds_up(self) -> None:
+        """From one read of the database after every step: each balance and lot matches the
+        model; per lot, as its entries' parts say, no part is negative and granted − revoked
+        − expired − captured = available + held; and ``verify`` finds nothing."""
+        balances, lot_figures, discrepancies = self.read_everything()
         now = self.clock.now
-        for account in ACCOUNTS:
-            balance = self.run(self.ledger.balance(account))
+        for account, balance in zip(ACCOUNTS, balances, strict=True):
             lots = sorted(self.lots[account], key=ModelLot.draw_order)
             expected = [
                 (lot.kind, 0 if lot.expired_at(now) else lot.available, lot.held) for lot in lots
@@ -484,25 +502,32 @@ class LedgerMachine(RuleBasedStateMachine):
             for lot in lots:
                 unspent = lot.available + lot.held
                 assert lot.granted - lot.revoked - lot.expired - lot.captured == unspent
-
-    @invariant()
-    def every_lot_adds_up_from_its_entries(self) -> None:
-        """Per lot, as its entries' parts say: no part of it negative, and granted − revoked −
-        expired − captured = available + held."""
-        for row in self.run(self.lot_figures()):
+        for row in lot_figures:
             assert row.available >= 0 and row.held >= 0
             assert row.granted == row.grants
             assert row.grants - row.revoked - row.expired - row.captured == (
                 row.available + row.held
             )
+        assert discrepancies == []
 
-    async def lot_figures(self) -> list[Any]:
-        async with self.engine.connect() as connection:
-            return list((await connection.execute(LOT_FIGURES)).all())
+    def read_everything(self) -> Snapshot:
+        """The balances, the lots' figures and what ``verify`` finds, in one transaction of a
+        plain synchronous connection to the SQLite file: the checks run after every step of
+        every example, and through the async driver its thread hops cost most of the run."""
+        assert self.reader is not None
+        with self.reader.connect() as connection:
+            return snapshot(connection, self.clock.now)
 
-    @invariant()
-    def entries_recompute_every_balance_and_lot(self) -> None:
-        assert self.run(self.ledger.verify()) == []
+
+def snapshot(connection: Connection, now: datetime) -> Snapshot:
+    """What the invariants check, read with the ledger's own functions (``verify`` runs
+    ``_disagreements``)."""
+    balances = []
+    for account in ACCOUNTS:
+        balance = find_balance(connection, account, now)
+        assert balance is not None
+        balances.append(balance)
+    return balances, list(connection.execute(LOT_FIGURES).all()), disagreements(connection)
 
 
 LedgerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
@@ -523,6 +548,17 @@ class PostgresLedgerMachine(LedgerMachine):
 
     def new_database(self) -> contextlib.AbstractAsyncContextManager[str]:
         return emptied_postgres()
+
+    def new_reader(self, url: str) -> Engine | None:
+        # No synchronous PostgreSQL driver here: the async engine's connection reads instead.
+        return None
+
+    def read_everything(self) -> Snapshot:
+        async def read() -> Snapshot:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(snapshot, self.clock.now)
+
+        return self.run(read())
 
 
 @pytest.mark.postgres
