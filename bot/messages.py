@@ -740,10 +740,11 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         "  /imagine <prompt> [model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>]",
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
+        "  /imagine price <prompt> [options]   the price alone; nothing is held",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
         "  /buy              credit packs, each with a payment link",
-        "  /models           the models, their prices and what they support",
+        "  /models           the models, their prices (and yours) and what they support",
         "  /help             this help",
     ]
     if is_admin:
@@ -1027,12 +1028,14 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
     lines = [
         "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`",
         f"Make up to {images(max_images)}{default}. You see the price and press "
-        "**Generate** before anything is charged; the images are posted in the channel.",
+        "**Generate** before anything is charged; the images are posted in the channel. "
+        "The `count` and `resolution` choices show what each costs you.",
         "**/credits**: your balance and recent generations.",
         "**/statement**: every change to your credits, with the balance after each,"
         " as a CSV file only you see.",
         "**/buy**: credit packs; paid credits never expire.",
-        "**/models**: the models, their prices and what they support.",
+        "**/models**: the models, their prices (and yours, where it differs) and what they "
+        "support.",
     ]
     if is_admin:
         lines.append(
@@ -1084,6 +1087,7 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         f"Make images{default}. You see the price and press *Generate* before anything is "
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
+        "*/imagine price* `[options] <prompt>`: the price alone, with no button; nothing is held.",
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
