@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -164,6 +165,61 @@ class Quote:
             self.breakdown,
             self.balance.available,
         )
+
+
+@dataclass(frozen=True)
+class PriceSheet:
+    """An account's prices and balance, read once, for pricing several choices while a
+    command is typed (Discord's autocomplete): it holds and records nothing."""
+
+    available: int
+    overrides: tuple[PriceOverride, ...]
+    pricing: Pricing
+    now: datetime
+
+    def price(self, model: ModelSpec, count: int, resolution: str) -> Price:
+        return _price_of(model, count, resolution, self.pricing, self.overrides, self.now)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A request priced for an account as its quote would be, with no quote recorded:
+    no button, nothing held (``/imagine price …``)."""
+
+    request: ImagineRequest
+    breakdown: Price
+    available: int
+
+    @property
+    def summary(self) -> str:
+        return messages.estimate_summary(
+            messages.quote_summary(
+                self.request.model.display_name,
+                self.request.count,
+                self.request.resolution,
+                self.request.aspect_ratio,
+                self.breakdown,
+                self.available,
+            )
+        )
+
+
+def _price_of(
+    model: ModelSpec,
+    count: int,
+    resolution: str,
+    pricing: Pricing,
+    overrides: Sequence[PriceOverride],
+    now: datetime,
+) -> Price:
+    return price(
+        model.credits_for(resolution),
+        count,
+        batch=pricing.discounts_for(model.batch_discounts),
+        overrides=overrides,
+        model_id=model.id,
+        now=now,
+    )
 
 
 def charged_for(generation: Generation, images: int) -> int:
@@ -492,14 +548,52 @@ class ImagineService:
         return self._price(request, await self.ledger.price_overrides(account))
 
     def _price(self, request: ImagineRequest, overrides: Sequence[PriceOverride]) -> Price:
-        return price(
-            request.credits_per_image,
+        return _price_of(
+            request.model,
             request.count,
-            batch=self.pricing.discounts_for(request.model.batch_discounts),
-            overrides=overrides,
-            model_id=request.model.id,
-            now=self._clock(),
+            request.resolution,
+            self.pricing,
+            overrides,
+            self._clock(),
         )
+
+    async def price_sheet(self, account: str, roles: Collection[str] = ()) -> PriceSheet:
+        """``account``'s prices and available credits, in two reads and no write.
+
+        An account not opened yet is shown what its first request opens it with:
+        the starting credits and this period's allowance.
+        """
+        overrides = tuple(await self.ledger.price_overrides(account))
+        try:
+            available = (await self.ledger.balance(account)).available
+        except ledger.AccountNotFound:
+            available = self.credits.starting_credits + self.credits.allowance.credits_for(roles)
+        return PriceSheet(available, overrides, self.pricing, self._clock())
+
+    async def estimate(
+        self, account: str, request: ImagineRequest, roles: Collection[str] = ()
+    ) -> Estimate:
+        """What ``request`` would cost ``account`` now, priced as its quote would be,
+        with nothing held or recorded."""
+        sheet = await self.price_sheet(account, roles)
+        return Estimate(
+            request,
+            sheet.price(request.model, request.count, request.resolution),
+            sheet.available,
+        )
+
+    async def own_prices(self, account: str) -> dict[str, dict[str, Fraction]]:
+        """Per model id, per resolution: ``account``'s own price per image where an override
+        makes it other than the list price (for /models)."""
+        overrides = await self.ledger.price_overrides(account)
+        now = self._clock()
+        own: dict[str, dict[str, Fraction]] = {}
+        for model in self.catalog.listed():
+            for resolution in model.resolutions:
+                per_image = _price_of(model, 1, resolution, self.pricing, overrides, now).per_image
+                if per_image != model.credits_for(resolution):
+                    own.setdefault(model.id, {})[resolution] = per_image
+        return own
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         try:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,6 @@ from ledger.values import major_units
 
 if TYPE_CHECKING:
     from decimal import Decimal
-    from fractions import Fraction
 
     from bot.pricing import Price
     from bot.registry import ModelSpec
@@ -467,6 +467,22 @@ def quote_summary(
     return f"{summary}\n{your_price(price, price.override)}"
 
 
+def estimate_summary(summary: str) -> str:
+    return (
+        f"{summary}\nAn estimate: nothing is held. "
+        "Leave out the word price to get the Generate button."
+    )
+
+
+def discord_count_choice(count: int, price: int, available: int) -> str:
+    """A count offered while /imagine is typed, with what it costs: under 100 characters."""
+    return f"{images(count)} · {credits(price)} · you have {available}"
+
+
+def discord_resolution_choice(resolution: str, count: int, price: int, available: int) -> str:
+    return f"{resolution} · {discord_count_choice(count, price, available)}"
+
+
 def price_breakdown(price: Price) -> str:
     """The price, and when a rule made it other than the list price, the arithmetic:
     "4 × 10 = 40 · batch −10% → 36 credits"."""
@@ -724,10 +740,11 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         "  /imagine <prompt> [model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>]",
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
+        "  /imagine price <prompt> [options]   the price alone; nothing is held",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
         "  /buy              credit packs, each with a payment link",
-        "  /models           the models, their prices and what they support",
+        "  /models           the models, their prices (and yours) and what they support",
         "  /help             this help",
     ]
     if is_admin:
@@ -761,17 +778,23 @@ def admin_usage(command: str) -> str:
     return f"Usage: /{command} <account> <amount> [reason], e.g. /{command} discord:1234 50 refund"
 
 
-def models_table(rows: Sequence[tuple[ModelSpec, str | None]]) -> str:
-    """One line per model: id, name, provider, price, resolutions, aspect ratios, availability."""
+def models_table(
+    rows: Sequence[tuple[ModelSpec, str | None]],
+    own_prices: Mapping[str, Mapping[str, Fraction]] | None = None,
+) -> str:
+    """One line per model: id, name, provider, price, resolutions, aspect ratios, availability.
+
+    ``own_prices``: per model id and resolution, the reader's own price per image
+    where it differs from the list price, shown beside it.
+    """
     header = ("model", "name", "provider", "credits", "resolutions", "aspect ratios", "status")
     table = [header]
     for model, unavailable in rows:
-        prices = [f"{model.credits_for(r)}@{r}" for r in model.resolutions]
-        price = (
-            str(model.credits_per_image)
-            if len({model.credits_for(r) for r in model.resolutions}) == 1
-            else " ".join(prices)
-        )
+        price = _per_resolution({r: Fraction(model.credits_for(r)) for r in model.resolutions})
+        own = (own_prices or {}).get(model.id)
+        if own:
+            yours = {r: own.get(r, Fraction(model.credits_for(r))) for r in model.resolutions}
+            price = f"{price} (your price {_per_resolution(yours)})"
         table.append(
             (
                 model.id,
@@ -790,6 +813,13 @@ def models_table(rows: Sequence[tuple[ModelSpec, str | None]]) -> str:
         + row[-1]
         for row in table
     )
+
+
+def _per_resolution(prices: Mapping[str, Fraction]) -> str:
+    """One price if every resolution costs the same, else each: "1@1K 2@2K"."""
+    if len(set(prices.values())) == 1:
+        return _number(next(iter(prices.values())))
+    return " ".join(f"{_number(price)}@{resolution}" for resolution, price in prices.items())
 
 
 def console_greeting(account: str, is_admin: bool, available: int) -> str:
@@ -998,12 +1028,14 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
     lines = [
         "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`",
         f"Make up to {images(max_images)}{default}. You see the price and press "
-        "**Generate** before anything is charged; the images are posted in the channel.",
+        "**Generate** before anything is charged; the images are posted in the channel. "
+        "The `count` and `resolution` choices show what each costs you.",
         "**/credits**: your balance and recent generations.",
         "**/statement**: every change to your credits, with the balance after each,"
         " as a CSV file only you see.",
         "**/buy**: credit packs; paid credits never expire.",
-        "**/models**: the models, their prices and what they support.",
+        "**/models**: the models, their prices (and yours, where it differs) and what they "
+        "support.",
     ]
     if is_admin:
         lines.append(
@@ -1055,6 +1087,7 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         f"Make images{default}. You see the price and press *Generate* before anything is "
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
+        "*/imagine price* `[options] <prompt>`: the price alone, with no button; nothing is held.",
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",

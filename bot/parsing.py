@@ -7,6 +7,10 @@ Text form (Slack, the console)::
 Options are ``key:value`` words in any order; a value may be quoted
 (``prompt:"a fox: in snow"``, straight or curly quotes); every other word is the
 prompt. Discord passes the same options natively and shares ``validate_request``.
+
+``price`` as the first word asks for the price alone (``estimate_only``)::
+
+    price model:gemini-3-pro count:4 a fox in snow
 """
 
 from __future__ import annotations
@@ -74,6 +78,21 @@ class ImagineRequest:
     def credits_per_image(self) -> int:
         """The list price of one image at the chosen resolution (``bot.pricing`` makes the price)."""
         return self.model.credits_for(self.resolution)
+
+
+ESTIMATE_WORD = "price"
+
+
+def estimate_only(text: str) -> tuple[bool, str]:
+    """Whether ``text`` asks for the price alone, and the request without that word.
+
+    Only ``price`` standing first counts, so a prompt may still use the word;
+    one that starts with it is written ``prompt:"price tags on a fox"``.
+    """
+    words = text.split(maxsplit=1)
+    if words and words[0].lower() == ESTIMATE_WORD:
+        return True, words[1] if len(words) > 1 else ""
+    return False, text
 
 
 def parse_imagine_text(text: str) -> ImagineOptions:

@@ -552,6 +552,30 @@ async def test_models_lists_every_active_model_with_its_price(console: ScriptedC
     assert "10@1K 15@2K" in said
 
 
+async def test_models_shows_the_account_s_own_price_beside_the_list_price(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await service.ledger.set_price_override(
+        OWNER, model_id=None, percent_off=20, actor=OWNER, reason="beta tester"
+    )
+
+    said = await console.say("/models")
+
+    assert "10@1K 15@2K (your price 8@1K 12@2K)" in said
+
+
+async def test_imagine_price_answers_the_quote_without_a_question_and_records_nothing(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/imagine price model:scripted count:3 resolution:2K a fox")
+
+    assert "Price: 45 credits · your balance: 100 credits" in said
+    assert "An estimate: nothing is held." in said
+    assert console.questions == []
+    assert await service.ledger.history(OWNER, include_unconfirmed=True) == []
+    assert await available(service) == 100
+
+
 async def test_help_lists_admin_commands_only_to_admins(
     console: ScriptedConsole, service: ImagineService, settings: Settings
 ) -> None:

@@ -177,6 +177,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
     ]
     assert options["model"]["choices"][1]["name"] == "Scripted · 10 credits/image"
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
+    assert options["count"]["autocomplete"] is True
     assert options["resolution"]["autocomplete"] is True
     assert options["aspect"]["autocomplete"] is True
     assert options["reference"]["type"] == 11
@@ -852,6 +853,44 @@ async def test_autocomplete_without_a_model_follows_the_default_model(
     assert [choice["value"] for choice in choices] == ["2K"]
 
 
+async def test_count_autocomplete_shows_each_count_s_price_with_the_batch_discount_and_balance(
+    settings: Settings, discord_fake: LoopbackDiscord, clock: FakeClock, tmp_path: Path
+) -> None:
+    pricing_file = tmp_path / "pricing.toml"
+    pricing_file.write_text("[batch]\ndiscounts = { 2 = 10 }\n")
+    discounted = settings.model_copy(update={"pricing_file": pricing_file})
+    async with (
+        open_service(discounted, clock=clock) as service,
+        running_bot(service, discounted, discord_fake),
+    ):
+        choices = await discord_fake.autocomplete(
+            "imagine", {"prompt": "a fox", "model": "scripted", "count": ""}, focused="count"
+        )
+
+    assert [(choice["name"], choice["value"]) for choice in choices] == [
+        ("1 image · 10 credits · you have 50", 1),
+        ("2 images · 18 credits · you have 50", 2),
+    ]
+
+
+async def test_resolution_autocomplete_shows_the_account_s_own_price_at_the_chosen_count(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.ledger.set_price_override(
+        ALICE_ACCOUNT, model_id="scripted", credits_per_image=8, actor="test", reason="loyal"
+    )
+
+    choices = await discord_fake.autocomplete(
+        "imagine",
+        {"prompt": "a fox", "model": "scripted", "count": 2, "resolution": ""},
+        focused="resolution",
+    )
+
+    assert [(choice["name"], choice["value"]) for choice in choices] == [
+        ("1K · 2 images · 16 credits · you have 50", "1K")
+    ]
+
+
 # -- where the bot serves -----------------------------------------------------------
 
 ELSEWHERE = 900_000_000_000_000_888
@@ -1322,6 +1361,18 @@ async def test_models_lists_the_models_with_prices(
     assert "local-sketch" in said
     assert "scripted" in said
     assert said.startswith("```")
+
+
+async def test_models_shows_the_user_s_own_price_beside_the_list_price(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.ledger.set_price_override(
+        ALICE_ACCOUNT, model_id="scripted", credits_per_image=8, actor="test", reason="loyal"
+    )
+
+    said = await answer_to(discord_fake, "models", {}, ALICE)
+
+    assert "10 (your price 8)" in said
 
 
 async def test_a_models_table_too_long_for_one_message_is_sent_in_several_whole(

@@ -15,6 +15,7 @@ from bot.errors import ModelUnavailable, RequestError, UnknownModel
 from bot.options import take_option
 from bot.parsing import (
     ImagineOptions,
+    estimate_only,
     parse_imagine,
     parse_imagine_text,
     validate_request,
@@ -224,6 +225,23 @@ def test_text_form_splits_options_from_prompt(text: str, expected: ImagineOption
 
 
 # -- the text form: malformed options ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("price model:pro count:4 a fox", (True, "model:pro count:4 a fox")),
+        ("Price a fox", (True, "a fox")),
+        ("price", (True, "")),
+        ("a price tag on a fox", (False, "a price tag on a fox")),
+        ("model:pro price a fox", (False, "model:pro price a fox")),
+        ('prompt:"price tags on a fox"', (False, 'prompt:"price tags on a fox"')),
+    ],
+)
+def test_only_a_first_word_price_asks_for_the_price_alone(
+    text: str, expected: tuple[bool, str]
+) -> None:
+    assert estimate_only(text) == expected
 
 
 def test_an_unknown_option_lists_the_options_and_hints_at_quoting_the_prompt() -> None:

@@ -311,6 +311,20 @@ async def test_help_and_a_bare_imagine_show_usage_with_the_models(driver: SlackD
         assert "local-sketch" in acknowledgement["text"]
 
 
+async def test_imagine_price_answers_the_quote_without_buttons_and_records_nothing(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    _, acknowledgement, _ = await driver.command(
+        "/imagine", "price model:local-sketch count:2 aspect:16:9 a lighthouse"
+    )
+
+    assert acknowledgement["text"] == messages.estimate_summary(
+        "Local Sketch · 2 images · 1K · 16:9\nPrice: 2 credits · your balance: 50 credits"
+    )
+    assert "blocks" not in acknowledgement
+    assert await service.ledger.history(ALICE, include_unconfirmed=True) == []
+
+
 async def test_a_parse_error_is_specific_and_nothing_is_quoted(
     driver: SlackDriver, service: ImagineService
 ) -> None:

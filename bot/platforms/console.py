@@ -18,7 +18,7 @@ from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment
 from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
-from bot.parsing import parse_imagine
+from bot.parsing import estimate_only, parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
@@ -113,7 +113,11 @@ class ConsoleChat:
         }
 
     async def imagine(self, text: str) -> None:
+        price_only, text = estimate_only(text)
         request = parse_imagine(text, self.service.catalog)
+        if price_only:
+            self.write((await self.service.estimate(self.account, request)).summary)
+            return
         try:
             quote = await self.service.quote(self.account, request, channel="console")
         except ModelUnusable as unusable:
@@ -143,7 +147,7 @@ class ConsoleChat:
     async def show_models(self, _arguments: str) -> None:
         catalog = self.service.catalog
         rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
-        self.write(messages.models_table(rows))
+        self.write(messages.models_table(rows, await self.service.own_prices(self.account)))
 
     async def show_help(self, _arguments: str) -> None:
         usable = self.service.catalog.usable()

@@ -44,6 +44,7 @@ from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
+from bot.registry import ModelSpec
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
 from bot.web import PublicWeb
@@ -582,7 +583,8 @@ class ImagineBot(discord.AutoShardedClient):
     async def show_models(self, interaction: discord.Interaction) -> None:
         catalog = self.service.catalog
         rows = [(model, catalog.reason_unavailable(model)) for model in catalog.listed()]
-        first, *more = _code_blocks(messages.models_table(rows))
+        own = await self.service.own_prices(discord_account(interaction.user))
+        first, *more = _code_blocks(messages.models_table(rows, own))
         await interaction.response.send_message(first, ephemeral=True)
         for block in more:
             await interaction.followup.send(block, ephemeral=True)
@@ -596,16 +598,72 @@ class ImagineBot(discord.AutoShardedClient):
         )
         await interaction.response.send_message(text, ephemeral=True)
 
-    def choices_for(
-        self, interaction: discord.Interaction, current: str, field: str
-    ) -> list[app_commands.Choice[str]]:
-        """Resolutions or aspect ratios of the model chosen so far in the same command."""
+    def _chosen_model(self, interaction: discord.Interaction) -> ModelSpec | None:
+        """The model chosen so far in the same command, else the default one."""
         chosen = getattr(interaction.namespace, "model", None)
         catalog = self.service.catalog
         model = catalog.registry.get(chosen) if chosen else None
         if model is None:
             usable = catalog.usable()
             model = usable[0] if usable else None
+        return model
+
+    async def count_choices(
+        self, interaction: discord.Interaction, current: str | int
+    ) -> list[app_commands.Choice[int]]:
+        """Each number of images the chosen model makes, with what it costs this user at the
+        chosen resolution, and their balance."""
+        model = self._chosen_model(interaction)
+        if model is None:
+            return []
+        resolution = _chosen_resolution(interaction, model)
+        sheet = await self.service.price_sheet(
+            discord_account(interaction.user), _role_ids(interaction.user)
+        )
+        typed = str(current).strip()
+        return [
+            app_commands.Choice(
+                name=messages.discord_count_choice(
+                    count, sheet.price(model, count, resolution).total, sheet.available
+                ),
+                value=count,
+            )
+            for count in range(1, model.max_images + 1)
+            if typed in str(count)
+        ][:DISCORD_CHOICES]
+
+    async def resolution_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The chosen model's resolutions, each with what the chosen count costs this user
+        there, and their balance."""
+        model = self._chosen_model(interaction)
+        if model is None:
+            return []
+        count = _chosen_count(interaction, model)
+        sheet = await self.service.price_sheet(
+            discord_account(interaction.user), _role_ids(interaction.user)
+        )
+        typed = current.strip().lower()
+        return [
+            app_commands.Choice(
+                name=messages.discord_resolution_choice(
+                    resolution,
+                    count,
+                    sheet.price(model, count, resolution).total,
+                    sheet.available,
+                ),
+                value=resolution,
+            )
+            for resolution in model.resolutions
+            if typed in resolution.lower()
+        ][:DISCORD_CHOICES]
+
+    def choices_for(
+        self, interaction: discord.Interaction, current: str, field: str
+    ) -> list[app_commands.Choice[str]]:
+        """Resolutions or aspect ratios of the model chosen so far in the same command."""
+        model = self._chosen_model(interaction)
         if model is None:
             return []
         values = model.resolutions if field == "resolution" else model.aspect_ratios
@@ -657,10 +715,15 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         )
         await bot.imagine(interaction, options, reference)
 
+    async def count_choices(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[int]]:
+        return await bot.count_choices(interaction, current)
+
     async def resolution_choices(
         interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return bot.choices_for(interaction, current, "resolution")
+        return await bot.resolution_choices(interaction, current)
 
     async def aspect_choices(
         interaction: discord.Interaction, current: str
@@ -677,9 +740,9 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     )(imagine)
     if model_choices:
         imagine = app_commands.choices(model=model_choices)(imagine)
-    imagine = app_commands.autocomplete(resolution=resolution_choices, aspect=aspect_choices)(
-        imagine
-    )
+    imagine = app_commands.autocomplete(
+        count=count_choices, resolution=resolution_choices, aspect=aspect_choices
+    )(imagine)
 
     @app_commands.describe(
         action="Admins: grant or revoke credits",
@@ -1121,6 +1184,19 @@ async def _downloaded(reference: discord.Attachment) -> ReferenceImage:
         logger.warning("could not download the reference %s: %s", reference.filename, failure)
         raise RequestError(messages.reference_unreadable(reference.filename)) from None
     return await references.prepare(reference.filename, claimed, data)
+
+
+def _chosen_resolution(interaction: discord.Interaction, model: ModelSpec) -> str:
+    """The resolution chosen so far if the model makes it, else the model's default: a
+    choice's price is shown for what the command would most likely ask."""
+    chosen = str(getattr(interaction.namespace, "resolution", None) or "").strip().upper()
+    return chosen if chosen in model.resolutions else model.default_resolution
+
+
+def _chosen_count(interaction: discord.Interaction, model: ModelSpec) -> int:
+    """The number of images chosen so far if the model makes that many, else 1."""
+    chosen = getattr(interaction.namespace, "count", None)
+    return chosen if isinstance(chosen, int) and 1 <= chosen <= model.max_images else 1
 
 
 def _role_ids(user: discord.User | discord.Member) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from bot.errors import (
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
-from bot.parsing import parse_imagine
+from bot.parsing import estimate_only, parse_imagine
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.purchases import Notice
@@ -266,8 +266,11 @@ class SlackImagine:
 
     async def _quote(self, account: str, text: str, command: dict[str, Any]) -> dict[str, Any]:
         """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
+        price_only, text = estimate_only(text)
         try:
             request = parse_imagine(text, self.service.catalog)
+            if price_only:
+                return {"text": (await self.service.estimate(account, request)).summary}
             quote = await self.service.quote(
                 account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
             )
