@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html
 import io
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from bot.flow import ImagineService
 from bot.parsing import parse_imagine
 from bot.settings import Settings
 from bot.web import PublicWeb
-from ledger import EntryKind
+from ledger import EntryKind, NewGeneration
 from providers.errors import ContentBlocked
 from tests.cli_helpers import imagine_bot
 from tests.conftest import FakeClock
@@ -538,3 +541,34 @@ async def report_json(tmp_path: Path, settings: Settings, *arguments: str) -> di
 def as_csv(row: dict[str, object]) -> dict[str, str]:
     """A JSON row as its CSV export reads back: every value text, None empty."""
     return {key: "" if value is None else str(value) for key, value in row.items()}
+
+
+async def test_a_provider_past_eighty_percent_of_its_budget_shows_a_banner_on_every_page(
+    client: TestClient, service: ImagineService, clock: FakeClock
+) -> None:
+    ledger = service.ledger
+    await ledger.grant(ANA, 100, actor="test", reason="", idempotency_key="fund")
+    await ledger.create_quote(
+        NewGeneration(
+            id="g1",
+            account_id=ANA,
+            model_id="scripted",
+            provider="scripted",
+            provider_model="scripted-v1",
+            prompt="a fox",
+            options={},
+            images_requested=1,
+            credits_per_image=10,
+            expires_at=clock.now + timedelta(minutes=10),
+        )
+    )
+    await ledger.hold("g1", ANA)
+    await ledger.record_attempts("g1", [], provider_cost_microusd=21_000_000)
+    await ledger.capture("g1", 1)
+
+    overview = await log_in(client, service)
+    live = await (await client.get("/admin/live")).text()
+
+    banner = messages.budget_warning("scripted", Decimal("21"), Decimal("25"))
+    assert html.escape(banner) in overview
+    assert html.escape(banner) in live

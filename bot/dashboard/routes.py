@@ -24,6 +24,7 @@ from multidict import MultiDictProxy
 
 from bot import messages
 from bot.accounts import parse_account
+from bot.budgets import WARN_AT
 from bot.dashboard.auth import (
     COOKIE,
     COOKIE_PATH,
@@ -175,16 +176,16 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------
 
     async def overview(self, request: web.Request, visit: Visit) -> web.Response:
-        return self._page(request, visit, await self.pages.overview(), nav="overview")
+        return await self._page(request, visit, await self.pages.overview(), nav="overview")
 
     async def models(self, request: web.Request, visit: Visit) -> web.Response:
         page = await self.pages.models(_period(request))
-        return self._page(request, visit, page, nav="models")
+        return await self._page(request, visit, page, nav="models")
 
     async def users(self, request: web.Request, visit: Visit) -> web.Response:
         search = request.query.get("q", "").strip()
         page = await self.pages.users(search)
-        return self._page(
+        return await self._page(
             request, visit, page, nav="users", search_account=_account_or_none(search)
         )
 
@@ -193,14 +194,14 @@ class Dashboard:
             account = parse_account(request.match_info["account"])
         except RequestError as refusal:
             return self._message(404, "No such account", refusal.message, visit)
-        return self._page(request, visit, await self.pages.account(account), nav="users")
+        return await self._page(request, visit, await self.pages.account(account), nav="users")
 
     async def purchases(self, request: web.Request, visit: Visit) -> web.Response:
         page = await self.pages.purchases(_period(request))
-        return self._page(request, visit, page, nav="purchases")
+        return await self._page(request, visit, page, nav="purchases")
 
     async def live(self, request: web.Request, visit: Visit) -> web.Response:
-        return self._page(request, visit, await self.pages.live(), nav="live")
+        return await self._page(request, visit, await self.pages.live(), nav="live")
 
     # -- forms ----------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class Dashboard:
         except ImagineError as refusal:
             said, status = refusal.message, 400
         page = await self.pages.account(account)
-        return self._page(
+        return await self._page(
             request, visit, page, status=status, said=said, nav="users", path=account_url(account)
         )
 
@@ -253,7 +254,7 @@ class Dashboard:
 
     # -- responses ------------------------------------------------------------------
 
-    def _page(
+    async def _page(
         self,
         request: web.Request,
         visit: Visit,
@@ -289,6 +290,11 @@ class Dashboard:
             page=page,
             csv_href=csv_href,
             said=context.pop("said", None),
+            alerts=[
+                messages.budget_warning(use.provider, use.committed_usd, use.budget_usd)
+                for use in await self.service.budgets.uses()
+                if use.share >= WARN_AT
+            ],
             **context,
         )
 
@@ -304,6 +310,7 @@ class Dashboard:
     ) -> web.Response:
         context.setdefault("nav", "")
         context.setdefault("said", None)
+        context.setdefault("alerts", [])
         html = self.templates.get_template(template).render(
             admin=None if visit is None else visit.admin,
             csrf="" if visit is None else csrf_token(visit.session),
