@@ -404,6 +404,81 @@ class Ledger:
         )
         return _generation_from(started.one())
 
+    async def open_quotes(
+        self,
+        news: Sequence[NewGeneration],
+        *,
+        starting_credits: int = 0,
+        limits: QuoteLimits | None = None,
+    ) -> tuple[Balance, list[Generation]]:
+        """Record several quotes meant to be confirmed together (``hold_all``), in one
+        transaction: all of them, or none with the refusal ``open_quote`` would give
+        for their total price (no reference images)."""
+        if not news:
+            raise ValueError("no quotes to open")
+        account = news[0].account_id
+        if any(new.account_id != account for new in news):
+            raise ValueError("quotes opened together belong to one account")
+        stored = [self._quote_row(new) for new in news]
+        total = sum(new.price for new in news)
+
+        def work(connection: Connection) -> tuple[Balance, LedgerError | None]:
+            balance = self._open_account(connection, account, starting_credits)
+            refusal: LedgerError | None = None
+            if balance.owed:
+                refusal = CreditsOwed(account, balance.owed)
+            elif balance.available < total:
+                refusal = InsufficientFunds(account, total, balance.available)
+            elif limits is not None:
+                refusal = _over_limit(connection, account, 0, limits, self._clock())
+            if refusal is None:
+                connection.execute(_NEW_GENERATION, stored)
+            return balance, refusal
+
+        balance, refusal = await self._database.write(work)
+        if refusal is not None:
+            raise refusal
+        return balance, [_quoted_generation(row) for row in stored]
+
+    async def hold_all(
+        self,
+        generation_ids: Sequence[str],
+        account: str,
+        *,
+        lease: timedelta = DEFAULT_LEASE,
+        accept: Callable[[Generation], None] | None = None,
+    ) -> list[Generation]:
+        """``hold`` each quote, all in one transaction: every hold or none.
+
+        Refused with the total price against the available balance
+        (``rules.cover_all``), or with the first refusal ``hold`` gives one of
+        them; a second confirm finds them running and is refused as ``hold`` is.
+        An expired quote refuses them all (``QuoteExpired``) and stays quoted
+        until the sweep expires it, since nothing of the transaction is kept.
+        """
+        # Locked in one order, so that two confirms of overlapping sets cannot deadlock.
+        ordered = sorted(set(generation_ids))
+
+        def work(connection: Connection) -> list[Generation]:
+            now = self._clock()
+            quotes = [_locked_generation(connection, each)[0] for each in ordered]
+            balance = self._touch(connection, account, now)
+            for quote in quotes:
+                # The rules' own refusals first (another account's, already confirmed, expired).
+                rules.hold(quote, account, quote.price, now)
+            rules.cover_all(
+                account, [quote.price for quote in quotes], balance.available if balance else 0
+            )
+            held = {}
+            for quote in quotes:
+                generation = self._hold(connection, quote.id, account, lease, accept)
+                if generation is None:
+                    raise QuoteExpired(quote.id)
+                held[quote.id] = generation
+            return [held[each] for each in generation_ids]
+
+        return await self._database.write(work)
+
     async def cancel(self, generation_id: str, account: str) -> Generation:
         """Withdraw a quote that was never confirmed."""
 

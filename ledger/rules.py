@@ -125,6 +125,14 @@ def hold(quote: Generation, account: str, available: int, now: datetime, owed: i
     return Hold(quote, price, line)
 
 
+def cover_all(account: str, prices: Sequence[int], available: int) -> None:
+    """Quotes confirmed together (a /compare) are held whole or not at all: refused with
+    their total, not with whichever part happened to run out."""
+    total = sum(prices)
+    if available < total:
+        raise InsufficientFunds(account, total, available)
+
+
 def hold_key(generation_id: str) -> str:
     """The key of a generation's hold entry, whose parts say which lots it drew from."""
     return f"hold:{generation_id}"

@@ -21,6 +21,7 @@ from ledger import (
     Balance,
     EntryKind,
     Generation,
+    GenerationNotFound,
     GenerationStatus,
     IdempotencyConflict,
     InsufficientFunds,
@@ -1037,3 +1038,47 @@ def test_only_a_failure_that_may_pass_is_worth_trying_again(
     error: Exception, worth_trying_again: bool
 ) -> None:
     assert transient(error) is worth_trying_again
+
+
+async def test_quotes_opened_together_are_refused_with_their_total(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger, credits=30)
+    with pytest.raises(InsufficientFunds) as refusal:
+        await ledger.open_quotes([new_quote(clock, "g1"), new_quote(clock, "g2")])
+    assert (refusal.value.need, refusal.value.available) == (40, 30)
+    with pytest.raises(GenerationNotFound):
+        await ledger.generation("g1")
+
+
+async def test_hold_all_holds_every_quote_at_once(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger)
+    await ledger.open_quotes([new_quote(clock, "g1"), new_quote(clock, "g2", images=1)])
+    held = await ledger.hold_all(["g1", "g2"], ALICE)
+    assert [generation.credits_held for generation in held] == [20, 10]
+    balance = await ledger.balance(ALICE)
+    assert (balance.available, balance.held) == (70, 30)
+
+
+async def test_hold_all_short_of_the_total_holds_nothing(ledger: Ledger, clock: FakeClock) -> None:
+    await funded(ledger, credits=40)
+    await ledger.open_quotes([new_quote(clock, "g1"), new_quote(clock, "g2")])
+    await quoted(ledger, clock, "g3", images=1, credits_per_image=15)
+    await ledger.hold("g3", ALICE)
+    with pytest.raises(InsufficientFunds) as refusal:
+        await ledger.hold_all(["g1", "g2"], ALICE)
+    assert (refusal.value.need, refusal.value.available) == (40, 25)
+    assert (await ledger.generation("g1")).status == GenerationStatus.QUOTED
+    assert (await ledger.balance(ALICE)).held == 15
+
+
+async def test_a_second_hold_all_of_the_same_quotes_holds_nothing_more(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await ledger.open_quotes([new_quote(clock, "g1"), new_quote(clock, "g2")])
+    await ledger.hold_all(["g1", "g2"], ALICE)
+    with pytest.raises(InvalidTransition):
+        await ledger.hold_all(["g2", "g1"], ALICE)
+    assert (await ledger.balance(ALICE)).held == 40
+    assert await ledger.verify() == []
