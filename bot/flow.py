@@ -42,8 +42,9 @@ from bot.errors import (
     ShuttingDown,
     TooManyQuotes,
 )
+from bot.images import compare_grid
 from bot.observability import HealthCheck, Metrics
-from bot.parsing import ImagineRequest
+from bot.parsing import CompareRequest, ImagineRequest
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
@@ -250,6 +251,76 @@ class Outcome:
     def report(self) -> str:
         """What an adapter shows when the generation ends: the sentence, then the balance."""
         return messages.outcome_report(self.message, self.balance)
+
+
+COMPARE_SEPARATOR = ","
+"""Joins the generation ids of a /compare into the one id its Generate button carries."""
+
+
+@dataclass(frozen=True)
+class CompareQuote:
+    """A /compare waiting for its one Generate button: one quote per model, priced together."""
+
+    quotes: tuple[Quote, ...]
+    balance: Balance
+
+    @property
+    def id(self) -> str:
+        return COMPARE_SEPARATOR.join(quote.id for quote in self.quotes)
+
+    @property
+    def price(self) -> int:
+        return sum(quote.price for quote in self.quotes)
+
+    @property
+    def button(self) -> str:
+        return messages.compare_button(len(self.quotes), self.price)
+
+    @property
+    def question(self) -> str:
+        return f"{self.button}?"
+
+    @property
+    def summary(self) -> str:
+        first = self.quotes[0].request
+        return messages.compare_summary(
+            [(quote.request.model.display_name, quote.breakdown) for quote in self.quotes],
+            first.resolution,
+            first.aspect_ratio,
+            self.price,
+            self.balance.available,
+        )
+
+
+@dataclass(frozen=True)
+class CompareOutcome:
+    """How a /compare ended: each model's own outcome, settled on its own."""
+
+    outcomes: tuple[Outcome, ...]
+    grid: GeneratedImage | None
+    """The labelled grid posted before the originals; None when no model made an image."""
+    labels: tuple[str, ...]
+    """Each cell's label, as drawn on the grid."""
+    balance: Balance | None
+    """Read once every model had settled; None when the database could not be reached."""
+
+    @property
+    def charged(self) -> int:
+        return sum(outcome.generation.credits_charged for outcome in self.outcomes)
+
+    @property
+    def report(self) -> str:
+        return messages.compare_report(
+            [
+                (
+                    str(outcome.generation.options.get("model_name", outcome.generation.model_id)),
+                    outcome.message,
+                )
+                for outcome in self.outcomes
+            ],
+            self.charged,
+            self.balance,
+        )
 
 
 @dataclass(frozen=True)
@@ -498,9 +569,32 @@ class ImagineService:
         instead_of: str | None = None,
     ) -> Quote:
         """Record ``request``'s quote (a ``quoted`` generation) with its reference images."""
-        cost_per_image = microusd(request.model.cost_for(request.resolution))
         await self.credits.top_up_allowance(account, roles)
         priced = await self.price(account, request)
+        try:
+            balance, generation = await self.ledger.open_quote(
+                self._new_generation(account, request, priced, channel, instead_of),
+                starting_credits=self.credits.starting_credits,
+                references=[
+                    QuoteReference(image.mime_type, image.data)
+                    for image in request.reference_images
+                ],
+                limits=self.quote_limits,
+            )
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
+        return Quote(generation, request, balance, priced, instead_of)
+
+    def _new_generation(
+        self,
+        account: str,
+        request: ImagineRequest,
+        priced: Price,
+        channel: str | None,
+        instead_of: str | None = None,
+        compare: str | None = None,
+    ) -> NewGeneration:
+        cost_per_image = microusd(request.model.cost_for(request.resolution))
         options: dict[str, Any] = {
             "resolution": request.resolution,
             "aspect_ratio": request.aspect_ratio,
@@ -515,33 +609,24 @@ class ImagineService:
         if instead_of is not None:
             # So a report can tell the requests a failover saved.
             options["instead_of"] = instead_of
-        try:
-            balance, generation = await self.ledger.open_quote(
-                NewGeneration(
-                    id=new_request_id(),
-                    account_id=account,
-                    model_id=request.model.id,
-                    provider=request.model.provider,
-                    provider_model=request.model.provider_model,
-                    prompt=request.prompt,
-                    options=options,
-                    images_requested=request.count,
-                    credits_per_image=request.credits_per_image,
-                    cost_per_image_microusd=cost_per_image,
-                    price_total=priced.total,
-                    expires_at=self._clock() + self.quote_ttl,
-                    channel=channel,
-                ),
-                starting_credits=self.credits.starting_credits,
-                references=[
-                    QuoteReference(image.mime_type, image.data)
-                    for image in request.reference_images
-                ],
-                limits=self.quote_limits,
-            )
-        except ledger.LedgerError as refusal:
-            raise _translate(refusal) from None
-        return Quote(generation, request, balance, priced, instead_of)
+        if compare is not None:
+            # So history and reports can tell the generations of one /compare.
+            options["compare"] = compare
+        return NewGeneration(
+            id=new_request_id(),
+            account_id=account,
+            model_id=request.model.id,
+            provider=request.model.provider,
+            provider_model=request.model.provider_model,
+            prompt=request.prompt,
+            options=options,
+            images_requested=request.count,
+            credits_per_image=request.credits_per_image,
+            cost_per_image_microusd=cost_per_image,
+            price_total=priced.total,
+            expires_at=self._clock() + self.quote_ttl,
+            channel=channel,
+        )
 
     async def price(self, account: str, request: ImagineRequest) -> Price:
         """What ``request`` costs ``account`` now (``bot.pricing.price``)."""
@@ -688,6 +773,111 @@ class ImagineService:
             if not self._in_flight:
                 self._idle.set()
         return outcome
+
+    async def quote_compare(
+        self,
+        account: str,
+        compare: CompareRequest,
+        *,
+        channel: str | None = None,
+        roles: Collection[str] = (),
+    ) -> CompareQuote:
+        """Price each model's request and record them together (``Ledger.open_quotes``).
+
+        Refused before any button when a model cannot be used now (naming it; no
+        alternative is offered, since the models are the point), or when the
+        balance does not cover the total.
+        """
+        if not self.accepting:
+            raise ShuttingDown()
+        for request in compare.requests:
+            await self._require_usable(request)
+        await self.credits.top_up_allowance(account, roles)
+        overrides = await self.ledger.price_overrides(account)
+        priced = [self._price(request, overrides) for request in compare.requests]
+        key = new_request_id()
+        try:
+            balance, generations = await self.ledger.open_quotes(
+                [
+                    self._new_generation(account, request, price, channel, compare=key)
+                    for request, price in zip(compare.requests, priced, strict=True)
+                ],
+                starting_credits=self.credits.starting_credits,
+                limits=self.quote_limits,
+            )
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
+        return CompareQuote(
+            tuple(
+                Quote(generation, request, balance, price)
+                for generation, request, price in zip(
+                    generations, compare.requests, priced, strict=True
+                )
+            ),
+            balance,
+        )
+
+    async def cancel_compare(self, compare_id: str, account: str) -> None:
+        for generation_id in compare_id.split(COMPARE_SEPARATOR):
+            await self.cancel(generation_id, account)
+
+    async def confirm_compare(
+        self, compare_id: str, account: str, delivery: Delivery
+    ) -> CompareOutcome:
+        """Hold every model's credits at once, then generate them in parallel and post the grid
+        and the originals; exactly once per /compare (a second confirm: ``AlreadyHandled``)."""
+        return await self.generate_compare(await self.hold_compare(compare_id, account), delivery)
+
+    async def hold_compare(self, compare_id: str, account: str) -> list[HeldGeneration]:
+        """``hold`` for a /compare: all its generations' credits in one transaction, or none."""
+        if not self.accepting:
+            raise ShuttingDown()
+        try:
+            generations = await self.ledger.hold_all(
+                compare_id.split(COMPARE_SEPARATOR),
+                account,
+                lease=self.lease,
+                accept=self._model_still_usable,
+            )
+        except ledger.LedgerError as refusal:
+            raise _translate(refusal) from None
+        if not self.accepting:
+            for generation in generations:
+                await asyncio.shield(self._release(generation, "shutting_down", retry=_ONE_TRY))
+            raise ShuttingDown()
+        self._in_flight.update(generation.id for generation in generations)
+        self._idle.clear()
+        return [HeldGeneration(generation) for generation in generations]
+
+    async def generate_compare(
+        self,
+        held: Sequence[HeldGeneration],
+        delivery: Delivery,
+        *,
+        reachable_for: float | None = None,
+    ) -> CompareOutcome:
+        """Each model's ``generate`` at once, each settled on its own (a failed model charges
+        nothing); the grid is posted once every model has made its image or failed, then
+        each model's original, in order. The user is told once, at the end."""
+        board = _CompareBoard(delivery, [each.generation for each in held])
+        outcomes = await asyncio.gather(
+            *(
+                self.generate(each, board.for_model(index), reachable_for=reachable_for)
+                for index, each in enumerate(held)
+            )
+        )
+        account = held[0].generation.account_id
+        ended = CompareOutcome(
+            tuple(outcomes),
+            board.grid,
+            board.labels,
+            await self._balance(account, self.settle_retry),
+        )
+        try:
+            await delivery.conclude(ended.report)
+        except Exception:
+            logger.warning("could not show the outcome of a compare", exc_info=True)
+        return ended
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
         settled = outcome.generation
@@ -1214,6 +1404,114 @@ class ProviderSlots:
         finally:
             self._running -= 1
             self._semaphore.release()
+
+
+class _CompareBoard:
+    """Where the models of one /compare meet before anything is posted.
+
+    Each model runs the ordinary ``generate`` with a ``Delivery`` of its own
+    (``for_model``): its images wait until every model has made its image or
+    ended without one, then the grid is posted once, then each model posts its
+    original in the order the models were named, through the platform's
+    delivery, so each is charged for exactly what reached the user.
+    """
+
+    def __init__(self, delivery: Delivery, generations: Sequence[Generation]) -> None:
+        self.delivery = delivery
+        self.generations = tuple(generations)
+        self.grid: GeneratedImage | None = None
+        self.labels: tuple[str, ...] = ()
+        self._started = time.monotonic()
+        self._made: dict[int, tuple[GeneratedImage, float]] = {}
+        self._ended: set[int] = set()
+        """Models done with the board: posted, or ended without an image."""
+        self._changed = asyncio.Condition()
+        self._grid_posted: asyncio.Task[None] | None = None
+
+    def for_model(self, index: int) -> _CompareModelDelivery:
+        return _CompareModelDelivery(self, index)
+
+    async def _note(self, change: Callable[[], None]) -> None:
+        async with self._changed:
+            change()
+            self._changed.notify_all()
+
+    async def made(self, index: int, image: GeneratedImage) -> None:
+        await self._note(lambda: self._made.setdefault(index, (image, self._elapsed())))
+
+    async def ended(self, index: int) -> None:
+        await self._note(lambda: self._ended.add(index))
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    async def wait_for_turn(self, index: int) -> None:
+        """Until every model has an image or has ended, the grid is posted, and the models
+        named before this one have posted theirs."""
+        everyone = range(len(self.generations))
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: all(each in self._made or each in self._ended for each in everyone)
+            )
+        if self._grid_posted is None:
+            self._grid_posted = asyncio.create_task(self._post_grid())
+        # Shielded: one model cancelled must not take the grid from the others.
+        await asyncio.shield(self._grid_posted)
+        async with self._changed:
+            await self._changed.wait_for(lambda: all(each in self._ended for each in range(index)))
+
+    async def _post_grid(self) -> None:
+        cells = []
+        for index, generation in enumerate(self.generations):
+            name = str(generation.options.get("model_name", generation.model_id))
+            made = self._made.get(index)
+            if made is None:
+                cells.append((None, messages.compare_cell_failed(name)))
+            else:
+                image, seconds = made
+                cells.append((image, messages.compare_cell(name, generation.price, seconds)))
+        self.labels = tuple(label for _, label in cells)
+        try:
+            self.grid = await compare_grid(cells)
+            first = self.generations[min(self._made)]
+            # Not any model's generation, so an adapter names and files it apart from theirs.
+            shown = replace(
+                first,
+                id=f"{first.id}-compare",
+                options={**first.options, "model_name": messages.COMPARE_GRID_NAME},
+            )
+            await self.delivery.deliver([self.grid], shown, PostedImages([self.grid]))
+        except Exception:
+            # The originals are what is charged for; they are posted all the same.
+            logger.warning("could not post the compare grid", exc_info=True)
+
+
+class _CompareModelDelivery:
+    """One model's ``Delivery`` within a /compare (``_CompareBoard``)."""
+
+    def __init__(self, board: _CompareBoard, index: int) -> None:
+        self.board = board
+        self.index = index
+
+    async def progress(self, event: ProgressEvent) -> None:
+        # Only the model at work is worth showing; queue places and posting of N models would
+        # overwrite each other.
+        if isinstance(event, Generating) and event.finished == 0:
+            await self.board.delivery.progress(event)
+
+    async def deliver(
+        self, images: Sequence[GeneratedImage], generation: Generation, posted: PostedImages
+    ) -> None:
+        try:
+            await self.board.made(self.index, images[0])
+            await self.board.wait_for_turn(self.index)
+            await self.board.delivery.deliver(images, generation, posted)
+        finally:
+            await self.board.ended(self.index)
+
+    async def conclude(self, report: str) -> None:
+        # Told once for the whole compare (``generate_compare``); this model is done either way.
+        await self.board.ended(self.index)
 
 
 def new_request_id() -> str:

@@ -130,6 +130,17 @@ def unsupported_aspect(aspect: str, model_id: str, supported: Sequence[str]) -> 
     return f"{model_id} does not make {_echo(aspect)} images; it supports {_either(supported)}."
 
 
+def compare_model_count(count: int) -> str:
+    return (
+        f"/compare takes 2 to 4 different models, e.g. models:gemini-3-pro,gpt-image; "
+        f"you gave {count}."
+    )
+
+
+def compare_repeated_model(model_id: str) -> str:
+    return f"{_echo(model_id)} is named twice in models:; name each model once."
+
+
 def prompt_too_long(length: int) -> str:
     return (
         f"The prompt is {length} characters long; the limit is {PROMPT_MAX_CHARS}. "
@@ -448,6 +459,45 @@ def progress(event: ProgressEvent) -> str:
 
 def generate_button(count: int, price: int) -> str:
     return f"Generate {images(count)} · {credits(price)}"
+
+
+def compare_button(models: int, price: int) -> str:
+    return f"Compare {models} models · {credits(price)}"
+
+
+def compare_summary(
+    prices: Sequence[tuple[str, Price]],
+    resolution: str,
+    aspect_ratio: str,
+    total: int,
+    available: int,
+) -> str:
+    """Each model's price on a line of its own, then the total held by the one button."""
+    lines = [f"Compare · {images(1)} per model · {resolution} · {aspect_ratio}"]
+    lines += [f"  {name}: {price_breakdown(price)}" for name, price in prices]
+    lines.append(f"Total: {credits(total)} · your balance: {credits(available)}")
+    return "\n".join(lines)
+
+
+COMPARE_GRID_NAME = "Compare"
+"""The name the compare grid is posted under: it is no single model's image."""
+
+
+def compare_cell(model_name: str, price: int, seconds: float) -> str:
+    return f"{model_name} · {credits(price)} · {seconds:.1f} s"
+
+
+def compare_cell_failed(model_name: str) -> str:
+    return f"{model_name} · failed, no charge"
+
+
+def compare_report(
+    sentences: Sequence[tuple[str, str]], charged: int, balance: Balance | None
+) -> str:
+    """Each model's outcome sentence, then what the compare cost in all."""
+    lines = [f"{name}: {sentence}" for name, sentence in sentences]
+    lines.append(f"Compare done: {credits(charged)} in all.")
+    return outcome_report("\n".join(lines), balance)
 
 
 GENERATE_BUTTON = "Generate"

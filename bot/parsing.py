@@ -45,6 +45,15 @@ _OPTION_ALIASES = {
 # at the start of the text or after whitespace, but not by "//": that is a web
 # address. Its value runs to the next whitespace, or to the closing quote when
 # it opens with one.
+_COMPARE_ALIASES = {
+    **{key: option for key, option in _OPTION_ALIASES.items() if option not in ("model", "count")},
+    "models": "models",
+}
+"""/compare takes the models as one list, and makes one image with each."""
+
+COMPARE_MIN_MODELS = 2
+COMPARE_MAX_MODELS = 4
+
 _OPTION = re.compile(
     r"""(?<!\S)(?P<key>[A-Za-z_]+):(?!//)(?:"(?P<straight>[^"]*)"|“(?P<curly>[^”]*)”|(?P<bare>[^\s"“]\S*)?)"""
 )
@@ -96,6 +105,11 @@ def estimate_only(text: str) -> tuple[bool, str]:
 
 
 def parse_imagine_text(text: str) -> ImagineOptions:
+    values, prompt = _split_options(text, _OPTION_ALIASES)
+    return ImagineOptions(prompt=prompt, **values)
+
+
+def _split_options(text: str, aliases: dict[str, str]) -> tuple[dict[str, str], str]:
     """Split the text form into options and prompt; raises ``RequestError`` on malformed options.
 
     A word ending in a colon with a space after it ("the words: hello") is prose
@@ -115,7 +129,7 @@ def parse_imagine_text(text: str) -> ImagineOptions:
             ),
             None,
         )
-        option = _OPTION_ALIASES.get(key)
+        option = aliases.get(key)
         if option is None:
             if value is None and not _UNCLOSED_QUOTE.match(text, match.start()):
                 continue
@@ -138,7 +152,7 @@ def parse_imagine_text(text: str) -> ImagineOptions:
     if "prompt" in values and rest:
         raise RequestError(messages.prompt_given_twice())
     prompt = values.pop("prompt", rest)
-    return ImagineOptions(prompt=prompt, **values)
+    return values, prompt
 
 
 def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineRequest:
@@ -179,6 +193,75 @@ def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineR
             )
         )
     return ImagineRequest(model, prompt, count, resolution, aspect_ratio, references)
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """One prompt for 2–4 models, one image each, at one resolution and aspect ratio."""
+
+    requests: tuple[ImagineRequest, ...]
+
+    @property
+    def prompt(self) -> str:
+        return self.requests[0].prompt
+
+    @property
+    def resolution(self) -> str:
+        return self.requests[0].resolution
+
+    @property
+    def aspect_ratio(self) -> str:
+        return self.requests[0].aspect_ratio
+
+
+def parse_compare(text: str, catalog: ModelCatalog) -> CompareRequest:
+    """The text form of /compare: ``models:a,b[,c,d] [resolution:…] [aspect:…] prompt``."""
+    values, prompt = _split_options(text, _COMPARE_ALIASES)
+    return validate_compare(
+        values.get("models"), prompt, values.get("resolution"), values.get("aspect"), catalog
+    )
+
+
+def validate_compare(
+    models: str | None,
+    prompt: str | None,
+    resolution: str | None,
+    aspect: str | None,
+    catalog: ModelCatalog,
+) -> CompareRequest:
+    """Each model's request as /imagine would validate it, all at one resolution and aspect."""
+    ids = [each.strip() for each in visible_text(models or "").split(",") if each.strip()]
+    if not COMPARE_MIN_MODELS <= len(ids) <= COMPARE_MAX_MODELS:
+        raise RequestError(messages.compare_model_count(len(ids)))
+    seen: set[str] = set()
+    for model_id in ids:
+        if model_id.lower() in seen:
+            raise RequestError(messages.compare_repeated_model(model_id))
+        seen.add(model_id.lower())
+    specs = [catalog.active(model_id) for model_id in ids]
+    # Unasked, the first model's default where every model makes it; else each
+    # model's own check below names the one that does not.
+    resolution = resolution or _shared(
+        specs[0].default_resolution, [spec.resolutions for spec in specs]
+    )
+    aspect = aspect or _shared(
+        specs[0].default_aspect_ratio, [spec.aspect_ratios for spec in specs]
+    )
+    return CompareRequest(
+        tuple(
+            validate_request(ImagineOptions(prompt, spec.id, 1, resolution, aspect), catalog)
+            for spec in specs
+        )
+    )
+
+
+def _shared(preferred: str, supported: list[tuple[str, ...]]) -> str:
+    """``preferred`` if every model supports it, else the first value they all do; else
+    ``preferred``, for the model lacking it to be named."""
+    candidates = [preferred, *supported[0]]
+    return next(
+        (value for value in candidates if all(value in each for each in supported)), preferred
+    )
 
 
 _KEPT_FORMAT_CHARACTERS = frozenset("\u200d")

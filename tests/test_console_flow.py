@@ -7,6 +7,7 @@ local provider and a scripted test provider make real images.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -23,7 +24,8 @@ from bot.app import open_service
 from bot.credits import parse_amount
 from bot.errors import AlreadyHandled, ModelUnavailable, NotYourRequest, QuoteExpired
 from bot.flow import DELIVERY_ALLOWANCE_SECONDS, ImagineService, PostedImages, Quote, Retry
-from bot.parsing import ImagineOptions, parse_imagine, validate_request
+from bot.images import GRID_CELL
+from bot.parsing import ImagineOptions, parse_compare, parse_imagine, validate_request
 from bot.platforms.console import ConsoleChat
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.settings import Settings
@@ -1128,3 +1130,74 @@ async def test_statement_shows_each_change_to_your_credits_with_the_balance_afte
     ]  # fmt: skip
     assert [row.split()[1] for row in rows] == ["grant", "hold", "capture"]
     assert rows[-1].split()[-2:] == ["99", "0"]
+
+
+async def test_compare_quote_lists_each_models_price_and_the_total(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/compare models:local-sketch,scripted a fox", "n")
+    assert "  Local Sketch: 1 credit" in said
+    assert "  Scripted: 10 credits" in said
+    assert "Total: 11 credits · your balance: 100 credits" in said
+    assert "Compare 2 models · 11 credits? [y/N] " in console.questions
+    assert await available(service) == 100
+
+
+async def test_compare_confirm_holds_the_total_at_once(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.release = asyncio.Event()
+    said = asyncio.create_task(console.say("/compare models:local-sketch,scripted a fox", "y"))
+    await scripted.wait_for_requests(1)
+    balance = await service.credits.balance(OWNER)
+    assert (balance.available, balance.held) == (89, 11)
+    scripted.release.set()
+    await said
+
+
+async def test_compare_short_of_the_total_is_refused_before_the_question(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await service.credits.revoke(OWNER, OWNER, 95, "test")
+    said = await console.say("/compare models:local-sketch,scripted a fox")
+    assert messages.insufficient_credits(11, 5) in said
+    assert console.questions == []
+
+
+async def test_compare_where_one_model_fails_charges_only_the_others(
+    console: ScriptedConsole, service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(images=0, error=ContentBlocked("blocked"))
+    said = await console.say("/compare models:local-sketch,scripted a fox", "y")
+    assert "Compare done: 1 credit in all." in said
+    assert await available(service) == 99
+    [failed] = [
+        generation
+        for generation in await service.ledger.history(OWNER, limit=5)
+        if generation.model_id == "scripted"
+    ]
+    assert (failed.status, failed.credits_charged) == (GenerationStatus.FAILED, 0)
+    assert await service.ledger.verify() == []
+
+
+async def test_compare_grid_has_a_cell_per_model_and_names_the_failed_one(
+    service: ImagineService, scripted: ScriptedProvider
+) -> None:
+    scripted.script = Script(images=0, error=ContentBlocked("blocked"))
+    request = parse_compare("models:local-sketch,scripted a fox", service.catalog)
+    quote = await service.quote_compare(OWNER, request)
+    delivery = RecordingDelivery()
+    ended = await service.confirm_compare(quote.id, OWNER, delivery)
+    assert ended.grid is not None
+    with Image.open(io.BytesIO(ended.grid.data)) as grid:
+        assert grid.size == (2 * GRID_CELL, ended.grid.height)
+    assert delivery.delivered[0].data == ended.grid.data
+    assert ended.labels[1] == messages.compare_cell_failed("Scripted")
+
+
+async def test_compare_names_the_model_lacking_the_aspect(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/compare models:local-sketch,scripted aspect:16:9 a fox")
+    assert said == messages.unsupported_aspect("16:9", "scripted", ("1:1",))
+    assert console.questions == []

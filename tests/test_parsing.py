@@ -16,6 +16,7 @@ from bot.options import take_option
 from bot.parsing import (
     ImagineOptions,
     estimate_only,
+    parse_compare,
     parse_imagine,
     parse_imagine_text,
     validate_request,
@@ -598,3 +599,36 @@ def test_an_option_without_a_value_is_refused() -> None:
     with pytest.raises(RequestError) as refused:
         take_option(["expires:", "prize"], "expires")
     assert refused.value.message == messages.empty_option("expires")
+
+
+def test_compare_makes_one_image_per_model_at_one_resolution_and_aspect(
+    catalog: ModelCatalog,
+) -> None:
+    compare = parse_compare("models:pro,flash aspect:16:9 a fox", catalog)
+    assert [(r.model.id, r.count, r.resolution, r.aspect_ratio) for r in compare.requests] == [
+        ("pro", 1, "1K", "16:9"),
+        ("flash", 1, "1K", "16:9"),
+    ]
+
+
+@pytest.mark.parametrize("models", ["pro", "pro,flash,pro,flash,pro", ""])
+def test_compare_takes_two_to_four_models(catalog: ModelCatalog, models: str) -> None:
+    with pytest.raises(RequestError, match="2 to 4 different models"):
+        parse_compare(f"models:{models} a fox" if models else "a fox", catalog)
+
+
+def test_compare_refuses_a_model_named_twice(catalog: ModelCatalog) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_compare("models:pro,flash,PRO a fox", catalog)
+    assert refused.value.message == messages.compare_repeated_model("PRO")
+
+
+def test_compare_refuses_an_unknown_model(catalog: ModelCatalog) -> None:
+    with pytest.raises(UnknownModel):
+        parse_compare("models:pro,nope a fox", catalog)
+
+
+def test_compare_names_the_model_lacking_the_resolution(catalog: ModelCatalog) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_compare("models:pro,flash resolution:2K a fox", catalog)
+    assert refused.value.message.startswith("flash ")

@@ -18,7 +18,7 @@ from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment
 from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
-from bot.parsing import estimate_only, parse_imagine
+from bot.parsing import estimate_only, parse_compare, parse_imagine
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
@@ -100,6 +100,7 @@ class ConsoleChat:
     def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
         return {
             "imagine": self.imagine,
+            "compare": self.compare,
             "credits": self.show_credits,
             "statement": self.show_statement,
             "balance": self.show_credits,
@@ -134,6 +135,18 @@ class ConsoleChat:
             return
         delivery = _SaveToFolder(self.output_dir, self.write)
         await self.service.confirm(quote.id, self.account, delivery)
+
+    async def compare(self, text: str) -> None:
+        request = parse_compare(text, self.service.catalog)
+        quote = await self.service.quote_compare(self.account, request, channel="console")
+        self.write(quote.summary)
+        answer = await self.read_line(f"{quote.question} [y/N] ")
+        if (answer or "").strip().lower() not in ("y", "yes"):
+            await self.service.cancel_compare(quote.id, self.account)
+            self.write(messages.CANCELLED)
+            return
+        delivery = _SaveToFolder(self.output_dir, self.write)
+        await self.service.confirm_compare(quote.id, self.account, delivery)
 
     async def _told(self, notice: Notice) -> None:
         self.write(notice.text)
