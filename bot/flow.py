@@ -60,6 +60,7 @@ from ledger import (
     QuoteReference,
 )
 from ledger.rules import delivered_charge
+from ledger.values import PRICE_OPTION
 from providers.base import GeneratedImage, ImageRequest, ReferenceImage
 from providers.calls import AttemptLog, CallOutcome, recording_attempts
 from providers.errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -1475,10 +1476,15 @@ class _CompareBoard:
             self.grid = await compare_grid(cells)
             first = self.generations[min(self._made)]
             # Not any model's generation, so an adapter names and files it apart from theirs.
+            # Its caption's price: what the models shown in it cost together.
             shown = replace(
                 first,
                 id=f"{first.id}-compare",
-                options={**first.options, "model_name": messages.COMPARE_GRID_NAME},
+                options={
+                    **first.options,
+                    "model_name": messages.COMPARE_GRID_NAME,
+                    PRICE_OPTION: sum(self.generations[index].price for index in self._made),
+                },
             )
             await self.delivery.deliver([self.grid], shown, PostedImages([self.grid]))
         except Exception:

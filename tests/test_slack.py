@@ -21,8 +21,10 @@ from bot import messages
 from bot.app import open_service
 from bot.circuits import Health
 from bot.flow import ImagineService
+from bot.images import GRID_CELL
 from bot.platforms.slack import (
     CANCEL_ACTION,
+    COMPARE_ACTION,
     EVENTS_PATH,
     GENERATE_ACTION,
     SlackImagine,
@@ -1138,3 +1140,32 @@ async def test_buy_answers_each_pack_with_a_checkout_link_for_the_member_alone_a
     [told] = slack.called("chat.postEphemeral")
     assert (told["channel"], told["user"]) == (CHANNEL, "U0ALICE")
     assert told["text"] == messages.purchase_paid("starter", 500, 500, 0)
+
+
+# -- /compare -------------------------------------------------------------------
+
+
+async def test_compare_shows_each_price_and_posts_the_grid_then_the_originals(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    status, acknowledgement, _ = await driver.command(
+        "/compare", "models:local-sketch,scripted a lighthouse"
+    )
+    assert status == 200
+    assert "  Scripted: 10 credits" in acknowledgement["text"]
+    assert "Total: 11 credits" in acknowledgement["text"]
+    button = buttons(acknowledgement)[COMPARE_ACTION]
+    assert button["text"]["text"] == "Compare 2 models · 11 credits"
+
+    _, response_url = await driver.click(COMPARE_ACTION, button["value"])
+    said = await final_text(driver, response_url, "Balance")
+
+    assert "Compare done: 11 credits in all." in said
+    grid, *originals = slack.uploads
+    assert "· Compare · 11 credits" in grid.initial_comment
+    [(_, data)] = grid.files
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size[0] == 2 * GRID_CELL
+    assert len(originals) == 2
+    assert await available(service) == 39
+    assert await service.ledger.verify() == []

@@ -50,7 +50,7 @@ from bot.errors import (
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
-from bot.parsing import estimate_only, parse_imagine
+from bot.parsing import estimate_only, parse_compare, parse_imagine
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.purchases import Notice
@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
+COMPARE_ACTION = "compare_generate"
+COMPARE_CANCEL_ACTION = "compare_cancel"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RESPONSE_URL_MESSAGES = 5
 """Slack takes at most five messages on one response_url, within 30 minutes of the command or click."""
@@ -128,11 +130,14 @@ class SlackImagine:
         self.app.middleware(self._refuse_incomplete)
         self.app.middleware(self._serve_allowed_workspaces)
         self.app.command("/imagine")(self._imagine)
+        self.app.command("/compare")(self._compare)
         self.app.command("/credits")(self._credits)
         self.app.command("/buy")(self._buy)
         self.app.command("/stats")(self._stats)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
+        self.app.action(COMPARE_ACTION)(self._generate_compare)
+        self.app.action(COMPARE_CANCEL_ACTION)(self._cancel_compare)
         self.app.error(self._tell_what_failed)
         service.purchases.notifiers["slack"] = self._told
         alert_channel = settings.alert_channel or ""
@@ -330,6 +335,71 @@ class SlackImagine:
         await ack()
         try:
             await self.service.cancel(_clicked_request(body), _clicker(body))
+        except ImagineError as refusal:
+            await _refuse_click(respond, refusal)
+            return
+        await respond(text=messages.CANCELLED, replace_original=True)
+
+    # -- /compare -------------------------------------------------------------
+
+    async def _compare(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        text = slack_text.typed(command.get("text", "")).strip()
+        account = slack_account(command["team_id"], command["user_id"])
+        await _answer_command(ack, respond, self._compare_quote(account, text, command))
+
+    async def _compare_quote(
+        self, account: str, text: str, command: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            quote = await self.service.quote_compare(
+                account,
+                parse_compare(text, self.service.catalog),
+                channel=f"slack:{command['team_id']}:{command['channel_id']}",
+            )
+        except ImagineError as refusal:
+            return {"text": refusal.message}
+        return {
+            "text": quote.summary,
+            "blocks": quote_blocks(
+                quote.summary, quote.id, quote.button, COMPARE_ACTION, COMPARE_CANCEL_ACTION
+            ),
+        }
+
+    async def _generate_compare(
+        self,
+        ack: Callable[..., Awaitable[None]],
+        body: dict[str, Any],
+        respond: CountedRespond,
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        compare_id = _clicked_request(body)
+        try:
+            held = await self.service.hold_compare(compare_id, _clicker(body))
+        except ImagineError as refusal:
+            await _refuse_click(respond, refusal)
+            return
+        delivery = _UploadToChannel(
+            client,
+            respond,
+            body["channel"]["id"],
+            body["user"]["id"],
+            self.settings.upload_timeout_seconds,
+        )
+        await self.background.spawn_after(
+            respond(text=messages.SLACK_STARTING, replace_original=True),
+            self.service.generate_compare(held, delivery, reachable_for=_RESPONSE_URL_SECONDS),
+            name=f"slack compare {compare_id}",
+        )
+
+    async def _cancel_compare(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        await ack()
+        try:
+            await self.service.cancel_compare(_clicked_request(body), _clicker(body))
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
@@ -652,7 +722,13 @@ async def _upload_file(
     return str(answer["file_id"])
 
 
-def quote_blocks(summary: str, generation_id: str, label: str) -> list[dict[str, Any]]:
+def quote_blocks(
+    summary: str,
+    generation_id: str,
+    label: str,
+    generate: str = GENERATE_ACTION,
+    cancel: str = CANCEL_ACTION,
+) -> list[dict[str, Any]]:
     return [
         {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
         {
@@ -661,14 +737,14 @@ def quote_blocks(summary: str, generation_id: str, label: str) -> list[dict[str,
             "elements": [
                 {
                     "type": "button",
-                    "action_id": GENERATE_ACTION,
+                    "action_id": generate,
                     "style": "primary",
                     "text": {"type": "plain_text", "text": label},
                     "value": generation_id,
                 },
                 {
                     "type": "button",
-                    "action_id": CANCEL_ACTION,
+                    "action_id": cancel,
                     "text": {"type": "plain_text", "text": messages.CANCEL_BUTTON},
                     "value": generation_id,
                 },
