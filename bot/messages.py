@@ -1046,6 +1046,9 @@ def chart_not_saved(folder: str, why: str) -> str:
 
 DISCORD_QUOTE_EXPIRED_BUTTONS = "This quote expired; nothing was charged. Run /imagine again."
 DISCORD_STARTING = "Starting…"
+DISCORD_COMPARE_MODELS_DESCRIPTION = (
+    "2 to 4 model ids, separated by commas, e.g. gemini-3-pro,gpt-image"
+)
 DISCORD_GRANT_USAGE = (
     "Pick a user and an amount: /credits action:grant user:@someone amount:50"
     " [expires:7d] reason:contest prize"

@@ -23,6 +23,7 @@ from bot import messages, references, statements
 from bot.app import open_service
 from bot.circuits import Health
 from bot.flow import ImagineService
+from bot.images import GRID_CELL
 from bot.platforms import discord as discord_adapter
 from bot.platforms.discord import ImagineBot, point_at
 from bot.settings import Settings
@@ -161,6 +162,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
     assert scope == str(GUILD_ID)
     assert {command["name"] for command in commands} == {
         "imagine",
+        "compare",
         "credits",
         "price",
         "statement",
@@ -1469,3 +1471,31 @@ def test_images_go_in_as_few_messages_as_discords_per_message_limits_allow(
     sizes: list[int], batches: list[tuple[int, int]]
 ) -> None:
     assert discord_adapter._message_batches(sizes) == batches
+
+
+# -- /compare -------------------------------------------------------------------
+
+
+async def test_compare_shows_each_price_and_posts_the_grid_then_the_originals(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    interaction = await discord_fake.slash(
+        "compare", {"prompt": "a lighthouse", "models": "local-sketch,scripted"}
+    )
+    await discord_fake.wait_for(lambda: interaction.original_id is not None)
+    message = discord_fake.original(interaction)
+    assert "  Scripted: 10 credits" in message.content
+    assert "Total: 11 credits" in message.content
+
+    click = await discord_fake.click(message, message.button("Compare 2 models · 11 credits"))
+    await discord_fake.wait_for(lambda: "Compare done" in message.content)
+
+    grid, *originals = discord_fake.followups(click)
+    assert grid.content.endswith("· Compare · 11 credits")
+    [upload] = grid.files
+    with Image.open(io.BytesIO(upload.data)) as image:
+        assert image.size[0] == 2 * GRID_CELL
+    assert len(originals) == 2
+    assert "Compare done: 11 credits in all." in message.content
+    assert await available(service) == 39
+    assert await service.ledger.verify() == []

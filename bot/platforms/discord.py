@@ -39,7 +39,7 @@ from bot.errors import (
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
 from bot.images import TooLargeToSend, fit_within
-from bot.parsing import ImagineOptions, validate_request
+from bot.parsing import ImagineOptions, validate_compare, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
@@ -172,7 +172,9 @@ class ImagineBot(discord.AutoShardedClient):
         return False
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(GenerateButton, CancelButton, StripeButton)
+        self.add_dynamic_items(
+            GenerateButton, CancelButton, StripeButton, CompareButton, CompareCancelButton
+        )
         for pack in self.service.purchases.hidden_on_discord():
             logger.info(messages.pack_hidden_on_discord(pack.id))
         if self.sync_on_start:
@@ -326,6 +328,71 @@ class ImagineBot(discord.AutoShardedClient):
             self._generate(interaction, held),
             name=f"discord generation {generation_id}",
         )
+
+    async def compare(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        models: str,
+        resolution: str | None,
+        aspect: str | None,
+    ) -> None:
+        """/compare: its quote, each model's price and the total, with one Compare button."""
+        text, view = await _ready_in_time(
+            interaction, self._compare_quote(interaction, prompt, models, resolution, aspect)
+        )
+        await _answer(interaction, text, view=view)
+
+    async def _compare_quote(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        models: str,
+        resolution: str | None,
+        aspect: str | None,
+    ) -> tuple[str, discord.ui.View | None]:
+        try:
+            quote = await self.service.quote_compare(
+                discord_account(interaction.user),
+                validate_compare(models, prompt, resolution, aspect, self.service.catalog),
+                channel=f"discord:{interaction.channel_id}",
+                roles=_role_ids(interaction.user),
+            )
+        except ImagineError as refusal:
+            return refusal.message, None
+        return quote.summary, compare_view(quote.id, quote.button)
+
+    async def compare_clicked(self, interaction: discord.Interaction, compare_id: str) -> None:
+        try:
+            held = await answer_in_time(
+                self.service.hold_compare(compare_id, discord_account(interaction.user)),
+                interaction.response.defer,
+            )
+        except ImagineError as refusal:
+            await _refuse_click(interaction, refusal)
+            return
+        await self.background.spawn_after(
+            _replace_clicked(interaction, messages.DISCORD_STARTING),
+            self.service.generate_compare(
+                held,
+                _PostToChannel(interaction, self.settings.upload_timeout_seconds),
+                reachable_for=_LONGEST_EDITABLE_SECONDS,
+            ),
+            name=f"discord compare {compare_id}",
+        )
+
+    async def compare_cancel_clicked(
+        self, interaction: discord.Interaction, compare_id: str
+    ) -> None:
+        try:
+            await answer_in_time(
+                self.service.cancel_compare(compare_id, discord_account(interaction.user)),
+                interaction.response.defer,
+            )
+        except ImagineError as refusal:
+            await _refuse_click(interaction, refusal)
+            return
+        await _replace_clicked(interaction, messages.CANCELLED)
 
     async def clicked(
         self,
@@ -828,12 +895,32 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     async def statement(interaction: discord.Interaction) -> None:
         await bot.show_statement(interaction)
 
+    @app_commands.describe(
+        prompt="What to draw",
+        models=messages.DISCORD_COMPARE_MODELS_DESCRIPTION,
+        resolution=messages.DISCORD_RESOLUTION_DESCRIPTION,
+        aspect=messages.DISCORD_ASPECT_DESCRIPTION,
+    )
+    async def compare(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, messages.PROMPT_MAX_CHARS],
+        models: str,
+        resolution: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
+        aspect: Optional[str] = None,  # noqa: UP045
+    ) -> None:
+        await bot.compare(interaction, prompt, models, resolution, aspect)
+
     async def help_command(interaction: discord.Interaction) -> None:
         await bot.show_help(interaction)
 
     return [
         app_commands.Command(
             name="imagine", description="Make images from a prompt", callback=imagine
+        ),
+        app_commands.Command(
+            name="compare",
+            description="One prompt, 2-4 models side by side in one labelled grid",
+            callback=compare,
         ),
         app_commands.Command(
             name="credits", description="Your credits; admins grant and revoke", callback=credits
@@ -973,6 +1060,84 @@ class CancelButton(
         assert isinstance(interaction.client, ImagineBot)
         bot = interaction.client
         await bot.clicked(interaction, self.generation_id, bot.cancel_clicked)
+
+
+def compare_view(compare_id: str, label: str) -> discord.ui.View:
+    """A /compare quote's buttons; their ids carry every generation of it (``COMPARE_SEPARATOR``)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        discord.ui.Button(
+            label=label,
+            style=discord.ButtonStyle.primary,
+            custom_id=f"imagine:compare:{compare_id}",
+        )
+    )
+    view.add_item(
+        discord.ui.Button(
+            label=messages.CANCEL_BUTTON,
+            style=discord.ButtonStyle.secondary,
+            custom_id=f"imagine:compare-cancel:{compare_id}",
+        )
+    )
+    view.stop()
+    return view
+
+
+class CompareButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:compare:(?P<id>[0-9a-f,]+)"
+):
+    """Pressing it holds every model's credits of the /compare at once, then runs them."""
+
+    def __init__(self, compare_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=messages.GENERATE_BUTTON, custom_id=f"imagine:compare:{compare_id}"
+            )
+        )
+        self.compare_id = compare_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "CompareButton":
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        bot = interaction.client
+        await bot.clicked(interaction, self.compare_id, bot.compare_clicked)
+
+
+class CompareCancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:compare-cancel:(?P<id>[0-9a-f,]+)",
+):
+    def __init__(self, compare_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=messages.CANCEL_BUTTON, custom_id=f"imagine:compare-cancel:{compare_id}"
+            )
+        )
+        self.compare_id = compare_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "CompareCancelButton":
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        bot = interaction.client
+        await bot.clicked(interaction, self.compare_id, bot.compare_cancel_clicked)
 
 
 class _PostToChannel:
