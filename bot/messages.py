@@ -791,6 +791,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /imagine price <prompt> [options]   the price alone; nothing is held",
+        "  /compare models:<id>,<id>[,<id>,<id>] [resolution:…] [aspect:…] <prompt>",
+        "      one image from each of 2-4 models, one confirm for the total, posted as a"
+        " labelled grid plus the originals; a model that fails charges nothing",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
         "  /buy              credit packs, each with a payment link",
@@ -1141,6 +1144,9 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
         "*/imagine price* `[options] <prompt>`: the price alone, with no button; nothing is held.",
+        "*/compare* `models:<id>,<id>[,<id>,<id>] [resolution:…] [aspect:…] <prompt>`: one image "
+        "from each of 2-4 models for one total, posted as a labelled grid plus the originals; "
+        "a model that fails charges nothing.",
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
