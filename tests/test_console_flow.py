@@ -1201,3 +1201,15 @@ async def test_compare_names_the_model_lacking_the_aspect(
     said = await console.say("/compare models:local-sketch,scripted aspect:16:9 a fox")
     assert said == messages.unsupported_aspect("16:9", "scripted", ("1:1",))
     assert console.questions == []
+
+
+async def test_a_compare_confirmed_twice_generates_and_charges_once(
+    service: ImagineService,
+) -> None:
+    request = parse_compare("models:local-sketch,scripted a fox", service.catalog)
+    quote = await service.quote_compare(OWNER, request)
+    await service.confirm_compare(quote.id, OWNER, RecordingDelivery())
+    with pytest.raises(AlreadyHandled):
+        await service.confirm_compare(quote.id, OWNER, RecordingDelivery())
+    assert await available(service) == 89
+    assert await service.ledger.verify() == []
