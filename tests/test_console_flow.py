@@ -1104,3 +1104,53 @@ async def test_statement_shows_each_change_to_your_credits_with_the_balance_afte
     ]  # fmt: skip
     assert [row.split()[1] for row in rows] == ["grant", "hold", "capture"]
     assert rows[-1].split()[-2:] == ["99", "0"]
+
+
+# -- /history and /settings auto_confirm_under --------------------------------
+
+REQUEST = "/imagine model:local-sketch count:2 a lighthouse"
+
+
+async def test_history_shows_where_each_generation_was_saved(
+    console: ScriptedConsole, settings: Settings
+) -> None:
+    await console.say(REQUEST, "y")
+    said = await console.say("/history")
+    [first, *_] = sorted(settings.output_dir.iterdir())
+    assert "1. " in said and "local-sketch  2/2 images  2 credits" in said
+    assert said.endswith(str(first))
+
+
+async def test_a_request_under_the_limit_generates_without_asking_and_says_its_cost(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say(REQUEST)
+    assert not [question for question in console.questions if "[y/N]" in question]
+    assert "Done: 2 images for 2 credits (auto-confirmed under 5)." in said
+    assert await available(service) == 98
+
+
+async def test_a_request_over_the_limit_still_asks(console: ScriptedConsole) -> None:
+    await console.say("/settings auto_confirm_under:1")
+    await console.say(REQUEST, "n")
+    assert "Generate 2 images · 2 credits? [y/N] " in console.questions
+
+
+async def test_a_limit_of_zero_always_asks(console: ScriptedConsole) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say("/settings auto_confirm_under:0")
+    await console.say(REQUEST, "n")
+    assert "Auto-confirm is off" in said
+    assert "Generate 2 images · 2 credits? [y/N] " in console.questions
+
+
+async def test_a_bad_limit_is_one_sentence_and_changes_nothing(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say("/settings auto_confirm_under:lots")
+    assert said == (
+        "“lots” is not a number of credits from 0 to 1,000,000; your settings were not changed."
+    )
+    assert await service.credits.auto_confirm_under(OWNER) == 5
