@@ -582,6 +582,9 @@ AUTO_CONFIRM_USAGE = (
 )
 
 
+DISCORD_AUTO_CONFIRM_DESCRIPTION = "Generate without asking at or under this many credits (0: ask)"
+
+
 def bad_auto_confirm(value: str) -> str:
     return (
         f"“{_shorten(value, 20)}” is not a number of credits from 0 to {AUTO_CONFIRM_MAX:,}; "
