@@ -788,6 +788,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
+        "  /history          your last 10 generations, with where their images were saved",
+        "  /settings auto_confirm_under:<credits>   generate without asking at or under"
+        " that price (0: always ask)",
         "  /buy              credit packs, each with a payment link",
         "  /models           the models, their prices and what they support",
         "  /help             this help",
@@ -1062,6 +1065,10 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel.",
         "**/credits**: your balance and recent generations.",
+        "**/history**: your last 10 generations, with links to their images and Again buttons"
+        " (a new quote of the same request).",
+        "**/settings** `auto_confirm_under`: generate without the button at or under that many"
+        " credits (0 always asks); the result says what it cost.",
         "**/statement**: every change to your credits, with the balance after each,"
         " as a CSV file only you see.",
         "**/buy**: credit packs; paid credits never expire.",
