@@ -445,11 +445,13 @@ async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_th
     recording_started = asyncio.Event()
     record_posted = service.ledger.mark_posted
 
-    async def first_record_never_ends(generation_id: str, images: int) -> None:
+    async def first_record_never_ends(
+        generation_id: str, images: int, link: str | None = None
+    ) -> None:
         if not recording_started.is_set():
             recording_started.set()
             await asyncio.Event().wait()
-        await record_posted(generation_id, images)
+        await record_posted(generation_id, images, link)
 
     monkeypatch.setattr(service.ledger, "mark_posted", first_record_never_ends)
     quote = await service.quote(
