@@ -115,6 +115,23 @@ class Credits:
     async def history(self, account: str, limit: int = 5) -> list[Generation]:
         return await self.ledger.history(account, limit=limit)
 
+    async def history_entries(self, account: str) -> list[Generation]:
+        """``/history``: the account's last generations, each with where it was posted."""
+        return await self.history(account, limit=messages.HISTORY_LENGTH)
+
+    async def auto_confirm_under(self, account: str) -> int:
+        """The price at or under which the account's quotes generate without a button (0: never)."""
+        return await self.ledger.auto_confirm_under(account)
+
+    async def settings(self, account: str, auto_confirm_under: int | str | None = None) -> str:
+        """``/settings``: change what was given (checked first, so a bad value changes
+        nothing), then say what the settings are."""
+        if auto_confirm_under is not None:
+            await self.ledger.set_auto_confirm_under(
+                account, parse_auto_confirm(auto_confirm_under)
+            )
+        return messages.auto_confirm_setting(await self.auto_confirm_under(account))
+
     async def statement(self, account: str, roles: Collection[str] = ()) -> str:
         """The balance and recent generations, as the one message every platform shows."""
         balance = await self.balance(account, roles)
@@ -242,6 +259,26 @@ def parse_amount(amount: int | str) -> int:
     if not 0 < credits <= MAX_GRANT:
         raise InvalidAmount(str(amount))
     return credits
+
+
+def parse_auto_confirm(value: int | str) -> int:
+    """A limit for auto-confirm: a whole number of credits from 0 (always ask) up."""
+    text = str(value).strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise RequestError(messages.bad_auto_confirm(str(value)))
+    under = int(text.replace(",", "").replace("_", ""))
+    if under > messages.AUTO_CONFIRM_MAX:
+        raise RequestError(messages.bad_auto_confirm(str(value)))
+    return under
+
+
+def parse_settings(text: str) -> int | str | None:
+    """The value of ``auto_confirm_under:N`` in the text form (console, Slack); None if not
+    given; any other word is refused with the usage."""
+    value, rest = take_option(text.split(), "auto_confirm_under")
+    if rest:
+        raise RequestError(messages.AUTO_CONFIRM_USAGE)
+    return value
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,13 @@ from bot.errors import (
     QuoteExpired,
     QuoteNotFound,
     ReferenceStorageFull,
+    RequestError,
     ShuttingDown,
     TooManyQuotes,
 )
 from bot.images import compare_grid
 from bot.observability import HealthCheck, Metrics
-from bot.parsing import CompareRequest, ImagineRequest
+from bot.parsing import CompareRequest, ImagineOptions, ImagineRequest, validate_request
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
@@ -89,14 +90,27 @@ class PostedImages:
     def __init__(self, offered: Sequence[GeneratedImage]) -> None:
         self.offered = tuple(offered)
         self._landed = 0
+        self.link: str | None = None
+        """Where the images can be seen again (a message's URL, a file's path), for /history."""
 
-    def landed(self, count: int) -> None:
-        """``count`` more images are in front of the user (a message posted, a file shared)."""
+    def landed(self, count: int, link: str | None = None) -> None:
+        """``count`` more images are in front of the user (a message posted, a file shared);
+        ``link``: where, if it is the first part known to have landed."""
         self._landed = min(self._landed + count, len(self.offered))
+        if self.link is None and link is not None and len(link) <= LINK_MAX_CHARS:
+            self.link = link
 
     @property
     def images(self) -> tuple[GeneratedImage, ...]:
         return self.offered[: self._landed]
+
+
+LINK_MAX_CHARS = 500
+"""As ``generations.posted_link`` holds; a longer link is not kept, since a cut one leads nowhere."""
+
+AUTO_CONFIRM_OPTION = "auto_confirm_under"
+"""The option under which a quote records the account's limit it was confirmed under, without
+a button: the outcome, told maybe by another process, says so with the cost."""
 
 
 class Delivery(Protocol):
@@ -155,6 +169,12 @@ class Quote:
     @property
     def price(self) -> int:
         return self.generation.price
+
+    @property
+    def confirms_itself(self) -> bool:
+        """At or under the account's auto-confirm limit: the adapter confirms it at once, as
+        the Generate button would, instead of showing the button."""
+        return AUTO_CONFIRM_OPTION in self.generation.options
 
     @property
     def summary(self) -> str:
@@ -572,9 +592,17 @@ class ImagineService:
         """Record ``request``'s quote (a ``quoted`` generation) with its reference images."""
         await self.credits.top_up_allowance(account, roles)
         priced = await self.price(account, request)
+        auto_confirm = None
+        if instead_of is None:
+            # Another model in place of the one asked for is the user's choice to make.
+            under = await self.credits.auto_confirm_under(account)
+            if under > 0 and priced.total <= under:
+                auto_confirm = under
         try:
             balance, generation = await self.ledger.open_quote(
-                self._new_generation(account, request, priced, channel, instead_of),
+                self._new_generation(
+                    account, request, priced, channel, instead_of, auto_confirm_under=auto_confirm
+                ),
                 starting_credits=self.credits.starting_credits,
                 references=[
                     QuoteReference(image.mime_type, image.data)
@@ -594,6 +622,7 @@ class ImagineService:
         channel: str | None,
         instead_of: str | None = None,
         compare: str | None = None,
+        auto_confirm_under: int | None = None,
     ) -> NewGeneration:
         cost_per_image = microusd(request.model.cost_for(request.resolution))
         options: dict[str, Any] = {
@@ -610,6 +639,8 @@ class ImagineService:
         if instead_of is not None:
             # So a report can tell the requests a failover saved.
             options["instead_of"] = instead_of
+        if auto_confirm_under is not None:
+            options[AUTO_CONFIRM_OPTION] = auto_confirm_under
         if compare is not None:
             # So history and reports can tell the generations of one /compare.
             options["compare"] = compare
@@ -680,6 +711,33 @@ class ImagineService:
                 if per_image != model.credits_for(resolution):
                     own.setdefault(model.id, {})[resolution] = per_image
         return own
+
+    async def again(
+        self,
+        generation_id: str,
+        account: str,
+        *,
+        channel: str | None = None,
+        roles: Collection[str] = (),
+    ) -> Quote:
+        """A new quote, for ``account`` (whoever asked, not necessarily its owner), of the same
+        request as generation ``generation_id``, validated and priced as of now."""
+        try:
+            past = await self.ledger.generation(generation_id)
+        except ledger.GenerationNotFound:
+            raise RequestError(messages.AGAIN_NOT_FOUND) from None
+        if past.reference_count:
+            # Purged when it settled (``quote_references``), and not the clicker's to reuse.
+            raise RequestError(messages.AGAIN_NEEDS_REFERENCES)
+        options = ImagineOptions(
+            prompt=past.prompt,
+            model=past.model_id,
+            count=past.images_requested,
+            resolution=str(past.options["resolution"]),
+            aspect=str(past.options["aspect_ratio"]),
+        )
+        request = validate_request(options, self.catalog)
+        return await self.quote(account, request, channel=channel, roles=roles)
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         try:
@@ -759,7 +817,9 @@ class ImagineService:
                 # Images already posted, even mid-upload, are charged, not given away.
                 posted = self._posted.get(generation.id)
                 stopped = await asyncio.shield(
-                    self._capture(generation, posted.images, "interrupted", retry=_ONE_TRY)
+                    self._capture(
+                        generation, posted.images, "interrupted", retry=_ONE_TRY, link=posted.link
+                    )
                     if posted is not None and posted.images
                     else self._release(generation, "interrupted", retry=_ONE_TRY)
                 )
@@ -1052,7 +1112,7 @@ class ImagineService:
             shortfall = "delivery_failed"
         else:
             shortfall = partial_failure.code if partial_failure is not None else ""
-        return await self._capture(generation, posted.images, shortfall)
+        return await self._capture(generation, posted.images, shortfall, link=posted.link)
 
     async def _references(self, generation: Generation) -> tuple[ReferenceImage, ...]:
         """The reference images stored with the quote, or ``ReferencesLost``."""
@@ -1108,13 +1168,15 @@ class ImagineService:
         shortfall: str = "",
         *,
         retry: Retry | None = None,
+        link: str | None = None,
     ) -> Outcome:
-        """Charge for the images posted; ``shortfall`` is the code of why the others were not.
+        """Charge for the images posted; ``shortfall`` is the code of why the others were not;
+        ``link``, where they were posted, is kept for /history.
 
         If the database does not take it in time, it is tried again in the background.
         """
         retry = retry or self.settle_retry
-        settle = partial(self._record_capture, generation.id, len(posted))
+        settle = partial(self._record_capture, generation.id, len(posted), link)
         try:
             settled = await retry.run(
                 settle,
@@ -1128,14 +1190,18 @@ class ImagineService:
             )
             return Outcome(generation, posted, None, messages.CAPTURE_DELAYED)
         if self._count_capture(settled, len(posted)):
-            sentence = messages.outcome(settled, shortfall)
+            sentence = messages.outcome(
+                settled, shortfall, settled.options.get(AUTO_CONFIRM_OPTION)
+            )
         else:
             sentence = messages.settled_before_capture(len(posted), settled)
         return Outcome(settled, posted, await self._balance(settled.account_id, retry), sentence)
 
-    async def _record_capture(self, generation_id: str, posted: int) -> Generation:
+    async def _record_capture(
+        self, generation_id: str, posted: int, link: str | None = None
+    ) -> Generation:
         # Recorded first, so that a sweep settling this later charges for what was posted.
-        await self.ledger.mark_posted(generation_id, posted)
+        await self.ledger.mark_posted(generation_id, posted, link)
         return await self.ledger.capture(generation_id, posted)
 
     def _count_capture(self, settled: Generation, posted: int) -> bool:

@@ -406,13 +406,22 @@ def settled_before_capture(posted: int, settled: Generation) -> str:
     )
 
 
-def outcome(generation: Generation, shortfall: str = "") -> str:
+def outcome(
+    generation: Generation, shortfall: str = "", auto_confirmed_under: int | None = None
+) -> str:
     """What a captured generation delivered and cost; ``shortfall`` is the code of why
-    any images are missing: a provider's (``ProviderError.code``), or one of posting them."""
+    any images are missing: a provider's (``ProviderError.code``), or one of posting them.
+    ``auto_confirmed_under``: the account's limit, when no button was asked."""
     delivered, requested = generation.images_delivered, generation.images_requested
     charged = credits(generation.credits_charged)
     if delivered == requested:
-        return f"Done: {images(delivered)} for {charged}."
+        # No button told them the price: this sentence must.
+        unasked = (
+            ""
+            if auto_confirmed_under is None
+            else f" (auto-confirmed under {auto_confirmed_under})"
+        )
+        return f"Done: {images(delivered)} for {charged}{unasked}."
     if shortfall in _NOT_POSTED:
         done, why = "posted here", _NOT_POSTED[shortfall]
     else:
@@ -603,6 +612,59 @@ def statement_attached(changes: int, available: int) -> str:
 
 
 NO_HISTORY = "No generations yet; try /imagine a lighthouse at dusk"
+
+HISTORY_LENGTH = 10
+"""How many generations ``/history`` lists, each with its Again button."""
+
+
+def history_entries(
+    recent: Sequence[Generation], link: Callable[[str], str] = lambda url: url
+) -> str:
+    """``/history``: the newest generations numbered as their Again buttons are, each with
+    where its images were posted, written by ``link`` as the platform shows a link."""
+    if not recent:
+        return NO_HISTORY
+    lines = [f"Your last {len(recent)} generations (Again makes a new quote):"]
+    for number, generation in enumerate(recent, start=1):
+        where = "" if generation.posted_link is None else f"  {link(generation.posted_link)}"
+        lines.append(f"{number}. {history_line(generation)}{where}")
+    return "\n".join(lines)
+
+
+def again_button(number: int) -> str:
+    return f"Again {number}"
+
+
+AGAIN_NEEDS_REFERENCES = (
+    "That generation used reference images, which are not kept after it ends; "
+    "run /imagine again with them attached."
+)
+AGAIN_NOT_FOUND = "That generation is no longer on record, so it cannot be repeated."
+
+AUTO_CONFIRM_MAX = 1_000_000
+AUTO_CONFIRM_USAGE = (
+    "Usage: /settings auto_confirm_under:<credits>: requests costing at most that many credits "
+    f"generate without asking (0 to {AUTO_CONFIRM_MAX:,}; 0 always asks)."
+)
+
+
+DISCORD_AUTO_CONFIRM_DESCRIPTION = "Generate without asking at or under this many credits (0: ask)"
+
+
+def bad_auto_confirm(value: str) -> str:
+    return (
+        f"“{_shorten(value, 20)}” is not a number of credits from 0 to {AUTO_CONFIRM_MAX:,}; "
+        "your settings were not changed."
+    )
+
+
+def auto_confirm_setting(under: int) -> str:
+    if under == 0:
+        return "Auto-confirm is off: every request asks before it generates."
+    return (
+        f"Auto-confirm: requests costing at most {credits(under)} generate without asking; "
+        "the result says what each cost."
+    )
 
 
 def allowance_renewal(amount: int, period: str, renews: datetime) -> str:
@@ -796,6 +858,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         " labelled grid plus the originals; a model that fails charges nothing",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
+        "  /history          your last 10 generations, with where their images were saved",
+        "  /settings auto_confirm_under:<credits>   generate without asking at or under"
+        " that price (0: always ask)",
         "  /buy              credit packs, each with a payment link",
         "  /models           the models, their prices (and yours) and what they support",
         "  /help             this help",
@@ -1087,6 +1152,10 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         "**Generate** before anything is charged; the images are posted in the channel. "
         "The `count` and `resolution` choices show what each costs you.",
         "**/credits**: your balance and recent generations.",
+        "**/history**: your last 10 generations, with links to their images and Again buttons"
+        " (a new quote of the same request).",
+        "**/settings** `auto_confirm_under`: generate without the button at or under that many"
+        " credits (0 always asks); the result says what it cost.",
         "**/statement**: every change to your credits, with the balance after each,"
         " as a CSV file only you see.",
         "**/buy**: credit packs; paid credits never expire.",

@@ -69,6 +69,7 @@ from ledger.errors import (
 )
 from ledger.schema import (
     UTCDateTime,
+    account_settings,
     accounts,
     bot_state,
     credit_lots,
@@ -584,13 +585,14 @@ class Ledger:
 
         await self._database.write(work)
 
-    async def mark_posted(self, generation_id: str, images: int) -> None:
-        """Record that the platform took ``images`` images, before they are captured.
+    async def mark_posted(self, generation_id: str, images: int, link: str | None = None) -> None:
+        """Record that the platform took ``images`` images, before they are captured, and
+        ``link``, where they were posted (for ``history``).
 
         If this process dies between the post and the capture, whoever settles
         the generation charges for what the user received instead of giving it away.
         """
-        values = {"generation_id": generation_id, "images": images}
+        values = {"generation_id": generation_id, "images": images, "link": link}
         await self._database.write(lambda connection: connection.execute(_MARK_POSTED, values))
 
     async def record_attempts(
@@ -740,6 +742,32 @@ class Ledger:
         return await self._database.read(
             lambda connection: [_generation_from(row) for row in connection.execute(query)]
         )
+
+    # -- an account's own settings ------------------------------------------
+
+    async def auto_confirm_under(self, account: str) -> int:
+        """The price at or under which the account's quotes generate without a button (0: never)."""
+        query = select(account_settings.c.auto_confirm_under).where(
+            account_settings.c.account_id == account
+        )
+        return await self._database.read(lambda connection: int(connection.scalar(query) or 0))
+
+    async def set_auto_confirm_under(self, account: str, credits: int) -> None:
+        if credits < 0:
+            raise InvalidAmount(credits)
+        now = self._clock()
+
+        def work(connection: Connection) -> None:
+            connection.execute(
+                _dialect_insert(connection, account_settings)
+                .values(account_id=account, auto_confirm_under=credits, updated_at=now)
+                .on_conflict_do_update(
+                    index_elements=["account_id"],
+                    set_={"auto_confirm_under": credits, "updated_at": now},
+                )
+            )
+
+        await self._database.write(work)
 
     # -- price overrides (``ledger.prices``) ----------------------------------
 
@@ -1891,7 +1919,7 @@ _MARK_POSTED = (
         generations.c.id == bindparam("generation_id"),
         generations.c.status == GenerationStatus.RUNNING,
     )
-    .values(images_posted=bindparam("images"))
+    .values(images_posted=bindparam("images"), posted_link=bindparam("link"))
 )
 
 _NEW_REFERENCE = insert(quote_references)

@@ -103,6 +103,7 @@ generations = Table(
     # In millionths of a US dollar, so sums stay exact on every database.
     Column("cost_per_image_microusd", BigInteger, nullable=True),
     Column("provider_cost_microusd", BigInteger, nullable=True),
+    Column("posted_link", String(500), nullable=True),
     CheckConstraint("images_requested > 0", name="images_requested_positive"),
     CheckConstraint(
         "images_delivered >= 0 AND images_delivered <= images_requested",
@@ -116,7 +117,9 @@ generations = Table(
 )
 """``cost_per_image_microusd``: what the provider charges per image at the quote's resolution,
 as the registry said when it was quoted (None: not known). ``provider_cost_microusd``: what
-the provider charged for it, every image it made counted (retries included), once it ran."""
+the provider charged for it, every image it made counted (retries included), once it ran.
+``posted_link``: where the delivery put the images (a message's URL, a file's path), for
+``/history``."""
 
 quote_references = Table(
     "quote_references",
@@ -311,3 +314,16 @@ dashboard_tokens = Table(
 known only by its token's SHA-256: a copy of the database logs nobody in. ``used_at``: when a
 link was exchanged, or a session ended by logging out. Not a foreign key to ``accounts``: an
 admin need never have used the bot."""
+
+account_settings = Table(
+    "account_settings",
+    metadata,
+    Column("account_id", String(120), primary_key=True),
+    Column("auto_confirm_under", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("auto_confirm_under >= 0", name="auto_confirm_not_negative"),
+)
+"""What an account chose for itself. ``auto_confirm_under``: a quote at or under this many
+credits generates without its button (0: always ask).
+
+Not a foreign key to ``accounts``: a setting may be stored before anything else is."""

@@ -185,6 +185,8 @@ class Generation:
     cost_per_image_microusd: int | None = None
     provider_cost_microusd: int | None = None
     """What the provider charged for it (millionths of a US dollar), once it has run."""
+    posted_link: str | None = None
+    """Where the delivery put the images (a message's URL, a file's path), once posted."""
 
     @property
     def price(self) -> int:

@@ -447,11 +447,13 @@ async def test_a_generation_cancelled_after_posting_its_images_is_charged_for_th
     recording_started = asyncio.Event()
     record_posted = service.ledger.mark_posted
 
-    async def first_record_never_ends(generation_id: str, images: int) -> None:
+    async def first_record_never_ends(
+        generation_id: str, images: int, link: str | None = None
+    ) -> None:
         if not recording_started.is_set():
             recording_started.set()
             await asyncio.Event().wait()
-        await record_posted(generation_id, images)
+        await record_posted(generation_id, images, link)
 
     monkeypatch.setattr(service.ledger, "mark_posted", first_record_never_ends)
     quote = await service.quote(
@@ -1213,3 +1215,53 @@ async def test_a_compare_confirmed_twice_generates_and_charges_once(
         await service.confirm_compare(quote.id, OWNER, RecordingDelivery())
     assert await available(service) == 89
     assert await service.ledger.verify() == []
+
+
+# -- /history and /settings auto_confirm_under --------------------------------
+
+REQUEST = "/imagine model:local-sketch count:2 a lighthouse"
+
+
+async def test_history_shows_where_each_generation_was_saved(
+    console: ScriptedConsole, settings: Settings
+) -> None:
+    await console.say(REQUEST, "y")
+    said = await console.say("/history")
+    [first, *_] = sorted(settings.output_dir.iterdir())
+    assert "1. " in said and "local-sketch  2/2 images  2 credits" in said
+    assert said.endswith(str(first))
+
+
+async def test_a_request_under_the_limit_generates_without_asking_and_says_its_cost(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say(REQUEST)
+    assert not [question for question in console.questions if "[y/N]" in question]
+    assert "Done: 2 images for 2 credits (auto-confirmed under 5)." in said
+    assert await available(service) == 98
+
+
+async def test_a_request_over_the_limit_still_asks(console: ScriptedConsole) -> None:
+    await console.say("/settings auto_confirm_under:1")
+    await console.say(REQUEST, "n")
+    assert "Generate 2 images · 2 credits? [y/N] " in console.questions
+
+
+async def test_a_limit_of_zero_always_asks(console: ScriptedConsole) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say("/settings auto_confirm_under:0")
+    await console.say(REQUEST, "n")
+    assert "Auto-confirm is off" in said
+    assert "Generate 2 images · 2 credits? [y/N] " in console.questions
+
+
+async def test_a_bad_limit_is_one_sentence_and_changes_nothing(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    await console.say("/settings auto_confirm_under:5")
+    said = await console.say("/settings auto_confirm_under:lots")
+    assert said == (
+        "“lots” is not a number of credits from 0 to 1,000,000; your settings were not changed."
+    )
+    assert await service.credits.auto_confirm_under(OWNER) == 5

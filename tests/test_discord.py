@@ -170,6 +170,8 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "buy",
         "models",
         "help",
+        "history",
+        "settings",
     }
     [imagine] = [command for command in commands if command["name"] == "imagine"]
     options = {option["name"]: option for option in imagine["options"]}
@@ -1499,3 +1501,98 @@ async def test_compare_shows_each_price_and_posts_the_grid_then_the_originals(
     assert "Compare done: 11 credits in all." in message.content
     assert await available(service) == 39
     assert await service.ledger.verify() == []
+
+
+# -- /history and /settings auto_confirm_under ----------------------------------
+
+
+async def generated(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
+    """The public message holding the images of a request ``user`` made and confirmed."""
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2}, user)
+    click = await discord_fake.click(message, message.button("Generate"), user=user)
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+    [posted] = discord_fake.followups(click)
+    return posted
+
+
+async def history(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
+    interaction = await discord_fake.slash("history", {}, user=user)
+    await discord_fake.wait_for(lambda: interaction.original_id is not None)
+    return discord_fake.original(interaction)
+
+
+async def again(discord_fake: LoopbackDiscord, listed: Message, user: User) -> Message:
+    """Press Again on ``listed``'s first generation as ``user``, then its quote's Generate."""
+    click = await discord_fake.click(listed, listed.button("Again 1"), user=user)
+    # Until it answers, the click's original response is the message clicked.
+    await discord_fake.wait_for(lambda: click.original_id != listed.id)
+    quoted = discord_fake.original(click)
+    await discord_fake.click(quoted, quoted.button("Generate"), user=user)
+    await discord_fake.wait_for(lambda: quoted.content.startswith("Done"))
+    return quoted
+
+
+async def test_history_links_to_the_message_holding_the_images(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    posted = await generated(discord_fake)
+
+    listed = await history(discord_fake)
+
+    assert listed.ephemeral
+    assert "local-sketch  2/2 images  2 credits" in listed.content
+    assert "[jump](<https://discord.com/channels/" in listed.content
+    assert f"/{posted.channel_id}/{posted.id}>)" in listed.content
+    assert [button["label"] for button in listed.buttons] == ["Again 1"]
+
+
+async def test_again_by_another_user_charges_that_user(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await generated(discord_fake, ALICE)
+    listed = await history(discord_fake, ALICE)
+
+    await again(discord_fake, listed, BOB)
+
+    assert (await available(service, ALICE_ACCOUNT), await available(service, BOB_ACCOUNT)) == (
+        48,
+        48,
+    )
+
+
+@pytest.mark.both_databases
+async def test_again_pressed_after_a_restart_still_quotes(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        await generated(discord_fake)
+        listed = await history(discord_fake)
+    async with running_bot(service, settings, discord_fake):
+        await again(discord_fake, listed, ALICE)
+
+    assert await available(service) == 46
+
+
+async def test_a_request_under_the_auto_confirm_limit_generates_without_a_button(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await answer_to(discord_fake, "settings", {"auto_confirm_under": 5}, ALICE)
+
+    interaction, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2})
+    await discord_fake.wait_for(lambda: message.content.startswith("Done"))
+
+    assert message.buttons == []
+    assert message.content.startswith("Done: 2 images for 2 credits (auto-confirmed under 5).")
+    assert len(discord_fake.followups(interaction)) == 1
+    assert await available(service) == 48
+
+
+async def test_a_request_over_the_auto_confirm_limit_shows_the_button(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await answer_to(discord_fake, "settings", {"auto_confirm_under": 1}, ALICE)
+
+    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2})
+
+    assert message.button("Generate")["label"] == "Generate 2 images · 2 credits"
+    assert await available(service) == 50

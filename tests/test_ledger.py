@@ -495,6 +495,28 @@ async def test_history_lists_confirmed_generations_newest_first(
     ]
 
 
+async def test_history_shows_the_link_recorded_when_the_images_were_posted(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded(ledger)
+    await quoted(ledger, clock)
+    await ledger.hold("g1", ALICE)
+    await ledger.mark_posted("g1", 2, "https://chat.example/messages/7")
+    await ledger.capture("g1", 2)
+    [generation] = await ledger.history(ALICE)
+    assert generation.posted_link == "https://chat.example/messages/7"
+
+
+async def test_auto_confirm_is_off_until_an_account_sets_it(ledger: Ledger) -> None:
+    assert await ledger.auto_confirm_under(ALICE) == 0
+
+
+async def test_auto_confirm_setting_is_replaced_by_the_next_one(ledger: Ledger) -> None:
+    await ledger.set_auto_confirm_under(ALICE, 20)
+    await ledger.set_auto_confirm_under(ALICE, 5)
+    assert (await ledger.auto_confirm_under(ALICE), await ledger.auto_confirm_under(BOB)) == (5, 0)
+
+
 # -- leases: who may settle a running generation ---------------------------------
 
 LONG = timedelta(hours=1)

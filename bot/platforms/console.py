@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import messages, statements
-from bot.credits import Adjustment, parse_adjustment
+from bot.credits import Adjustment, parse_adjustment, parse_settings
 from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
 from bot.parsing import estimate_only, parse_compare, parse_imagine
@@ -111,6 +111,8 @@ class ConsoleChat:
             "price": self.price,
             "buy": self.buy,
             "stats": self.stats,
+            "history": self.show_history,
+            "settings": self.settings,
         }
 
     async def imagine(self, text: str) -> None:
@@ -128,8 +130,7 @@ class ConsoleChat:
             quote = unusable.alternative
         else:
             self.write(quote.summary)
-        answer = await self.read_line(f"{quote.question} [y/N] ")
-        if (answer or "").strip().lower() not in ("y", "yes"):
+        if not quote.confirms_itself and not await self._confirmed(quote.question):
             await self.service.cancel(quote.id, self.account)
             self.write(messages.CANCELLED)
             return
@@ -147,6 +148,18 @@ class ConsoleChat:
             return
         delivery = _SaveToFolder(self.output_dir, self.write)
         await self.service.confirm_compare(quote.id, self.account, delivery)
+
+    async def _confirmed(self, question: str) -> bool:
+        answer = await self.read_line(f"{question} [y/N] ")
+        return (answer or "").strip().lower() in ("y", "yes")
+
+    async def show_history(self, _arguments: str) -> None:
+        self.write(
+            messages.history_entries(await self.service.credits.history_entries(self.account))
+        )
+
+    async def settings(self, arguments: str) -> None:
+        self.write(await self.service.credits.settings(self.account, parse_settings(arguments)))
 
     async def _told(self, notice: Notice) -> None:
         self.write(notice.text)
@@ -237,7 +250,7 @@ class _SaveToFolder:
                 raise DeliveryFailed(
                     f"could not write to {self.output_dir}: {error.strerror}"
                 ) from error
-            posted.landed(1)
+            posted.landed(1, str(path))
             self.write(messages.saved_to(str(path)))
 
 

@@ -37,7 +37,14 @@ from bot.errors import (
     ModelUnusable,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
+from bot.flow import (
+    DeliveryFailed,
+    HeldGeneration,
+    ImagineService,
+    PostedImages,
+    Quote,
+    charged_for,
+)
 from bot.images import TooLargeToSend, fit_within
 from bot.parsing import ImagineOptions, validate_compare, validate_request
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
@@ -173,7 +180,12 @@ class ImagineBot(discord.AutoShardedClient):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(
-            GenerateButton, CancelButton, StripeButton, CompareButton, CompareCancelButton
+            GenerateButton,
+            CancelButton,
+            StripeButton,
+            CompareButton,
+            CompareCancelButton,
+            AgainButton,
         )
         for pack in self.service.purchases.hidden_on_discord():
             logger.info(messages.pack_hidden_on_discord(pack.id))
@@ -246,48 +258,98 @@ class ImagineBot(discord.AutoShardedClient):
         if reference is not None:
             # Downloading can take longer than Discord's three seconds.
             await interaction.response.defer(ephemeral=True, thinking=True)
-        quoting = self._quote(interaction, options, reference)
-        if interaction.response.is_done():
-            text, view, quote_id = await quoting
-        else:
-            text, view, quote_id = await _ready_in_time(interaction, quoting)
-        message_id = await _answer(interaction, text, view=view)
-        ttl = self.service.quote_ttl.total_seconds()
-        # A quote that outlives the token cannot be marked expired when it does;
-        # its buttons stay, and a late click is told it expired, in their place.
-        if quote_id is not None and message_id is not None and ttl <= _LONGEST_EDITABLE_SECONDS:
-            self.quotes_shown.add(
-                quote_id,
-                ShownQuote(interaction.application_id, interaction.token, message_id),
-                due_in_seconds=ttl,
-            )
 
-    async def _quote(
-        self,
-        interaction: discord.Interaction,
-        options: ImagineOptions,
-        reference: discord.Attachment | None,
-    ) -> tuple[str, discord.ui.View | None, str | None]:
-        """The quote's text, buttons and id, or the refusal's sentence alone."""
-        try:
+        async def quoting() -> Quote:
+            request_options = options
             if reference is not None:
-                options = _with_reference(options, await _downloaded(reference))
-            request = validate_request(options, self.service.catalog)
-            quote = await self.service.quote(
+                request_options = _with_reference(options, await _downloaded(reference))
+            request = validate_request(request_options, self.service.catalog)
+            return await self.service.quote(
                 discord_account(interaction.user),
                 request,
                 channel=f"discord:{interaction.channel_id}",
                 roles=_role_ids(interaction.user),
             )
-        except ModelUnusable as unusable:
-            if unusable.alternative is None:
-                return unusable.message, None, None
-            quote, text = unusable.alternative, unusable.message
-        except ImagineError as refusal:
-            return refusal.message, None, None
+
+        await self._offer(interaction, quoting())
+
+    async def _offer(self, interaction: discord.Interaction, quoting: Awaitable[Quote]) -> None:
+        """Answer with the quote and its buttons, or the refusal's sentence alone; a quote
+        under the user's auto-confirm limit is confirmed at once instead, as its button would."""
+        if interaction.response.is_done():
+            text, quote = await _quoted(quoting)
         else:
-            text = quote.summary
-        return text, quote_view(quote.id, quote.button), quote.id
+            text, quote = await _ready_in_time(interaction, _quoted(quoting))
+        if quote is not None and quote.confirms_itself:
+            await self._confirm_now(interaction, quote.id)
+            return
+        view = None if quote is None else quote_view(quote.id, quote.button)
+        message_id = await _answer(interaction, text, view=view)
+        ttl = self.service.quote_ttl.total_seconds()
+        # A quote that outlives the token cannot be marked expired when it does;
+        # its buttons stay, and a late click is told it expired, in their place.
+        if quote is not None and message_id is not None and ttl <= _LONGEST_EDITABLE_SECONDS:
+            self.quotes_shown.add(
+                quote.id,
+                ShownQuote(interaction.application_id, interaction.token, message_id),
+                due_in_seconds=ttl,
+            )
+
+    async def _confirm_now(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """The Generate button's path, for a quote that needs no click: hold, say it started,
+        generate; the outcome says what it cost."""
+        try:
+            held = await self.service.hold(generation_id, discord_account(interaction.user))
+        except ImagineError as refusal:
+            await _answer(interaction, refusal.message)
+            return
+        await self.background.spawn_after(
+            _answer(interaction, messages.DISCORD_STARTING),
+            self._generate(interaction, held),
+            name=f"discord generation {generation_id}",
+        )
+
+    async def show_history(self, interaction: discord.Interaction) -> None:
+        """/history: the last generations, each with a link to its images and an Again button,
+        said privately."""
+        recent = await _ready_in_time(
+            interaction,
+            self.service.credits.history_entries(discord_account(interaction.user)),
+        )
+        text = messages.history_entries(recent, lambda url: f"[jump](<{url}>)")
+        *first, last = _lines_in_messages(text)
+        view = history_view([generation.id for generation in recent]) if recent else None
+        if not first:
+            await _answer(interaction, last, view=view)
+            return
+        await _answer(interaction, first[0])
+        for piece in first[1:]:
+            await interaction.followup.send(piece, ephemeral=True)
+        extra: dict[str, Any] = {} if view is None else {"view": view}
+        await interaction.followup.send(last, ephemeral=True, **extra)
+
+    async def again_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """A new quote of a past generation for whoever clicked, in a message of its own."""
+        await self._offer(
+            interaction,
+            self.service.again(
+                generation_id,
+                discord_account(interaction.user),
+                channel=f"discord:{interaction.channel_id}",
+                roles=_role_ids(interaction.user),
+            ),
+        )
+
+    async def change_settings(
+        self, interaction: discord.Interaction, auto_confirm_under: int | None
+    ) -> None:
+        try:
+            text = await self.service.credits.settings(
+                discord_account(interaction.user), auto_confirm_under
+            )
+        except ImagineError as refusal:
+            text = refusal.message
+        await _answer(interaction, text)
 
     def _quote_timed_out(self, generation_id: str, shown: ShownQuote) -> None:
         self.background.spawn(
@@ -913,6 +975,16 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
     async def help_command(interaction: discord.Interaction) -> None:
         await bot.show_help(interaction)
 
+    async def history(interaction: discord.Interaction) -> None:
+        await bot.show_history(interaction)
+
+    @app_commands.describe(auto_confirm_under=messages.DISCORD_AUTO_CONFIRM_DESCRIPTION)
+    async def settings(
+        interaction: discord.Interaction,
+        auto_confirm_under: Optional[app_commands.Range[int, 0, messages.AUTO_CONFIRM_MAX]] = None,  # noqa: UP045
+    ) -> None:
+        await bot.change_settings(interaction, auto_confirm_under)
+
     return [
         app_commands.Command(
             name="imagine", description="Make images from a prompt", callback=imagine
@@ -947,6 +1019,16 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
             name="buy", description="Buy credits: packs that never expire", callback=buy
         ),
         app_commands.Command(name="help", description="How to use the bot", callback=help_command),
+        app_commands.Command(
+            name="history",
+            description="Your last 10 generations, with links and Again buttons",
+            callback=history,
+        ),
+        app_commands.Command(
+            name="settings",
+            description="Your settings: auto-confirm requests up to a price",
+            callback=settings,
+        ),
     ]
 
 
@@ -964,6 +1046,24 @@ def quote_view(generation_id: str, label: str, *, disabled: bool = False) -> dis
     # of its own, for 15 minutes after every quote.
     view.stop()
     return view
+
+
+def history_view(generation_ids: Sequence[str]) -> discord.ui.View:
+    """One Again button per generation, numbered as /history's lines; five to a row."""
+    view = discord.ui.View(timeout=None)
+    for number, generation_id in enumerate(generation_ids, start=1):
+        view.add_item(_again_button(generation_id, number))
+    # As quote_view: a click reaches AgainButton through its template, even after a restart.
+    view.stop()
+    return view
+
+
+def _again_button(generation_id: str, number: int) -> discord.ui.Button[Any]:
+    return discord.ui.Button(
+        label=messages.again_button(number),
+        style=discord.ButtonStyle.secondary,
+        custom_id=f"imagine:again:{generation_id}",
+    )
 
 
 def _generate_button(generation_id: str, label: str) -> discord.ui.Button[Any]:
@@ -1007,6 +1107,32 @@ class GenerateButton(
         assert isinstance(interaction.client, ImagineBot)
         bot = interaction.client
         await bot.clicked(interaction, self.generation_id, bot.generate_clicked)
+
+
+class AgainButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:again:(?P<id>[0-9a-f]+)"
+):
+    """A new quote of a past generation, for whoever presses it; its id carries the
+    generation, so it outlives a restart."""
+
+    def __init__(self, generation_id: str) -> None:
+        super().__init__(_again_button(generation_id, 1))
+        self.generation_id = generation_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "AgainButton":
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        bot = interaction.client
+        await bot.clicked(interaction, self.generation_id, bot.again_clicked)
 
 
 class StripeButton(
@@ -1179,7 +1305,7 @@ class _PostToChannel:
             content = caption if start == 0 else None
             try:
                 async with asyncio.timeout(self.upload_timeout):
-                    await self._post(content, batch, names)
+                    sent = await self._post(content, batch, names)
             except discord.HTTPException as error:
                 if error.status < _SERVER_ERROR:
                     # Refused: a message Discord refuses is not posted, not any of it.
@@ -1195,16 +1321,16 @@ class _PostToChannel:
                 posted.landed(await self._found_in_channel(names, _ASK_WHEN_STOPPING_SECONDS))
                 raise
             else:
-                posted.landed(len(batch))
+                posted.landed(len(batch), sent.jump_url)
 
     async def _post(
         self, content: str | None, batch: Sequence[GeneratedImage], names: list[str]
-    ) -> None:
+    ) -> discord.WebhookMessage:
         files = [
             discord.File(io.BytesIO(image.data), filename=name)
             for image, name in zip(batch, names, strict=True)
         ]
-        await self.interaction.followup.send(
+        return await self.interaction.followup.send(
             content=content,
             files=files,
             ephemeral=False,
@@ -1304,6 +1430,17 @@ def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> Imagi
         aspect=options.aspect,
         reference_images=(reference,),
     )
+
+
+async def _quoted(quoting: Awaitable[Quote]) -> tuple[str, Quote | None]:
+    """The quote and the text shown above its buttons, or a refusal's sentence and None."""
+    try:
+        quote = await quoting
+    except ModelUnusable as unusable:
+        return unusable.message, unusable.alternative
+    except ImagineError as refusal:
+        return refusal.message, None
+    return quote.summary, quote
 
 
 async def _ready_in_time(interaction: discord.Interaction, work: Awaitable[T]) -> T:
