@@ -32,6 +32,14 @@ def subject_name(typed: str) -> str:
     return name
 
 
+def check_new_subject(typed_name: str, images: int) -> str:
+    """The name of a subject about to be saved with that many images, or a ``RequestError``;
+    adapters ask before they download or read any image."""
+    if not 1 <= images <= messages.SUBJECT_MAX_IMAGES:
+        raise RequestError(messages.subject_image_count(images))
+    return subject_name(typed_name)
+
+
 async def image_from_file(path: Path) -> ReferenceImage:
     """An image file from disk (the console's /subject save), checked as an attachment is."""
     try:
@@ -54,9 +62,7 @@ class Subjects:
         """Store ``images`` (already prepared by ``bot.references``) under the name; the sentence
         to answer with. Refused with a ``RequestError`` for a bad name, too few or too many
         images, or the account's storage full."""
-        name = subject_name(typed_name)
-        if not 1 <= len(images) <= messages.SUBJECT_MAX_IMAGES:
-            raise RequestError(messages.subject_image_count(len(images)))
+        name = check_new_subject(typed_name, len(images))
         stored = [ledger.QuoteReference(image.mime_type, image.data) for image in images]
         try:
             replaced = await self.ledger.save_subject(

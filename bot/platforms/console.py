@@ -23,7 +23,7 @@ from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
 from bot.stats import parse_stats_arguments
-from bot.subjects import image_from_file
+from bot.subjects import check_new_subject, image_from_file
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -210,6 +210,7 @@ class ConsoleChat:
             case "delete", [name]:
                 self.write(await subjects.delete(self.account, name))
             case "save", [name, *paths]:
+                check_new_subject(name, len(paths))
                 images = [await image_from_file(Path(path)) for path in paths]
                 self.write(await subjects.save(self.account, name, images))
             case _:
