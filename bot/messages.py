@@ -748,6 +748,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /imagine price <prompt> [options]   the price alone; nothing is held",
+        "  /imagine <prompt> subject:<name>     add a saved subject's images as references",
+        "  /subject save <name> <image file>... save 1-6 images of a person as a subject",
+        "  /subject list | delete <name>        your subjects (only you can see or use them)",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
         "  /buy              credit packs, each with a payment link",
@@ -1033,7 +1036,8 @@ def discord_model_choice(model_name: str, price: int) -> str:
 def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) -> str:
     default = f" (default **{default_model}**)" if default_model else ""
     lines = [
-        "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`",
+        "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`"
+        " `[subject]`",
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel. "
         "The `count` and `resolution` choices show what each costs you.",
@@ -1043,6 +1047,9 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         "**/buy**: credit packs; paid credits never expire.",
         "**/models**: the models, their prices (and yours, where it differs) and what they "
         "support.",
+        "**/subject** `action:save|list|delete` `[name]` `[image1…image6]`: save 1 to 6 images "
+        "of a person under a name, then add them to **/imagine** with `subject`; only you "
+        "can see or use your subjects.",
     ]
     if is_admin:
         lines.append(
@@ -1090,7 +1097,8 @@ SLACK_INVITE_ME = (
 def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) -> str:
     default = f" (default `{default_model}`)" if default_model else ""
     lines = [
-        "*/imagine* `[model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>] <prompt>`",
+        "*/imagine* `[model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>]"
+        " [subject:<name>] <prompt>`",
         f"Make images{default}. You see the price and press *Generate* before anything is "
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
@@ -1098,6 +1106,8 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
+        "*/subject list* and *delete <name>*: your subjects, sets of a person's images added to"
+        " /imagine with `subject:<name>`; save one with /subject on Discord or the console.",
     ]
     if is_admin:
         lines.append(
