@@ -158,6 +158,7 @@ async def open_service(
                 user_concurrency=settings.user_concurrency,
                 heartbeat_interval=timedelta(seconds=settings.sweep_interval_seconds),
                 quote_limits=quote_limits(settings),
+                subject_bytes_per_account=settings.subject_storage_mb * MEGABYTE,
                 clock=clock,
                 stripe_config=StripeConfig.from_settings(settings),
                 allow_test_purchases=settings.discord_allow_test_purchases,

@@ -51,6 +51,7 @@ from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
 from bot.registry import ModelSpec
 from bot.stats import Statistics
+from bot.subjects import Subjects
 from ledger import (
     Balance,
     Generation,
@@ -398,6 +399,8 @@ DEFAULT_QUOTE_LIMITS = QuoteLimits(
     quotes_per_minute=10,
 )
 """As the settings' defaults (``REFERENCE_STORAGE_MB_PER_ACCOUNT`` and the others)."""
+DEFAULT_SUBJECT_BYTES = 50 * MEGABYTE
+"""As the settings' default ``SUBJECT_STORAGE_MB``."""
 
 
 class ImagineService:
@@ -417,6 +420,7 @@ class ImagineService:
         user_concurrency: int = 2,
         heartbeat_interval: timedelta = timedelta(minutes=1),
         quote_limits: QuoteLimits = DEFAULT_QUOTE_LIMITS,
+        subject_bytes_per_account: int = DEFAULT_SUBJECT_BYTES,
         settle_retry: Retry = Retry(),
         clock: Clock = ledger.utc_now,
         stripe_config: StripeConfig | None = None,
@@ -480,6 +484,13 @@ class ImagineService:
         )
         self.stats = Statistics(credits, catalog.registry, credit_value_usd)
         """Admins' /stats: the last 30 days' figures and chart."""
+        self.subjects = Subjects(self.ledger, subject_bytes_per_account)
+        """Each account's saved sets of reference images (/subject)."""
+
+    async def request(self, account: str, options: ImagineOptions) -> ImagineRequest:
+        """``options`` as ``account`` typed them, with their subject's images added, validated:
+        every adapter's way from what was typed to a request ready to quote."""
+        return validate_request(await self.subjects.added_to(account, options), self.catalog)
 
     async def quote(
         self,

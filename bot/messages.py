@@ -187,7 +187,14 @@ def reference_unreadable(filename: str) -> str:
     return f"Could not download {_echo(filename)} from the chat; attach it again and retry."
 
 
-def too_many_reference_images(count: int, model_id: str, limit: int) -> str:
+def too_many_reference_images(
+    count: int, model_id: str, limit: int, subject: str | None = None
+) -> str:
+    if subject is not None:
+        return (
+            f"{model_id} accepts at most {limit} reference images, and subject"
+            f" {_echo(subject)} brings this request to {count}; attach fewer or choose another model."
+        )
     return f"{model_id} accepts at most {limit} reference images, not {count}."
 
 
@@ -856,6 +863,9 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         "  /compare models:<id>,<id>[,<id>,<id>] [resolution:…] [aspect:…] <prompt>",
         "      one image from each of 2-4 models, one confirm for the total, posted as a"
         " labelled grid plus the originals; a model that fails charges nothing",
+        "  /imagine <prompt> subject:<name>     add a saved subject's images as references",
+        "  /subject save <name> <image file>... save 1-6 images of a person as a subject",
+        "  /subject list | delete <name>        your subjects (only you can see or use them)",
         "  /credits          your balance and recent generations",
         "  /statement        every change to your credits, with the balance after each",
         "  /history          your last 10 generations, with where their images were saved",
@@ -1147,7 +1157,8 @@ def discord_model_choice(model_name: str, price: int) -> str:
 def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) -> str:
     default = f" (default **{default_model}**)" if default_model else ""
     lines = [
-        "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`",
+        "**/imagine** `prompt` `[model]` `[count]` `[resolution]` `[aspect]` `[reference]`"
+        " `[subject]`",
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel. "
         "The `count` and `resolution` choices show what each costs you.",
@@ -1161,6 +1172,9 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         "**/buy**: credit packs; paid credits never expire.",
         "**/models**: the models, their prices (and yours, where it differs) and what they "
         "support.",
+        "**/subject** `action:save|list|delete` `[name]` `[image1…image6]`: save 1 to 6 images "
+        "of a person under a name, then add them to **/imagine** with `subject`; only you "
+        "can see or use your subjects.",
     ]
     if is_admin:
         lines.append(
@@ -1208,7 +1222,8 @@ SLACK_INVITE_ME = (
 def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) -> str:
     default = f" (default `{default_model}`)" if default_model else ""
     lines = [
-        "*/imagine* `[model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>] <prompt>`",
+        "*/imagine* `[model:<id>] [count:<n>] [resolution:<1K|2K|4K>] [aspect:<w:h>]"
+        " [subject:<name>] <prompt>`",
         f"Make images{default}. You see the price and press *Generate* before anything is "
         "charged; the images are posted in the channel.",
         "Example: `/imagine model:local-sketch count:2 aspect:16:9 a lighthouse at dusk`",
@@ -1219,6 +1234,8 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
+        "*/subject list* and *delete <name>*: your subjects, sets of a person's images added to"
+        " /imagine with `subject:<name>`; save one with /subject on Discord or the console.",
     ]
     if is_admin:
         lines.append(
@@ -1473,3 +1490,77 @@ DASHBOARD_LIVE_NOTE = (
 )
 DASHBOARD_ACCEPTING = "Taking new requests."
 DASHBOARD_STOPPING = "Stopping: no new requests are taken."
+
+
+# -- subjects -------------------------------------------------------------------
+
+SUBJECT_MAX_IMAGES = 6
+SUBJECT_NAME_MAX_CHARS = 32
+NO_SUBJECTS = (
+    "You have no subjects yet; save one with /subject save and 1 to 6 images of the person."
+)
+CONSOLE_SUBJECT_USAGE = (
+    "Usage: /subject save <name> <image file>... (1 to 6 files), /subject list,"
+    " /subject delete <name>."
+)
+DISCORD_SUBJECT_USAGE = (
+    "Usage: /subject action:save name:<name> image1:<image> … image6:<image> (1 to 6 images),"
+    " /subject action:list, /subject action:delete name:<name>."
+)
+SLACK_SUBJECT_USAGE = "Usage: /subject list, /subject delete <name>."
+SLACK_SUBJECT_SAVE = (
+    "Slack slash commands cannot carry images, so save a subject with /subject on Discord"
+    " or in the console; /subject list and /subject delete <name> work here."
+)
+DISCORD_SUBJECT_DESCRIPTION = "One of your saved subjects: its images join the references"
+
+
+def file_unreadable(path: str) -> str:
+    return f"Could not read {_echo(path)}; check the path and try again."
+
+
+def bad_subject_name(typed: str) -> str:
+    return (
+        f"{_echo(typed)} cannot name a subject: use 1 to {SUBJECT_NAME_MAX_CHARS} letters,"
+        " digits, hyphens or underscores."
+    )
+
+
+def subject_image_count(count: int) -> str:
+    return f"A subject takes 1 to {SUBJECT_MAX_IMAGES} images, not {count}."
+
+
+def no_such_subject(name: str) -> str:
+    return f"You have no subject named {name}; /subject list shows yours."
+
+
+def subject_saved(name: str, images: int, replaced: bool) -> str:
+    pictures = "image" if images == 1 else "images"
+    verb = "replaced" if replaced else "saved"
+    return (
+        f"Subject {name} {verb} with {images} {pictures}; add it to /imagine with subject:{name}."
+    )
+
+
+def subject_deleted(name: str) -> str:
+    return f"Subject {name} deleted."
+
+
+def subject_storage_full(stored: int, adding: int, limit: int) -> str:
+    return (
+        f"Your subjects already take {_megabytes(stored)} of your {_megabytes(limit)};"
+        f" these images need {_megabytes(adding)} more, so delete a subject or save fewer images."
+    )
+
+
+def subjects_list(rows: Sequence[tuple[str, int, int]]) -> str:
+    """``rows``: each subject's name, number of images and bytes."""
+    lines = [
+        f"• {name}: {images} {'image' if images == 1 else 'images'}, {_megabytes(size)}"
+        for name, images, size in rows
+    ]
+    return "Your subjects:\n" + "\n".join(lines)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_048_576:.1f} MB"

@@ -39,6 +39,7 @@ _OPTION_ALIASES = {
     "aspect_ratio": "aspect",
     "ratio": "aspect",
     "prompt": "prompt",
+    "subject": "subject",
 }
 
 # An option is a word of letters and underscores directly followed by a colon,
@@ -70,6 +71,8 @@ class ImagineOptions:
     resolution: str | None = None
     aspect: str | None = None
     reference_images: tuple[ReferenceImage, ...] = ()
+    subject: str | None = None
+    """A saved subject's name; ``ImagineService.request`` adds its images to ``reference_images``."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def validate_request(options: ImagineOptions, catalog: ModelCatalog) -> ImagineR
     if len(references) > model.max_reference_images:
         raise RequestError(
             messages.too_many_reference_images(
-                len(references), model.id, model.max_reference_images
+                len(references), model.id, model.max_reference_images, options.subject
             )
         )
     return ImagineRequest(model, prompt, count, resolution, aspect_ratio, references)
@@ -297,6 +300,7 @@ def _visible(options: ImagineOptions) -> ImagineOptions:
         count=cleaned(options.count) if isinstance(options.count, str) else options.count,
         resolution=cleaned(options.resolution),
         aspect=cleaned(options.aspect),
+        subject=cleaned(options.subject),
     )
 
 

@@ -47,6 +47,11 @@ _JPEG_QUALITY = 95
 """For a JPEG turned upright, which cannot keep its own quantisation tables."""
 
 
+def type_by_name(filename: str) -> str | None:
+    """The MIME type a file's extension claims, if it is one of ours."""
+    return _EXTENSIONS.get(PurePosixPath(filename).suffix.lower())
+
+
 def check_attachment(filename: str, content_type: str | None, size: int) -> str:
     """The MIME type an attachment claims, if worth downloading; else a ``RequestError`` saying why."""
     claimed = (content_type or "").split(";")[0].strip().lower()

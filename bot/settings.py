@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     """Megabytes of reference images one account's requests may hold until they are generated."""
     reference_storage_mb_total: int = Field(default=1000, ge=1, le=1_000_000)
     """Megabytes of reference images every account's requests may hold together, in the database."""
+    subject_storage_mb: int = Field(default=50, ge=1, le=1_000_000)
+    """Megabytes of subject images (named sets of reference images) one account may keep."""
     quotes_per_minute: int = Field(default=10, ge=1, le=10_000)
     """Requests (quotes) one account may start per minute, counted across every bot process."""
     circuit_failures: int = Field(default=5, ge=1, le=1000)

@@ -19,11 +19,13 @@ from ledger.errors import (
     QuoteExpired,
     ReferenceCorrupt,
     ReferenceStorageFull,
+    SubjectStorageFull,
     TooManyQuotes,
     WrongAccount,
     transient,
 )
 from ledger.ledger import DEFAULT_LEASE, Ledger, create_engine, process_identity, utc_now
+from ledger.subjects import SubjectSummary
 from ledger.values import (
     ZERO_DECIMAL_CURRENCIES,
     Balance,
@@ -84,6 +86,8 @@ __all__ = [
     "ReferenceCorrupt",
     "ReferenceStorageFull",
     "StatementLine",
+    "SubjectStorageFull",
+    "SubjectSummary",
     "TooManyQuotes",
     "WrongAccount",
     "create_engine",

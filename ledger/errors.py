@@ -185,3 +185,14 @@ def transient(error: BaseException) -> bool:
     # SQLAlchemy's adaptation of an asyncpg error keeps the original as its cause.
     cause = error.__cause__
     return isinstance(cause, asyncpg.InterfaceError | asyncpg.PostgresConnectionError | OSError)
+
+
+class SubjectStorageFull(LedgerError):
+    def __init__(self, account: str, stored: int, adding: int, limit: int) -> None:
+        super().__init__(
+            f"{account} keeps {stored} bytes of subjects; {adding} more would pass {limit}"
+        )
+        self.account = account
+        self.stored = stored
+        self.adding = adding
+        self.limit = limit

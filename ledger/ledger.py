@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import accounts as account_search
-from ledger import dashboard_sessions, prices, purchases, rules
+from ledger import dashboard_sessions, prices, purchases, rules, subjects
 from ledger.dashboard_sessions import DashboardSession
 from ledger.errors import (
     AccountNotFound,
@@ -78,6 +78,7 @@ from ledger.schema import (
     ledger_entries,
     quote_references,
 )
+from ledger.subjects import SubjectSummary
 from ledger.transactions import Database, Work, create_engine
 from ledger.values import (
     PRICE_OPTION,
@@ -337,6 +338,37 @@ class Ledger:
         if not rows:
             return ()
         return await asyncio.to_thread(_verified_references, generation_id, rows)
+
+    # -- subjects -------------------------------------------------------------
+
+    async def save_subject(
+        self, account: str, name: str, images: Sequence[QuoteReference], *, limit_bytes: int
+    ) -> bool:
+        """Store ``images`` as ``account``'s subject ``name``, replacing one of that name (whether
+        there was one), in one transaction; ``SubjectStorageFull`` (nothing changed) past
+        ``limit_bytes`` for the account."""
+        rows = await asyncio.to_thread(subjects.rows, account, name, images, self._clock())
+        return await self._database.write(
+            partial(subjects.save, account=account, name=name, new_rows=rows, limit=limit_bytes)
+        )
+
+    async def list_subjects(self, account: str) -> list[SubjectSummary]:
+        """``account``'s subjects, by name; nobody else's."""
+        return await self._database.read(partial(subjects.listed, account=account))
+
+    async def subject_images(self, account: str, name: str) -> tuple[QuoteReference, ...]:
+        """The images of ``account``'s subject ``name``, in order; empty if it has none of that name.
+
+        Raises ``ReferenceCorrupt`` for one whose bytes no longer match their digest.
+        """
+        found = await self._database.read(partial(subjects.images, account=account, name=name))
+        if not found:
+            return ()
+        return await asyncio.to_thread(subjects.verified, account, name, found)
+
+    async def delete_subject(self, account: str, name: str) -> bool:
+        """Delete ``account``'s subject ``name``; whether there was one."""
+        return await self._database.write(partial(subjects.remove, account=account, name=name))
 
     async def generation(self, generation_id: str) -> Generation:
         return await self._database.read(partial(_generation, generation_id=generation_id))

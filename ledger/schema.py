@@ -145,6 +145,23 @@ quote_references = Table(
 Purged once the quote is settled or expires.
 """
 
+subject_images = Table(
+    "subject_images",
+    metadata,
+    Column("account_id", String(120), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("media_type", String(50), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("byte_size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+"""A subject: a named set of one person's reference images that its owner adds to /imagine
+by name. Private to ``account_id``; ``name`` is stored lower-case, so names are
+case-insensitive. Not a foreign key to ``accounts``: a subject may be saved before the
+account's first quote opens it."""
+
 ledger_entries = Table(
     "ledger_entries",
     metadata,

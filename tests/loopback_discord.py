@@ -428,11 +428,13 @@ class LoopbackDiscord:
         user: User = ALICE,
         attachment: tuple[str, str, bytes] | None = None,
         attachment_size: int | None = None,
+        attachments: dict[str, tuple[str, str, bytes]] | None = None,
         guild: int | None = GUILD_ID,
     ) -> Interaction:
         """Run ``/name`` with ``options``; ``attachment`` is ``(filename, type, bytes)`` for its attachment option.
 
         ``attachment_size``: the size Discord reports for it, when not its length.
+        ``attachments``: for a command with several attachment options, each one's file by option name.
         ``guild``: the server it is run in; None for a direct message with the bot.
         """
         command, scope = self._command(name)
@@ -447,21 +449,22 @@ class LoopbackDiscord:
                 resolved.setdefault("members", {})[str(value.id)] = _member(value, with_user=False)
                 value = str(value.id)
             values.append({"name": key, "type": kind, "value": value})
+        files = dict(attachments or {})
         if attachment is not None:
-            filename, content_type, data = attachment
+            [option] = [o for o in command["options"] if o["type"] == 11]
+            files[option["name"]] = attachment
+        for option_name, (filename, content_type, data) in files.items():
             attachment_id = next(self._ids)
             self.downloads[f"{attachment_id}-{filename}"] = data
-            [option] = [o for o in command["options"] if o["type"] == 11]
-            values.append({"name": option["name"], "type": 11, "value": str(attachment_id)})
-            resolved["attachments"] = {
-                str(attachment_id): {
-                    "id": str(attachment_id),
-                    "filename": filename,
-                    "size": len(data) if attachment_size is None else attachment_size,
-                    "content_type": content_type,
-                    "url": f"{self.files_base}/{attachment_id}-{filename}",
-                    "proxy_url": f"{self.files_base}/{attachment_id}-{filename}",
-                }
+            values.append({"name": option_name, "type": 11, "value": str(attachment_id)})
+            size = len(data) if attachment_size is None else attachment_size
+            resolved.setdefault("attachments", {})[str(attachment_id)] = {
+                "id": str(attachment_id),
+                "filename": filename,
+                "size": size,
+                "content_type": content_type,
+                "url": f"{self.files_base}/{attachment_id}-{filename}",
+                "proxy_url": f"{self.files_base}/{attachment_id}-{filename}",
             }
         data = {"id": command["id"], "name": name, "type": 1, "options": values}
         if scope != "global":

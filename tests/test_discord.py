@@ -28,6 +28,7 @@ from bot.platforms import discord as discord_adapter
 from bot.platforms.discord import ImagineBot, point_at
 from bot.settings import Settings
 from ledger import GenerationStatus
+from providers.base import ReferenceImage
 from providers.errors import ProviderUnavailable
 from tests.conftest import FakeClock
 from tests.fakes import Script, ScriptedProvider, fail_first, one_colour_png, slow_down
@@ -169,6 +170,7 @@ async def test_commands_are_synced_to_the_configured_guild_with_registry_choices
         "stats",
         "buy",
         "models",
+        "subject",
         "help",
         "history",
         "settings",
@@ -1596,3 +1598,92 @@ async def test_a_request_over_the_auto_confirm_limit_shows_the_button(
 
     assert message.button("Generate")["label"] == "Generate 2 images · 2 credits"
     assert await available(service) == 50
+
+
+# -- subjects ----------------------------------------------------------------
+
+
+def subject_png(colour: str) -> tuple[str, str, bytes]:
+    picture = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(picture, "PNG")
+    return (f"{colour}.png", "image/png", picture.getvalue())
+
+
+async def subject_answer(discord_fake: LoopbackDiscord, interaction: Interaction) -> str:
+    """The ephemeral answer's final text (a deferred one is filled in later)."""
+    await discord_fake.wait_for(
+        lambda: (
+            interaction.original_id is not None
+            and discord_fake.original(interaction).content not in ("", None)
+        )
+    )
+    return discord_fake.original(interaction).content
+
+
+async def test_subject_save_stores_the_attached_images(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    interaction = await discord_fake.slash(
+        "subject",
+        {"action": "save", "name": "Ada"},
+        attachments={"image1": subject_png("red"), "image2": subject_png("blue")},
+    )
+    assert await subject_answer(discord_fake, interaction) == messages.subject_saved(
+        "ada", 2, False
+    )
+    stored = await service.ledger.subject_images(ALICE_ACCOUNT, "ada")
+    assert len(stored) == 2
+
+
+async def test_imagine_subject_autocomplete_lists_only_your_own_subjects(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    picture = [ReferenceImage(subject_png("red")[2], "image/png")]
+    for name in ("ada", "alan"):
+        await service.subjects.save(ALICE_ACCOUNT, name, picture)
+    await service.subjects.save(BOB_ACCOUNT, "grace", picture)
+
+    choices = await discord_fake.autocomplete(
+        "imagine", {"prompt": "a portrait", "subject": "a"}, focused="subject"
+    )
+
+    assert [choice["value"] for choice in choices] == ["ada", "alan"]
+
+
+async def test_imagine_with_a_subject_sends_its_images_to_the_provider(
+    bot: ImagineBot,
+    discord_fake: LoopbackDiscord,
+    service: ImagineService,
+    scripted: ScriptedProvider,
+) -> None:
+    await service.subjects.save(
+        ALICE_ACCOUNT, "ada", [ReferenceImage(subject_png("red")[2], "image/png")]
+    )
+    interaction = await discord_fake.slash(
+        "imagine", {"prompt": "Ada in blue", "model": "scripted", "subject": "ada"}
+    )
+    await discord_fake.wait_for(
+        lambda: interaction.original_id is not None and discord_fake.original(interaction).buttons
+    )
+    message = discord_fake.original(interaction)
+    await discord_fake.click(message, message.button("Generate"))
+    await discord_fake.wait_for(lambda: scripted.requests)
+    [reference] = scripted.requests[0].reference_images
+    with Image.open(io.BytesIO(reference.data)) as received:
+        assert received.getpixel((0, 0)) == (255, 0, 0)
+
+
+async def test_a_subject_with_an_attached_reference_past_the_limit_is_one_sentence(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    await service.subjects.save(
+        ALICE_ACCOUNT, "ada", [ReferenceImage(subject_png("red")[2], "image/png")]
+    )
+    interaction = await discord_fake.slash(
+        "imagine",
+        {"prompt": "Ada in blue", "model": "scripted", "subject": "ada"},
+        attachment=subject_png("blue"),
+    )
+    refusal = messages.too_many_reference_images(2, "scripted", 1, "ada")
+    assert await subject_answer(discord_fake, interaction) == refusal
+    assert await service.ledger.history(ALICE_ACCOUNT, limit=1, include_unconfirmed=True) == []

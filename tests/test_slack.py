@@ -33,11 +33,12 @@ from bot.platforms.slack import (
 )
 from bot.settings import Settings
 from ledger import GenerationStatus
+from providers.base import ReferenceImage
 from providers.errors import ProviderUnavailable
 from tests import fake_gemini
 from tests.conftest import FakeClock
 from tests.fake_gemini import FakeGemini, Reply, error_body
-from tests.fakes import Script, ScriptedProvider, fail_first, slow_down
+from tests.fakes import Script, ScriptedProvider, fail_first, slow_down, tiny_png
 from tests.loopback_slack import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -77,6 +78,7 @@ credits_per_image = 10
 resolutions = ["1K"]
 aspect_ratios = ["1:1"]
 max_images = 2
+max_reference_images = 1
 """
 
 
@@ -1169,3 +1171,36 @@ async def test_compare_shows_each_price_and_posts_the_grid_then_the_originals(
     assert len(originals) == 2
     assert await available(service) == 39
     assert await service.ledger.verify() == []
+
+
+# -- subjects ----------------------------------------------------------------
+
+
+async def test_subject_save_on_slack_says_where_subjects_are_saved(driver: SlackDriver) -> None:
+    _, acknowledgement, _ = await driver.command("/subject", "save ada")
+
+    assert acknowledgement["text"] == messages.SLACK_SUBJECT_SAVE
+
+
+async def test_subject_list_and_delete_on_slack_act_on_your_own_subjects(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await service.subjects.save(ALICE, "ada", [ReferenceImage(tiny_png(), "image/png")])
+
+    _, listed, _ = await driver.command("/subject", "list")
+    _, deleted, _ = await driver.command("/subject", "delete Ada")
+
+    assert listed["text"].startswith("Your subjects:\n• ada: 1 image, ")
+    assert deleted["text"] == messages.subject_deleted("ada")
+    assert await service.ledger.list_subjects(ALICE) == []
+
+
+async def test_imagine_with_a_subject_quotes_its_images_on_slack(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await service.subjects.save(ALICE, "ada", [ReferenceImage(tiny_png(), "image/png")])
+
+    await quote_id(driver, "model:scripted subject:ada Ada at sea")
+
+    [quote] = await service.ledger.history(ALICE, limit=1, include_unconfirmed=True)
+    assert quote.reference_count == 1

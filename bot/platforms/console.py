@@ -18,11 +18,12 @@ from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment, parse_settings
 from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
-from bot.parsing import estimate_only, parse_compare, parse_imagine
+from bot.parsing import estimate_only, parse_compare, parse_imagine_text
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
 from bot.stats import parse_stats_arguments
+from bot.subjects import check_new_subject, image_from_file
 from ledger import Generation
 from providers.base import GeneratedImage
 
@@ -113,11 +114,12 @@ class ConsoleChat:
             "stats": self.stats,
             "history": self.show_history,
             "settings": self.settings,
+            "subject": self.subject,
         }
 
     async def imagine(self, text: str) -> None:
         price_only, text = estimate_only(text)
-        request = parse_imagine(text, self.service.catalog)
+        request = await self.service.request(self.account, parse_imagine_text(text))
         if price_only:
             self.write((await self.service.estimate(self.account, request)).summary)
             return
@@ -224,6 +226,22 @@ class ConsoleChat:
             return
         self.write(messages.saved_to(str(path)))
 
+    async def subject(self, arguments: str) -> None:
+        """``save <name> <file>...`` (images read from disk), ``list`` or ``delete <name>``."""
+        action, *rest = _words(arguments) or [""]
+        subjects = self.service.subjects
+        match action.lower(), rest:
+            case "list", []:
+                self.write(await subjects.listing(self.account))
+            case "delete", [name]:
+                self.write(await subjects.delete(self.account, name))
+            case "save", [name, *paths]:
+                check_new_subject(name, len(paths))
+                images = [await image_from_file(Path(path)) for path in paths]
+                self.write(await subjects.save(self.account, name, images))
+            case _:
+                self.write(messages.CONSOLE_SUBJECT_USAGE)
+
 
 class _SaveToFolder:
     """Delivery for the console: progress as lines, images as files."""
@@ -260,12 +278,15 @@ def _save(path: Path, data: bytes) -> None:
 
 
 def _admin_arguments(command: str, arguments: str) -> Adjustment:
+    return parse_adjustment(_words(arguments), messages.admin_usage(command))
+
+
+def _words(arguments: str) -> list[str]:
     try:
-        words = shlex.split(arguments)
+        return shlex.split(arguments)
     except ValueError:
         # An unpaired quote, as in a reason like "Bob's prize": taken as typed.
-        words = arguments.split()
-    return parse_adjustment(words, messages.admin_usage(command))
+        return arguments.split()
 
 
 def stdin_reader(interactive: bool) -> ReadLine:

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, TypeVar
 
 import aiohttp
@@ -46,13 +46,14 @@ from bot.flow import (
     charged_for,
 )
 from bot.images import TooLargeToSend, fit_within
-from bot.parsing import ImagineOptions, validate_compare, validate_request
+from bot.parsing import ImagineOptions, validate_compare
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
 from bot.registry import ModelSpec
 from bot.settings import Settings
+from bot.subjects import check_new_subject
 from bot.tasks import BackgroundTasks, Deadlines, answer_in_time
 from bot.web import PublicWeb
 from ledger import Generation, GenerationStatus
@@ -263,9 +264,10 @@ class ImagineBot(discord.AutoShardedClient):
             request_options = options
             if reference is not None:
                 request_options = _with_reference(options, await _downloaded(reference))
-            request = validate_request(request_options, self.service.catalog)
+            account = discord_account(interaction.user)
+            request = await self.service.request(account, request_options)
             return await self.service.quote(
-                discord_account(interaction.user),
+                account,
                 request,
                 channel=f"discord:{interaction.channel_id}",
                 roles=_role_ids(interaction.user),
@@ -803,6 +805,48 @@ class ImagineBot(discord.AutoShardedClient):
             if typed in value.lower()
         ][:DISCORD_CHOICES]
 
+    async def manage_subject(
+        self,
+        interaction: discord.Interaction,
+        action: str,
+        name: str | None,
+        images: Sequence[discord.Attachment],
+    ) -> None:
+        """/subject: save (the attached images), list or delete the user's own subjects."""
+        if action == "save" and images:
+            # Downloading can take longer than Discord's three seconds.
+            await interaction.response.defer(ephemeral=True, thinking=True)
+
+        async def answer() -> str:
+            account = discord_account(interaction.user)
+            subjects = self.service.subjects
+            if action == "list":
+                return await subjects.listing(account)
+            if name is None:
+                raise RequestError(messages.DISCORD_SUBJECT_USAGE)
+            if action == "delete":
+                return await subjects.delete(account, name)
+            # Checked before anything is downloaded.
+            check_new_subject(name, len(images))
+            prepared = [await _downloaded(image) for image in images]
+            return await subjects.save(account, name, prepared)
+
+        try:
+            text = await _ready_in_time(interaction, answer())
+        except ImagineError as refusal:
+            text = refusal.message
+        await _answer(interaction, text)
+
+    async def subject_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The user's own subjects whose name holds what was typed; nobody else's."""
+        typed = current.strip().lower()
+        names = await self.service.subjects.names(discord_account(interaction.user))
+        return [app_commands.Choice(name=name, value=name) for name in names if typed in name][
+            :DISCORD_CHOICES
+        ]
+
     async def _on_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
@@ -838,11 +882,22 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         resolution: Optional[str] = None,  # noqa: UP045
         aspect: Optional[str] = None,  # noqa: UP045
         reference: Optional[discord.Attachment] = None,  # noqa: UP045
+        subject: Optional[str] = None,  # noqa: UP045
     ) -> None:
         options = ImagineOptions(
-            prompt=prompt, model=model, count=count, resolution=resolution, aspect=aspect
+            prompt=prompt,
+            model=model,
+            count=count,
+            resolution=resolution,
+            aspect=aspect,
+            subject=subject,
         )
         await bot.imagine(interaction, options, reference)
+
+    async def subject_choices(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await bot.subject_choices(interaction, current)
 
     async def count_choices(
         interaction: discord.Interaction, current: str
@@ -866,12 +921,44 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         resolution=messages.DISCORD_RESOLUTION_DESCRIPTION,
         aspect=messages.DISCORD_ASPECT_DESCRIPTION,
         reference=messages.DISCORD_REFERENCE_DESCRIPTION,
+        subject=messages.DISCORD_SUBJECT_DESCRIPTION,
     )(imagine)
     if model_choices:
         imagine = app_commands.choices(model=model_choices)(imagine)
     imagine = app_commands.autocomplete(
-        count=count_choices, resolution=resolution_choices, aspect=aspect_choices
+        count=count_choices,
+        resolution=resolution_choices,
+        aspect=aspect_choices,
+        subject=subject_choices,
     )(imagine)
+
+    @app_commands.describe(
+        action="Save a subject from the attached images, list yours, or delete one",
+        name=f"The subject's name: 1-{messages.SUBJECT_NAME_MAX_CHARS} letters, digits, - or _",
+        image1="An image of the subject (up to six)",
+    )
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="save", value="save"),
+            app_commands.Choice(name="list", value="list"),
+            app_commands.Choice(name="delete", value="delete"),
+        ]
+    )
+    @app_commands.autocomplete(name=subject_choices)
+    async def subject(
+        interaction: discord.Interaction,
+        action: str,
+        name: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
+        image1: Optional[discord.Attachment] = None,  # noqa: UP045
+        image2: Optional[discord.Attachment] = None,  # noqa: UP045
+        image3: Optional[discord.Attachment] = None,  # noqa: UP045
+        image4: Optional[discord.Attachment] = None,  # noqa: UP045
+        image5: Optional[discord.Attachment] = None,  # noqa: UP045
+        image6: Optional[discord.Attachment] = None,  # noqa: UP045
+    ) -> None:
+        attached = (image1, image2, image3, image4, image5, image6)
+        images = [image for image in attached if image is not None]
+        await bot.manage_subject(interaction, action, name, images)
 
     @app_commands.describe(
         action="Admins: grant or revoke credits",
@@ -1017,6 +1104,11 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         ),
         app_commands.Command(
             name="buy", description="Buy credits: packs that never expire", callback=buy
+        ),
+        app_commands.Command(
+            name="subject",
+            description="Your subjects: sets of reference images of a person, used by name",
+            callback=subject,
         ),
         app_commands.Command(name="help", description="How to use the bot", callback=help_command),
         app_commands.Command(
@@ -1422,14 +1514,7 @@ def _lines_in_messages(text: str) -> list[str]:
 
 
 def _with_reference(options: ImagineOptions, reference: ReferenceImage) -> ImagineOptions:
-    return ImagineOptions(
-        prompt=options.prompt,
-        model=options.model,
-        count=options.count,
-        resolution=options.resolution,
-        aspect=options.aspect,
-        reference_images=(reference,),
-    )
+    return replace(options, reference_images=(reference,))
 
 
 async def _quoted(quoting: Awaitable[Quote]) -> tuple[str, Quote | None]:

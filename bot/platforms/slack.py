@@ -50,7 +50,7 @@ from bot.errors import (
     RequestError,
 )
 from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
-from bot.parsing import estimate_only, parse_compare, parse_imagine
+from bot.parsing import estimate_only, parse_compare, parse_imagine_text
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.purchases import Notice
@@ -134,6 +134,7 @@ class SlackImagine:
         self.app.command("/credits")(self._credits)
         self.app.command("/buy")(self._buy)
         self.app.command("/stats")(self._stats)
+        self.app.command("/subject")(self._subject)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
         self.app.action(COMPARE_ACTION)(self._generate_compare)
@@ -273,7 +274,7 @@ class SlackImagine:
         """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
         price_only, text = estimate_only(text)
         try:
-            request = parse_imagine(text, self.service.catalog)
+            request = await self.service.request(account, parse_imagine_text(text))
             if price_only:
                 return {"text": (await self.service.estimate(account, request)).summary}
             quote = await self.service.quote(
@@ -417,6 +418,31 @@ class SlackImagine:
         account = slack_account(command["team_id"], command["user_id"])
         try:
             text = await self.service.purchases.offer(account, command.get("channel_id"))
+        except ImagineError as refusal:
+            text = refusal.message
+        return {"text": text}
+
+    # -- /subject -------------------------------------------------------------
+
+    async def _subject(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_command(ack, respond, self._subject_answer(command))
+
+    async def _subject_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``list`` or ``delete <name>``; ``save`` needs images, which a slash command cannot carry."""
+        account = slack_account(command["team_id"], command["user_id"])
+        subjects = self.service.subjects
+        try:
+            match slack_text.typed(command.get("text", "")).split():
+                case ["list"]:
+                    text = await subjects.listing(account)
+                case ["delete", name]:
+                    text = await subjects.delete(account, name)
+                case ["save", *_]:
+                    text = messages.SLACK_SUBJECT_SAVE
+                case _:
+                    text = messages.SLACK_SUBJECT_USAGE
         except ImagineError as refusal:
             text = refusal.message
         return {"text": text}
