@@ -1176,6 +1176,9 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel. "
         "The `count` and `resolution` choices show what each costs you.",
+        "Under posted images: **Again** (a new quote of the same request, for you), **Vary** "
+        "(the image as a reference, for models that take one), **Edit** (change the prompt, "
+        "then a new quote), **Delete** (the requester or an admin; no refund).",
         "**/credits**: your balance and recent generations.",
         "**/history**: your last 10 generations, with links to their images and Again buttons"
         " (a new quote of the same request).",

@@ -5,7 +5,8 @@ It only translates. ``/imagine``'s native options become ``ImagineOptions`` for
 Cancel buttons whose ids carry the request id, so they work after a restart;
 a click holds the credits (milliseconds), answers, and generates in the
 background while the message shows progress; the images are posted publicly
-as a follow-up; the ephemeral message ends with the outcome and the balance.
+as a follow-up, with Again, Vary, Edit and Delete buttons whose ids carry the
+generation id; the ephemeral message ends with the outcome and the balance.
 
 Commands are synced only when their definitions changed since the last sync
 recorded in the database (or on ``imagine-bot discord sync``), to the guilds
