@@ -1876,3 +1876,31 @@ async def test_delete_by_a_stranger_is_refused_and_nothing_changes(
     assert (answer.content, answer.ephemeral) == (messages.DELETE_NOT_YOURS, True)
     assert not posted.deleted
     assert await service.deleted(generation_id(posted)) is None
+
+
+async def test_delete_of_a_message_already_gone_says_so_and_records_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake)
+    posted.deleted = True
+
+    click = await discord_fake.click(posted, posted.button("Delete"))
+    await discord_fake.wait_for(lambda: click.original_id != posted.id)
+
+    assert discord_fake.original(click).content == messages.DELETE_GONE
+    assert await service.deleted(generation_id(posted)) is None
+
+
+async def test_vary_whose_image_cannot_be_downloaded_says_so_and_quotes_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake, options={"prompt": "a fox", "model": "scripted"})
+    discord_fake.fail_downloads_with = 403
+
+    click = await discord_fake.click(posted, posted.button("Vary"), user=BOB)
+    await discord_fake.wait_for(
+        lambda: discord_fake.original(click).content.startswith("Could not download")
+    )
+
+    assert discord_fake.original(click).buttons == []
+    assert await available(service, BOB_ACCOUNT) == 50
