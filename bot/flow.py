@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -108,6 +109,9 @@ class PostedImages:
 
 LINK_MAX_CHARS = 500
 """As ``generations.posted_link`` holds; a longer link is not kept, since a cut one leads nowhere."""
+
+COMPARE_GRID_SUFFIX = "-compare"
+"""Ends the id a /compare's grid is delivered under: no generation of its own."""
 
 AUTO_CONFIRM_OPTION = "auto_confirm_under"
 """The option under which a quote records the account's limit it was confirmed under, without
@@ -728,27 +732,87 @@ class ImagineService:
         generation_id: str,
         account: str,
         *,
+        prompt: str | None = None,
+        reference: ReferenceImage | None = None,
         channel: str | None = None,
         roles: Collection[str] = (),
     ) -> Quote:
         """A new quote, for ``account`` (whoever asked, not necessarily its owner), of the same
-        request as generation ``generation_id``, validated and priced as of now."""
+        request as generation ``generation_id``, validated and priced as of now.
+
+        ``prompt``: an edited prompt in place of the generation's (Edit). ``reference``: one
+        of its posted images, already checked as any attachment is (Vary); only for a
+        model that takes reference images.
+        """
         try:
             past = await self.ledger.generation(generation_id)
         except ledger.GenerationNotFound:
             raise RequestError(messages.AGAIN_NOT_FOUND) from None
-        if past.reference_count:
+        if reference is not None and not self.varies(past):
+            raise RequestError(messages.VARY_UNSUPPORTED)
+        if past.reference_count and reference is None:
             # Purged when it settled (``quote_references``), and not the clicker's to reuse.
             raise RequestError(messages.AGAIN_NEEDS_REFERENCES)
         options = ImagineOptions(
-            prompt=past.prompt,
+            prompt=past.prompt if prompt is None else prompt,
             model=past.model_id,
             count=past.images_requested,
             resolution=str(past.options["resolution"]),
             aspect=str(past.options["aspect_ratio"]),
+            reference_images=() if reference is None else (reference,),
         )
         request = validate_request(options, self.catalog)
         return await self.quote(account, request, channel=channel, roles=roles)
+
+    async def prompt_of(self, generation_id: str) -> str:
+        """Generation ``generation_id``'s prompt, to edit into a new request."""
+        try:
+            return (await self.ledger.generation(generation_id)).prompt
+        except ledger.GenerationNotFound:
+            raise RequestError(messages.AGAIN_NOT_FOUND) from None
+
+    def result_actions(self, generation: Generation) -> tuple[str, ...]:
+        """What can be done with ``generation``'s posted result, as buttons under it: "again",
+        "vary" (for a model that takes a reference image), "edit", "delete". None for a
+        /compare's grid, which is no generation of its own."""
+        if generation.id.endswith(COMPARE_GRID_SUFFIX):
+            return ()
+        if self.varies(generation):
+            return ("again", "vary", "edit", "delete")
+        return ("again", "edit", "delete")
+
+    def varies(self, generation: Generation) -> bool:
+        """Whether ``generation``'s results can be varied: its model takes a reference image."""
+        model = self.catalog.registry.get(generation.model_id)
+        return model is not None and model.accepts_reference_images
+
+    async def delete_result(
+        self, generation_id: str, account: str, remove: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Let the requester or an admin ``remove`` a posted result, and record who did, when.
+
+        Nothing is refunded: the images were made and seen. Anyone else is refused and
+        ``remove`` is not called. The record is a ``bot_state`` entry (``deleted_key``):
+        one fact per deleted result that nothing else reads, so it needs no column of
+        its own on every generation.
+        """
+        try:
+            past = await self.ledger.generation(generation_id)
+        except ledger.GenerationNotFound:
+            raise RequestError(messages.DELETE_NOT_FOUND) from None
+        if account != past.account_id and not self.credits.is_admin(account):
+            raise RequestError(messages.DELETE_NOT_YOURS)
+        await remove()
+        record = {"by": account, "at": self._clock().isoformat()}
+        await self.ledger.write_state(deleted_key(generation_id), json.dumps(record))
+
+    async def deleted(self, generation_id: str) -> tuple[str, datetime] | None:
+        """Who deleted generation ``generation_id``'s posted result, and when; None if nobody."""
+        raw = await self.ledger.read_state(deleted_key(generation_id))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return str(record["by"]), datetime.fromisoformat(record["at"])
 
     async def cancel(self, generation_id: str, account: str) -> Generation:
         try:
@@ -1556,7 +1620,7 @@ class _CompareBoard:
             # Its caption's price: what the models shown in it cost together.
             shown = replace(
                 first,
-                id=f"{first.id}-compare",
+                id=f"{first.id}{COMPARE_GRID_SUFFIX}",
                 options={
                     **first.options,
                     "model_name": messages.COMPARE_GRID_NAME,
@@ -1595,6 +1659,11 @@ class _CompareModelDelivery:
     async def conclude(self, report: str) -> None:
         # Told once for the whole compare (``generate_compare``); this model is done either way.
         await self.board.ended(self.index)
+
+
+def deleted_key(generation_id: str) -> str:
+    """The ``bot_state`` key recording who deleted a generation's posted result."""
+    return f"deleted:{generation_id}"
 
 
 def new_request_id() -> str:

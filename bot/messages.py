@@ -648,6 +648,20 @@ AGAIN_NEEDS_REFERENCES = (
 )
 AGAIN_NOT_FOUND = "That generation is no longer on record, so it cannot be repeated."
 
+# The buttons under a posted result (Discord): each click that costs credits is a new quote.
+RESULT_AGAIN_BUTTON = "Again"
+RESULT_VARY_BUTTON = "Vary"
+RESULT_EDIT_BUTTON = "Edit"
+RESULT_DELETE_BUTTON = "Delete"
+VARY_UNSUPPORTED = "That model takes no reference image, so its results cannot be varied."
+VARY_NO_IMAGE = "That message holds no image to vary any more."
+EDIT_FORM_TITLE = "Edit the prompt"
+EDIT_FORM_PROMPT = "Prompt"
+DELETE_NOT_YOURS = "Only the person who asked for these images, or an admin, can delete them."
+DELETE_NOT_FOUND = "That generation is no longer on record, so its message cannot be deleted here."
+DELETE_GONE = "That message is already gone."
+DELETED = "Deleted. Deleting does not refund the credits it cost."
+
 AUTO_CONFIRM_MAX = 1_000_000
 AUTO_CONFIRM_USAGE = (
     "Usage: /settings auto_confirm_under:<credits>: requests costing at most that many credits "
@@ -1162,6 +1176,9 @@ def discord_help(*, is_admin: bool, default_model: str | None, max_images: int) 
         f"Make up to {images(max_images)}{default}. You see the price and press "
         "**Generate** before anything is charged; the images are posted in the channel. "
         "The `count` and `resolution` choices show what each costs you.",
+        "Under posted images: **Again** (a new quote of the same request, for you), **Vary** "
+        "(the image as a reference, for models that take one), **Edit** (change the prompt, "
+        "then a new quote), **Delete** (the requester or an admin; no refund).",
         "**/credits**: your balance and recent generations.",
         "**/history**: your last 10 generations, with links to their images and Again buttons"
         " (a new quote of the same request).",

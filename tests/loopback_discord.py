@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import mimetypes
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -61,6 +62,7 @@ DEFERRED_CHANNEL_MESSAGE = 5
 DEFERRED_UPDATE = 6
 UPDATE_MESSAGE = 7
 AUTOCOMPLETE_RESULT = 8
+MODAL = 9
 
 # Button styles (Discord's numbers).
 PREMIUM_BUTTON = 6
@@ -126,6 +128,10 @@ class Message:
     versions: list[str] = field(default_factory=list)
     updated_at: float = field(default_factory=time.perf_counter)
     """When it was posted or last edited (``time.perf_counter``)."""
+    files_base: str = "https://cdn.example"
+    """Where the fake serves its attachments: each at ``{files_base}/{id}/{filename}``."""
+    deleted: bool = False
+    """Deleted by the bot: gone from the channel, kept here for the test to look at."""
 
     @property
     def ephemeral(self) -> bool:
@@ -167,9 +173,10 @@ class Message:
                     "id": str(self.id * 100 + number),
                     "filename": upload.filename,
                     "size": len(upload.data),
-                    "url": f"https://cdn.example/{self.id}/{upload.filename}",
-                    "proxy_url": f"https://cdn.example/{self.id}/{upload.filename}",
-                    "content_type": upload.content_type,
+                    "url": f"{self.files_base}/{self.id}/{upload.filename}",
+                    "proxy_url": f"{self.files_base}/{self.id}/{upload.filename}",
+                    # As Discord does: from the name, whatever type the upload was sent as.
+                    "content_type": mimetypes.guess_type(upload.filename)[0] or upload.content_type,
                 }
                 for number, upload in enumerate(self.files)
             ],
@@ -363,6 +370,7 @@ class LoopbackDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/files/{name}", self._download)
+        app.router.add_get("/files/{message}/{name}", self._download_posted)
         routes = [
             ("GET", "/users/@me", self._me),
             ("GET", "/oauth2/applications/@me", self._application),
@@ -374,9 +382,11 @@ class LoopbackDiscord:
             ("POST", "/interactions/{id}/{token}/callback", self._callback),
             ("GET", "/webhooks/{app}/{token}/messages/{message}", self._get_webhook_message),
             ("PATCH", "/webhooks/{app}/{token}/messages/{message}", self._edit_webhook_message),
+            ("DELETE", "/webhooks/{app}/{token}/messages/{message}", self._delete_webhook_message),
             ("POST", "/webhooks/{app}/{token}", self._followup),
             ("GET", "/channels/{channel}/messages", self._channel_messages),
             ("POST", "/channels/{channel}/messages", self._create_message),
+            ("DELETE", "/channels/{channel}/messages/{message}", self._delete_channel_message),
             ("POST", "/users/@me/channels", self._open_direct_messages),
             ("GET", "/applications/{app}/skus", self._list_skus),
             ("GET", "/applications/{app}/entitlements", self._list_entitlements),
@@ -510,6 +520,34 @@ class LoopbackDiscord:
         """Press ``button`` on ``message`` as ``user``."""
         data = {"custom_id": button["custom_id"], "component_type": 2}
         return await self._send(3, data, user, message=message, guild=guild)
+
+    async def submit(
+        self,
+        form: Interaction,
+        values: dict[str, str],
+        *,
+        user: User = ALICE,
+        guild: int | None = GUILD_ID,
+    ) -> Interaction:
+        """Submit the form (modal) the bot answered ``form`` with, its fields set to ``values``
+        by custom id, as ``user``: a modal submit interaction (type 5)."""
+        [shown] = [data for kind, data in form.callbacks if kind == MODAL]
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
+            for key, value in values.items()
+        ]
+        data = {"custom_id": shown["custom_id"], "components": rows}
+        return await self._send(5, data, user, guild=guild)
+
+    def form_fields(self, form: Interaction) -> dict[str, Any]:
+        """The text inputs of the form the bot answered ``form`` with, by custom id."""
+        [shown] = [data for kind, data in form.callbacks if kind == MODAL]
+        return {
+            field["custom_id"]: field
+            for row in shown["components"]
+            for field in row.get("components", [row.get("component")])
+            if field is not None and field.get("type") == 4
+        }
 
     def hold_consumes(self) -> None:
         """From now on a consume call waits, consuming nothing, until ``release_consumes``:
@@ -882,6 +920,21 @@ class LoopbackDiscord:
         self._edit(message, body, files)
         return _json(message.payload())
 
+    async def _delete_webhook_message(self, request: web.Request) -> web.Response:
+        return self._delete(self._webhook_message(request))
+
+    async def _delete_channel_message(self, request: web.Request) -> web.Response:
+        message = self.messages.get(_int_or(request.match_info["message"], 0))
+        if message is None or message.channel_id != int(request.match_info["channel"]):
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return self._delete(message)
+
+    def _delete(self, message: Message) -> web.Response:
+        if message.deleted:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        message.deleted = True
+        return web.Response(status=204)
+
     async def _followup(self, request: web.Request) -> web.Response:
         interaction = self.interactions[request.match_info["token"]]
         interaction.followups_tried += 1
@@ -925,7 +978,7 @@ class LoopbackDiscord:
         shown = [
             message.payload()
             for message in sorted(self.messages.values(), key=lambda m: m.id, reverse=True)
-            if message.channel_id == channel and not message.ephemeral
+            if message.channel_id == channel and not message.ephemeral and not message.deleted
         ]
         return _json(shown[:limit])
 
@@ -1022,6 +1075,14 @@ class LoopbackDiscord:
             return web.Response(status=self.fail_downloads_with)
         return web.Response(body=self.downloads[request.match_info["name"]])
 
+    async def _download_posted(self, request: web.Request) -> web.Response:
+        """An attachment of a message the bot posted, as Discord's CDN serves it."""
+        if self.fail_downloads_with is not None:
+            return web.Response(status=self.fail_downloads_with)
+        message = self.messages[int(request.match_info["message"])]
+        [upload] = [u for u in message.files if u.filename == request.match_info["name"]]
+        return web.Response(body=upload.data, content_type=upload.content_type)
+
     def _webhook_message(self, request: web.Request) -> Message:
         interaction = self.interactions[request.match_info["token"]]
         target = request.match_info["message"]
@@ -1038,6 +1099,7 @@ class LoopbackDiscord:
             components=list(body.get("components") or []),
             files=files,
             versions=[content],
+            files_base=self.files_base,
         )
         self.messages[message.id] = message
         return message

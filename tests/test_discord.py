@@ -39,6 +39,7 @@ from tests.loopback_discord import (
     DEFERRED_CHANNEL_MESSAGE,
     DEFERRED_UPDATE,
     GUILD_ID,
+    MODAL,
     TOKEN,
     UPDATE_MESSAGE,
     Interaction,
@@ -1508,9 +1509,15 @@ async def test_compare_shows_each_price_and_posts_the_grid_then_the_originals(
 # -- /history and /settings auto_confirm_under ----------------------------------
 
 
-async def generated(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
-    """The public message holding the images of a request ``user`` made and confirmed."""
-    _, message = await quote(discord_fake, {"prompt": "a lighthouse", "count": 2}, user)
+async def generated(
+    discord_fake: LoopbackDiscord,
+    user: User = ALICE,
+    options: dict[str, object] | None = None,
+) -> Message:
+    """The public message holding the images of a request ``user`` made and confirmed
+    (two Local Sketch images of a lighthouse unless ``options`` say otherwise)."""
+    asked = options or {"prompt": "a lighthouse", "count": 2}
+    _, message = await quote(discord_fake, asked, user)
     click = await discord_fake.click(message, message.button("Generate"), user=user)
     await discord_fake.wait_for(lambda: message.content.startswith("Done"))
     [posted] = discord_fake.followups(click)
@@ -1523,15 +1530,30 @@ async def history(discord_fake: LoopbackDiscord, user: User = ALICE) -> Message:
     return discord_fake.original(interaction)
 
 
-async def again(discord_fake: LoopbackDiscord, listed: Message, user: User) -> Message:
-    """Press Again on ``listed``'s first generation as ``user``, then its quote's Generate."""
-    click = await discord_fake.click(listed, listed.button("Again 1"), user=user)
+async def quoted_by(
+    discord_fake: LoopbackDiscord, listed: Message, label: str, user: User
+) -> Message:
+    """The private quote that pressing ``label`` on ``listed`` as ``user`` answers with."""
+    click = await discord_fake.click(listed, listed.button(label), user=user)
     # Until it answers, the click's original response is the message clicked.
-    await discord_fake.wait_for(lambda: click.original_id != listed.id)
-    quoted = discord_fake.original(click)
+    await discord_fake.wait_for(
+        lambda: click.original_id != listed.id and discord_fake.original(click).buttons
+    )
+    return discord_fake.original(click)
+
+
+async def confirmed(discord_fake: LoopbackDiscord, quoted: Message, user: User) -> Message:
+    """``quoted`` once ``user`` pressed its Generate and it is done."""
     await discord_fake.click(quoted, quoted.button("Generate"), user=user)
     await discord_fake.wait_for(lambda: quoted.content.startswith("Done"))
     return quoted
+
+
+async def again(
+    discord_fake: LoopbackDiscord, listed: Message, user: User, label: str = "Again 1"
+) -> Message:
+    """Press Again on ``listed``'s first generation as ``user``, then its quote's Generate."""
+    return await confirmed(discord_fake, await quoted_by(discord_fake, listed, label, user), user)
 
 
 async def test_history_links_to_the_message_holding_the_images(
@@ -1687,3 +1709,198 @@ async def test_a_subject_with_an_attached_reference_past_the_limit_is_one_senten
     refusal = messages.too_many_reference_images(2, "scripted", 1, "ada")
     assert await subject_answer(discord_fake, interaction) == refusal
     assert await service.ledger.history(ALICE_ACCOUNT, limit=1, include_unconfirmed=True) == []
+
+
+# -- the buttons under a posted result -----------------------------------------
+
+
+def generation_id(posted: Message) -> str:
+    return str(posted.button("Delete")["custom_id"]).rpartition(":")[2]
+
+
+async def test_a_result_has_again_edit_and_delete_and_vary_only_for_a_model_taking_references(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    sketch = await generated(discord_fake)
+    scripted = await generated(discord_fake, options={"prompt": "a fox", "model": "scripted"})
+
+    assert [button["label"] for button in sketch.buttons] == ["Again", "Edit", "Delete"]
+    assert [button["label"] for button in scripted.buttons] == ["Again", "Vary", "Edit", "Delete"]
+
+
+async def test_again_under_a_result_by_another_user_charges_that_user(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake, ALICE)
+
+    await again(discord_fake, posted, BOB, label="Again")
+
+    assert (await available(service, ALICE_ACCOUNT), await available(service, BOB_ACCOUNT)) == (
+        48,
+        48,
+    )
+
+
+async def test_again_under_a_result_pressed_after_a_restart_still_quotes(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        posted = await generated(discord_fake)
+    async with running_bot(service, settings, discord_fake):
+        await again(discord_fake, posted, ALICE, label="Again")
+
+    assert await available(service) == 46
+
+
+async def test_vary_after_a_restart_sends_the_posted_image_as_the_reference(
+    service: ImagineService,
+    settings: Settings,
+    discord_fake: LoopbackDiscord,
+    scripted: ScriptedProvider,
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        posted = await generated(discord_fake, options={"prompt": "a fox", "model": "scripted"})
+    async with running_bot(service, settings, discord_fake):
+        quoted = await quoted_by(discord_fake, posted, "Vary", BOB)
+        await confirmed(discord_fake, quoted, BOB)
+
+    [reference] = scripted.requests[1].reference_images
+    assert scripted.requests[1].prompt == "a fox"
+    with (
+        Image.open(io.BytesIO(reference.data)) as received,
+        Image.open(io.BytesIO(posted.files[0].data)) as shown,
+    ):
+        assert (received.size, received.getpixel((0, 0))) == (shown.size, shown.getpixel((0, 0)))
+    assert await available(service, BOB_ACCOUNT) == 40
+
+
+async def test_vary_of_a_model_taking_no_references_is_one_sentence_and_quotes_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake)
+    # As on a result posted before its model stopped taking reference images.
+    vary = {
+        "type": 2,
+        "style": 2,
+        "label": "Vary",
+        "custom_id": f"imagine:vary:{generation_id(posted)}",
+    }
+    posted.components[0]["components"].insert(1, vary)
+
+    click = await discord_fake.click(posted, vary)
+    await discord_fake.wait_for(lambda: discord_fake.original(click).content.endswith("varied."))
+
+    answer = discord_fake.original(click)
+    assert (answer.content, answer.buttons) == (messages.VARY_UNSUPPORTED, [])
+
+
+async def test_edit_opens_a_form_with_the_prompt_prefilled(
+    bot: ImagineBot, discord_fake: LoopbackDiscord
+) -> None:
+    posted = await generated(discord_fake)
+
+    click = await discord_fake.click(posted, posted.button("Edit"), user=BOB)
+    await discord_fake.wait_for(lambda: click.callbacks)
+
+    assert click.callback_type == MODAL
+    [prompt] = discord_fake.form_fields(click).values()
+    assert prompt["value"] == "a lighthouse"
+
+
+async def test_an_edit_submitted_after_a_restart_quotes_the_edited_prompt_for_the_submitter(
+    service: ImagineService,
+    settings: Settings,
+    discord_fake: LoopbackDiscord,
+    scripted: ScriptedProvider,
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        posted = await generated(discord_fake, options={"prompt": "a fox", "model": "scripted"})
+        click = await discord_fake.click(posted, posted.button("Edit"), user=BOB)
+        await discord_fake.wait_for(lambda: click.callbacks)
+    async with running_bot(service, settings, discord_fake):
+        [field] = discord_fake.form_fields(click)
+        submit = await discord_fake.submit(click, {field: "a fox in the snow"}, user=BOB)
+        await discord_fake.wait_for(
+            lambda: submit.original_id is not None and discord_fake.original(submit).buttons
+        )
+        await confirmed(discord_fake, discord_fake.original(submit), BOB)
+
+    assert [request.prompt for request in scripted.requests] == ["a fox", "a fox in the snow"]
+    assert (await available(service, ALICE_ACCOUNT), await available(service, BOB_ACCOUNT)) == (
+        40,
+        40,
+    )
+
+
+@pytest.mark.both_databases
+async def test_delete_by_the_requester_after_a_restart_removes_the_message_and_refunds_nothing(
+    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord, clock: FakeClock
+) -> None:
+    async with running_bot(service, settings, discord_fake):
+        posted = await generated(discord_fake)
+    before = clock.now
+    async with running_bot(service, settings, discord_fake):
+        click = await discord_fake.click(posted, posted.button("Delete"))
+        await discord_fake.wait_for(lambda: click.original_id != posted.id)
+
+    assert posted.deleted
+    assert discord_fake.original(click).content == messages.DELETED
+    deleted = await service.deleted(generation_id(posted))
+    assert deleted is not None
+    assert deleted[0] == ALICE_ACCOUNT and before < deleted[1] <= clock.now
+    assert await available(service) == 48
+
+
+async def test_delete_by_an_admin_removes_someone_else_s_result(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake)
+
+    click = await discord_fake.click(posted, posted.button("Delete"), user=ADMIN)
+    await discord_fake.wait_for(lambda: click.original_id != posted.id)
+
+    assert posted.deleted
+    deleted = await service.deleted(generation_id(posted))
+    assert deleted is not None and deleted[0] == f"discord:{ADMIN.id}"
+
+
+async def test_delete_by_a_stranger_is_refused_and_nothing_changes(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake)
+
+    click = await discord_fake.click(posted, posted.button("Delete"), user=BOB)
+    await discord_fake.wait_for(lambda: click.original_id != posted.id)
+
+    answer = discord_fake.original(click)
+    assert (answer.content, answer.ephemeral) == (messages.DELETE_NOT_YOURS, True)
+    assert not posted.deleted
+    assert await service.deleted(generation_id(posted)) is None
+
+
+async def test_delete_of_a_message_already_gone_says_so_and_records_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake)
+    posted.deleted = True
+
+    click = await discord_fake.click(posted, posted.button("Delete"))
+    await discord_fake.wait_for(lambda: click.original_id != posted.id)
+
+    assert discord_fake.original(click).content == messages.DELETE_GONE
+    assert await service.deleted(generation_id(posted)) is None
+
+
+async def test_vary_whose_image_cannot_be_downloaded_says_so_and_quotes_nothing(
+    bot: ImagineBot, discord_fake: LoopbackDiscord, service: ImagineService
+) -> None:
+    posted = await generated(discord_fake, options={"prompt": "a fox", "model": "scripted"})
+    discord_fake.fail_downloads_with = 403
+
+    click = await discord_fake.click(posted, posted.button("Vary"), user=BOB)
+    await discord_fake.wait_for(
+        lambda: discord_fake.original(click).content.startswith("Could not download")
+    )
+
+    assert discord_fake.original(click).buttons == []
+    assert await available(service, BOB_ACCOUNT) == 50

@@ -5,7 +5,8 @@ It only translates. ``/imagine``'s native options become ``ImagineOptions`` for
 Cancel buttons whose ids carry the request id, so they work after a restart;
 a click holds the credits (milliseconds), answers, and generates in the
 background while the message shows progress; the images are posted publicly
-as a follow-up; the ephemeral message ends with the outcome and the balance.
+as a follow-up, with Again, Vary, Edit and Delete buttons whose ids carry the
+generation id; the ephemeral message ends with the outcome and the balance.
 
 Commands are synced only when their definitions changed since the last sync
 recorded in the database (or on ``imagine-bot discord sync``), to the guilds
@@ -187,6 +188,9 @@ class ImagineBot(discord.AutoShardedClient):
             CompareButton,
             CompareCancelButton,
             AgainButton,
+            VaryButton,
+            EditButton,
+            DeleteButton,
         )
         for pack in self.service.purchases.hidden_on_discord():
             logger.info(messages.pack_hidden_on_discord(pack.id))
@@ -342,6 +346,77 @@ class ImagineBot(discord.AutoShardedClient):
             ),
         )
 
+    async def vary_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """A new quote with the clicked result's first image as the reference, for whoever
+        clicked, in a message of its own."""
+        # Downloading the image can take longer than Discord's three seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+
+        async def quoting() -> Quote:
+            return await self.service.again(
+                generation_id,
+                discord_account(interaction.user),
+                reference=await _first_image(interaction.message),
+                channel=f"discord:{interaction.channel_id}",
+                roles=_role_ids(interaction.user),
+            )
+
+        await self._offer(interaction, quoting())
+
+    async def edit_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """The form to edit the result's prompt; submitting it quotes the edited request."""
+        try:
+            prompt = await self.service.prompt_of(generation_id)
+        except ImagineError as refusal:
+            await _tell_clicker(interaction, refusal.message)
+            return
+        await interaction.response.send_modal(edit_form(generation_id, prompt))
+
+    async def edit_submitted(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """A submitted edit form: a new quote of the result with the edited prompt, for
+        whoever submitted it."""
+        await self._offer(
+            interaction,
+            self.service.again(
+                generation_id,
+                discord_account(interaction.user),
+                prompt=_submitted(interaction.data, _EDIT_PROMPT_ID),
+                channel=f"discord:{interaction.channel_id}",
+                roles=_role_ids(interaction.user),
+            ),
+        )
+
+    async def delete_clicked(self, interaction: discord.Interaction, generation_id: str) -> None:
+        """Remove the clicked result, if the clicker may; a stranger is told so privately."""
+        message = interaction.message
+
+        async def remove() -> None:
+            if message is not None:
+                await message.delete()
+
+        try:
+            await self.service.delete_result(
+                generation_id, discord_account(interaction.user), remove
+            )
+        except ImagineError as refusal:
+            await _tell_clicker(interaction, refusal.message)
+            return
+        except discord.NotFound:
+            await _tell_clicker(interaction, messages.DELETE_GONE)
+            return
+        await _tell_clicker(interaction, messages.DELETED)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # The edit form is kept by no view store (``edit_form``), so it is answered here,
+        # from its custom id, even when it was shown before a restart.
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        match = re.fullmatch(_EDIT_FORM_ID, custom_id)
+        if match is None or not await self.serves(interaction):
+            return
+        await self.clicked(interaction, match["id"], self.edit_submitted)
+
     async def change_settings(
         self, interaction: discord.Interaction, auto_confirm_under: int | None
     ) -> None:
@@ -439,7 +514,9 @@ class ImagineBot(discord.AutoShardedClient):
             _replace_clicked(interaction, messages.DISCORD_STARTING),
             self.service.generate_compare(
                 held,
-                _PostToChannel(interaction, self.settings.upload_timeout_seconds),
+                _PostToChannel(
+                    interaction, self.settings.upload_timeout_seconds, self.service.result_actions
+                ),
                 reachable_for=_LONGEST_EDITABLE_SECONDS,
             ),
             name=f"discord compare {compare_id}",
@@ -480,7 +557,9 @@ class ImagineBot(discord.AutoShardedClient):
         # Progress, images and the outcome all go through the click's token.
         await self.service.generate(
             held,
-            _PostToChannel(interaction, self.settings.upload_timeout_seconds),
+            _PostToChannel(
+                interaction, self.settings.upload_timeout_seconds, self.service.result_actions
+            ),
             reachable_for=_LONGEST_EDITABLE_SECONDS,
         )
 
@@ -1227,6 +1306,143 @@ class AgainButton(
         await bot.clicked(interaction, self.generation_id, bot.again_clicked)
 
 
+_RESULT_BUTTONS = {
+    "again": (messages.RESULT_AGAIN_BUTTON, discord.ButtonStyle.secondary),
+    "vary": (messages.RESULT_VARY_BUTTON, discord.ButtonStyle.secondary),
+    "edit": (messages.RESULT_EDIT_BUTTON, discord.ButtonStyle.secondary),
+    "delete": (messages.RESULT_DELETE_BUTTON, discord.ButtonStyle.danger),
+}
+"""Each action under a posted result (``ImagineService.result_actions``): its label and style;
+its custom id is ``imagine:<action>:<generation id>``."""
+_EDIT_FORM_ID = r"imagine:edit-form:(?P<id>[0-9a-f]+)"
+_EDIT_PROMPT_ID = "prompt"
+
+
+def result_view(generation_id: str, actions: Sequence[str]) -> discord.ui.View | None:
+    """The buttons under a posted result, one per action; None when there are none."""
+    if not actions:
+        return None
+    view = discord.ui.View(timeout=None)
+    for action in actions:
+        label, style = _RESULT_BUTTONS[action]
+        view.add_item(
+            discord.ui.Button(
+                label=label, style=style, custom_id=f"imagine:{action}:{generation_id}"
+            )
+        )
+    # As quote_view: a click reaches its DynamicItem through its template, even after a restart.
+    view.stop()
+    return view
+
+
+def edit_form(generation_id: str, prompt: str) -> discord.ui.Modal:
+    """The form to edit a result's prompt, prefilled with it."""
+    form = discord.ui.Modal(
+        title=messages.EDIT_FORM_TITLE, custom_id=f"imagine:edit-form:{generation_id}"
+    )
+    form.add_item(
+        discord.ui.TextInput(
+            label=messages.EDIT_FORM_PROMPT,
+            custom_id=_EDIT_PROMPT_ID,
+            style=discord.TextStyle.paragraph,
+            default=prompt[: messages.PROMPT_MAX_CHARS],
+            max_length=messages.PROMPT_MAX_CHARS,
+        )
+    )
+    # Stopped, so discord.py keeps it in no store (where an unsubmitted form would stay
+    # forever, and which a restart empties): ``ImagineBot.on_interaction`` answers it.
+    form.stop()
+    return form
+
+
+def _submitted(data: Any, custom_id: str) -> str:
+    """The value of the form field ``custom_id`` in a modal submit's ``data``, wherever it is
+    nested (in an action row, or a label)."""
+    if isinstance(data, dict):
+        if data.get("custom_id") == custom_id and "value" in data:
+            return str(data["value"])
+        children = [*data.get("components", ()), data.get("component")]
+        for child in children:
+            if child is not None and (found := _submitted(child, custom_id)):
+                return found
+    return ""
+
+
+async def _first_image(message: discord.Message | None) -> ReferenceImage:
+    """A posted result's first image, checked as any attached reference is."""
+    if message is None or not message.attachments:
+        raise RequestError(messages.VARY_NO_IMAGE)
+    return await _downloaded(message.attachments[0])
+
+
+class _ResultButton:
+    """What the buttons under a posted result share, each a ``DynamicItem`` with a template of
+    its own (discord.py wants one on every subclass): its id carries the generation, so
+    it outlives a restart."""
+
+    action = ""
+
+    def __init__(self, generation_id: str) -> None:
+        label, style = _RESULT_BUTTONS[self.action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=style, custom_id=f"imagine:{self.action}:{generation_id}"
+            )
+        )
+        self.generation_id = generation_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> "_ResultButton":
+        return cls(match["id"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        assert isinstance(interaction.client, ImagineBot)
+        return await interaction.client.serves(interaction)
+
+    def handler(self, bot: "ImagineBot") -> Callable[[discord.Interaction, str], Awaitable[None]]:
+        raise NotImplementedError
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, ImagineBot)
+        bot = interaction.client
+        await bot.clicked(interaction, self.generation_id, self.handler(bot))
+
+
+class VaryButton(
+    _ResultButton,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:vary:(?P<id>[0-9a-f]+)",
+):
+    action = "vary"
+
+    def handler(self, bot: "ImagineBot") -> Callable[[discord.Interaction, str], Awaitable[None]]:
+        return bot.vary_clicked
+
+
+class EditButton(
+    _ResultButton,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:edit:(?P<id>[0-9a-f]+)",
+):
+    action = "edit"
+
+    def handler(self, bot: "ImagineBot") -> Callable[[discord.Interaction, str], Awaitable[None]]:
+        return bot.edit_clicked
+
+
+class DeleteButton(
+    _ResultButton,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:delete:(?P<id>[0-9a-f]+)",
+):
+    action = "delete"
+
+    def handler(self, bot: "ImagineBot") -> Callable[[discord.Interaction, str], Awaitable[None]]:
+        return bot.delete_clicked
+
+
 class StripeButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:stripe:(?P<pack>[a-z0-9_-]+)"
 ):
@@ -1361,9 +1577,15 @@ class CompareCancelButton(
 class _PostToChannel:
     """Delivery on Discord: progress in the ephemeral message, images as public follow-ups."""
 
-    def __init__(self, interaction: discord.Interaction, upload_timeout: float) -> None:
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        upload_timeout: float,
+        actions: Callable[[Generation], tuple[str, ...]],
+    ) -> None:
         self.interaction = interaction
         self.upload_timeout = upload_timeout
+        self.actions = actions
 
     async def progress(self, event: ProgressEvent) -> None:
         await self.interaction.edit_original_response(content=messages.progress(event))
@@ -1395,9 +1617,11 @@ class _PostToChannel:
                 for number, image in enumerate(batch, start=1)
             ]
             content = caption if start == 0 else None
+            # The buttons go under the first message: Vary takes its first image.
+            view = result_view(generation.id, self.actions(generation)) if start == 0 else None
             try:
                 async with asyncio.timeout(self.upload_timeout):
-                    sent = await self._post(content, batch, names)
+                    sent = await self._post(content, batch, names, view)
             except discord.HTTPException as error:
                 if error.status < _SERVER_ERROR:
                     # Refused: a message Discord refuses is not posted, not any of it.
@@ -1416,17 +1640,23 @@ class _PostToChannel:
                 posted.landed(len(batch), sent.jump_url)
 
     async def _post(
-        self, content: str | None, batch: Sequence[GeneratedImage], names: list[str]
+        self,
+        content: str | None,
+        batch: Sequence[GeneratedImage],
+        names: list[str],
+        view: discord.ui.View | None,
     ) -> discord.WebhookMessage:
         files = [
             discord.File(io.BytesIO(image.data), filename=name)
             for image, name in zip(batch, names, strict=True)
         ]
+        extra: dict[str, Any] = {} if view is None else {"view": view}
         return await self.interaction.followup.send(
             content=content,
             files=files,
             ephemeral=False,
             allowed_mentions=discord.AllowedMentions.none(),
+            **extra,
         )
 
     async def _count_unanswered(
