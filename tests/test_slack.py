@@ -1292,3 +1292,12 @@ async def test_a_bad_auto_confirm_value_is_one_sentence_and_changes_nothing(
 
     assert answer["text"] == messages.bad_auto_confirm("lots")
     assert await service.credits.auto_confirm_under(ALICE) == 5
+
+
+async def test_history_shows_a_prompt_as_typed_not_as_slack_markup(driver: SlackDriver) -> None:
+    # As Slack sends "a <b> & me" typed: its control characters as entities.
+    await generated(driver, "a &lt;b&gt; &amp; me")
+
+    _, listed, _ = await driver.command("/history", "")
+
+    assert "“a &lt;b&gt; &amp; me”" in listed["text"]

@@ -288,13 +288,16 @@ class SlackImagine:
             fields, held = await self._quote(account, text, command)
             return fields
 
-        await _answer_command(ack, respond, answer())
-        if held is not None:
-            # After the answer, so that progress replaces the "Starting…" and not the reverse.
-            self.background.spawn(
-                self._run(held, self._delivery(respond, command["channel_id"], command["user_id"])),
-                name=f"slack generation {held.generation.id}",
-            )
+        try:
+            await _answer_command(ack, respond, answer())
+        finally:
+            # After the answer, so that progress replaces the "Starting…" and not the reverse;
+            # and even if it could not be sent, since only the generation settles the hold.
+            if held is not None:
+                delivery = self._delivery(respond, command["channel_id"], command["user_id"])
+                self.background.spawn(
+                    self._run(held, delivery), name=f"slack generation {held.generation.id}"
+                )
 
     async def _quote(
         self, account: str, text: str, command: dict[str, Any]
@@ -393,7 +396,9 @@ class SlackImagine:
         """The last generations, each with a link to its images, and an Again button each."""
         account = slack_account(command["team_id"], command["user_id"])
         recent = await self.service.credits.history_entries(account)
-        text = messages.history_entries(recent, lambda url: f"<{slack_text.escaped(url)}|view>")
+        # A prompt shows as typed, not as Slack's markup; the link is Slack's own sequence.
+        shown = [replace(g, prompt=slack_text.escaped(g.prompt)) for g in recent]
+        text = messages.history_entries(shown, lambda url: f"<{slack_text.escaped(url)}|view>")
         if not recent:
             return {"text": text}
         return {"text": text, "blocks": history_blocks(text, [g.id for g in recent])}
@@ -417,8 +422,10 @@ class SlackImagine:
         if held is None:
             await respond(response_type="ephemeral", replace_original=False, **fields)
             return
+        # Progress and the outcome can only replace the message clicked (Slack edits no other
+        # ephemeral message), so "Starting…" takes the history's place from the first.
         await self.background.spawn_after(
-            respond(response_type="ephemeral", replace_original=False, **fields),
+            respond(response_type="ephemeral", replace_original=True, **fields),
             self._run(held, self._delivery(respond, channel, body["user"]["id"])),
             name=f"slack generation {held.generation.id}",
         )
