@@ -1301,3 +1301,22 @@ async def test_history_shows_a_prompt_as_typed_not_as_slack_markup(driver: Slack
     _, listed, _ = await driver.command("/history", "")
 
     assert "“a &lt;b&gt; &amp; me”" in listed["text"]
+
+
+async def test_an_again_under_the_auto_confirm_limit_generates_in_place_of_the_history(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    [past] = await service.credits.history_entries(ALICE)
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, again_url = await driver.click(f"{AGAIN_ACTION}_1", past.id)
+    said = await final_text(driver, again_url, "Balance")
+
+    assert slack.responded(again_url)[0] == {
+        "text": messages.SLACK_STARTING,
+        "response_type": "ephemeral",
+        "replace_original": True,
+    }
+    assert said.startswith("Done: 1 image for 1 credit (auto-confirmed under 5).")
+    assert len(slack.uploads) == 2
