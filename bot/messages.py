@@ -1251,6 +1251,10 @@ def slack_help(*, is_admin: bool, default_model: str | None, models_table: str) 
         "*/credits*: your balance and recent generations; "
         "*/credits statement*: your last 30 changes, with the balance after each.",
         "*/buy*: credit packs, each with a payment link only you see; paid credits never expire.",
+        "*/history*: your last 10 generations, each with a link to its images and an *Again*"
+        " button that makes a new quote of it for whoever presses it.",
+        "*/settings* `auto_confirm_under:<credits>`: requests at or under that price generate"
+        " without the *Generate* button, and the result says what it cost; 0 always asks.",
         "*/subject list* and *delete <name>*: your subjects, sets of a person's images added to"
         " /imagine with `subject:<name>`; save one with /subject on Discord or the console.",
     ]

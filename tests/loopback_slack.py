@@ -39,6 +39,11 @@ RESPONSE_URL_MESSAGES = 5
 """What one response_url takes; Slack refuses any more."""
 
 
+def permalink(file_id: str) -> str:
+    """The file's page in the fake workspace, as ``files.info`` gives it."""
+    return f"https://fake.slack.example/files/U0BOT/{file_id}/image.png"
+
+
 @dataclass(frozen=True)
 class Upload:
     """Files completed into a channel by one ``files.completeUploadExternal``."""
@@ -265,6 +270,7 @@ class LoopbackSlack:
                 "file": {
                     "id": file_id,
                     "name": self._bytes[file_id][0],
+                    "permalink": permalink(file_id),
                     "channels": public,
                     "groups": private,
                     "shares": {

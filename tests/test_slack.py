@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import io
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from bot.circuits import Health
 from bot.flow import ImagineService
 from bot.images import GRID_CELL
 from bot.platforms.slack import (
+    AGAIN_ACTION,
     CANCEL_ACTION,
     COMPARE_ACTION,
     EVENTS_PATH,
@@ -48,6 +50,7 @@ from tests.loopback_slack import (
     TEAM,
     LoopbackSlack,
     SlackDriver,
+    permalink,
 )
 from tests.loopback_stripe import API_KEY as STRIPE_KEY
 from tests.loopback_stripe import WEBHOOK_SECRET as STRIPE_SECRET
@@ -1204,3 +1207,116 @@ async def test_imagine_with_a_subject_quotes_its_images_on_slack(
 
     [quote] = await service.ledger.history(ALICE, limit=1, include_unconfirmed=True)
     assert quote.reference_count == 1
+
+
+# -- /history, Again and /settings auto_confirm_under ---------------------------------
+
+
+async def generated(driver: SlackDriver, text: str, user: str = "U0ALICE") -> None:
+    """``/imagine text`` quoted, Generate pressed, and its outcome told."""
+    generation = await quote_id(driver, text, user=user)
+    _, response_url = await driver.click(GENERATE_ACTION, generation, user=user)
+    await final_text(driver, response_url, "Balance")
+
+
+async def test_history_links_to_the_uploaded_images_with_an_again_button(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    [completed] = slack.called("files.completeUploadExternal")
+    first_file = json.loads(completed["files"])[0]["id"]
+    [generation] = await service.credits.history_entries(ALICE)
+
+    _, listed, _ = await driver.command("/history", "")
+
+    assert f"<{permalink(first_file)}|view>" in listed["text"]
+    assert "“a lighthouse”" in listed["text"]
+    again = buttons(listed)[f"{AGAIN_ACTION}_1"]
+    assert (again["text"]["text"], again["value"]) == ("Again 1", generation.id)
+
+
+async def test_again_by_another_user_quotes_and_charges_that_user(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "count:2 a lighthouse")
+    [past] = await service.credits.history_entries(ALICE)
+
+    _, again_url = await driver.click(f"{AGAIN_ACTION}_1", past.id, user=BOB)
+    await slack.wait_for(lambda: slack.responded(again_url))
+    [quote] = slack.responded(again_url)
+    _, response_url = await driver.click(
+        GENERATE_ACTION, buttons(quote)[GENERATE_ACTION]["value"], user=BOB
+    )
+    await final_text(driver, response_url, "Balance")
+
+    assert quote["replace_original"] is False
+    assert await available(service, f"slack:{TEAM}:{BOB}") == 48
+    assert await available(service) == 48
+    assert len(slack.uploads) == 2
+
+
+async def test_a_request_under_the_auto_confirm_limit_generates_without_a_button(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, acknowledgement, response_url = await driver.command("/imagine", "count:2 a lighthouse")
+    said = await final_text(driver, response_url, "Balance")
+
+    assert acknowledgement == {"response_type": "ephemeral", "text": messages.SLACK_STARTING}
+    assert said == (
+        "Done: 2 images for 2 credits (auto-confirmed under 5).\nBalance: 48 credits available."
+    )
+    assert len(slack.uploads) == 1
+    assert await available(service) == 48
+
+
+async def test_a_request_over_the_auto_confirm_limit_shows_the_button(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await driver.command("/settings", "auto_confirm_under:1")
+
+    _, acknowledgement, _ = await driver.command("/imagine", "count:2 a lighthouse")
+
+    assert GENERATE_ACTION in buttons(acknowledgement)
+    assert slack.uploads == []
+    assert await available(service) == 50
+
+
+async def test_a_bad_auto_confirm_value_is_one_sentence_and_changes_nothing(
+    driver: SlackDriver, service: ImagineService
+) -> None:
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, answer, _ = await driver.command("/settings", "auto_confirm_under:lots")
+
+    assert answer["text"] == messages.bad_auto_confirm("lots")
+    assert await service.credits.auto_confirm_under(ALICE) == 5
+
+
+async def test_history_shows_a_prompt_as_typed_not_as_slack_markup(driver: SlackDriver) -> None:
+    # As Slack sends "a <b> & me" typed: its control characters as entities.
+    await generated(driver, "a &lt;b&gt; &amp; me")
+
+    _, listed, _ = await driver.command("/history", "")
+
+    assert "“a &lt;b&gt; &amp; me”" in listed["text"]
+
+
+async def test_an_again_under_the_auto_confirm_limit_generates_in_place_of_the_history(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    [past] = await service.credits.history_entries(ALICE)
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, again_url = await driver.click(f"{AGAIN_ACTION}_1", past.id)
+    said = await final_text(driver, again_url, "Balance")
+
+    assert slack.responded(again_url)[0] == {
+        "text": messages.SLACK_STARTING,
+        "response_type": "ephemeral",
+        "replace_original": True,
+    }
+    assert said.startswith("Done: 1 image for 1 credit (auto-confirmed under 5).")
+    assert len(slack.uploads) == 2

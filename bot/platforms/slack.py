@@ -43,13 +43,20 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookResponse
 
 from bot import messages, slack_text, statements
-from bot.credits import parse_adjustment
+from bot.credits import parse_adjustment, parse_settings
 from bot.errors import (
     ImagineError,
     ModelUnusable,
     RequestError,
 )
-from bot.flow import DeliveryFailed, HeldGeneration, ImagineService, PostedImages, charged_for
+from bot.flow import (
+    DeliveryFailed,
+    HeldGeneration,
+    ImagineService,
+    PostedImages,
+    Quote,
+    charged_for,
+)
 from bot.parsing import estimate_only, parse_compare, parse_imagine_text
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
@@ -68,6 +75,9 @@ GENERATE_ACTION = "imagine_generate"
 CANCEL_ACTION = "imagine_cancel"
 COMPARE_ACTION = "compare_generate"
 COMPARE_CANCEL_ACTION = "compare_cancel"
+AGAIN_ACTION = "imagine_again"
+"""Numbered (``imagine_again_1``…): Slack wants the buttons of one block told apart."""
+AGAIN_ACTIONS = re.compile(rf"^{AGAIN_ACTION}_\d+$")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RESPONSE_URL_MESSAGES = 5
 """Slack takes at most five messages on one response_url, within 30 minutes of the command or click."""
@@ -135,10 +145,13 @@ class SlackImagine:
         self.app.command("/buy")(self._buy)
         self.app.command("/stats")(self._stats)
         self.app.command("/subject")(self._subject)
+        self.app.command("/history")(self._history)
+        self.app.command("/settings")(self._settings)
         self.app.action(GENERATE_ACTION)(self._generate)
         self.app.action(CANCEL_ACTION)(self._cancel)
         self.app.action(COMPARE_ACTION)(self._generate_compare)
         self.app.action(COMPARE_CANCEL_ACTION)(self._cancel_compare)
+        self.app.action(AGAIN_ACTIONS)(self._again)
         self.app.error(self._tell_what_failed)
         service.purchases.notifiers["slack"] = self._told
         alert_channel = settings.alert_channel or ""
@@ -268,27 +281,69 @@ class SlackImagine:
         if text.lower() in ("", "help"):
             await ack(response_type="ephemeral", text=self._help(account))
             return
-        await _answer_command(ack, respond, self._quote(account, text, command))
+        held: HeldGeneration | None = None
 
-    async def _quote(self, account: str, text: str, command: dict[str, Any]) -> dict[str, Any]:
-        """The quote as message fields (text and Block Kit buttons), or the refusal's sentence."""
-        price_only, text = estimate_only(text)
+        async def answer() -> dict[str, Any]:
+            nonlocal held
+            fields, held = await self._quote(account, text, command)
+            return fields
+
         try:
+            await _answer_command(ack, respond, answer())
+        finally:
+            # After the answer, so that progress replaces the "Starting…" and not the reverse;
+            # and even if it could not be sent, since only the generation settles the hold.
+            if held is not None:
+                delivery = self._delivery(respond, command["channel_id"], command["user_id"])
+                self.background.spawn(
+                    self._run(held, delivery), name=f"slack generation {held.generation.id}"
+                )
+
+    async def _quote(
+        self, account: str, text: str, command: dict[str, Any]
+    ) -> tuple[dict[str, Any], HeldGeneration | None]:
+        """The quote as message fields (text and Block Kit buttons), or the refusal's sentence;
+        a quote under the account's auto-confirm limit is held instead, to be generated."""
+        price_only, text = estimate_only(text)
+        if price_only:
+            try:
+                request = await self.service.request(account, parse_imagine_text(text))
+                summary = (await self.service.estimate(account, request)).summary
+            except ImagineError as refusal:
+                summary = refusal.message
+            return {"text": summary}, None
+
+        async def quoting() -> Quote:
             request = await self.service.request(account, parse_imagine_text(text))
-            if price_only:
-                return {"text": (await self.service.estimate(account, request)).summary}
-            quote = await self.service.quote(
+            return await self.service.quote(
                 account, request, channel=f"slack:{command['team_id']}:{command['channel_id']}"
             )
+
+        return await self._offer(account, quoting())
+
+    async def _offer(
+        self, account: str, quoting: Awaitable[Quote]
+    ) -> tuple[dict[str, Any], HeldGeneration | None]:
+        """The quote with its Generate and Cancel buttons, or the refusal's sentence; a quote
+        that confirms itself is held at once, as its Generate button would, and is left for
+        the caller to generate once "Starting…" is shown."""
+        try:
+            quote = await quoting
         except ModelUnusable as unusable:
             if unusable.alternative is None:
-                return {"text": unusable.message}
+                return {"text": unusable.message}, None
             quote, summary = unusable.alternative, unusable.message
         except ImagineError as refusal:
-            return {"text": refusal.message}
+            return {"text": refusal.message}, None
         else:
             summary = quote.summary
-        return {"text": summary, "blocks": quote_blocks(summary, quote.id, quote.button)}
+        if quote.confirms_itself:
+            try:
+                held = await self.service.hold(quote.id, account)
+            except ImagineError as refusal:
+                return {"text": refusal.message}, None
+            return {"text": messages.SLACK_STARTING}, held
+        return {"text": summary, "blocks": quote_blocks(summary, quote.id, quote.button)}, None
 
     def _help(self, account: str) -> str:
         catalog = self.service.catalog
@@ -314,13 +369,7 @@ class SlackImagine:
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
-        delivery = _UploadToChannel(
-            client,
-            respond,
-            body["channel"]["id"],
-            body["user"]["id"],
-            self.settings.upload_timeout_seconds,
-        )
+        delivery = self._delivery(respond, body["channel"]["id"], body["user"]["id"])
         await self.background.spawn_after(
             respond(text=messages.SLACK_STARTING, replace_original=True),
             self._run(held, delivery),
@@ -329,6 +378,72 @@ class SlackImagine:
 
     async def _run(self, held: HeldGeneration, delivery: _UploadToChannel) -> None:
         await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
+
+    def _delivery(self, respond: Respond, channel: str, user: str) -> _UploadToChannel:
+        assert isinstance(respond, CountedRespond), "every response_url is counted (middleware)"
+        return _UploadToChannel(
+            self.client, respond, channel, user, self.settings.upload_timeout_seconds
+        )
+
+    # -- /history, Again and /settings ----------------------------------------
+
+    async def _history(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_command(ack, respond, self._history_answer(command))
+
+    async def _history_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The last generations, each with a link to its images, and an Again button each."""
+        account = slack_account(command["team_id"], command["user_id"])
+        recent = await self.service.credits.history_entries(account)
+        # A prompt shows as typed, not as Slack's markup; the link is Slack's own sequence.
+        shown = [replace(g, prompt=slack_text.escaped(g.prompt)) for g in recent]
+        text = messages.history_entries(shown, lambda url: f"<{slack_text.escaped(url)}|view>")
+        if not recent:
+            return {"text": text}
+        return {"text": text, "blocks": history_blocks(text, [g.id for g in recent])}
+
+    async def _again(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        """A new quote of a past generation for whoever clicked, in a message of its own (the
+        history stays); one under the clicker's auto-confirm limit generates at once."""
+        await ack()
+        account = _clicker(body)
+        channel = body["channel"]["id"]
+        fields, held = await self._offer(
+            account,
+            self.service.again(
+                _clicked_request(body),
+                account,
+                channel=f"slack:{_click_team(body)}:{channel}",
+            ),
+        )
+        if held is None:
+            await respond(response_type="ephemeral", replace_original=False, **fields)
+            return
+        # Progress and the outcome can only replace the message clicked (Slack edits no other
+        # ephemeral message), so "Starting…" takes the history's place from the first.
+        await self.background.spawn_after(
+            respond(response_type="ephemeral", replace_original=True, **fields),
+            self._run(held, self._delivery(respond, channel, body["user"]["id"])),
+            name=f"slack generation {held.generation.id}",
+        )
+
+    async def _settings(
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
+    ) -> None:
+        await _answer_command(ack, respond, self._settings_answer(command))
+
+    async def _settings_answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        account = slack_account(command["team_id"], command["user_id"])
+        try:
+            text = await self.service.credits.settings(
+                account, parse_settings(slack_text.typed(command.get("text", "")))
+            )
+        except ImagineError as refusal:
+            text = refusal.message
+        return {"text": text}
 
     async def _cancel(
         self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
@@ -687,7 +802,22 @@ class _UploadToChannel:
             if shared < len(file_ids):
                 raise DeliveryFailed(_why_not_posted(error)) from error
         else:
+            # Counted before asking for the link: a shutdown meanwhile must not lose the count.
             posted.landed(len(file_ids))
+            posted.landed(0, await self._permalink(file_ids[0]))
+
+    async def _permalink(self, file_id: str) -> str | None:
+        """Where the first image can be seen again, for /history; None if Slack cannot say
+        (no ``files:read`` scope, the connection down): the images are delivered all the same."""
+        try:
+            async with asyncio.timeout(self.upload_timeout):
+                answer = await self.client.files_info(file=file_id)
+        except _UPLOAD_ERRORS:
+            logger.warning("could not ask Slack for the link to %s", file_id, exc_info=True)
+            return None
+        file = answer.get("file")
+        link = file.get("permalink") if isinstance(file, Mapping) else None
+        return str(link) if link else None
 
     async def _complete(self, files: list[dict[str, str]], caption: str) -> None:
         async with asyncio.timeout(self.upload_timeout):
@@ -779,6 +909,27 @@ def quote_blocks(
     ]
 
 
+def history_blocks(text: str, generation_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """``/history``'s lines and an Again button per generation, numbered as the lines are; the
+    button carries the generation id, so it works after a restart."""
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "block_id": "imagine_history",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": f"{AGAIN_ACTION}_{number}",
+                    "text": {"type": "plain_text", "text": messages.again_button(number)},
+                    "value": generation_id,
+                }
+                for number, generation_id in enumerate(generation_ids, start=1)
+            ],
+        },
+    ]
+
+
 def _ephemeral_answer(text: str) -> BoltResponse:
     """A slash command's acknowledgement saying ``text`` to the user alone."""
     return BoltResponse(
@@ -837,14 +988,17 @@ def _clicked_request(body: Mapping[str, Any]) -> str:
 
 
 def _clicker(body: Mapping[str, Any]) -> str:
-    """The clicker's account, named by the workspace the click came from, as the command's is.
+    """The clicker's account, named by the workspace the click came from, as the command's is."""
+    return slack_account(_click_team(body), body["user"]["id"])
+
+
+def _click_team(body: Mapping[str, Any]) -> str:
+    """The workspace a click came from.
 
     On an Enterprise organization ``user.team_id`` is the org's id instead;
     ``team`` is missing only for an org-wide install.
     """
-    user = body["user"]
-    team = (body.get("team") or {}).get("id") or user["team_id"]
-    return slack_account(team, user["id"])
+    return str((body.get("team") or {}).get("id") or body["user"]["team_id"])
 
 
 def _why_not_posted(error: BaseException) -> str:
