@@ -46,7 +46,14 @@ from bot.errors import (
 )
 from bot.images import compare_grid
 from bot.observability import HealthCheck, Metrics
-from bot.parsing import CompareRequest, ImagineOptions, ImagineRequest, validate_request
+from bot.parsing import (
+    CompareOptions,
+    CompareRequest,
+    ImagineOptions,
+    ImagineRequest,
+    validate_compare,
+    validate_request,
+)
 from bot.pricing import NO_PRICING, Price, Pricing, price
 from bot.progress import Delivering, Generating, ProgressEvent, Queued
 from bot.purchases import Purchases, StripeConfig
@@ -490,6 +497,21 @@ class ImagineService:
         """Admins' /stats: the last 30 days' figures and chart."""
         self.subjects = Subjects(self.ledger, subject_bytes_per_account)
         """Each account's saved sets of reference images (/subject)."""
+
+    async def compare_request(self, account: str, options: CompareOptions) -> CompareRequest:
+        """``options`` as ``account`` typed them for /compare, every model's request with their
+        subject's images added, validated."""
+        with_subject = await self.subjects.added_to(
+            account, ImagineOptions(subject=options.subject)
+        )
+        return validate_compare(
+            options.models,
+            options.prompt,
+            options.resolution,
+            options.aspect,
+            self.catalog,
+            references=with_subject.reference_images,
+        )
 
     async def request(self, account: str, options: ImagineOptions) -> ImagineRequest:
         """``options`` as ``account`` typed them, with their subject's images added, validated:

@@ -874,7 +874,7 @@ def help_text(*, is_admin: bool, default_model: str | None) -> str:
         f"      make images{default}; you see the price and confirm before anything is charged",
         '      e.g. /imagine model:local-sketch count:2 aspect:16:9 "a lighthouse at dusk"',
         "  /imagine price <prompt> [options]   the price alone; nothing is held",
-        "  /compare models:<id>,<id>[,<id>,<id>] [resolution:…] [aspect:…] <prompt>",
+        "  /compare models:<id>,<id>[,<id>,<id>] [resolution:…] [aspect:…] [subject:<name>] <prompt>",
         "      one image from each of 2-4 models, one confirm for the total, posted as a"
         " labelled grid plus the originals; a model that fails charges nothing",
         "  /imagine <prompt> subject:<name>     add a saved subject's images as references",

@@ -217,11 +217,37 @@ class CompareRequest:
         return self.requests[0].aspect_ratio
 
 
-def parse_compare(text: str, catalog: ModelCatalog) -> CompareRequest:
-    """The text form of /compare: ``models:a,b[,c,d] [resolution:…] [aspect:…] prompt``."""
+@dataclass(frozen=True)
+class CompareOptions:
+    """What the user typed for /compare, before validation; ``None`` means "use the default"."""
+
+    models: str | None
+    prompt: str | None
+    resolution: str | None = None
+    aspect: str | None = None
+    subject: str | None = None
+    """A saved subject's name; ``ImagineService.compare_request`` adds its images to every
+    model's request."""
+
+
+def parse_compare_text(text: str) -> CompareOptions:
+    """The text form of /compare:
+    ``models:a,b[,c,d] [resolution:…] [aspect:…] [subject:<name>] prompt``."""
     values, prompt = _split_options(text, _COMPARE_ALIASES)
+    return CompareOptions(
+        values.get("models"),
+        prompt,
+        values.get("resolution"),
+        values.get("aspect"),
+        values.get("subject"),
+    )
+
+
+def parse_compare(text: str, catalog: ModelCatalog) -> CompareRequest:
+    """``parse_compare_text`` validated, for a compare without a subject."""
+    options = parse_compare_text(text)
     return validate_compare(
-        values.get("models"), prompt, values.get("resolution"), values.get("aspect"), catalog
+        options.models, options.prompt, options.resolution, options.aspect, catalog
     )
 
 
@@ -231,8 +257,11 @@ def validate_compare(
     resolution: str | None,
     aspect: str | None,
     catalog: ModelCatalog,
+    *,
+    references: tuple[ReferenceImage, ...] = (),
 ) -> CompareRequest:
-    """Each model's request as /imagine would validate it, all at one resolution and aspect."""
+    """Each model's request as /imagine would validate it, all at one resolution and aspect,
+    each with ``references`` (a subject's images), so a model that cannot take them is named."""
     ids = [each.strip() for each in visible_text(models or "").split(",") if each.strip()]
     if not COMPARE_MIN_MODELS <= len(ids) <= COMPARE_MAX_MODELS:
         raise RequestError(messages.compare_model_count(len(ids)))
@@ -252,7 +281,9 @@ def validate_compare(
     )
     return CompareRequest(
         tuple(
-            validate_request(ImagineOptions(prompt, spec.id, 1, resolution, aspect), catalog)
+            validate_request(
+                ImagineOptions(prompt, spec.id, 1, resolution, aspect, references), catalog
+            )
             for spec in specs
         )
     )

@@ -199,3 +199,24 @@ async def test_another_account_can_neither_see_nor_use_your_subject(
     assert await guest.say("/subject delete ada") == messages.no_such_subject("ada")
     assert await quotes_of(service, GUEST) == 0
     assert [subject.name for subject in await service.ledger.list_subjects(OWNER)] == ["ada"]
+
+
+async def test_a_subject_on_compare_names_a_model_that_takes_no_references(
+    console: ScriptedConsole, service: ImagineService, tmp_path: Path
+) -> None:
+    await console.say(f"/subject save ada {pictures(tmp_path, 1)}")
+
+    said = await console.say("/compare models:scripted,local-sketch subject:ada Ada at sea")
+
+    assert "local-sketch" in said
+    assert console.questions == []
+    assert await quotes_of(service) == 0
+
+
+async def test_an_unknown_subject_on_compare_is_one_sentence_and_quotes_nothing(
+    console: ScriptedConsole, service: ImagineService
+) -> None:
+    said = await console.say("/compare models:scripted,local-sketch subject:nobody a fox")
+
+    assert said == messages.no_such_subject("nobody")
+    assert await quotes_of(service) == 0

@@ -18,7 +18,7 @@ from bot import messages, statements
 from bot.credits import Adjustment, parse_adjustment, parse_settings
 from bot.errors import ImagineError, ModelUnusable
 from bot.flow import DeliveryFailed, ImagineService, PostedImages
-from bot.parsing import estimate_only, parse_compare, parse_imagine_text
+from bot.parsing import estimate_only, parse_compare_text, parse_imagine_text
 from bot.prices import PriceAdmin, parse_price_command
 from bot.progress import ProgressEvent
 from bot.purchases import Notice
@@ -140,7 +140,7 @@ class ConsoleChat:
         await self.service.confirm(quote.id, self.account, delivery)
 
     async def compare(self, text: str) -> None:
-        request = parse_compare(text, self.service.catalog)
+        request = await self.service.compare_request(self.account, parse_compare_text(text))
         quote = await self.service.quote_compare(self.account, request, channel="console")
         self.write(quote.summary)
         answer = await self.read_line(f"{quote.question} [y/N] ")

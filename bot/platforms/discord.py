@@ -47,7 +47,7 @@ from bot.flow import (
     charged_for,
 )
 from bot.images import TooLargeToSend, fit_within
-from bot.parsing import ImagineOptions, validate_compare
+from bot.parsing import CompareOptions, ImagineOptions
 from bot.platform_limits import DISCORD_CHOICES, DISCORD_MESSAGE_CHARACTERS
 from bot.prices import PriceAdmin, PriceCommand
 from bot.progress import ProgressEvent
@@ -468,32 +468,19 @@ class ImagineBot(discord.AutoShardedClient):
             name=f"discord generation {generation_id}",
         )
 
-    async def compare(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        models: str,
-        resolution: str | None,
-        aspect: str | None,
-    ) -> None:
+    async def compare(self, interaction: discord.Interaction, options: CompareOptions) -> None:
         """/compare: its quote, each model's price and the total, with one Compare button."""
-        text, view = await _ready_in_time(
-            interaction, self._compare_quote(interaction, prompt, models, resolution, aspect)
-        )
+        text, view = await _ready_in_time(interaction, self._compare_quote(interaction, options))
         await _answer(interaction, text, view=view)
 
     async def _compare_quote(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        models: str,
-        resolution: str | None,
-        aspect: str | None,
+        self, interaction: discord.Interaction, options: CompareOptions
     ) -> tuple[str, discord.ui.View | None]:
+        account = discord_account(interaction.user)
         try:
             quote = await self.service.quote_compare(
-                discord_account(interaction.user),
-                validate_compare(models, prompt, resolution, aspect, self.service.catalog),
+                account,
+                await self.service.compare_request(account, options),
                 channel=f"discord:{interaction.channel_id}",
                 roles=_role_ids(interaction.user),
             )
@@ -1128,15 +1115,19 @@ def build_commands(bot: ImagineBot) -> list[app_commands.Command[Any, Any, Any]]
         models=messages.DISCORD_COMPARE_MODELS_DESCRIPTION,
         resolution=messages.DISCORD_RESOLUTION_DESCRIPTION,
         aspect=messages.DISCORD_ASPECT_DESCRIPTION,
+        subject=messages.DISCORD_SUBJECT_DESCRIPTION,
     )
+    @app_commands.autocomplete(subject=subject_choices)
     async def compare(
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, messages.PROMPT_MAX_CHARS],
         models: str,
         resolution: Optional[str] = None,  # noqa: UP045 - discord.py reads this annotation
         aspect: Optional[str] = None,  # noqa: UP045
+        subject: Optional[str] = None,  # noqa: UP045
     ) -> None:
-        await bot.compare(interaction, prompt, models, resolution, aspect)
+        options = CompareOptions(models, prompt, resolution, aspect, subject)
+        await bot.compare(interaction, options)
 
     async def help_command(interaction: discord.Interaction) -> None:
         await bot.show_help(interaction)

@@ -57,7 +57,7 @@ from bot.flow import (
     Quote,
     charged_for,
 )
-from bot.parsing import estimate_only, parse_compare, parse_imagine_text
+from bot.parsing import estimate_only, parse_compare_text, parse_imagine_text
 from bot.prices import PriceAdmin, PriceCommand, parse_price_command
 from bot.progress import Generating, ProgressEvent
 from bot.purchases import Notice
@@ -471,7 +471,7 @@ class SlackImagine:
         try:
             quote = await self.service.quote_compare(
                 account,
-                parse_compare(text, self.service.catalog),
+                await self.service.compare_request(account, parse_compare_text(text)),
                 channel=f"slack:{command['team_id']}:{command['channel_id']}",
             )
         except ImagineError as refusal:
