@@ -2,12 +2,13 @@
 
 The fake serves the Web API methods the bot calls (``auth.test``,
 ``conversations.join``/``info``/``open``, the three steps of ``files_upload_v2``,
-``files.info``, the ``chat`` methods), the upload URLs it hands out, and
-``response_url``s, which take at most five messages each, as Slack's do; it
-records every call. ``completion_fault`` fails ``files.completeUploadExternal``
-part-way, as Slack or the network might. The driver signs slash commands and button clicks as
-Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
-bot's ``/slack/events`` over HTTP.
+``files.info``, the ``chat`` methods, ``views.open``), the upload URLs it hands out,
+the files' ``url_private``, and ``response_url``s, which take at most five messages
+each, as Slack's do; it records every call. ``completion_fault`` fails
+``files.completeUploadExternal`` part-way, as Slack or the network might. The driver
+signs slash commands, button clicks and modal submissions as Slack does
+(``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the bot's ``/slack/events``
+over HTTP.
 """
 
 from __future__ import annotations

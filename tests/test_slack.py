@@ -1401,6 +1401,41 @@ async def test_vary_quotes_the_same_request_with_the_posted_image_as_reference(
     assert varied.reference_count == 1
 
 
+async def test_a_vary_whose_image_cannot_be_fetched_says_so_and_quotes_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "model:scripted a lighthouse")
+    ts, found = result_buttons(slack)
+    slack.fail_files_info = True
+
+    _, vary_url = await driver.click(
+        f"{RESULT_ACTION}_vary", found["vary"]["value"], user=BOB, message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(vary_url))
+
+    assert slack.responded(vary_url)[0]["text"] == messages.VARY_UNREADABLE
+    assert await service.ledger.history(f"slack:{TEAM}:{BOB}", include_unconfirmed=True) == []
+
+
+async def test_an_again_under_a_result_within_the_auto_confirm_limit_generates_at_once(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    ts, found = result_buttons(slack)
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, again_url = await driver.click(
+        f"{RESULT_ACTION}_again", found["again"]["value"], message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.called("chat.postEphemeral"))
+
+    assert slack.responded(again_url)[0]["text"] == messages.SLACK_STARTING
+    [outcome] = slack.called("chat.postEphemeral")
+    assert outcome["text"].startswith("Done: 1 image for 1 credit (auto-confirmed under 5).")
+    assert len(slack.uploads) == 2
+    assert await available(service) == 48
+
+
 async def test_edit_opens_a_form_with_the_prompt_and_its_submission_quotes_the_edit(
     driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
 ) -> None:
