@@ -7,11 +7,12 @@ carrying the request id; a click holds the credits, and the generation runs in
 the background while the ephemeral message shows progress; the images are
 uploaded to the channel (``files_upload_v2``'s three steps, each file counted
 as it is shared), and the ephemeral message ends with the outcome and the
-balance, and a message of the bot's own under them carries the result's Again, Vary,
-Edit and Delete buttons (Edit opens a modal). An admin's ``/stats`` is answered privately too, its chart uploaded the same
-way to their direct messages with the bot. A response_url takes five messages: every one sent is counted,
-progress never takes the last, and an outcome Slack refuses anyway is sent
-with ``chat.postEphemeral``.
+balance; a message of the bot's own under the images carries the result's Again,
+Vary, Edit and Delete buttons (Edit opens a modal). An admin's ``/stats`` is
+answered privately too, its chart uploaded the same way to their direct messages
+with the bot. A response_url takes five messages: every one sent is counted,
+progress never takes the last, and an outcome Slack refuses anyway is sent with
+``chat.postEphemeral``.
 
 Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
 ``WEB_HOST:WEB_PORT`` at ``/slack/events`` with signature
