@@ -2,12 +2,13 @@
 
 The fake serves the Web API methods the bot calls (``auth.test``,
 ``conversations.join``/``info``/``open``, the three steps of ``files_upload_v2``,
-``files.info``, the ``chat`` methods), the upload URLs it hands out, and
-``response_url``s, which take at most five messages each, as Slack's do; it
-records every call. ``completion_fault`` fails ``files.completeUploadExternal``
-part-way, as Slack or the network might. The driver signs slash commands and button clicks as
-Slack does (``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the
-bot's ``/slack/events`` over HTTP.
+``files.info``, the ``chat`` methods, ``views.open``), the upload URLs it hands out,
+the files' ``url_private``, and ``response_url``s, which take at most five messages
+each, as Slack's do; it records every call. ``completion_fault`` fails
+``files.completeUploadExternal`` part-way, as Slack or the network might. The driver
+signs slash commands, button clicks and modal submissions as Slack does
+(``v0:{timestamp}:{body}``, HMAC-SHA256) and posts them to the bot's ``/slack/events``
+over HTTP.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ _PATIENCE_SECONDS = 10
 LISTEN_BACKLOG = 4096
 """Slack takes thousands of connections at once (the default backlog is 128)."""
 RESPONSE_URL_MESSAGES = 5
+SHARE_TS = "1.000001"
+"""The ts of every file share's message (``files.info``'s ``shares``)."""
+
+
+def _json(value: Any) -> Any:
+    """A JSON argument as the SDK sends it: as a string in a form, as itself in JSON."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 """What one response_url takes; Slack refuses any more."""
 
 
@@ -95,12 +105,15 @@ class LoopbackSlack:
     _shared_to: dict[str, set[str]] = field(default_factory=dict)
     """The channels each file was shared to, by file id."""
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Messages posted with ``chat.postMessage`` and not deleted, by ts."""
 
     async def __aenter__(self) -> LoopbackSlack:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_get("/private/{file_id}", self._private)
         app.router.add_post("/respond/{response_id}", self._respond)
         app.router.add_get("/socket", self._socket_mode)
         self._runner = web.AppRunner(app)
@@ -271,17 +284,30 @@ class LoopbackSlack:
                     "id": file_id,
                     "name": self._bytes[file_id][0],
                     "permalink": permalink(file_id),
+                    "url_private": f"{self._root}/private/{file_id}",
+                    "mimetype": "image/png",
                     "channels": public,
                     "groups": private,
                     "shares": {
-                        kind: {channel: [{"ts": "1.000001"}] for channel in shared}
+                        kind: {channel: [{"ts": SHARE_TS}] for channel in shared}
                         for kind, shared in (("public", public), ("private", private))
                         if shared
                     },
                 },
             }
         if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
-            return {"ok": True, "channel": params.get("channel"), "ts": f"{time.time():.6f}"}
+            ts = f"{time.time():.6f}"
+            if method == "chat.postMessage":
+                self.messages[ts] = params
+            return {"ok": True, "channel": params.get("channel"), "ts": ts}
+        if method == "chat.delete":
+            ts = str(params["ts"])
+            if ts not in self.messages and ts != SHARE_TS:
+                return {"ok": False, "error": "message_not_found"}
+            self.messages.pop(ts, None)
+            return {"ok": True, "channel": params.get("channel"), "ts": ts}
+        if method == "views.open":
+            return {"ok": True, "view": {"id": f"V{next(self._ids)}", **_json(params["view"])}}
         return {"ok": False, "error": "unknown_method"}
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -290,6 +316,13 @@ class LoopbackSlack:
         self._bytes[file_id] = (filename, await request.read())
         await self._changed_now()
         return web.Response(text=f"OK - {len(self._bytes[file_id][1])}")
+
+    async def _private(self, request: web.Request) -> web.Response:
+        # As Slack serves url_private: to the bot's token only.
+        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+            return web.Response(status=403)
+        _, data = self._bytes[request.match_info["file_id"]]
+        return web.Response(body=data, content_type="image/png")
 
     async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
@@ -383,8 +416,11 @@ class SlackDriver:
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
+        message_ts: str | None = None,
     ) -> tuple[int, str]:
         """Press a button; returns the status and the response_url the bot answers on.
+
+        ``message_ts``: the button is on that public message (by default, on an ephemeral one).
 
         ``team``: the workspace the click comes from.
         ``user_team``: the clicker's ``user.team_id`` (by default ``team``), which on an
@@ -405,6 +441,7 @@ class SlackDriver:
             channel=channel,
             headers=headers,
             response_url=response_url,
+            message_ts=message_ts,
         )
 
     async def click_raw(
@@ -417,6 +454,7 @@ class SlackDriver:
         channel: str = CHANNEL,
         headers: dict[str, str] | None = None,
         response_url: str | None = None,
+        message_ts: str | None = None,
     ) -> tuple[int, str]:
         """Press a button described by ``action`` as Slack sends it (fields may be missing)."""
         response_url = response_url or self.slack.response_url()
@@ -425,7 +463,9 @@ class SlackDriver:
             "user": {"id": user, "team_id": user_team or team, "username": user.lower()},
             "api_app_id": "A0APP",
             "token": "legacy-token",
-            "container": {"type": "message", "is_ephemeral": True, "channel_id": channel},
+            "container": {"type": "message", "is_ephemeral": True, "channel_id": channel}
+            if message_ts is None
+            else {"type": "message", "message_ts": message_ts, "channel_id": channel},
             "trigger_id": f"trigger-{time.time_ns()}",
             "team": {"id": team, "domain": "fake"},
             "channel": {"id": channel, "name": "general"},
@@ -435,6 +475,38 @@ class SlackDriver:
         body = urllib.parse.urlencode({"payload": json.dumps(payload)})
         status, _ = await self._post(body, headers, None)
         return status, response_url
+
+    async def submit(
+        self, view: dict[str, Any], values: dict[str, dict[str, str]], *, user: str = "U0ALICE"
+    ) -> int:
+        """Submit the modal ``view`` (as ``views.open`` was given it) with ``values``, by block
+        id and action id, as Slack sends a ``view_submission``; returns the status."""
+        payload = {
+            "type": "view_submission",
+            "team": {"id": TEAM, "domain": "fake"},
+            "user": {"id": user, "team_id": TEAM, "username": user.lower()},
+            "api_app_id": "A0APP",
+            "token": "legacy-token",
+            "trigger_id": f"trigger-{time.time_ns()}",
+            "view": {
+                **view,
+                "id": "V0FORM",
+                "team_id": TEAM,
+                "state": {
+                    "values": {
+                        block: {
+                            action: {"type": "plain_text_input", "value": value}
+                            for action, value in inputs.items()
+                        }
+                        for block, inputs in values.items()
+                    }
+                },
+            },
+            "response_urls": [],
+        }
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+        status, _ = await self._post(body, None, None)
+        return status
 
     async def _post(
         self, body: str, headers: dict[str, str] | None, timestamp: int | None

@@ -29,6 +29,7 @@ from bot.platforms.slack import (
     COMPARE_ACTION,
     EVENTS_PATH,
     GENERATE_ACTION,
+    RESULT_ACTION,
     SlackImagine,
     events_application,
     serve_slack,
@@ -46,6 +47,7 @@ from tests.loopback_slack import (
     BOT_TOKEN,
     CHANNEL,
     PRIVATE_CHANNEL,
+    SHARE_TS,
     SIGNING_SECRET,
     TEAM,
     LoopbackSlack,
@@ -1320,3 +1322,204 @@ async def test_an_again_under_the_auto_confirm_limit_generates_in_place_of_the_h
     }
     assert said.startswith("Done: 1 image for 1 credit (auto-confirmed under 5).")
     assert len(slack.uploads) == 2
+
+
+# -- the buttons under a posted result ------------------------------------------------
+
+
+def result_buttons(slack: LoopbackSlack) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The ts of the one buttons message in the channel, and its buttons by action."""
+    [(ts, posted)] = [
+        (ts, message) for ts, message in slack.messages.items() if message.get("blocks")
+    ]
+    blocks = posted["blocks"]
+    found = buttons({"blocks": json.loads(blocks) if isinstance(blocks, str) else blocks})
+    return ts, {
+        action.removeprefix(f"{RESULT_ACTION}_"): button for action, button in found.items()
+    }
+
+
+async def test_a_delivered_result_gets_again_edit_and_delete_buttons_carrying_the_generation(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    [past] = await service.credits.history_entries(ALICE)
+
+    _, found = result_buttons(slack)
+
+    assert list(found) == ["again", "edit", "delete"]
+    assert {button["value"].split()[0] for button in found.values()} == {past.id}
+
+
+async def test_a_result_of_a_model_that_takes_references_also_gets_vary(
+    driver: SlackDriver, slack: LoopbackSlack
+) -> None:
+    await generated(driver, "model:scripted a lighthouse")
+
+    _, found = result_buttons(slack)
+
+    assert list(found) == ["again", "vary", "edit", "delete"]
+
+
+async def test_again_under_a_result_by_another_user_quotes_and_charges_that_user(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "count:2 a lighthouse")
+    ts, found = result_buttons(slack)
+
+    _, again_url = await driver.click(
+        f"{RESULT_ACTION}_again", found["again"]["value"], user=BOB, message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(again_url))
+    [quote] = slack.responded(again_url)
+    _, response_url = await driver.click(
+        GENERATE_ACTION, buttons(quote)[GENERATE_ACTION]["value"], user=BOB
+    )
+    await final_text(driver, response_url, "Balance")
+
+    assert (quote["response_type"], quote["replace_original"]) == ("ephemeral", False)
+    assert await available(service, f"slack:{TEAM}:{BOB}") == 48
+    assert await available(service) == 48
+
+
+async def test_vary_quotes_the_same_request_with_the_posted_image_as_reference(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "model:scripted a lighthouse")
+    ts, found = result_buttons(slack)
+
+    _, vary_url = await driver.click(
+        f"{RESULT_ACTION}_vary", found["vary"]["value"], user=BOB, message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(vary_url))
+    [quote] = slack.responded(vary_url)
+
+    assert GENERATE_ACTION in buttons(quote)
+    [varied] = await service.ledger.history(
+        f"slack:{TEAM}:{BOB}", limit=1, include_unconfirmed=True
+    )
+    assert varied.reference_count == 1
+
+
+async def test_a_vary_whose_image_cannot_be_fetched_says_so_and_quotes_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "model:scripted a lighthouse")
+    ts, found = result_buttons(slack)
+    slack.fail_files_info = True
+
+    _, vary_url = await driver.click(
+        f"{RESULT_ACTION}_vary", found["vary"]["value"], user=BOB, message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(vary_url))
+
+    assert slack.responded(vary_url)[0]["text"] == messages.VARY_UNREADABLE
+    assert await service.ledger.history(f"slack:{TEAM}:{BOB}", include_unconfirmed=True) == []
+
+
+async def test_an_again_under_a_result_within_the_auto_confirm_limit_generates_at_once(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    ts, found = result_buttons(slack)
+    await driver.command("/settings", "auto_confirm_under:5")
+
+    _, again_url = await driver.click(
+        f"{RESULT_ACTION}_again", found["again"]["value"], message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.called("chat.postEphemeral"))
+
+    assert slack.responded(again_url)[0]["text"] == messages.SLACK_STARTING
+    [outcome] = slack.called("chat.postEphemeral")
+    assert outcome["text"].startswith("Done: 1 image for 1 credit (auto-confirmed under 5).")
+    assert len(slack.uploads) == 2
+    assert await available(service) == 48
+
+
+async def test_edit_opens_a_form_with_the_prompt_and_its_submission_quotes_the_edit(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    ts, found = result_buttons(slack)
+
+    await driver.click(f"{RESULT_ACTION}_edit", found["edit"]["value"], user=BOB, message_ts=ts)
+    await slack.wait_for(lambda: slack.called("views.open"))
+    [opened] = slack.called("views.open")
+    view = json.loads(opened["view"]) if isinstance(opened["view"], str) else opened["view"]
+    [field] = view["blocks"]
+    status = await driver.submit(
+        view, {field["block_id"]: {field["element"]["action_id"]: "a red lighthouse"}}, user=BOB
+    )
+    await slack.wait_for(lambda: slack.called("chat.postEphemeral"))
+
+    assert field["element"]["initial_value"] == "a lighthouse"
+    assert status == 200
+    [said] = slack.called("chat.postEphemeral")
+    assert (said["channel"], said["user"]) == (CHANNEL, BOB)
+    [edited] = await service.ledger.history(
+        f"slack:{TEAM}:{BOB}", limit=1, include_unconfirmed=True
+    )
+    assert edited.prompt == "a red lighthouse"
+
+
+async def test_delete_by_a_stranger_is_refused_and_changes_nothing(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    ts, found = result_buttons(slack)
+    [past] = await service.credits.history_entries(ALICE)
+
+    _, delete_url = await driver.click(
+        f"{RESULT_ACTION}_delete", found["delete"]["value"], user=BOB, message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(delete_url))
+
+    assert slack.responded(delete_url)[0]["text"] == messages.DELETE_NOT_YOURS
+    assert slack.called("chat.delete") == []
+    assert await service.deleted(past.id) is None
+
+
+async def test_delete_by_the_requester_removes_the_bot_s_messages_and_records_it(
+    driver: SlackDriver, slack: LoopbackSlack, service: ImagineService
+) -> None:
+    await generated(driver, "a lighthouse")
+    ts, found = result_buttons(slack)
+    [past] = await service.credits.history_entries(ALICE)
+
+    _, delete_url = await driver.click(
+        f"{RESULT_ACTION}_delete", found["delete"]["value"], message_ts=ts
+    )
+    await slack.wait_for(lambda: slack.responded(delete_url))
+
+    assert slack.responded(delete_url)[0]["text"] == messages.DELETED
+    assert [call["ts"] for call in slack.called("chat.delete")] == [SHARE_TS, ts]
+    assert ts not in slack.messages
+    recorded = await service.deleted(past.id)
+    assert recorded is not None and recorded[0] == ALICE
+    assert await available(service) == 49
+
+
+@pytest.mark.parametrize("action", ["again", "vary", "edit", "delete"])
+async def test_each_result_button_works_after_a_restart(
+    action: str,
+    driver: SlackDriver,
+    slack: LoopbackSlack,
+    service: ImagineService,
+    settings: Settings,
+) -> None:
+    await generated(driver, "model:scripted a lighthouse")
+    ts, found = result_buttons(slack)
+
+    async with serving(SlackImagine(service, settings), slack) as restarted:
+        _, url = await restarted.click(
+            f"{RESULT_ACTION}_{action}", found[action]["value"], message_ts=ts
+        )
+        if action == "edit":
+            await slack.wait_for(lambda: slack.called("views.open"))
+        else:
+            await slack.wait_for(lambda: slack.responded(url))
+
+    if action == "delete":
+        assert slack.responded(url)[0]["text"] == messages.DELETED
+    elif action != "edit":
+        assert GENERATE_ACTION in buttons(slack.responded(url)[0])

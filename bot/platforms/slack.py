@@ -7,10 +7,12 @@ carrying the request id; a click holds the credits, and the generation runs in
 the background while the ephemeral message shows progress; the images are
 uploaded to the channel (``files_upload_v2``'s three steps, each file counted
 as it is shared), and the ephemeral message ends with the outcome and the
-balance. An admin's ``/stats`` is answered privately too, its chart uploaded the same
-way to their direct messages with the bot. A response_url takes five messages: every one sent is counted,
-progress never takes the last, and an outcome Slack refuses anyway is sent
-with ``chat.postEphemeral``.
+balance; a message of the bot's own under the images carries the result's Again,
+Vary, Edit and Delete buttons (Edit opens a modal). An admin's ``/stats`` is
+answered privately too, its chart uploaded the same way to their direct messages
+with the bot. A response_url takes five messages: every one sent is counted,
+progress never takes the last, and an outcome Slack refuses anyway is sent with
+``chat.postEphemeral``.
 
 Transports: Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on
 ``WEB_HOST:WEB_PORT`` at ``/slack/events`` with signature
@@ -42,7 +44,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookResponse
 
-from bot import messages, slack_text, statements
+from bot import messages, references, slack_text, statements
 from bot.credits import parse_adjustment, parse_settings
 from bot.errors import (
     ImagineError,
@@ -66,7 +68,7 @@ from bot.stats import Chart, parse_stats_arguments
 from bot.tasks import BackgroundTasks, answer_in_time
 from bot.web import PublicWeb
 from ledger import Generation
-from providers.base import GeneratedImage
+from providers.base import GeneratedImage, ReferenceImage
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,19 @@ COMPARE_CANCEL_ACTION = "compare_cancel"
 AGAIN_ACTION = "imagine_again"
 """Numbered (``imagine_again_1``…): Slack wants the buttons of one block told apart."""
 AGAIN_ACTIONS = re.compile(rf"^{AGAIN_ACTION}_\d+$")
+RESULT_ACTION = "imagine_result"
+"""``imagine_result_again``, ``_vary``, ``_edit``, ``_delete``: the buttons under a posted
+result (``ImagineService.result_actions``), each valued ``<generation id> <first file id>``."""
+EDIT_FORM = "imagine_edit_form"
+"""The callback id of the form that edits a result's prompt."""
+_EDIT_BLOCK = "prompt"
+_EDIT_INPUT = "prompt"
+_RESULT_LABELS = {
+    "again": messages.RESULT_AGAIN_BUTTON,
+    "vary": messages.RESULT_VARY_BUTTON,
+    "edit": messages.RESULT_EDIT_BUTTON,
+    "delete": messages.RESULT_DELETE_BUTTON,
+}
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RESPONSE_URL_MESSAGES = 5
 """Slack takes at most five messages on one response_url, within 30 minutes of the command or click."""
@@ -152,6 +167,11 @@ class SlackImagine:
         self.app.action(COMPARE_ACTION)(self._generate_compare)
         self.app.action(COMPARE_CANCEL_ACTION)(self._cancel_compare)
         self.app.action(AGAIN_ACTIONS)(self._again)
+        self.app.action(f"{RESULT_ACTION}_again")(self._result_again)
+        self.app.action(f"{RESULT_ACTION}_vary")(self._result_vary)
+        self.app.action(f"{RESULT_ACTION}_edit")(self._result_edit)
+        self.app.action(f"{RESULT_ACTION}_delete")(self._result_delete)
+        self.app.view(EDIT_FORM)(self._edit_submitted)
         self.app.error(self._tell_what_failed)
         service.purchases.notifiers["slack"] = self._told
         alert_channel = settings.alert_channel or ""
@@ -379,10 +399,17 @@ class SlackImagine:
     async def _run(self, held: HeldGeneration, delivery: _UploadToChannel) -> None:
         await self.service.generate(held, delivery, reachable_for=_RESPONSE_URL_SECONDS)
 
-    def _delivery(self, respond: Respond, channel: str, user: str) -> _UploadToChannel:
-        assert isinstance(respond, CountedRespond), "every response_url is counted (middleware)"
+    def _delivery(self, respond: Respond | None, channel: str, user: str) -> _UploadToChannel:
+        assert respond is None or isinstance(respond, CountedRespond), (
+            "every response_url is counted (middleware)"
+        )
         return _UploadToChannel(
-            self.client, respond, channel, user, self.settings.upload_timeout_seconds
+            self.client,
+            respond,
+            channel,
+            user,
+            self.settings.upload_timeout_seconds,
+            self.service.result_actions,
         )
 
     # -- /history, Again and /settings ----------------------------------------
@@ -429,6 +456,167 @@ class SlackImagine:
             self._run(held, self._delivery(respond, channel, body["user"]["id"])),
             name=f"slack generation {held.generation.id}",
         )
+
+    # -- the buttons under a posted result --------------------------------------
+
+    async def _result_again(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        """A new quote of the result for whoever clicked, said to them alone."""
+        await ack()
+        generation_id, _ = _clicked_result(body)
+        account = _clicker(body)
+        channel = body["channel"]["id"]
+        quoting = self.service.again(
+            generation_id, account, channel=f"slack:{_click_team(body)}:{channel}"
+        )
+        await self._offer_privately(body, channel, quoting, _privately(respond))
+
+    async def _result_vary(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        """A new quote with the result's first image as the reference, for whoever clicked."""
+        await ack()
+        generation_id, file_id = _clicked_result(body)
+        account = _clicker(body)
+        channel = body["channel"]["id"]
+
+        async def quoting() -> Quote:
+            return await self.service.again(
+                generation_id,
+                account,
+                reference=await self._posted_image(file_id),
+                channel=f"slack:{_click_team(body)}:{channel}",
+            )
+
+        await self._offer_privately(body, channel, quoting(), _privately(respond))
+
+    async def _posted_image(self, file_id: str) -> ReferenceImage:
+        """A posted image, downloaded with the bot's token and checked as any reference is."""
+        try:
+            async with asyncio.timeout(self.settings.upload_timeout_seconds):
+                file = (await self.client.files_info(file=file_id))["file"]
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(
+                        str(file["url_private"]),
+                        headers={"Authorization": f"Bearer {self.client.token}"},
+                    ) as response,
+                ):
+                    response.raise_for_status()
+                    data = await response.read()
+        except (*_UPLOAD_ERRORS, KeyError, TypeError):
+            logger.warning("could not fetch the posted image %s", file_id, exc_info=True)
+            raise RequestError(messages.VARY_UNREADABLE) from None
+        filename = str(file.get("name") or f"{file_id}.png")
+        claimed = references.check_attachment(filename, file.get("mimetype"), len(data))
+        return await references.prepare(filename, claimed, data)
+
+    async def _result_edit(
+        self,
+        ack: Callable[..., Awaitable[None]],
+        body: dict[str, Any],
+        respond: Respond,
+    ) -> None:
+        """The form to edit the result's prompt; its submission is answered by _edit_submitted."""
+        await ack()
+        generation_id, _ = _clicked_result(body)
+        try:
+            prompt = await self.service.prompt_of(generation_id)
+        except ImagineError as refusal:
+            await _privately(respond)(text=refusal.message)
+            return
+        await self.client.views_open(
+            trigger_id=body["trigger_id"],
+            view=edit_view(generation_id, body["channel"]["id"], prompt),
+        )
+
+    async def _edit_submitted(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
+        """A new quote of the result with the edited prompt, for whoever submitted the form, said
+        to them alone in the result's channel."""
+        await ack()
+        about = json.loads(view["private_metadata"])
+        channel = str(about["channel"])
+        prompt = str(view["state"]["values"][_EDIT_BLOCK][_EDIT_INPUT].get("value") or "")
+        account = _clicker(body)
+        quoting = self.service.again(
+            str(about["generation"]),
+            account,
+            prompt=prompt,
+            channel=f"slack:{_click_team(body)}:{channel}",
+        )
+
+        async def say(**fields: Any) -> None:
+            await self.client.chat_postEphemeral(channel=channel, user=body["user"]["id"], **fields)
+
+        await self._offer_privately(body, channel, quoting, say)
+
+    async def _offer_privately(
+        self,
+        body: dict[str, Any],
+        channel: str,
+        quoting: Awaitable[Quote],
+        say: Callable[..., Awaitable[Any]],
+    ) -> None:
+        """``quoting``'s quote (or refusal) said with ``say``; one under the auto-confirm limit
+        generates at once, its outcome in a message of its own (the clicked message is public,
+        or a form, and not the clicker's to replace)."""
+        fields, held = await self._offer(_clicker(body), quoting)
+        await say(**fields)
+        if held is not None:
+            self.background.spawn(
+                self._run(held, self._delivery(None, channel, body["user"]["id"])),
+                name=f"slack generation {held.generation.id}",
+            )
+
+    async def _result_delete(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond
+    ) -> None:
+        """Remove the bot's messages of a result, if the clicker may; a stranger is told so
+        privately and nothing changes."""
+        await ack()
+        generation_id, file_id = _clicked_result(body)
+        channel = body["channel"]["id"]
+        buttons_ts = str((body.get("container") or {}).get("message_ts") or "")
+
+        async def remove() -> None:
+            # The images' message first: once the buttons are gone, nobody can ask again.
+            for ts in await self._shared_at(file_id, channel):
+                with contextlib.suppress(SlackApiError):
+                    await self.client.chat_delete(channel=channel, ts=ts)
+            await self.client.chat_delete(channel=channel, ts=buttons_ts)
+
+        say = _privately(respond)
+        try:
+            await self.service.delete_result(generation_id, _clicker(body), remove)
+        except ImagineError as refusal:
+            await say(text=refusal.message)
+            return
+        except SlackApiError as error:
+            if _error_code(error.response.data if error.response else {}) != "message_not_found":
+                raise
+            await say(text=messages.DELETE_GONE)
+            return
+        await say(text=messages.DELETED)
+
+    async def _shared_at(self, file_id: str, channel: str) -> list[str]:
+        """The timestamps of the messages that share ``file_id`` in ``channel``; none if Slack
+        cannot say (the buttons' message is deleted all the same)."""
+        try:
+            async with asyncio.timeout(self.settings.upload_timeout_seconds):
+                file = (await self.client.files_info(file=file_id)).get("file") or {}
+        except _UPLOAD_ERRORS:
+            logger.warning("could not ask Slack where %s was shared", file_id, exc_info=True)
+            return []
+        shares = file.get("shares") or {}
+        return [
+            str(share["ts"])
+            for kind in ("public", "private")
+            for share in (shares.get(kind) or {}).get(channel, ())
+            if share.get("ts")
+        ]
 
     async def _settings(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any], respond: Respond
@@ -497,13 +685,7 @@ class SlackImagine:
         except ImagineError as refusal:
             await _refuse_click(respond, refusal)
             return
-        delivery = _UploadToChannel(
-            client,
-            respond,
-            body["channel"]["id"],
-            body["user"]["id"],
-            self.settings.upload_timeout_seconds,
-        )
+        delivery = self._delivery(respond, body["channel"]["id"], body["user"]["id"])
         await self.background.spawn_after(
             respond(text=messages.SLACK_STARTING, replace_original=True),
             self.service.generate_compare(held, delivery, reachable_for=_RESPONSE_URL_SECONDS),
@@ -713,19 +895,25 @@ class _UploadToChannel:
     def __init__(
         self,
         client: AsyncWebClient,
-        respond: CountedRespond,
+        respond: CountedRespond | None,
         channel: str,
         user: str,
         upload_timeout: float,
+        actions: Callable[[Generation], Sequence[str]],
     ) -> None:
         self.client = client
         self.respond = respond
+        """None when there is no message of the user's own to edit (a click on a public
+        message, a form): progress is not shown, and the outcome is a message of its own."""
         self.channel = channel
         self.user = user
         self.upload_timeout = upload_timeout
+        self.actions = actions
         self._shown = ""
 
     async def progress(self, event: ProgressEvent) -> None:
+        if self.respond is None:
+            return
         # The last image done is followed at once by "Posting…" (or the outcome): not worth
         # one of the five messages.
         if isinstance(event, Generating) and event.finished == event.total:
@@ -737,7 +925,7 @@ class _UploadToChannel:
 
     async def conclude(self, report: str) -> None:
         text = slack_text.escaped(report)
-        if self.respond.left > 0:
+        if self.respond is not None and self.respond.left > 0:
             answer = await self.respond(text=text, replace_original=True)
             if answer.status_code == 200:
                 return
@@ -778,6 +966,24 @@ class _UploadToChannel:
             # Nothing is in the channel until the upload is completed.
             raise DeliveryFailed(_why_not_posted(error)) from error
         await self._share(files, caption, posted)
+        # Only once every image is in the channel: the buttons act on the first one.
+        await self._post_buttons(generation, files[0]["id"])
+
+    async def _post_buttons(self, generation: Generation, file_id: str) -> None:
+        """The result's buttons, in a message of their own under the images (a file share's
+        message cannot carry blocks); the images are delivered even if this fails."""
+        actions = self.actions(generation)
+        if not actions:
+            return
+        try:
+            async with asyncio.timeout(self.upload_timeout):
+                await self.client.chat_postMessage(
+                    channel=self.channel,
+                    text=messages.RESULT_BUTTONS,
+                    blocks=result_blocks(generation.id, file_id, actions),
+                )
+        except _UPLOAD_ERRORS:
+            logger.warning("could not post the buttons under %s", generation.id, exc_info=True)
 
     async def _share(self, files: list[dict[str, str]], caption: str, posted: PostedImages) -> None:
         """``files.completeUploadExternal``: the files appear in the channel, with the caption."""
@@ -909,6 +1115,59 @@ def quote_blocks(
     ]
 
 
+def result_blocks(generation_id: str, file_id: str, actions: Sequence[str]) -> list[dict[str, Any]]:
+    """The buttons under a posted result; each carries the generation and its first image, so
+    they work after a restart with nothing else recorded."""
+    return [
+        {
+            "type": "actions",
+            "block_id": "imagine_result",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": f"{RESULT_ACTION}_{action}",
+                    "text": {"type": "plain_text", "text": _RESULT_LABELS[action]},
+                    "value": f"{generation_id} {file_id}",
+                    **({"style": "danger"} if action == "delete" else {}),
+                }
+                for action in actions
+            ],
+        }
+    ]
+
+
+def edit_view(generation_id: str, channel: str, prompt: str) -> dict[str, Any]:
+    """The modal to edit a result's prompt, prefilled with it; what it is for rides in its
+    private_metadata, so a form opened before a restart is answered after it."""
+    return {
+        "type": "modal",
+        "callback_id": EDIT_FORM,
+        "private_metadata": json.dumps({"generation": generation_id, "channel": channel}),
+        "title": {"type": "plain_text", "text": messages.EDIT_FORM_TITLE},
+        "submit": {"type": "plain_text", "text": messages.EDIT_FORM_SUBMIT},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": _EDIT_BLOCK,
+                "label": {"type": "plain_text", "text": messages.EDIT_FORM_PROMPT},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": _EDIT_INPUT,
+                    "multiline": True,
+                    "initial_value": prompt[: messages.PROMPT_MAX_CHARS],
+                    "max_length": messages.PROMPT_MAX_CHARS,
+                },
+            }
+        ],
+    }
+
+
+def _clicked_result(body: Mapping[str, Any]) -> tuple[str, str]:
+    """The generation and first file id a result button carries."""
+    generation_id, _, file_id = _clicked_request(body).partition(" ")
+    return generation_id, file_id
+
+
 def history_blocks(text: str, generation_ids: Sequence[str]) -> list[dict[str, Any]]:
     """``/history``'s lines and an Again button per generation, numbered as the lines are; the
     button carries the generation id, so it works after a restart."""
@@ -928,6 +1187,15 @@ def history_blocks(text: str, generation_ids: Sequence[str]) -> list[dict[str, A
             ],
         },
     ]
+
+
+def _privately(respond: Respond) -> Callable[..., Awaitable[Any]]:
+    """Answer a click on a public message with a message to the clicker alone, leaving it be."""
+
+    async def say(**fields: Any) -> None:
+        await respond(response_type="ephemeral", replace_original=False, **fields)
+
+    return say
 
 
 def _ephemeral_answer(text: str) -> BoltResponse:
