@@ -628,13 +628,13 @@ class ImagineService:
     ) -> Quote:
         """Record ``request``'s quote (a ``quoted`` generation) with its reference images."""
         await self.credits.top_up_allowance(account, roles)
-        priced = await self.price(account, request)
+        terms = await self.ledger.quote_terms(account)
+        priced = self._price(request, terms.overrides)
         auto_confirm = None
-        if instead_of is None:
-            # Another model in place of the one asked for is the user's choice to make.
-            under = await self.credits.auto_confirm_under(account)
-            if under > 0 and priced.total <= under:
-                auto_confirm = under
+        # Another model in place of the one asked for is the user's choice to make.
+        under = terms.auto_confirm_under
+        if instead_of is None and under > 0 and priced.total <= under:
+            auto_confirm = under
         try:
             balance, generation = await self.ledger.open_quote(
                 self._new_generation(

@@ -100,6 +100,7 @@ from ledger.values import (
     PurchaseStatus,
     QuoteLimits,
     QuoteReference,
+    QuoteTerms,
     StatementLine,
 )
 
@@ -779,10 +780,19 @@ class Ledger:
 
     async def auto_confirm_under(self, account: str) -> int:
         """The price at or under which the account's quotes generate without a button (0: never)."""
-        query = select(account_settings.c.auto_confirm_under).where(
-            account_settings.c.account_id == account
-        )
-        return await self._database.read(lambda connection: int(connection.scalar(query) or 0))
+        return await self._database.read(partial(_auto_confirm_under, account=account))
+
+    async def quote_terms(self, account: str) -> QuoteTerms:
+        """The account's price overrides and auto-confirm limit, in one read: what every quote
+        needs before it is recorded."""
+
+        def read(connection: Connection) -> QuoteTerms:
+            return QuoteTerms(
+                tuple(prices.overrides(connection, account)),
+                _auto_confirm_under(connection, account),
+            )
+
+        return await self._database.read(read)
 
     async def set_auto_confirm_under(self, account: str, credits: int) -> None:
         if credits < 0:
@@ -1384,6 +1394,10 @@ class Ledger:
         }
 
 
+def _auto_confirm_under(connection: Connection, account: str) -> int:
+    return int(connection.scalar(_AUTO_CONFIRM_UNDER, {"account": account}) or 0)
+
+
 def _require_positive(amount: int) -> None:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidAmount(amount)
@@ -1841,6 +1855,10 @@ _PROVIDER_SPEND = select(
 )
 """A provider's committed spend since a moment (``Ledger.provider_spend``); the running
 generations are few, and the settled ones are found by ``ix_generations_provider_finished_at``."""
+
+_AUTO_CONFIRM_UNDER = select(account_settings.c.auto_confirm_under).where(
+    account_settings.c.account_id == bindparam("account")
+)
 
 _GRANT_LOT_ID = (
     select(entry_parts.c.lot_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from ledger.schema import price_overrides
@@ -51,17 +51,23 @@ def set_override(
     return _override_from(row)
 
 
+_EVERY_OVERRIDE = select(price_overrides).order_by(
+    price_overrides.c.account_id,
+    price_overrides.c.model_id.is_not(None),
+    price_overrides.c.model_id,
+)
+_ACCOUNT_OVERRIDES = _EVERY_OVERRIDE.where(price_overrides.c.account_id == bindparam("account"))
+"""Built once: one account's are read for every quote, and building a statement afresh costs
+more than running it."""
+
+
 def overrides(connection: Connection, account: str | None) -> list[PriceOverride]:
     """``account``'s rules (everyone's if None), expired ones included: by account, every-model
     rule first, then by model."""
-    query = select(price_overrides).order_by(
-        price_overrides.c.account_id,
-        price_overrides.c.model_id.is_not(None),
-        price_overrides.c.model_id,
-    )
-    if account is not None:
-        query = query.where(price_overrides.c.account_id == account)
-    return [_override_from(row) for row in connection.execute(query)]
+    if account is None:
+        return [_override_from(row) for row in connection.execute(_EVERY_OVERRIDE)]
+    rows = connection.execute(_ACCOUNT_OVERRIDES, {"account": account})
+    return [_override_from(row) for row in rows]
 
 
 def clear_overrides(connection: Connection, account: str, model_id: str | None) -> int:

@@ -274,6 +274,15 @@ def major_units(amount: int, currency: str) -> Decimal:
     return Decimal(amount) if currency in ZERO_DECIMAL_CURRENCIES else Decimal(amount) / 100
 
 
+@dataclass(frozen=True)
+class QuoteTerms:
+    """What an account's own choices make of its next quote (``Ledger.quote_terms``)."""
+
+    overrides: tuple[PriceOverride, ...]
+    auto_confirm_under: int
+    """The price at or under which its quotes generate without a button (0: never)."""
+
+
 class PurchaseStatus(StrEnum):
     """Where a purchase is.
 
