@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -39,6 +39,24 @@ def _server_ids(ids: Sequence[str]) -> tuple[str, ...]:
                 "(Discord: Developer Mode, then right-click the server, Copy Server ID)"
             )
     return tuple(ids)
+
+
+_SHARD_IDS_EXAMPLE = "write shard numbers and ranges, e.g. 0-3, 4,5 or 0-1,4"
+
+
+def _shard_ids(text: str) -> tuple[int, ...]:
+    """``0-3``, ``4,5`` or ``0-1,4`` as sorted, distinct shard numbers."""
+    ids: set[int] = set()
+    for part in (piece.strip() for piece in text.split(",")):
+        match = re.fullmatch(r"(\d{1,6})(?:\s*-\s*(\d{1,6}))?", part)
+        if match is None:
+            raise ValueError(f"{part!r} is not a shard number or range; {_SHARD_IDS_EXAMPLE}")
+        first = int(match[1])
+        last = first if match[2] is None else int(match[2])
+        if last < first:
+            raise ValueError(f"{part!r} runs backwards; {_SHARD_IDS_EXAMPLE}")
+        ids.update(range(first, last + 1))
+    return tuple(sorted(ids))
 
 
 class Settings(BaseSettings):
@@ -122,6 +140,10 @@ class Settings(BaseSettings):
     """Where admins are told a provider passed 80% of its monthly budget: ``discord:<channel
     id>`` or ``slack:<channel id>``."""
     discord_allow_test_purchases: bool = False
+    discord_shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    """How many shards the bot runs in all, across its processes; unset: what Discord recommends."""
+    discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
+    """The shards this process runs, of ``DISCORD_SHARD_COUNT``; unset: all of them."""
     """Grant credits for Discord's test-mode purchases (entitlement type 4)."""
 
     discord_token: str | None = None
@@ -167,6 +189,36 @@ class Settings(BaseSettings):
     def _guild_ids_are_numbers(cls, value: str | None) -> str | None:
         _server_ids(re.split(r"[,\s]+", value or ""))
         return value
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _parse_shard_ids(cls, value: object) -> object:
+        return _shard_ids(value) if isinstance(value, str) else value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids_within_the_count(
+        cls, ids: tuple[int, ...] | None, info: ValidationInfo
+    ) -> tuple[int, ...] | None:
+        if ids is None:
+            return None
+        if not ids:
+            raise ValueError(f"names no shard; {_SHARD_IDS_EXAMPLE}")
+        # A count that failed its own check is reported there, not again here.
+        if "discord_shard_count" not in info.data:
+            return ids
+        count = info.data["discord_shard_count"]
+        if count is None:
+            raise ValueError(
+                "needs DISCORD_SHARD_COUNT too: set it to the number of shards across all "
+                "processes, e.g. DISCORD_SHARD_COUNT=8 with DISCORD_SHARD_IDS=0-3 here"
+            )
+        if ids[-1] >= count:
+            raise ValueError(
+                f"names shard {ids[-1]}, but shards are numbered 0 to {count - 1} "
+                f"with DISCORD_SHARD_COUNT={count}"
+            )
+        return ids
 
     @field_validator("provider_limits", mode="before")
     @classmethod
@@ -276,7 +328,7 @@ class Settings(BaseSettings):
             elif isinstance(value, dict):
                 shown = ",".join(f"{key}={number}" for key, number in value.items())
             elif isinstance(value, tuple):
-                shown = ",".join(value)
+                shown = ",".join(str(part) for part in value)
             else:
                 shown = "" if value is None else str(value)
             rows.append((name.upper(), shown))

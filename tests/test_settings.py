@@ -37,6 +37,8 @@ CONTRACT_VARIABLES = [
     "OPENAI_BASE_URL",
     "DISCORD_GUILD_ALLOWLIST",
     "SLACK_TEAM_ALLOWLIST",
+    "DISCORD_SHARD_COUNT",
+    "DISCORD_SHARD_IDS",
 ]
 
 
@@ -198,6 +200,58 @@ def test_a_value_the_bot_could_not_use_names_its_variable(
     [(named, message)] = validation_problems(**{variable: value})
     assert named == variable
     assert says in message
+
+
+# -- Discord shards ---------------------------------------------------------------
+
+
+def test_without_shard_settings_one_process_runs_every_shard() -> None:
+    settings = Settings(_env_file=None)
+    assert (settings.discord_shard_count, settings.discord_shard_ids) == (None, None)
+
+
+def test_a_shard_count_without_ids_runs_all_of_its_shards_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", "4")
+    settings = Settings(_env_file=None)
+    assert (settings.discord_shard_count, settings.discord_shard_ids) == (4, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [("0-3", (0, 1, 2, 3)), ("4,5", (4, 5)), ("0-1,4", (0, 1, 4)), (" 5 , 2-3 ,2", (2, 3, 5))],
+)
+def test_shard_ids_are_numbers_and_ranges_sorted(
+    monkeypatch: pytest.MonkeyPatch, text: str, ids: tuple[int, ...]
+) -> None:
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", "8")
+    monkeypatch.setenv("DISCORD_SHARD_IDS", text)
+    assert Settings(_env_file=None).discord_shard_ids == ids
+
+
+@pytest.mark.parametrize(
+    ("environment", "says"),
+    [
+        ({"DISCORD_SHARD_IDS": "0-3"}, "needs DISCORD_SHARD_COUNT too"),
+        ({"DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": "1-2"}, "shards are numbered 0 to 1"),
+        ({"DISCORD_SHARD_COUNT": "4", "DISCORD_SHARD_IDS": "first"}, "e.g. 0-3, 4,5 or 0-1,4"),
+        ({"DISCORD_SHARD_COUNT": "4", "DISCORD_SHARD_IDS": "3-1"}, "'3-1' runs backwards"),
+        ({"DISCORD_SHARD_COUNT": "4", "DISCORD_SHARD_IDS": "0,,1"}, "'' is not a shard number"),
+    ],
+)
+def test_shard_ids_the_bot_could_not_run_name_the_variable_and_what_to_write(
+    environment: dict[str, str], says: str
+) -> None:
+    [(variable, message)] = validation_problems(**environment)
+    assert variable == "DISCORD_SHARD_IDS"
+    assert says in message
+
+
+def test_a_shard_count_below_one_is_refused_once_not_again_for_the_ids() -> None:
+    [(variable, message)] = validation_problems(DISCORD_SHARD_COUNT="0", DISCORD_SHARD_IDS="0")
+    assert variable == "DISCORD_SHARD_COUNT"
+    assert "greater than or equal to 1" in message
 
 
 @pytest.mark.parametrize(
