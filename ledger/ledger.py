@@ -17,7 +17,8 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -739,6 +740,29 @@ class Ledger:
 
         return await self._database.write(work)
 
+    @asynccontextmanager
+    async def exclusive(
+        self, name: str, *, lease: timedelta, poll_seconds: float = 0.25
+    ) -> AsyncIterator[None]:
+        """Run the ``async with`` body in one holder at a time, across every process sharing
+        the database; the others wait for it, looking again every ``poll_seconds``.
+
+        The lock is a ``bot_state`` row naming its holder; it is freed on exit. A holder
+        that died without freeing it (a crash, a kill) is taken over once the row is
+        ``lease`` old by the database's clock, so every holder of ``name`` must give the
+        same lease, longer than the body takes: past it, another may run the body too.
+        """
+        key = f"lock:{name}"
+        holder = f"{self.owner}:{secrets.token_hex(8)}"
+        # The holder may be another process, which no in-process event could announce.
+        while not await self._database.write(partial(_claim_lock, key, holder, lease)):  # noqa: ASYNC110
+            await asyncio.sleep(poll_seconds)
+        try:
+            yield
+        finally:
+            # Shielded: a body cancelled (a shutdown) still frees the lock for the next one.
+            await asyncio.shield(self._database.write(partial(_free_lock, key, holder)))
+
     async def provider_spend(self, provider: str, since: datetime) -> int:
         """What ``provider`` has been committed to since ``since``, in millionths of a US dollar:
         what the generations settled since then cost, and for each one still running what it
@@ -1409,6 +1433,31 @@ def _dialect_insert(connection: Connection, table: Any) -> Any:
 
 
 _DIALECT_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+
+def _claim_lock(key: str, holder: str, lease: timedelta, connection: Connection) -> bool:
+    """Make ``holder`` the holder of lock ``key`` if it is free or its holder's lease ran out.
+
+    One conditional upsert: two processes claiming at once are serialized on the
+    row, and the second finds the first's claim fresh.
+    """
+    database_now = connection.scalar(select(_database_now(connection)))
+    connection.execute(
+        _dialect_insert(connection, bot_state)
+        .values(key=key, value=holder, updated_at=database_now)
+        .on_conflict_do_update(
+            index_elements=["key"],
+            set_={"value": holder, "updated_at": database_now},
+            where=bot_state.c.updated_at <= database_now - lease,
+        )
+    )
+    held_by = connection.scalar(select(bot_state.c.value).where(bot_state.c.key == key))
+    return bool(held_by == holder)
+
+
+def _free_lock(key: str, holder: str, connection: Connection) -> None:
+    # Only its own claim: past the lease another holder may have taken it over.
+    connection.execute(delete(bot_state).where(bot_state.c.key == key, bot_state.c.value == holder))
 
 
 def _database_now(connection: Connection) -> ColumnElement[datetime]:

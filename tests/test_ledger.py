@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, timedelta, timezone
@@ -720,6 +721,60 @@ async def test_state_keeps_the_last_value_written(ledger: Ledger) -> None:
     await ledger.write_state("discord:commands", "second")
 
     assert await ledger.read_state("discord:commands") == "second"
+
+
+LOCK_LEASE = timedelta(seconds=30)
+
+
+async def test_an_exclusive_section_runs_in_one_process_at_a_time(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    seen: list[str] = []
+
+    async def section(who: Ledger, name: str) -> None:
+        async with who.exclusive("discord:commands", lease=LOCK_LEASE, poll_seconds=0.01):
+            seen.append(f"{name} in")
+            # Long enough for the other to try, and have to wait, meanwhile.
+            await asyncio.sleep(0.1)
+            seen.append(f"{name} out")
+
+    async with another_bot(database_url, clock) as other:
+        await asyncio.gather(section(ledger, "first"), section(other, "second"))
+
+    assert seen in (
+        ["first in", "first out", "second in", "second out"],
+        ["second in", "second out", "first in", "first out"],
+    )
+    # Freed on the way out: nothing is left to wait for.
+    assert await ledger.read_state("lock:discord:commands") is None
+
+
+async def test_a_lock_left_by_a_holder_that_died_is_taken_over_once_its_lease_ran_out(
+    ledger: Ledger, clock: FakeClock, database_url: str
+) -> None:
+    lease = timedelta(seconds=0.3)
+    # Entered and never left, as by a process killed inside the section.
+    abandoned = ledger.exclusive("discord:commands", lease=lease)
+    await abandoned.__aenter__()
+    async with another_bot(database_url, clock) as other:
+        started = time.monotonic()
+        async with other.exclusive("discord:commands", lease=lease, poll_seconds=0.01):
+            waited = time.monotonic() - started
+            held_by = await other.read_state("lock:discord:commands")
+    # Its late exit frees only its own claim, which is no longer there.
+    await abandoned.__aexit__(None, None, None)
+
+    assert waited >= 0.2
+    assert held_by is not None and held_by.startswith("other-process:")
+
+
+async def test_a_section_that_fails_frees_the_lock(ledger: Ledger) -> None:
+    with pytest.raises(RuntimeError):
+        async with ledger.exclusive("discord:commands", lease=LOCK_LEASE):
+            raise RuntimeError("the sync failed")
+
+    async with asyncio.timeout(1), ledger.exclusive("discord:commands", lease=LOCK_LEASE):
+        pass
 
 
 async def test_many_engines_racing_like_separate_processes_hold_only_what_is_covered(
