@@ -89,6 +89,9 @@ async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool)
 
 async def serve() -> None:
     async with LoopbackDiscord() as fake:
+        # The benchmark keeps a bare bot and the bot under test connected at once, both as
+        # shard 0 of 1, and picks which one gets the events (``listener``).
+        fake.allow_duplicate_shards = True
 
         async def run_burst(request: web.Request) -> web.Response:
             asked = await request.json()

@@ -15,7 +15,17 @@ through the REST routes, and each consume request is recorded.
 
 Every gateway connection is a session of the shard it named in IDENTIFY, and
 events are routed as Discord routes them: a guild's to the sessions of shard
-``(guild_id >> 22) % shard_count``, events without a guild to shard 0's.
+``(guild_id >> 22) % shard_count``, events without a guild to shard 0's. The
+bot is in ``GUILD_ID`` (shard 1 of 2) and any guild a test adds (``add_guild``;
+``OTHER_GUILD_ID`` is on shard 0 of 2); each session's READY and GUILD_CREATE
+name only its shard's guilds, and commands sync per guild.
+
+A shard named in IDENTIFY while a session of that shard is still connected is
+refused with 4010 Invalid shard, on which discord.py gives up the shard: a
+test whose shard ranges overlap fails loudly instead of answering twice.
+Discord itself lets the second session in, and sends both the shard's events
+(a bot run twice answers twice); ``allow_duplicate_shards`` behaves so, for a
+harness that connects two bots on purpose.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ from aiohttp import BodyPartReader, WSMsgType, web
 TOKEN = "fake-discord-bot-token"
 APPLICATION_ID = 900_000_000_000_000_001
 GUILD_ID = 900_000_000_000_000_002
+"""The bot's server: on shard ``(GUILD_ID >> 22) % 2 == 1`` of two."""
+OTHER_GUILD_ID = GUILD_ID + (1 << 22)
+"""A server on the other shard of two (shard 0), for a test to ``add_guild``."""
 CHANNEL_ID = 900_000_000_000_000_003
 EPHEMERAL = 64
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
@@ -353,6 +366,13 @@ class LoopbackDiscord:
         self._last_snowflake = 0
         self.sessions: list[GatewaySession] = []
         """Every gateway connection, in the order they were opened, closed ones included."""
+        self.guild_ids: list[int] = [GUILD_ID]
+        """The servers the bot is in, each sent to its shard's sessions at IDENTIFY."""
+        self.allow_duplicate_shards = False
+        """False: a second session of a connected shard is closed (4010). True: let in, as
+        Discord does (the latency benchmark keeps two bots connected)."""
+        self.entitlement_listings = 0
+        """How many times the bot listed entitlements (reconciling purchases at start-up)."""
         self.recommended_shards = 1
         """The shard count ``GET /gateway/bot`` recommends (what an ``AutoShardedClient`` runs)."""
         self.listener: int | None = None
@@ -430,6 +450,10 @@ class LoopbackDiscord:
 
     # -- what a test does -----------------------------------------------------
 
+    def add_guild(self, guild_id: int) -> None:
+        """Put the bot in server ``guild_id`` too: sessions that identify from now on get it."""
+        self.guild_ids.append(guild_id)
+
     async def slash(
         self,
         name: str,
@@ -447,7 +471,7 @@ class LoopbackDiscord:
         ``attachments``: for a command with several attachment options, each one's file by option name.
         ``guild``: the server it is run in; None for a direct message with the bot.
         """
-        command, scope = self._command(name)
+        command, scope = self._command(name, guild)
         typed = {option["name"]: option for option in command.get("options", [])}
         values = []
         resolved: dict[str, Any] = {}
@@ -493,7 +517,7 @@ class LoopbackDiscord:
         guild: int | None = GUILD_ID,
     ) -> list[dict[str, Any]]:
         """The choices the bot offers for option ``focused`` while ``options`` are typed."""
-        command, scope = self._command(name)
+        command, scope = self._command(name, guild)
         typed = {option["name"]: option for option in command.get("options", [])}
         values = [
             {"name": key, "type": typed[key]["type"], "value": value}
@@ -684,7 +708,9 @@ class LoopbackDiscord:
                 "authorizing_integration_owners": {"0": str(guild)},
             }
         if message is not None:
-            payload["message"] = message.payload()
+            payload["message"] = message.payload() | (
+                {} if guild is None else {"guild_id": str(guild)}
+            )
         interaction.sent_at = time.perf_counter()
         await self._dispatch("INTERACTION_CREATE", payload, guild=guild)
         return interaction
@@ -710,9 +736,15 @@ class LoopbackDiscord:
             if session.ready and session.connected and session.owns(guild)
         ]
 
-    def _command(self, name: str) -> tuple[dict[str, Any], str]:
-        for scope, commands in self.commands.items():
-            for command in commands:
+    def _command(self, name: str, guild: int | None) -> tuple[dict[str, Any], str]:
+        """The command as synced to ``guild``, else globally, else (a direct message with
+        commands synced only to guilds) to any guild."""
+        preferred = [str(guild), "global"]
+        scopes = sorted(
+            self.commands, key=lambda scope: preferred.index(scope) if scope in preferred else 2
+        )
+        for scope in scopes:
+            for command in self.commands[scope]:
                 if command["name"] == name:
                     return command, scope
         raise AssertionError(f"/{name} was never synced; synced: {self.commands}")
@@ -748,13 +780,19 @@ class LoopbackDiscord:
             session.close_code = INVALID_SHARD
             await socket.close(code=INVALID_SHARD, message=b"Invalid shard.")
             return
+        if not self.allow_duplicate_shards and any(
+            other.shard == (shard_id, shard_count) and other.connected for other in self.sessions
+        ):
+            session.close_code = INVALID_SHARD
+            await socket.close(code=INVALID_SHARD, message=b"Shard already connected.")
+            return
         session.shard = (shard_id, shard_count)
-        on_shard = session.owns(GUILD_ID)
+        # Only the guilds of this shard, as Discord sends them.
+        guilds = [guild for guild in self.guild_ids if session.owns(guild)]
         ready = {
             "v": 10,
             "user": BOT.payload() | {"bot": True},
-            # Only the guilds of this shard, as Discord sends them.
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}] if on_shard else [],
+            "guilds": [{"id": str(guild), "unavailable": True} for guild in guilds],
             "session_id": f"fake-session-{session.number}",
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(APPLICATION_ID), "flags": 0},
@@ -762,18 +800,18 @@ class LoopbackDiscord:
         if shard is not None:
             ready["shard"] = [shard_id, shard_count]
         await session.send("READY", ready)
-        if on_shard:
-            await session.send("GUILD_CREATE", self._guild())
+        for guild in guilds:
+            await session.send("GUILD_CREATE", self._guild(guild))
         session.ready = True
         await self._notify()
 
-    def _guild(self) -> dict[str, Any]:
+    def _guild(self, guild_id: int) -> dict[str, Any]:
         return {
-            "id": str(GUILD_ID),
+            "id": str(guild_id),
             "name": "Test Server",
             "unavailable": False,
             "member_count": 3,
-            "channels": [_channel()],
+            "channels": [_channel(guild_id)],
             "roles": [
                 {
                     "id": str(SUPPORTER_ROLE),
@@ -786,7 +824,7 @@ class LoopbackDiscord:
                     "mentionable": False,
                 },
                 {
-                    "id": str(GUILD_ID),
+                    "id": str(guild_id),
                     "name": "@everyone",
                     "permissions": "104324673",
                     "position": 0,
@@ -1013,6 +1051,7 @@ class LoopbackDiscord:
         ascending); otherwise the first ``limit`` after ``after`` (or from the oldest):
         how discord.py's ``Client.entitlements()`` pages through them.
         """
+        self.entitlement_listings += 1
         query = request.query
         try:
             user_id = _snowflake_param(query, "user_id")

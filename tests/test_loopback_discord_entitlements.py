@@ -24,6 +24,7 @@ from tests.loopback_discord import (
     BOB,
     GUILD_ID,
     INVALID_SHARD,
+    OTHER_GUILD_ID,
     TOKEN,
     UNKNOWN_ENTITLEMENT,
     LoopbackDiscord,
@@ -192,6 +193,52 @@ async def test_a_shard_beyond_the_shard_count_is_closed_as_an_invalid_shard(
     assert refused.value.code == INVALID_SHARD
     [session] = discord_fake.sessions
     assert (session.shard, session.close_code) == (None, INVALID_SHARD)
+
+
+async def test_a_shard_identified_again_while_its_session_is_connected_is_refused(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    first = ShardedShop(shard_ids=[1], shard_count=2)
+    again = ShardedShop(shard_ids=[1], shard_count=2)
+
+    async with pointed_at(discord_fake), running(first), asyncio.timeout(PATIENCE_SECONDS):
+        # discord.py gives up a shard closed with 4010, and with it the client.
+        with pytest.raises(discord.ConnectionClosed) as refused:
+            await again.start(TOKEN)
+        await again.close()
+        assert not first.is_closed()
+
+    assert refused.value.code == INVALID_SHARD
+    assert [(session.shard, session.close_code) for session in discord_fake.sessions] == [
+        ((1, 2), None),
+        (None, INVALID_SHARD),
+    ]
+
+
+async def test_a_shard_may_identify_again_once_its_session_closed(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    async with pointed_at(discord_fake):
+        async with running(ShardedShop(shard_ids=[1], shard_count=2)):
+            pass
+        async with running(ShardedShop(shard_ids=[1], shard_count=2)):
+            pass
+
+    assert [session.shard for session in discord_fake.sessions] == [(1, 2), (1, 2)]
+
+
+async def test_each_shard_is_sent_only_its_own_guilds_at_identify(
+    discord_fake: LoopbackDiscord,
+) -> None:
+    discord_fake.add_guild(OTHER_GUILD_ID)
+    first, second = (
+        ShardedShop(shard_ids=[0], shard_count=2),
+        ShardedShop(shard_ids=[1], shard_count=2),
+    )
+    async with pointed_at(discord_fake), running(first, second):
+        guilds = ([guild.id for guild in first.guilds], [guild.id for guild in second.guilds])
+
+    assert guilds == ([OTHER_GUILD_ID], [GUILD_ID])
 
 
 async def test_a_purchase_reaches_the_app_as_entitlement_create_for_the_user_and_sku(
@@ -438,6 +485,7 @@ async def test_two_sessions_of_one_shard_both_receive_its_events_as_on_discord(
 ) -> None:
     # Discord does not refuse a second IDENTIFY of a shard: a bot run twice gets
     # every purchase twice, so it must credit each entitlement id once.
+    discord_fake.allow_duplicate_shards = True
     once, twice = Shop(), Shop()
     async with pointed_at(discord_fake), running(once, twice):
         first = await expecting(once, "create")
