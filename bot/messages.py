@@ -1427,6 +1427,19 @@ def discord_stripe_label(pack_id: str, price: str) -> str:
     return f"{pack_id} by card · {price}" if price else f"{pack_id} by card"
 
 
+def discord_shards_recommended(recommended: int, configured: int | None) -> str:
+    running = "as many" if configured is None else f"{configured} (DISCORD_SHARD_COUNT)"
+    return f"Discord recommends {recommended} shard(s) for this bot; it runs {running}."
+
+
+def discord_too_few_shards(configured: int, recommended: int) -> str:
+    return (
+        f"DISCORD_SHARD_COUNT is {configured}, below the {recommended} Discord recommends; "
+        "Discord refuses to connect a bot with more than 2,500 servers on a shard, so raise "
+        "the count (and split DISCORD_SHARD_IDS across the processes again)."
+    )
+
+
 def pack_hidden_on_discord(pack_id: str) -> str:
     return (
         f"The {pack_id} pack is not offered on Discord: it has no discord_sku, and Discord's "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import discord
 import pytest
+from discord.gateway import DiscordWebSocket
 from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -106,11 +107,17 @@ async def discord_fake() -> AsyncIterator[LoopbackDiscord]:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
+    service: ImagineService,
+    settings: Settings,
+    discord_fake: LoopbackDiscord,
+    *,
+    bot_type: type[ImagineBot] = ImagineBot,
 ) -> AsyncIterator[ImagineBot]:
-    original_base = discord.http.Route.BASE
+    # The bot points both at the fake (REST here, the gateway as it starts); both are
+    # the library's, for every client in the process, so they are put back after.
+    original_base, original_gateway = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
     point_at(discord_fake.api_base)
-    bot = ImagineBot(service, settings, guild_ready_timeout=0.1)
+    bot = bot_type(service, settings, guild_ready_timeout=0.1)
     running = asyncio.create_task(bot.start(TOKEN))
     try:
         async with asyncio.timeout(10):
@@ -125,6 +132,7 @@ async def running_bot(
         with contextlib.suppress(asyncio.CancelledError):
             await running
         discord.http.Route.BASE = original_base
+        DiscordWebSocket.DEFAULT_GATEWAY = original_gateway
 
 
 @pytest.fixture

@@ -25,11 +25,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Optional, TypeVar
 
 import aiohttp
 import discord
+import yarl
 from discord import app_commands
+from discord.gateway import DiscordWebSocket
 
 from bot import messages, references, statements
 from bot.credits import MAX_GRANT
@@ -75,6 +78,10 @@ _ASK_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to learn whether the post it cut short arrived."""
 # An interaction token lives 15 minutes; an expiry edit after that would fail.
 _LONGEST_EDITABLE_SECONDS = 14 * 60
+_SYNC_LEASE = timedelta(seconds=60)
+"""How long a command sync may hold the lock before another process may take it over: it
+takes a few requests per scope; a process killed while syncing delays the others' start-up
+by at most this."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,8 @@ class CommandSync:
 
 
 class ImagineBot(discord.AutoShardedClient):
-    """The bot: a sharded client (shard count from ``GET /gateway/bot``) with the commands."""
+    """The bot: a sharded client with the commands, running ``DISCORD_SHARD_IDS`` of
+    ``DISCORD_SHARD_COUNT`` shards, or every shard ``GET /gateway/bot`` recommends."""
 
     def __init__(
         self,
@@ -129,8 +137,12 @@ class ImagineBot(discord.AutoShardedClient):
     ) -> None:
         # Slash commands and buttons arrive without any privileged intent;
         # ``guilds`` only keeps channel objects at hand.
+        shard_ids = settings.discord_shard_ids
         super().__init__(
-            intents=discord.Intents(guilds=True), guild_ready_timeout=guild_ready_timeout
+            intents=discord.Intents(guilds=True),
+            guild_ready_timeout=guild_ready_timeout,
+            shard_count=settings.discord_shard_count,
+            shard_ids=None if shard_ids is None else list(shard_ids),
         )
         self.service = service
         self.settings = settings
@@ -197,6 +209,26 @@ class ImagineBot(discord.AutoShardedClient):
         if self.sync_on_start:
             await self.sync_commands()
 
+    async def launch_shards(self) -> None:
+        """Connect this process's shards to the gateway ``GET /gateway/bot`` names, saying how
+        many shards Discord recommends and warning when the configured count is below it.
+
+        discord.py asks ``/gateway/bot`` only when no count is given; with one it
+        connects to ``DiscordWebSocket.DEFAULT_GATEWAY``, Discord's own host, whatever
+        DISCORD_API_BASE says. So the answer's URL becomes that default (also where a
+        shard reconnects after Discord invalidated its session), for every client in
+        the process, as ``point_at`` does for REST.
+        """
+        if not self.is_closed():
+            recommended, url, _limits = await self.http.get_bot_gateway()
+            logger.info("%s", messages.discord_shards_recommended(recommended, self.shard_count))
+            if self.shard_count is not None and self.shard_count < recommended:
+                logger.warning("%s", messages.discord_too_few_shards(self.shard_count, recommended))
+            # The count asked for once: discord.py would ask again without one.
+            self.shard_count = self.shard_count or recommended
+            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        await super().launch_shards()
+
     @property
     def runs_shard_zero(self) -> bool:
         """Entitlement events come to shard 0 only, so its process handles purchases."""
@@ -217,6 +249,16 @@ class ImagineBot(discord.AutoShardedClient):
         scopes: list[discord.Object | None] = [discord.Object(id) for id in self.guild_ids] or [
             None
         ]
+        # One process at a time: a second one starting meanwhile finds the fingerprints
+        # recorded and syncs nothing.
+        async with self.service.ledger.exclusive(
+            f"discord:commands:{self.application_id}", lease=_SYNC_LEASE
+        ):
+            return await self._sync_changed(scopes, force=force)
+
+    async def _sync_changed(
+        self, scopes: Sequence[discord.Object | None], *, force: bool
+    ) -> CommandSync:
         synced: list[str] = []
         refused: list[str] = []
         for guild in scopes:
@@ -702,10 +744,14 @@ class ImagineBot(discord.AutoShardedClient):
         await direct.send(notice.text)
 
     async def on_entitlement_create(self, entitlement: discord.Entitlement) -> None:
-        await self.fulfil(entitlement)
+        # Discord sends these to shard 0 only; should one come elsewhere, shard 0's
+        # process fulfils it, at once or at its next start.
+        if self.runs_shard_zero:
+            await self.fulfil(entitlement)
 
     async def on_entitlement_delete(self, entitlement: discord.Entitlement) -> None:
-        await self.service.purchases.entitlement_deleted(str(entitlement.id))
+        if self.runs_shard_zero:
+            await self.service.purchases.entitlement_deleted(str(entitlement.id))
 
     async def fulfil(self, entitlement: discord.Entitlement) -> None:
         """Grant the pack an entitlement bought, then consume it so it can be bought again.
