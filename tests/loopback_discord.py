@@ -21,8 +21,9 @@ bot is in ``GUILD_ID`` (shard 1 of 2) and any guild a test adds (``add_guild``;
 name only its shard's guilds, and commands sync per guild.
 
 A shard named in IDENTIFY while a session of that shard is still connected is
-refused with 4010 Invalid shard, on which discord.py gives up the shard: a
-test whose shard ranges overlap fails loudly instead of answering twice.
+refused with 4010 Invalid shard, which discord.py does not retry: it closes
+the whole client, every shard of it. A test whose shard ranges overlap fails
+loudly instead of answering twice.
 Discord itself lets the second session in, and sends both the shard's events
 (a bot run twice answers twice); ``allow_duplicate_shards`` behaves so, for a
 harness that connects two bots on purpose.

@@ -202,7 +202,7 @@ async def test_a_shard_identified_again_while_its_session_is_connected_is_refuse
     again = ShardedShop(shard_ids=[1], shard_count=2)
 
     async with pointed_at(discord_fake), running(first), asyncio.timeout(PATIENCE_SECONDS):
-        # discord.py gives up a shard closed with 4010, and with it the client.
+        # discord.py does not retry a shard closed with 4010: it closes the whole client.
         with pytest.raises(discord.ConnectionClosed) as refused:
             await again.start(TOKEN)
         await again.close()
