@@ -10,11 +10,17 @@ clock: from INTERACTION_CREATE sent to the quote with its buttons received.
 
 prints one JSON line, ``{"api_base": ..., "control": ...}``, and serves until
 its standard input closes. ``POST {control}/burst`` with
-``{"users": N, "first_user": ID, "click": bool, "bot": K}`` runs /imagine from
-N users at once, sent to the K-th bot connected (0 the first, -1 the newest),
-and answers ``{"answered": [...], "delivered": [...], "without_images": K}``: in
-seconds, until each quote arrived and from each click until its follow-up
-arrived; and how many clicks were followed up without an image (refused or failed).
+``{"users": N, "first_user": ID, "click": bool, "bot": K, "guilds": [G, ...]}``
+runs /imagine from N users at once, each in the next guild of the list in turn,
+sent to the K-th bot connected (0 the first, -1 the newest; null: to the
+sessions of the guild's shard, as Discord sends them), and answers
+``{"answered": [...], "delivered": [...], "without_images": K, "makespan": S}``:
+in seconds, until each quote arrived and from each click until its follow-up
+arrived; how many clicks were followed up without an image (refused or failed);
+and from the first command sent to the last quote received. ``GET
+{control}/shards`` lists the ``[shard, count]`` of every session ready.
+
+The bot is in ``GUILD_ID`` and ``OTHER_GUILD_ID``, on shards 1 and 0 of two.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tests.loopback_discord import Interaction, LoopbackDiscord, User
+from tests.loopback_discord import OTHER_GUILD_ID, Interaction, LoopbackDiscord, User
 
 T = TypeVar("T")
 
@@ -56,23 +62,34 @@ def quoted(fake: LoopbackDiscord, command: Interaction) -> bool:
     return command.original_id is not None and bool(fake.original(command).buttons)
 
 
-async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool) -> dict[str, Any]:
+async def burst(
+    fake: LoopbackDiscord, users: int, first_user: int, click: bool, guilds: list[int]
+) -> dict[str, Any]:
     people = [User(first_user + number, f"user{number}") for number in range(users)]
+    places = [guilds[number % len(guilds)] for number in range(users)]
     commands = await asyncio.gather(
-        *(fake.slash("imagine", {"prompt": "a lighthouse"}, user=person) for person in people)
+        *(
+            fake.slash("imagine", {"prompt": "a lighthouse"}, user=person, guild=guild)
+            for person, guild in zip(people, places, strict=True)
+        )
     )
     await fake.wait_for(every(commands, lambda command: quoted(fake, command)))
     # The quote's arrival: the first answer, or the edit after a "thinking…" one.
-    answered = [fake.original(command).updated_at - command.sent_at for command in commands]
+    quoted_at = [fake.original(command).updated_at for command in commands]
+    answered = [at - command.sent_at for at, command in zip(quoted_at, commands, strict=True)]
+    makespan = max(quoted_at) - min(command.sent_at for command in commands)
     delivered: list[float] = []
     without_images = 0
     if click:
         clicks = await asyncio.gather(
             *(
                 fake.click(
-                    fake.original(command), fake.original(command).button("Generate"), user=person
+                    fake.original(command),
+                    fake.original(command).button("Generate"),
+                    user=person,
+                    guild=guild,
                 )
-                for command, person in zip(commands, people, strict=True)
+                for command, person, guild in zip(commands, people, places, strict=True)
             )
         )
         await fake.wait_for(
@@ -84,7 +101,12 @@ async def burst(fake: LoopbackDiscord, users: int, first_user: int, click: bool)
         without_images = sum(
             not any(message.files for message in fake.followups(press)) for press in clicks
         )
-    return {"answered": answered, "delivered": delivered, "without_images": without_images}
+    return {
+        "answered": answered,
+        "delivered": delivered,
+        "without_images": without_images,
+        "makespan": makespan,
+    }
 
 
 async def serve() -> None:
@@ -92,15 +114,25 @@ async def serve() -> None:
         # The benchmark keeps a bare bot and the bot under test connected at once, both as
         # shard 0 of 1, and picks which one gets the events (``listener``).
         fake.allow_duplicate_shards = True
+        fake.add_guild(OTHER_GUILD_ID)
 
         async def run_burst(request: web.Request) -> web.Response:
             asked = await request.json()
             fake.listener = asked["bot"]
-            measured = await burst(fake, asked["users"], asked["first_user"], asked["click"])
+            measured = await burst(
+                fake, asked["users"], asked["first_user"], asked["click"], asked["guilds"]
+            )
             return web.json_response(measured)
+
+        async def ready_shards(_request: web.Request) -> web.Response:
+            ready = [
+                session.shard for session in fake.sessions if session.ready and session.connected
+            ]
+            return web.json_response(ready)
 
         control = web.Application()
         control.router.add_post("/burst", run_burst)
+        control.router.add_get("/shards", ready_shards)
         runner = web.AppRunner(control, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

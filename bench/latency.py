@@ -16,6 +16,15 @@ one untimed command first, and the heap is frozen as ``imagine-bot run``
 freezes it.
 
     python -m bench.latency [--quick] [--database postgresql]
+
+With ``--processes 2`` it measures what a second process buys instead: the
+bot runs as ``imagine-bot run`` processes on PostgreSQL, Discord's two shards
+in one process, then one shard in each of two, alternating, and each layout
+answers bursts of N=500 /imagine spread over a guild of each shard. Reported:
+each layout's throughput (commands over the time from the first sent to the
+last answered) and the ratio of two processes' to one's.
+
+    python -m bench.latency --processes 2 [--quick]
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import asyncio
 import contextlib
 import json
 import math
+import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +58,8 @@ from bench.common import (
 from bot.app import freeze_startup_heap, open_service
 from bot.platforms.discord import ImagineBot, point_at
 from bot.settings import Settings
-from tests.loopback_discord import GUILD_ID, TOKEN
+from tests.cli_helpers import command_and_environment
+from tests.loopback_discord import GUILD_ID, OTHER_GUILD_ID, TOKEN
 
 MODELS = """
 [models.local-sketch]
@@ -78,6 +90,16 @@ P99_RATIO_TARGET = 2.0
 """A burst's quote p99 may be at most this many times the bare bot's, measured in the same run."""
 ANSWER_DEADLINE_SECONDS = 3.0
 """Discord's deadline for a command's first answer: no quote may take longer."""
+
+PROCESS_BURST = 500
+"""Commands in each burst of the ``--processes`` comparison, spread over both shards' guilds."""
+PROCESS_ROUNDS = 3
+"""Bursts each layout answers, alternating, with a fresh start of its processes each time."""
+THROUGHPUT_RATIO_TARGET = 1.4
+"""Two processes (a shard each) must answer at least this many times the commands per second
+of one process running both shards, on this 2-core machine."""
+SHARD_GUILDS = (OTHER_GUILD_ID, GUILD_ID)
+"""A guild on shard 0 of two, and one on shard 1."""
 
 BARE, IMAGINE = 0, 1
 """The two bots, in the order they connect to the loopback gateway."""
@@ -113,6 +135,8 @@ class Burst:
     delivered: list[float]
     without_images: int
     cpu_seconds: float
+    makespan: float
+    """From the first command sent to the last quote received."""
 
 
 @dataclass
@@ -143,9 +167,18 @@ class LoopbackProcess:
         self.control = control
         self._next_user = 900_000_000_002_000_000
 
-    async def burst(self, users: int, *, bot: int, click: bool) -> Burst:
-        """``users`` new people run /imagine at once, sent to ``bot``."""
-        asked = {"users": users, "first_user": self._next_user, "click": click, "bot": bot}
+    async def burst(
+        self, users: int, *, bot: int | None, click: bool, guilds: tuple[int, ...] = (GUILD_ID,)
+    ) -> Burst:
+        """``users`` new people run /imagine at once, sent to ``bot`` (None: where Discord
+        would send them), each in the next of ``guilds`` in turn."""
+        asked = {
+            "users": users,
+            "first_user": self._next_user,
+            "click": click,
+            "bot": bot,
+            "guilds": list(guilds),
+        }
         self._next_user += users
         cpu_before = time.process_time()
         async with self.session.post(f"{self.control}/burst", json=asked) as response:
@@ -153,8 +186,18 @@ class LoopbackProcess:
             measured = await response.json()
         cpu_seconds = time.process_time() - cpu_before
         return Burst(
-            measured["answered"], measured["delivered"], measured["without_images"], cpu_seconds
+            measured["answered"],
+            measured["delivered"],
+            measured["without_images"],
+            cpu_seconds,
+            measured["makespan"],
         )
+
+    async def ready_shards(self) -> set[tuple[int, int]]:
+        """The shards whose sessions are connected and sent their guilds."""
+        async with self.session.get(f"{self.control}/shards") as response:
+            response.raise_for_status()
+            return {(shard, count) for shard, count in await response.json()}
 
 
 @contextlib.asynccontextmanager
@@ -238,6 +281,104 @@ async def measure(
     return results
 
 
+@contextlib.asynccontextmanager
+async def bot_processes(
+    fake: LoopbackProcess, folder: Path, database_url: str, shard_ids: list[str]
+) -> AsyncIterator[None]:
+    """``imagine-bot run`` once for each of ``shard_ids`` (of two shards), until all are ready."""
+    started = []
+    try:
+        for ids in shard_ids:
+            command, environment = command_and_environment(
+                folder,
+                {
+                    "DATABASE_URL": database_url,
+                    "MODELS_FILE": str(folder / "models.toml"),
+                    "STARTING_CREDITS": "100",
+                    "PROVIDER_CONCURRENCY": "64",
+                    "DISCORD_TOKEN": TOKEN,
+                    "DISCORD_API_BASE": fake.api_base,
+                    "DISCORD_GUILD_IDS": ",".join(str(guild) for guild in SHARD_GUILDS),
+                    "DISCORD_SHARD_COUNT": "2",
+                    "DISCORD_SHARD_IDS": ids,
+                },
+            )
+            started.append(
+                await asyncio.create_subprocess_exec(
+                    *command,
+                    "run",
+                    cwd=folder,
+                    env=environment,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            )
+        async with asyncio.timeout(60):
+            while await fake.ready_shards() != {(0, 2), (1, 2)}:
+                if any(process.returncode is not None for process in started):
+                    raise SystemExit("a bot process exited while starting")
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        for process in started:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in started:
+            await process.wait()
+
+
+async def compare_processes(quick: bool) -> None:
+    """One process running both shards against two processes running one each."""
+    users = 100 if quick else PROCESS_BURST
+    rounds = 1 if quick else PROCESS_ROUNDS
+    layouts = {"one process": ["0-1"], "two processes": ["0", "1"]}
+    throughput: dict[str, list[float]] = {layout: [] for layout in layouts}
+    answered: dict[str, list[float]] = {layout: [] for layout in layouts}
+    print(
+        f"bench.latency --processes 2 on {machine()}: /imagine from N={users} users at once over"
+        f" two shards' guilds, loopback Discord, ledger on {await database_name('postgresql')}"
+    )
+    async with loopback_process() as fake:
+        with tempfile.TemporaryDirectory() as folder_name:
+            folder = Path(folder_name)
+            (folder / "models.toml").write_text(MODELS)
+            async with ledger_database("postgresql", folder, "latency") as database_url:
+                # Migrated once here, so that no layout's start-up includes it.
+                async with open_service(
+                    Settings(
+                        _env_file=None,
+                        database_url=database_url,
+                        models_file=folder / "models.toml",
+                    )
+                ):
+                    pass
+                for round_number in range(rounds):
+                    order = list(layouts) if round_number % 2 == 0 else list(reversed(layouts))
+                    for layout in order:
+                        async with bot_processes(fake, folder, database_url, layouts[layout]):
+                            await fake.burst(2, bot=None, click=False, guilds=SHARD_GUILDS)
+                            measured = await fake.burst(
+                                users, bot=None, click=False, guilds=SHARD_GUILDS
+                            )
+                        throughput[layout].append(users / measured.makespan)
+                        answered[layout] += measured.answered
+    for layout in layouts:
+        rates = ", ".join(f"{rate:.0f}" for rate in throughput[layout])
+        print(
+            f"{layout:<14} {statistics.median(throughput[layout]):6.0f} commands/s"
+            f" (each burst: {rates})   answers {summary_ms(answered[layout])}"
+        )
+    ratio = statistics.median(throughput["two processes"]) / statistics.median(
+        throughput["one process"]
+    )
+    print(
+        f"latency: two processes answer {ratio:.2f}x the commands per second of one"
+        f" (target >= {THROUGHPUT_RATIO_TARGET:g}), slowest answer"
+        f" {max(max(times) for times in answered.values()) * 1000:.0f} ms"
+        f" (target < {ANSWER_DEADLINE_SECONDS * 1000:.0f})"
+    )
+
+
 async def main(quick: bool, database: str) -> None:
     sizes = [50] if quick else [1, 50, 500]
     # As `imagine-bot run` does once started; here before both bots, which share this process.
@@ -301,5 +442,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 users only, 100 commands")
     add_database_option(parser)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: compare one bot process running both shards with two running one each"
+        " (PostgreSQL)",
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.quick, arguments.database))
+    if arguments.processes == 2:
+        asyncio.run(compare_processes(arguments.quick))
+    else:
+        asyncio.run(main(arguments.quick, arguments.database))
