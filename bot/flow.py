@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -402,6 +401,9 @@ DELIVERY_ALLOWANCE_SECONDS = 60.0
 _CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to tell the user of a generation it cut short."""
 _LEASE_IN_HEARTBEATS = 3
+SLOT_POLL_SECONDS = 0.25
+"""How often a process asks PostgreSQL again for a slot its first waiter is in line for: a slot
+another process frees is noticed within this (one this process frees, at once)."""
 """A hold's lease lasts three renewals: a process that misses them has stopped answering for it."""
 MEGABYTE = 1_048_576
 DEFAULT_QUOTE_LIMITS = QuoteLimits(
@@ -454,13 +456,12 @@ class ImagineService:
         self._clock = clock
         limits = provider_limits or {}
         self._slots = {
-            name: ProviderSlots(limits.get(name, provider_concurrency))
+            name: self._new_slots(f"provider:{name}", limits.get(name, provider_concurrency))
             for name in providers.providers
         }
         # One heavy user must not take every provider slot: each has a few of their own.
-        self._user_slots: defaultdict[str, ProviderSlots] = defaultdict(
-            lambda: ProviderSlots(user_concurrency)
-        )
+        self._user_concurrency = user_concurrency
+        self._user_slots: dict[str, Slots] = {}
         self._in_flight: set[str] = set()
         self._posted: dict[str, PostedImages] = {}
         """What each delivery under way has put in front of the user, until it is settled."""
@@ -1060,6 +1061,20 @@ class ImagineService:
             },
         )
 
+    def _new_slots(self, scope: str, limit: int) -> Slots:
+        """A limit counted in PostgreSQL when processes may share it, else in this process."""
+        if self.ledger.engine.dialect.name == "postgresql":
+            return DatabaseSlots(self.ledger, scope, limit, self.lease)
+        return ProviderSlots(limit)
+
+    def _slots_of_user(self, account: str) -> Slots:
+        slots = self._user_slots.get(account)
+        if slots is None:
+            slots = self._user_slots[account] = self._new_slots(
+                f"user:{account}", self._user_concurrency
+            )
+        return slots
+
     @property
     def lease(self) -> timedelta:
         """How long a hold of this process's is its alone to settle without a renewal."""
@@ -1135,8 +1150,8 @@ class ImagineService:
 
         try:
             async with (
-                self._user_slots[generation.account_id].acquire(queued, start_by),
-                self._slots[generation.provider].acquire(queued, start_by),
+                self._slots_of_user(generation.account_id).acquire(generation.id, queued, start_by),
+                self._slots[generation.provider].acquire(generation.id, queued, start_by),
             ):
                 # Read only now, so that generations waiting for a slot hold no image bytes.
                 references = await self._references(generation)
@@ -1459,6 +1474,8 @@ class ImagineService:
                 settled.append(abandoned)
         await self.ledger.expire_quotes()
         await self.ledger.expire_lots()
+        # Slots and places in line of processes that died (PostgreSQL; SQLite's table stays empty).
+        await self.ledger.drop_expired_slots()
         return settled
 
     async def check_ledger(self) -> int:
@@ -1515,7 +1532,8 @@ class ImagineService:
 class ProviderLoad:
     provider: str
     limit: int
-    """Generations this process runs at once for the provider (PROVIDER_LIMITS)."""
+    """Generations run at once for the provider (PROVIDER_LIMITS): by every process together
+    on PostgreSQL, by this one process on SQLite. ``running`` and ``queued`` are this process's."""
     running: int
     queued: int
 
@@ -1528,8 +1546,34 @@ class ReferencesLost(Exception):
     """The quote's stored reference images are missing or corrupt."""
 
 
-class ProviderSlots:
+class Slots(Protocol):
     """A concurrency limit (a provider's, or one user's); callers that must wait are told their place."""
+
+    limit: int
+
+    @property
+    def waiting(self) -> int:
+        """Generations of this process waiting for a slot."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Generations of this process holding a slot."""
+        ...
+
+    def acquire(
+        self,
+        generation_id: str,
+        on_queued: Callable[[int], Awaitable[None]],
+        start_by: float | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot for ``generation_id``; raises ``QueuedTooLong`` if none came free by
+        ``start_by`` (the loop's time). ``on_queued`` is told each place in line."""
+        ...
+
+
+class ProviderSlots:
+    """A concurrency limit kept in this process's memory: the one process on SQLite."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -1547,9 +1591,15 @@ class ProviderSlots:
 
     @contextlib.asynccontextmanager
     async def acquire(
-        self, on_queued: Callable[[int], Awaitable[None]], start_by: float | None = None
+        self,
+        generation_id: str,
+        on_queued: Callable[[int], Awaitable[None]],
+        start_by: float | None = None,
     ) -> AsyncIterator[None]:
-        """A slot; raises ``QueuedTooLong`` if none came free by ``start_by`` (the loop's time)."""
+        """A slot; raises ``QueuedTooLong`` if none came free by ``start_by`` (the loop's time).
+
+        ``generation_id`` is not needed here: in one process the semaphore's line is the line.
+        """
         if self._semaphore.locked():
             self._waiting += 1
             try:
@@ -1568,6 +1618,155 @@ class ProviderSlots:
         finally:
             self._running -= 1
             self._semaphore.release()
+
+
+@dataclass
+class _Waiter:
+    """One of this process's generations in line for a ``DatabaseSlots`` slot (state, not a value:
+    the poller updates it)."""
+
+    claim_id: int
+    """Its row's id, the line's order across every process."""
+    position: int
+    """Its place in line as last read; 0 once it holds a slot."""
+    changed: asyncio.Event
+
+
+class DatabaseSlots:
+    """A concurrency limit counted in PostgreSQL, so it holds across every process sharing it.
+
+    Each generation running or waiting under the limit (``scope``) is a leased row
+    (``ledger/slots.py``), renewed with the generation's own lease by ``sweep_periodically``
+    (the generation is in flight meanwhile): a killed process's slots come free within a lease.
+    A generation that cannot start at once waits in this process's line; one poller per
+    scope asks the database for the waiter with the smallest claim id only. The line is kept
+    in claim order, not arrival order: a process asking for a waiter behind one of its own
+    ahead in the database's line would be refused every time, while the one ahead is never
+    asked for, and two processes could each wait on the other that way for ever.
+    """
+
+    def __init__(
+        self,
+        database: ledger.Ledger,
+        scope: str,
+        limit: int,
+        lease: timedelta,
+        poll_seconds: float = SLOT_POLL_SECONDS,
+    ) -> None:
+        self.limit = limit
+        self.scope = scope
+        self._ledger = database
+        self._lease = lease
+        self._poll_seconds = poll_seconds
+        self._line: dict[str, _Waiter] = {}
+        self._running = 0
+        self._wake = asyncio.Event()
+        """Set when a slot of this process's comes free, so the poller asks at once."""
+        self._claiming = asyncio.Lock()
+        """Held while the poller asks for a waiter's slot, so a waiter that gives up frees its
+        row after that answer, not before it (the claim would queue it again)."""
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @contextlib.asynccontextmanager
+    async def acquire(
+        self,
+        generation_id: str,
+        on_queued: Callable[[int], Awaitable[None]],
+        start_by: float | None = None,
+    ) -> AsyncIterator[None]:
+        """A slot for ``generation_id``; raises ``QueuedTooLong`` if none came free by
+        ``start_by`` (the loop's time). ``on_queued`` is told its place, and each new one.
+
+        However it ends (done, refused, cancelled), its row is deleted.
+        """
+        try:
+            place = await self._ledger.queue_for_slot(
+                generation_id, self.scope, self.limit, self._lease
+            )
+            if place.position:
+                await self._wait_in_line(generation_id, place, on_queued, start_by)
+            self._running += 1
+            try:
+                yield
+            finally:
+                self._running -= 1
+        finally:
+            await asyncio.shield(self._free(generation_id))
+
+    async def _wait_in_line(
+        self,
+        generation_id: str,
+        place: ledger.SlotPlace,
+        on_queued: Callable[[int], Awaitable[None]],
+        start_by: float | None,
+    ) -> None:
+        waiter = _Waiter(place.claim_id, place.position, asyncio.Event())
+        self._line[generation_id] = waiter
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll(), name=f"slots {self.scope}")
+        told = place.position
+        try:
+            await on_queued(told)
+            async with asyncio.timeout_at(start_by):
+                while waiter.position:
+                    await waiter.changed.wait()
+                    waiter.changed.clear()
+                    if waiter.position and waiter.position != told:
+                        told = waiter.position
+                        await on_queued(told)
+        except TimeoutError:
+            raise QueuedTooLong() from None
+        finally:
+            self._line.pop(generation_id, None)
+
+    async def _poll(self) -> None:
+        """Ask for the first waiter's slot until the line is empty; after each refusal wait a
+        poll interval, or until a slot of this process comes free."""
+        while self._line:
+            generation_id, waiter = min(self._line.items(), key=lambda item: item[1].claim_id)
+            self._wake.clear()
+            place: ledger.SlotPlace | None = None
+            async with self._claiming:
+                if self._line.get(generation_id) is waiter:
+                    try:
+                        place = await self._ledger.claim_slot(
+                            generation_id, self.scope, self.limit, self._lease
+                        )
+                    except Exception:
+                        logger.warning(
+                            "could not ask for a slot of %s; asking again",
+                            self.scope,
+                            exc_info=True,
+                        )
+            if place is not None:
+                waiter.claim_id, waiter.position = place.claim_id, place.position
+                waiter.changed.set()
+                if not place.position:
+                    # Its own task may not run before the next turn of this loop.
+                    self._line.pop(generation_id, None)
+                    continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wake.wait()
+
+    async def _free(self, generation_id: str) -> None:
+        """Delete ``generation_id``'s row, once no claim for it is under way."""
+        self._line.pop(generation_id, None)
+        try:
+            async with self._claiming:
+                await self._ledger.free_slot(generation_id, self.scope)
+        except Exception:
+            # Its lease runs out unrenewed once the generation ends; the row goes then.
+            logger.warning("could not free a slot of %s", self.scope, exc_info=True)
+        self._wake.set()
 
 
 class _CompareBoard:

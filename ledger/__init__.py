@@ -25,6 +25,7 @@ from ledger.errors import (
     transient,
 )
 from ledger.ledger import DEFAULT_LEASE, Ledger, create_engine, process_identity, utc_now
+from ledger.slots import SlotPlace
 from ledger.subjects import SubjectSummary
 from ledger.values import (
     ZERO_DECIMAL_CURRENCIES,
@@ -85,6 +86,7 @@ __all__ = [
     "QuoteReference",
     "ReferenceCorrupt",
     "ReferenceStorageFull",
+    "SlotPlace",
     "StatementLine",
     "SubjectStorageFull",
     "SubjectSummary",

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Row,
     and_,
     bindparam,
@@ -38,7 +37,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    type_coerce,
     union_all,
     update,
 )
@@ -49,7 +47,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import accounts as account_search
-from ledger import dashboard_sessions, prices, purchases, rules, subjects
+from ledger import dashboard_sessions, prices, purchases, rules, slots, subjects
+from ledger.clock import database_clock as _database_clock
+from ledger.clock import database_now as _database_now
 from ledger.dashboard_sessions import DashboardSession
 from ledger.errors import (
     AccountNotFound,
@@ -601,12 +601,14 @@ class Ledger:
         return _generation_from(finished.one())
 
     async def renew_leases(self, generation_ids: Collection[str], lease: timedelta) -> None:
-        """Say this process still answers for these running generations, for ``lease`` from now."""
+        """Say this process still answers for these running generations, for ``lease`` from now,
+        and still runs or waits for them under the limits shared across processes (``slots``)."""
         if not generation_ids:
             return
 
         def work(connection: Connection) -> None:
             database_now = connection.scalar(select(_database_now(connection)))
+            assert database_now is not None
             connection.execute(
                 update(generations)
                 .where(
@@ -616,8 +618,51 @@ class Ledger:
                 )
                 .values(lease_until=database_now + lease)
             )
+            slots.renew(
+                connection,
+                generation_ids=generation_ids,
+                owner=self.owner,
+                lease_until=database_now + lease,
+            )
 
         await self._database.write(work)
+
+    # -- limits shared across processes (PostgreSQL) ---------------------------
+
+    async def queue_for_slot(
+        self, generation_id: str, scope: str, limit: int, lease: timedelta
+    ) -> slots.SlotPlace:
+        """Put ``generation_id`` in line under ``scope`` (``user:<account>``, ``provider:<name>``),
+        owned by this process for ``lease``, and give it one of the ``limit`` slots at once if
+        one is free and nobody waits ahead: position 0, else its place in line (1: next)."""
+        return await self._database.write(
+            partial(
+                slots.claim,
+                generation_id=generation_id,
+                scope=scope,
+                owner=self.owner,
+                limit=limit,
+                lease=lease,
+            )
+        )
+
+    async def claim_slot(
+        self, generation_id: str, scope: str, limit: int, lease: timedelta
+    ) -> slots.SlotPlace:
+        """Ask again for a slot for a generation in line: 0 if it now has one, else its place.
+
+        Renews its lease. If the row expired meanwhile (the process stalled past its lease),
+        it is queued again at the back of the line, under a new ``claim_id``.
+        """
+        return await self.queue_for_slot(generation_id, scope, limit, lease)
+
+    async def free_slot(self, generation_id: str, scope: str) -> None:
+        """Give up ``generation_id``'s slot, or its place in line, under ``scope``."""
+        await self._database.write(partial(slots.free, generation_id=generation_id, scope=scope))
+
+    async def drop_expired_slots(self) -> int:
+        """Free the slots and places in line of processes that stopped renewing them."""
+        return await self._database.write(slots.drop_expired)
 
     async def mark_posted(self, generation_id: str, images: int, link: str | None = None) -> None:
         """Record that the platform took ``images`` images, before they are captured, and
@@ -1458,18 +1503,6 @@ def _claim_lock(key: str, holder: str, lease: timedelta, connection: Connection)
 def _free_lock(key: str, holder: str, connection: Connection) -> None:
     # Only its own claim: past the lease another holder may have taken it over.
     connection.execute(delete(bot_state).where(bot_state.c.key == key, bot_state.c.value == holder))
-
-
-def _database_now(connection: Connection) -> ColumnElement[datetime]:
-    return _database_clock(connection.dialect.name)
-
-
-def _database_clock(dialect: str) -> ColumnElement[datetime]:
-    """The database's clock, which every process sharing it reads alike: leases are timed by it."""
-    if dialect == "sqlite":
-        # In the form SQLite's timestamps are stored in, microseconds included, so they compare as text.
-        return type_coerce(func.strftime("%Y-%m-%d %H:%M:%f000", "now"), UTCDateTime)
-    return type_coerce(func.now(), UTCDateTime)
 
 
 def _replayed(connection: Connection, account: str, line: rules.Line) -> bool:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -344,3 +346,22 @@ account_settings = Table(
 credits generates without its button (0: always ask).
 
 Not a foreign key to ``accounts``: a setting may be stored before anything else is."""
+
+slot_claims = Table(
+    "slot_claims",
+    metadata,
+    Column("id", EntryId, primary_key=True, autoincrement=True),
+    Column("generation_id", String(64), ForeignKey("generations.id"), nullable=False),
+    Column("scope", String(200), nullable=False),
+    Column("owner", String(120), nullable=False),
+    Column("running", Boolean, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=False),
+    UniqueConstraint("generation_id", "scope"),
+    Index("ix_slot_claims_scope", "scope", "id"),
+)
+"""A generation's place under one concurrency limit (``scope``: ``user:<account>`` or
+``provider:<name>``) when several processes share PostgreSQL (``ledger/slots.py``): running,
+or waiting in line, the line's order being ``id``'s. ``owner`` (a process) renews
+``lease_until`` while it lives; a row past it is deleted by the next claim in its scope or the
+sweep, so a killed process's slots come free within a lease. Unused on SQLite, where one process
+keeps its limits in memory."""

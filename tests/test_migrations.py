@@ -421,3 +421,19 @@ async def before_lots_disagreements(connection: AsyncConnection) -> list[Any]:
         )
     )
     return list(rows)
+
+
+async def test_upgrading_to_slot_claims_adds_their_table_and_downgrading_removes_it(
+    fresh_database_url: str,
+) -> None:
+    async with engine_for(fresh_database_url) as engine:
+        await migrate.upgrade(engine, "0012")
+        before = await table_names(fresh_database_url)
+        await migrate.upgrade(engine, "0013")
+        upgraded = await table_names(fresh_database_url)
+        await migrate.downgrade(engine, "0012")
+        downgraded = await table_names(fresh_database_url)
+
+    assert "slot_claims" not in before
+    assert upgraded - before == {"slot_claims"}
+    assert downgraded == before
