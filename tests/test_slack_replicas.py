@@ -183,10 +183,18 @@ async def replicas(
 
 
 async def quote(replicas: Replicas, user: str, text: str) -> tuple[str, int]:
-    """``user`` runs /imagine through the balancer: the quote's id and the replica that answered."""
-    status, acknowledgement, _ = await replicas.driver.command("/imagine", text, user=user)
-    assert status == 200, acknowledgement
-    [actions] = [block for block in acknowledgement["blocks"] if block["type"] == "actions"]
+    """``user`` runs /imagine through the balancer: the quote's id and the replica that answered.
+
+    The quote is the acknowledgement, or after "Working on it…" (a loaded machine took past
+    the deadline) what replaced it.
+    """
+    slack = replicas.driver.slack
+    status, answer, response_url = await replicas.driver.command("/imagine", text, user=user)
+    assert status == 200, answer
+    if answer["text"] == messages.SLACK_PREPARING:
+        await slack.wait_for(lambda: slack.responded(response_url))
+        answer = slack.responded(response_url)[-1]
+    [actions] = [block for block in answer["blocks"] if block["type"] == "actions"]
     values = {element["action_id"]: element["value"] for element in actions["elements"]}
     return str(values[GENERATE_ACTION]), replicas.balancer.served_by[-1]
 
