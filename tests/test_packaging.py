@@ -1,7 +1,8 @@
-"""What ships: the Docker build context, the Dockerfile's rules, and `.env.example` against the settings.
+"""What ships: the Docker build context, the Dockerfile's rules, `.env.example` against the
+settings, and the sharded deployment files (Compose, Kubernetes).
 
-Docker does not run on these machines, so the image is checked by reading the
-files the way Docker would, not by building it.
+Docker and Kubernetes do not run on these machines, so the image and the manifests are
+checked by reading the files the way Docker and Kubernetes would, not by running them.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from bot.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+SHARDED_COMPOSE = REPO / "deploy" / "compose.sharded.yaml"
+STATEFULSET = REPO / "deploy" / "kubernetes" / "statefulset.yaml"
+SHUTDOWN_GRACE_SECONDS = Settings.model_fields["shutdown_grace_seconds"].default
+METRICS_PORT = int(re.findall(r"METRICS_PORT=(\d+)", DOCKERFILE)[0])
+"""Where the image serves /livez and /readyz."""
 
 
 def ignored_by_docker(path: str) -> bool:
@@ -106,3 +114,83 @@ def test_env_example_is_a_valid_configuration() -> None:
 
     assert settings.user_concurrency == 2
     assert settings.discord_token is None
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration such as ``45s`` or ``1m30s``, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_the_sharded_compose_file_runs_shards_0_and_1_of_2_on_one_postgresql() -> None:
+    services = yaml.safe_load(SHARDED_COMPOSE.read_text())["services"]
+    bots = {name: service for name, service in services.items() if name.startswith("bot")}
+
+    assert sorted(bots) == ["bot-0", "bot-1"]
+    shards = {name: bot["environment"]["DISCORD_SHARD_IDS"] for name, bot in bots.items()}
+    assert shards == {"bot-0": "0", "bot-1": "1"}
+    assert {bot["environment"]["DISCORD_SHARD_COUNT"] for bot in bots.values()} == {"2"}
+    assert {bot["environment"]["DATABASE_URL"].split("@")[1] for bot in bots.values()} == {
+        "db:5432/imagine"
+    }
+    for bot in bots.values():
+        assert bot["depends_on"]["db"]["condition"] == "service_healthy"
+        assert seconds(bot["stop_grace_period"]) > SHUTDOWN_GRACE_SECONDS
+        # Paths are the compose file's own: the repository's root and its .env.
+        assert (SHARDED_COMPOSE.parent / bot["build"] / "Dockerfile").is_file()
+        assert (SHARDED_COMPOSE.parent / bot["env_file"]).resolve() == REPO / ".env"
+    assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
+
+
+def test_only_the_first_shard_takes_web_traffic_and_slack() -> None:
+    services = yaml.safe_load(SHARDED_COMPOSE.read_text())["services"]
+
+    published = {
+        name: [port.split(":")[-1] for port in service.get("ports", [])]
+        for name, service in services.items()
+    }
+    assert [name for name, ports in published.items() if "3000" in ports] == ["bot-0"]
+    # Empty is unset (the settings ignore empty variables): Slack is bot-0's alone.
+    assert services["bot-1"]["environment"]["SLACK_BOT_TOKEN"] == ""
+    assert services["bot-1"]["environment"]["SLACK_APP_TOKEN"] == ""
+
+
+def statefulset_manifests() -> dict[str, dict[str, Any]]:
+    return {document["kind"]: document for document in yaml.safe_load_all(STATEFULSET.read_text())}
+
+
+def test_the_statefulset_gives_each_pod_its_own_shard_of_as_many_as_there_are_pods() -> None:
+    statefulset = statefulset_manifests()["StatefulSet"]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    env = container["env"]
+    names = [variable["name"] for variable in env]
+    by_name = {variable["name"]: variable for variable in env}
+
+    assert by_name["DISCORD_SHARD_COUNT"]["value"] == str(statefulset["spec"]["replicas"])
+    pod_index = by_name["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert pod_index == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert by_name["DISCORD_SHARD_IDS"]["value"] == "$(POD_INDEX)"
+    # Kubernetes expands $(NAME) only from variables defined earlier in the list.
+    assert names.index("POD_INDEX") < names.index("DISCORD_SHARD_IDS")
+    assert by_name["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL"
+    assert "value" not in by_name["DISCORD_TOKEN"]
+
+
+def test_the_statefulset_stops_gracefully_and_probes_the_health_port() -> None:
+    manifests = statefulset_manifests()
+    statefulset, service = manifests["StatefulSet"], manifests["Service"]
+    pod = statefulset["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    [port] = container["ports"]
+
+    assert pod["spec"]["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS
+    assert port["containerPort"] == METRICS_PORT
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    labels = pod["metadata"]["labels"]
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()

@@ -155,8 +155,13 @@ def buttons(acknowledgement: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def quote_id(driver: SlackDriver, text: str, user: str = "U0ALICE") -> str:
-    status, acknowledgement, _ = await driver.command("/imagine", text, user=user)
+    """The quote's id, from the acknowledgement, or after "Working on it…" (a loaded machine
+    took past the deadline) from what replaced it."""
+    status, acknowledgement, response_url = await driver.command("/imagine", text, user=user)
     assert status == 200
+    if acknowledgement["text"] == messages.SLACK_PREPARING:
+        await driver.slack.wait_for(lambda: driver.slack.responded(response_url))
+        acknowledgement = driver.slack.responded(response_url)[-1]
     return str(buttons(acknowledgement)[GENERATE_ACTION]["value"])
 
 
