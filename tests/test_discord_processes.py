@@ -67,10 +67,15 @@ class Processes:
             await ledger.close()
 
     async def statuses(self, user: User) -> list[GenerationStatus]:
-        """The user's confirmed generations' statuses, oldest first."""
+        """The user's confirmed generations' statuses, oldest first, once none is running
+        (a sweep settles in its own time), or as they are after ``PATIENCE_SECONDS``."""
         ledger = Ledger(create_engine(self.database_url))
         try:
-            history = await ledger.history(f"discord:{user.id}", limit=50)
+            for _ in range(int(PATIENCE_SECONDS / SWEEP_SECONDS)):
+                history = await ledger.history(f"discord:{user.id}", limit=50)
+                if all(generation.status.is_final for generation in history):
+                    break
+                await asyncio.sleep(SWEEP_SECONDS)
         finally:
             await ledger.close()
         return [generation.status for generation in reversed(history)]
