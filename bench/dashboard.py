@@ -148,7 +148,7 @@ async def measure(url: str, count: int, account_count: int) -> list[tuple[str, f
 
 
 async def main(quick: bool) -> None:
-    count, account_count = (2_000, 50) if quick else (100_000, 1_000)
+    count, account_count = (500, 20) if quick else (100_000, 1_000)
     reachable = await postgres_reachable()
     server = f", PostgreSQL {await postgres_version()}" if reachable else ""
     print(f"bench.dashboard on {machine()}{server}: {count:,} generations, median of {RUNS}")
@@ -182,5 +182,5 @@ async def main(quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 generations")
+    parser.add_argument("--quick", action="store_true", help="500 generations")
     asyncio.run(main(parser.parse_args().quick))

@@ -133,7 +133,7 @@ async def bot_generations(count: int, folder: Path, database_url: str) -> tuple[
 
 
 async def main(quick: bool, database: str) -> None:
-    count = 100 if quick else 1000
+    count = 30 if quick else 1000
     providers.register(ProviderSpec("slow", "bench.inflight:SlowProvider"))
     print(
         f"bench.inflight on {machine()}: {count} generations in flight, "
@@ -160,7 +160,7 @@ async def main(quick: bool, database: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 generations instead of 1,000")
+    parser.add_argument("--quick", action="store_true", help="30 generations instead of 1,000")
     add_database_option(parser)
     arguments = parser.parse_args()
     asyncio.run(main(arguments.quick, arguments.database))

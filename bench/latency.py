@@ -75,8 +75,9 @@ max_images = 1
 QUOTES_AT_LEAST = 1000
 """Quote bursts repeat until each bot has this many commands: one burst of 50 swings its p50
 by 2x, and with 500 the N=50 ratio of one code moved between 1.74 and 2.10 from run to run."""
-QUICK_QUOTES_AT_LEAST = 100
-"""For ``--quick``, which only shows that the benchmark runs, in a tenth of the time."""
+QUICK_SIZE = 20
+QUICK_QUOTES_AT_LEAST = 40
+"""For ``--quick``, which only shows that the benchmark runs: bursts of ``QUICK_SIZE``."""
 ROUNDS_AT_LEAST = 4
 """Each size alternates between the two bots at least this often."""
 DELIVERIES_AT_LEAST = 20
@@ -329,7 +330,7 @@ async def bot_processes(
 
 async def compare_processes(quick: bool) -> None:
     """One process running both shards against two processes running one each."""
-    users = 100 if quick else PROCESS_BURST
+    users = 40 if quick else PROCESS_BURST
     rounds = 1 if quick else PROCESS_ROUNDS
     layouts = {"one process": ["0-1"], "two processes": ["0", "1"]}
     throughput: dict[str, list[float]] = {layout: [] for layout in layouts}
@@ -380,7 +381,7 @@ async def compare_processes(quick: bool) -> None:
 
 
 async def main(quick: bool, database: str) -> None:
-    sizes = [50] if quick else [1, 50, 500]
+    sizes = [QUICK_SIZE] if quick else [1, 50, 500]
     # As `imagine-bot run` does once started; here before both bots, which share this process.
     freeze_startup_heap()
     original_base = discord.http.Route.BASE
@@ -440,7 +441,7 @@ async def main(quick: bool, database: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50 users only, 100 commands")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE} users only, {QUICK_QUOTES_AT_LEAST} commands")
     add_database_option(parser)
     parser.add_argument(
         "--processes",

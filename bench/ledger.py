@@ -633,10 +633,10 @@ async def sqlite_database(folder: Path, name: str) -> AsyncIterator[tuple[str, A
 
 
 async def main(quick: bool) -> None:
-    rounds = 60 if quick else 2000
+    rounds = 20 if quick else 2000
     # --quick only shows the script runs: one size of each, every database and section.
     concurrencies = [16] if quick else [1, 16, 64]
-    account_counts = [30] if quick else [1, 1000]
+    account_counts = [8] if quick else [1, 1000]
     backends = ["sqlite"] + (["postgres"] if await postgres_reachable() else [])
     server = f", PostgreSQL {await postgres_version()}" if "postgres" in backends else ""
     print(f"bench.ledger on {machine()}{server}: {rounds} hold+capture round trips per run")
@@ -681,7 +681,7 @@ async def main(quick: bool) -> None:
                         f"{percentile(ledger_result.capture_latencies, 0.99) * 1000:.1f} ms"
                     )
         lots_worst, lots_errors = await lots_section(
-            Path(folder), backends, 40 if quick else 1000, concurrencies[:2]
+            Path(folder), backends, 10 if quick else 1000, concurrencies[:2]
         )
         errors += lots_errors
     if "postgres" not in backends:
@@ -704,6 +704,6 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="60 round trips, 16 tasks, 30 accounts"
+        "--quick", action="store_true", help="20 round trips, 16 tasks, 8 accounts"
     )
     asyncio.run(main(parser.parse_args().quick))

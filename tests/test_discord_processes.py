@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from ledger import GenerationStatus, Ledger, create_engine
 from tests.cli_helpers import command_and_environment
@@ -33,7 +34,8 @@ from tests.loopback_discord import (
     User,
 )
 
-pytestmark = pytest.mark.postgres
+# One event loop for the module: the first two tests share one pair of processes.
+pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
 
 MODELS = """
 [models.local-sketch]
@@ -81,12 +83,30 @@ class Processes:
         return [generation.status for generation in reversed(history)]
 
 
-@pytest.fixture
-async def discord_fake() -> AsyncIterator[LoopbackDiscord]:
+@contextlib.asynccontextmanager
+async def loopback_discord() -> AsyncIterator[LoopbackDiscord]:
     async with LoopbackDiscord() as fake:
         fake.add_guild(OTHER_GUILD_ID)
         fake.recommended_shards = 2
         yield fake
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_fake() -> AsyncIterator[LoopbackDiscord]:
+    async with loopback_discord() as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_processes(
+    tmp_path_factory: pytest.TempPathFactory, shared_fake: LoopbackDiscord
+) -> AsyncIterator[Processes]:
+    """Two processes that pause two seconds before each image, for the tests that leave them
+    running; each test has people of its own."""
+    async with two_processes(
+        tmp_path_factory.mktemp("processes"), shared_fake, delays=(2, 2)
+    ) as processes:
+        yield processes
 
 
 @contextlib.asynccontextmanager
@@ -164,31 +184,36 @@ async def shows(fake: LoopbackDiscord, message: Message, text: str) -> None:
 
 
 async def test_every_command_in_either_shard_s_guilds_is_answered_once_by_one_process(
-    tmp_path: Path, discord_fake: LoopbackDiscord
+    shared_processes: Processes, shared_fake: LoopbackDiscord
 ) -> None:
-    async with two_processes(tmp_path, discord_fake, delays=(0, 0)):
-        people = [User(ALICE.id + 1000 + number, f"user{number}") for number in range(6)]
-        commands = await asyncio.gather(
-            *(
-                quote(discord_fake, person, guild)
-                for person in people
-                for guild in (GUILD_ID, OTHER_GUILD_ID)
-            )
+    sent_before = interactions_sent_by_shard(shared_fake)
+    people = [User(ALICE.id + 1000 + number, f"user{number}") for number in range(6)]
+
+    commands = await asyncio.gather(
+        *(
+            quote(shared_fake, person, guild)
+            for person in people
+            for guild in (GUILD_ID, OTHER_GUILD_ID)
         )
-        credits = await asyncio.gather(
-            *(
-                discord_fake.slash("credits", user=BOB, guild=guild)
-                for guild in (GUILD_ID, OTHER_GUILD_ID)
-            )
+    )
+    credits = await asyncio.gather(
+        *(
+            shared_fake.slash("credits", user=BOB, guild=guild)
+            for guild in (GUILD_ID, OTHER_GUILD_ID)
         )
-        await discord_fake.wait_for(
-            lambda: all(command.callbacks for command in credits), patience=PATIENCE_SECONDS
-        )
-        # Long enough for a second answer to any of them to have arrived, had there been one.
-        await asyncio.sleep(SWEEP_SECONDS)
+    )
+    await shared_fake.wait_for(
+        lambda: all(command.callbacks for command in credits), patience=PATIENCE_SECONDS
+    )
+    # Long enough for a second answer to any of them to have arrived, had there been one.
+    await asyncio.sleep(SWEEP_SECONDS)
 
     assert [len(command.callbacks) for command in [*commands, *credits]] == [1] * 14
-    assert interactions_sent_by_shard(discord_fake) == {(0, 2): 7, (1, 2): 7}
+    sent = interactions_sent_by_shard(shared_fake)
+    assert {shard: sent[shard] - sent_before.get(shard, 0) for shard in sent} == {
+        (0, 2): 7,
+        (1, 2): 7,
+    }
 
 
 def interactions_sent_by_shard(fake: LoopbackDiscord) -> dict[tuple[int, int] | None, int]:
@@ -200,27 +225,31 @@ def interactions_sent_by_shard(fake: LoopbackDiscord) -> dict[tuple[int, int] | 
 
 
 async def test_a_second_click_on_the_other_process_waits_for_the_user_s_first_generation(
-    tmp_path: Path, discord_fake: LoopbackDiscord
+    shared_processes: Processes, shared_fake: LoopbackDiscord
 ) -> None:
-    async with two_processes(tmp_path, discord_fake, delays=(2, 2)) as processes:
-        first = await quote(discord_fake, ALICE, GUILD_ID)
-        second = await quote(discord_fake, ALICE, OTHER_GUILD_ID)
-        first_progress = await generate(discord_fake, first, ALICE, GUILD_ID)
-        await shows(discord_fake, first_progress, "Generating")
-        second_progress = await generate(discord_fake, second, ALICE, OTHER_GUILD_ID)
-        # Only the other process runs Alice's one generation: this one knows of it through
-        # the database alone.
-        await shows(discord_fake, second_progress, "Queued: 1 ahead of you")
-        await shows(discord_fake, second_progress, "Done:")
+    carol = User(ALICE.id + 2000, "carol")
+    first = await quote(shared_fake, carol, GUILD_ID)
+    second = await quote(shared_fake, carol, OTHER_GUILD_ID)
+    first_progress = await generate(shared_fake, first, carol, GUILD_ID)
+    await shows(shared_fake, first_progress, "Generating")
 
-        assert await processes.statuses(ALICE) == [GenerationStatus.COMPLETED] * 2
-        assert await processes.balance(ALICE) == STARTING_CREDITS - 2
+    second_progress = await generate(shared_fake, second, carol, OTHER_GUILD_ID)
+
+    # Only the other process runs Carol's one generation: this one knows of it through the
+    # database alone.
+    await shows(shared_fake, second_progress, "Queued: 1 ahead of you")
+    await shows(shared_fake, second_progress, "Done:")
+    assert await shared_processes.statuses(carol) == [GenerationStatus.COMPLETED] * 2
+    assert await shared_processes.balance(carol) == STARTING_CREDITS - 2
 
 
 async def test_a_killed_process_s_generation_is_settled_by_the_other_and_its_slot_freed(
-    tmp_path: Path, discord_fake: LoopbackDiscord
+    tmp_path: Path,
 ) -> None:
-    async with two_processes(tmp_path, discord_fake, delays=(0, 60)) as processes:
+    async with (
+        loopback_discord() as discord_fake,
+        two_processes(tmp_path, discord_fake, delays=(0, 60)) as processes,
+    ):
         stuck = await quote(discord_fake, ALICE, GUILD_ID)
         stuck_progress = await generate(discord_fake, stuck, ALICE, GUILD_ID)
         await shows(discord_fake, stuck_progress, "Generating")
