@@ -17,7 +17,8 @@ sessions of the guild's shard, as Discord sends them), and answers
 ``{"answered": [...], "delivered": [...], "without_images": K, "makespan": S}``:
 in seconds, until each quote arrived and from each click until its follow-up
 arrived; how many clicks were followed up without an image (refused or failed);
-and from the first command sent to the last quote received. ``GET
+from the first command sent to the last quote received; and the CPU seconds
+this fake spent on the burst (``fake_cpu``). ``GET
 {control}/shards`` lists the ``[shard, count]`` of every session ready.
 
 The bot is in ``GUILD_ID`` and ``OTHER_GUILD_ID``, on shards 1 and 0 of two.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -119,10 +121,11 @@ async def serve() -> None:
         async def run_burst(request: web.Request) -> web.Response:
             asked = await request.json()
             fake.listener = asked["bot"]
+            cpu_before = time.process_time()
             measured = await burst(
                 fake, asked["users"], asked["first_user"], asked["click"], asked["guilds"]
             )
-            return web.json_response(measured)
+            return web.json_response(measured | {"fake_cpu": time.process_time() - cpu_before})
 
         async def ready_shards(_request: web.Request) -> web.Response:
             ready = [

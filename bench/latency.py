@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import statistics
 import sys
@@ -138,6 +139,8 @@ class Burst:
     cpu_seconds: float
     makespan: float
     """From the first command sent to the last quote received."""
+    fake_cpu_seconds: float
+    """What the loopback Discord's process spent on the burst."""
 
 
 @dataclass
@@ -192,6 +195,7 @@ class LoopbackProcess:
             measured["without_images"],
             cpu_seconds,
             measured["makespan"],
+            measured["fake_cpu"],
         )
 
     async def ready_shards(self) -> set[tuple[int, int]]:
@@ -282,10 +286,32 @@ async def measure(
     return results
 
 
+def cpu_seconds_of(pids: list[int]) -> float:
+    """The CPU time the processes ``pids`` have used so far (Linux's /proc); 0 for one gone."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def database_server_pids() -> list[int]:
+    """The PostgreSQL server's processes, when it runs on this machine (as here): its CPU is
+    part of what one bot process or two must share the cores with."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+    return pids
+
+
 @contextlib.asynccontextmanager
 async def bot_processes(
     fake: LoopbackProcess, folder: Path, database_url: str, shard_ids: list[str]
-) -> AsyncIterator[None]:
+) -> AsyncIterator[list[int]]:
     """``imagine-bot run`` once for each of ``shard_ids`` (of two shards), until all are ready."""
     started = []
     try:
@@ -319,7 +345,7 @@ async def bot_processes(
                 if any(process.returncode is not None for process in started):
                     raise SystemExit("a bot process exited while starting")
                 await asyncio.sleep(0.1)
-        yield
+        yield [process.pid for process in started]
     finally:
         for process in started:
             if process.returncode is None:
@@ -335,6 +361,9 @@ async def compare_processes(quick: bool) -> None:
     layouts = {"one process": ["0-1"], "two processes": ["0", "1"]}
     throughput: dict[str, list[float]] = {layout: [] for layout in layouts}
     answered: dict[str, list[float]] = {layout: [] for layout in layouts}
+    bot_cpu: dict[str, list[float]] = {layout: [] for layout in layouts}
+    fake_cpu: dict[str, list[float]] = {layout: [] for layout in layouts}
+    server_cpu: dict[str, list[float]] = {layout: [] for layout in layouts}
     print(
         f"bench.latency --processes 2 on {machine()}: /imagine from N={users} users at once over"
         f" two shards' guilds, loopback Discord, ledger on {await database_name('postgresql')}"
@@ -356,18 +385,42 @@ async def compare_processes(quick: bool) -> None:
                 for round_number in range(rounds):
                     order = list(layouts) if round_number % 2 == 0 else list(reversed(layouts))
                     for layout in order:
-                        async with bot_processes(fake, folder, database_url, layouts[layout]):
+                        async with bot_processes(
+                            fake, folder, database_url, layouts[layout]
+                        ) as pids:
                             await fake.burst(2, bot=None, click=False, guilds=SHARD_GUILDS)
+                            cpu_before = cpu_seconds_of(pids)
+                            server_before = {
+                                pid: cpu_seconds_of([pid]) for pid in database_server_pids()
+                            }
                             measured = await fake.burst(
                                 users, bot=None, click=False, guilds=SHARD_GUILDS
                             )
+                            bot_cpu[layout].append((cpu_seconds_of(pids) - cpu_before) / users)
+                            server_cpu[layout].append(
+                                sum(
+                                    cpu_seconds_of([pid]) - server_before.get(pid, 0.0)
+                                    for pid in database_server_pids()
+                                )
+                                / users
+                            )
                         throughput[layout].append(users / measured.makespan)
                         answered[layout] += measured.answered
+                        fake_cpu[layout].append(measured.fake_cpu_seconds / users)
     for layout in layouts:
         rates = ", ".join(f"{rate:.0f}" for rate in throughput[layout])
         print(
             f"{layout:<14} {statistics.median(throughput[layout]):6.0f} commands/s"
             f" (each burst: {rates})   answers {summary_ms(answered[layout])}"
+        )
+        per_command = [
+            statistics.median(figures[layout]) for figures in (bot_cpu, fake_cpu, server_cpu)
+        ]
+        busy = sum(per_command) * statistics.median(throughput[layout])
+        print(
+            f"{'':14} CPU per command: bot processes {per_command[0] * 1000:.2f} ms, loopback"
+            f" Discord {per_command[1] * 1000:.2f} ms, PostgreSQL {per_command[2] * 1000:.2f} ms;"
+            f" {busy:.1f} of {os.cpu_count()} cores busy"
         )
     ratio = statistics.median(throughput["two processes"]) / statistics.median(
         throughput["one process"]
@@ -441,7 +494,11 @@ async def main(quick: bool, database: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE} users only, {QUICK_QUOTES_AT_LEAST} commands")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_SIZE} users only, {QUICK_QUOTES_AT_LEAST} commands",
+    )
     add_database_option(parser)
     parser.add_argument(
         "--processes",

@@ -703,7 +703,5 @@ async def main(quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="20 round trips, 16 tasks, 8 accounts"
-    )
+    parser.add_argument("--quick", action="store_true", help="20 round trips, 16 tasks, 8 accounts")
     asyncio.run(main(parser.parse_args().quick))
