@@ -425,6 +425,17 @@ async def compare_processes(quick: bool) -> None:
     ratio = statistics.median(throughput["two processes"]) / statistics.median(
         throughput["one process"]
     )
+    # A process runs on one core at most (its event loop); with a core of its own for each and
+    # the database and Discord elsewhere, its CPU per command is what would limit it.
+    ceilings = {
+        layout: len(layouts[layout]) / statistics.median(bot_cpu[layout]) for layout in layouts
+    }
+    print(
+        f"with a core for each bot process and nothing else on them, at most"
+        f" {ceilings['one process']:.0f} commands/s for one process and"
+        f" {ceilings['two processes']:.0f} for two"
+        f" ({ceilings['two processes'] / ceilings['one process']:.2f}x)"
+    )
     print(
         f"latency: two processes answer {ratio:.2f}x the commands per second of one"
         f" (target >= {THROUGHPUT_RATIO_TARGET:g}), slowest answer"
