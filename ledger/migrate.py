@@ -5,6 +5,7 @@ Changes to the schema are Alembic migrations in ``ledger/migrations``.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -66,7 +67,7 @@ def _prepare(connection: Connection, upgrade: bool) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
         current = MigrationContext.configure(connection).get_current_revision()
-        scripts = ScriptDirectory.from_config(_config())
+        scripts = _scripts()
         head = scripts.get_current_head()
         if current == head:
             return
@@ -104,4 +105,11 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    return _scripts().get_current_head()
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    """The migration scripts, read once: they ship with this code and do not change under it
+    (reading them is most of what opening an up-to-date database costs)."""
+    return ScriptDirectory.from_config(_config())
