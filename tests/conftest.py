@@ -111,14 +111,18 @@ async def postgres_database() -> AsyncIterator[str]:
         await admin.close()
 
 
-_LEDGER_TABLES = ", ".join(f'"{table.name}"' for table in schema.metadata.sorted_tables)
-"""Every table the schema declares, so a new one is emptied too; never ``alembic_version``."""
 _EMPTY_THE_LEDGER = (
-    # Connections a previous test left open would hold locks the TRUNCATE waits for.
+    # Connections a previous test left open would hold locks the deletes wait for.
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid();"
-    f"TRUNCATE {_LEDGER_TABLES} RESTART IDENTITY CASCADE"
+    # Every table the schema declares, so a new one is emptied too (never alembic_version),
+    # those referring to others first. DELETE, not TRUNCATE: on tables this small it takes a
+    # quarter of the time, and every PostgreSQL test pays it.
+    "BEGIN;"
+    + "".join(f'DELETE FROM "{table.name}";' for table in reversed(schema.metadata.sorted_tables))
+    + "COMMIT;"
 )
+_SEQUENCES = "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()"
 
 
 class SessionPostgres:
@@ -154,6 +158,9 @@ class SessionPostgres:
             if revision != self.revision:
                 return False
             await connection.execute(_EMPTY_THE_LEDGER)
+            # Ids start from 1 again, as in a new database.
+            for sequence in await connection.fetch(_SEQUENCES):
+                await connection.execute(f'ALTER SEQUENCE "{sequence[0]}" RESTART')
             return True
         finally:
             await connection.close()
