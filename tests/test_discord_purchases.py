@@ -77,6 +77,9 @@ async def bot(
     service: ImagineService, settings: Settings, discord_fake: LoopbackDiscord
 ) -> AsyncIterator[ImagineBot]:
     async with running_bot(service, settings, discord_fake) as running:
+        # Past the start-up's look for purchases made while away: a purchase a test makes
+        # after that is the event's alone to fulfil, and is consumed once.
+        await discord_fake.wait_for(lambda: discord_fake.entitlement_listings >= 1)
         yield running
 
 
