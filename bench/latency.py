@@ -20,9 +20,11 @@ freezes it.
 With ``--processes 2`` it measures what a second process buys instead: the
 bot runs as ``imagine-bot run`` processes on PostgreSQL, Discord's two shards
 in one process, then one shard in each of two, alternating, and each layout
-answers bursts of N=500 /imagine spread over a guild of each shard. Reported:
-each layout's throughput (commands over the time from the first sent to the
-last answered) and the ratio of two processes' to one's.
+answers bursts of N=500 /imagine from the same people, spread over a guild
+of each shard (an untimed burst first, which also opens their accounts).
+Reported: each layout's throughput (commands over the time from the first
+sent to the last answered), the ratio of two processes' to one's, and the CPU
+per command of the bot processes, the loopback Discord and PostgreSQL.
 
     python -m bench.latency --processes 2 [--quick]
 """
@@ -100,6 +102,8 @@ PROCESS_ROUNDS = 3
 THROUGHPUT_RATIO_TARGET = 1.4
 """Two processes (a shard each) must answer at least this many times the commands per second
 of one process running both shards, on this 2-core machine."""
+PROCESS_USERS = 900_000_000_003_000_000
+"""The first of the people whose commands the ``--processes`` bursts send."""
 SHARD_GUILDS = (OTHER_GUILD_ID, GUILD_ID)
 """A guild on shard 0 of two, and one on shard 1."""
 
@@ -172,18 +176,26 @@ class LoopbackProcess:
         self._next_user = 900_000_000_002_000_000
 
     async def burst(
-        self, users: int, *, bot: int | None, click: bool, guilds: tuple[int, ...] = (GUILD_ID,)
+        self,
+        users: int,
+        *,
+        bot: int | None,
+        click: bool,
+        guilds: tuple[int, ...] = (GUILD_ID,),
+        first_user: int | None = None,
     ) -> Burst:
-        """``users`` new people run /imagine at once, sent to ``bot`` (None: where Discord
-        would send them), each in the next of ``guilds`` in turn."""
+        """``users`` people run /imagine at once, sent to ``bot`` (None: where Discord would
+        send them), each in the next of ``guilds`` in turn: new people, or those numbered
+        from ``first_user`` on."""
         asked = {
             "users": users,
-            "first_user": self._next_user,
+            "first_user": self._next_user if first_user is None else first_user,
             "click": click,
             "bot": bot,
             "guilds": list(guilds),
         }
-        self._next_user += users
+        if first_user is None:
+            self._next_user += users
         cpu_before = time.process_time()
         async with self.session.post(f"{self.control}/burst", json=asked) as response:
             response.raise_for_status()
@@ -323,6 +335,7 @@ async def bot_processes(
                     "MODELS_FILE": str(folder / "models.toml"),
                     "STARTING_CREDITS": "100",
                     "PROVIDER_CONCURRENCY": "64",
+                    "QUOTES_PER_MINUTE": "1000",
                     "DISCORD_TOKEN": TOKEN,
                     "DISCORD_API_BASE": fake.api_base,
                     "DISCORD_GUILD_IDS": ",".join(str(guild) for guild in SHARD_GUILDS),
@@ -388,13 +401,25 @@ async def compare_processes(quick: bool) -> None:
                         async with bot_processes(
                             fake, folder, database_url, layouts[layout]
                         ) as pids:
-                            await fake.burst(2, bot=None, click=False, guilds=SHARD_GUILDS)
+                            # The same people every time: the first burst opens their
+                            # accounts, and each layout's untimed one warms it up.
+                            await fake.burst(
+                                users,
+                                bot=None,
+                                click=False,
+                                guilds=SHARD_GUILDS,
+                                first_user=PROCESS_USERS,
+                            )
                             cpu_before = cpu_seconds_of(pids)
                             server_before = {
                                 pid: cpu_seconds_of([pid]) for pid in database_server_pids()
                             }
                             measured = await fake.burst(
-                                users, bot=None, click=False, guilds=SHARD_GUILDS
+                                users,
+                                bot=None,
+                                click=False,
+                                guilds=SHARD_GUILDS,
+                                first_user=PROCESS_USERS,
                             )
                             bot_cpu[layout].append((cpu_seconds_of(pids) - cpu_before) / users)
                             server_cpu[layout].append(
