@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -134,11 +136,21 @@ class RetryPolicy:
         return min(asked, self.max_delay_seconds)
 
 
+@functools.cache
+def shared_tls() -> ssl.SSLContext:
+    """The TLS settings every provider client verifies servers with, as httpx2 makes them.
+
+    Made once: loading the trust store takes about 20 ms, and each SDK client
+    would otherwise load it again for every HTTP client it builds.
+    """
+    return httpx2.create_ssl_context()
+
+
 class ProviderHttpClient(httpx2.AsyncClient):
     """An httpx client that retries only what is safe to retry, recording every call it makes."""
 
     def __init__(self, retries: RetryPolicy, **settings: Any) -> None:
-        super().__init__(**settings)
+        super().__init__(**({"verify": shared_tls()} | settings))
         self._retries = retries
 
     async def send(self, request: httpx2.Request, **options: Any) -> httpx2.Response:  # type: ignore[override]

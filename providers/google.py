@@ -38,7 +38,7 @@ from providers.base import (
     generate_each,
     read_options,
 )
-from providers.calls import ProviderHttpClient, RetryPolicy
+from providers.calls import ProviderHttpClient, RetryPolicy, shared_tls
 from providers.errors import (
     BadRequest,
     ContentBlocked,
@@ -109,6 +109,10 @@ class GoogleProvider(ImageProvider):
         )
         http_options = types.HttpOptions(
             httpx_async_client=self._http,
+            # The SDK also builds a client of its own for synchronous calls, and TLS
+            # settings for its websockets; neither is used, and both are cheaper shared.
+            client_args={"verify": shared_tls()},
+            async_client_args={"ssl": shared_tls()},
             base_url=config.base_url,
             api_version=options.api_version,
             timeout=round(options.request_timeout_seconds * 1000),
