@@ -401,10 +401,10 @@ DELIVERY_ALLOWANCE_SECONDS = 60.0
 _CONCLUDE_WHEN_STOPPING_SECONDS = 5.0
 """How long a shutdown waits to tell the user of a generation it cut short."""
 _LEASE_IN_HEARTBEATS = 3
+"""A hold's lease lasts three renewals: a process that misses them has stopped answering for it."""
 SLOT_POLL_SECONDS = 0.25
 """How often a process asks PostgreSQL again for a slot its first waiter is in line for: a slot
 another process frees is noticed within this (one this process frees, at once)."""
-"""A hold's lease lasts three renewals: a process that misses them has stopped answering for it."""
 MEGABYTE = 1_048_576
 DEFAULT_QUOTE_LIMITS = QuoteLimits(
     reference_bytes_per_account=40 * MEGABYTE,
@@ -1688,7 +1688,7 @@ class DatabaseSlots:
         However it ends (done, refused, cancelled), its row is deleted.
         """
         try:
-            place = await self._ledger.queue_for_slot(
+            place = await self._ledger.claim_slot(
                 generation_id, self.scope, self.limit, self._lease
             )
             if place.position:

@@ -140,11 +140,11 @@ class Settings(BaseSettings):
     """Where admins are told a provider passed 80% of its monthly budget: ``discord:<channel
     id>`` or ``slack:<channel id>``."""
     discord_allow_test_purchases: bool = False
+    """Grant credits for Discord's test-mode purchases (entitlement type 4)."""
     discord_shard_count: int | None = Field(default=None, ge=1, le=100_000)
     """How many shards the bot runs in all, across its processes; unset: what Discord recommends."""
     discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
     """The shards this process runs, of ``DISCORD_SHARD_COUNT``; unset: all of them."""
-    """Grant credits for Discord's test-mode purchases (entitlement type 4)."""
 
     discord_token: str | None = None
     discord_guild_ids: str | None = None

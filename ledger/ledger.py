@@ -629,12 +629,17 @@ class Ledger:
 
     # -- limits shared across processes (PostgreSQL) ---------------------------
 
-    async def queue_for_slot(
+    async def claim_slot(
         self, generation_id: str, scope: str, limit: int, lease: timedelta
     ) -> slots.SlotPlace:
-        """Put ``generation_id`` in line under ``scope`` (``user:<account>``, ``provider:<name>``),
-        owned by this process for ``lease``, and give it one of the ``limit`` slots at once if
-        one is free and nobody waits ahead: position 0, else its place in line (1: next)."""
+        """Give ``generation_id`` one of ``scope``'s ``limit`` slots (``user:<account>``,
+        ``provider:<name>``) if one is free and nobody waits ahead, else its place in line
+        (1: next), owned by this process for ``lease``: asked first to join the line, then
+        again while it waits.
+
+        A generation not in line yet, or whose row expired meanwhile (its process stalled
+        past its lease), joins at the back, under a new ``claim_id``.
+        """
         return await self._database.write(
             partial(
                 slots.claim,
@@ -645,16 +650,6 @@ class Ledger:
                 lease=lease,
             )
         )
-
-    async def claim_slot(
-        self, generation_id: str, scope: str, limit: int, lease: timedelta
-    ) -> slots.SlotPlace:
-        """Ask again for a slot for a generation in line: 0 if it now has one, else its place.
-
-        Renews its lease. If the row expired meanwhile (the process stalled past its lease),
-        it is queued again at the back of the line, under a new ``claim_id``.
-        """
-        return await self.queue_for_slot(generation_id, scope, limit, lease)
 
     async def free_slot(self, generation_id: str, scope: str) -> None:
         """Give up ``generation_id``'s slot, or its place in line, under ``scope``."""

@@ -47,8 +47,8 @@ async def test_a_generation_under_the_limit_gets_a_slot_at_once(
 ) -> None:
     await generations(ledger, clock, "g1", "g2")
 
-    first = await ledger.queue_for_slot("g1", SCOPE, 2, LONG)
-    second = await ledger.queue_for_slot("g2", SCOPE, 2, LONG)
+    first = await ledger.claim_slot("g1", SCOPE, 2, LONG)
+    second = await ledger.claim_slot("g2", SCOPE, 2, LONG)
 
     assert (first.position, second.position) == (0, 0)
     assert await rows(ledger) == [("g1", ledger.owner, True), ("g2", ledger.owner, True)]
@@ -58,10 +58,10 @@ async def test_a_generation_over_the_limit_waits_and_is_told_its_place(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     await generations(ledger, clock, "g1", "g2", "g3")
-    await ledger.queue_for_slot("g1", SCOPE, 1, LONG)
+    await ledger.claim_slot("g1", SCOPE, 1, LONG)
 
-    second = await ledger.queue_for_slot("g2", SCOPE, 1, LONG)
-    third = await ledger.queue_for_slot("g3", SCOPE, 1, LONG)
+    second = await ledger.claim_slot("g2", SCOPE, 1, LONG)
+    third = await ledger.claim_slot("g3", SCOPE, 1, LONG)
 
     assert (second.position, third.position) == (1, 2)
     assert second.claim_id < third.claim_id
@@ -72,9 +72,9 @@ async def test_places_in_line_follow_the_order_of_queueing_across_processes(
 ) -> None:
     await generations(ledger, clock, "g1", "g2", "g3")
     async with another_bot(database_url, clock) as other:
-        await ledger.queue_for_slot("g1", SCOPE, 1, LONG)
-        await other.queue_for_slot("g2", SCOPE, 1, LONG)
-        await ledger.queue_for_slot("g3", SCOPE, 1, LONG)
+        await ledger.claim_slot("g1", SCOPE, 1, LONG)
+        await other.claim_slot("g2", SCOPE, 1, LONG)
+        await ledger.claim_slot("g3", SCOPE, 1, LONG)
         await ledger.free_slot("g1", SCOPE)
 
         # g3's process asks first, but g2 queued before it: g3 must not jump the line.
@@ -86,8 +86,8 @@ async def test_places_in_line_follow_the_order_of_queueing_across_processes(
 
 async def test_a_freed_slot_goes_to_the_next_in_line(ledger: Ledger, clock: FakeClock) -> None:
     await generations(ledger, clock, "g1", "g2")
-    await ledger.queue_for_slot("g1", SCOPE, 1, LONG)
-    waiting = await ledger.queue_for_slot("g2", SCOPE, 1, LONG)
+    await ledger.claim_slot("g1", SCOPE, 1, LONG)
+    waiting = await ledger.claim_slot("g2", SCOPE, 1, LONG)
 
     await ledger.free_slot("g1", SCOPE)
 
@@ -99,9 +99,9 @@ async def test_limits_of_different_scopes_do_not_count_each_other(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     await generations(ledger, clock, "g1", "g2")
-    await ledger.queue_for_slot("g1", "user:discord:1001", 1, LONG)
+    await ledger.claim_slot("g1", "user:discord:1001", 1, LONG)
 
-    assert (await ledger.queue_for_slot("g2", "user:discord:1002", 1, LONG)).position == 0
+    assert (await ledger.claim_slot("g2", "user:discord:1002", 1, LONG)).position == 0
 
 
 async def test_a_slot_whose_lease_ran_out_is_dropped_and_the_next_in_line_gets_it(
@@ -109,9 +109,9 @@ async def test_a_slot_whose_lease_ran_out_is_dropped_and_the_next_in_line_gets_i
 ) -> None:
     await generations(ledger, clock, "g1", "g2")
     async with another_bot(database_url, clock) as stopped:
-        await stopped.queue_for_slot("g1", SCOPE, 1, RUN_OUT)
+        await stopped.claim_slot("g1", SCOPE, 1, RUN_OUT)
 
-    assert (await ledger.queue_for_slot("g2", SCOPE, 1, LONG)).position == 0
+    assert (await ledger.claim_slot("g2", SCOPE, 1, LONG)).position == 0
     assert await rows(ledger) == [("g2", ledger.owner, True)]
 
 
@@ -119,9 +119,9 @@ async def test_a_waiter_whose_row_expired_is_queued_again_at_the_back(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     await generations(ledger, clock, "g1", "g2", "g3")
-    await ledger.queue_for_slot("g1", SCOPE, 1, LONG)
-    stalled = await ledger.queue_for_slot("g2", SCOPE, 1, RUN_OUT)
-    await ledger.queue_for_slot("g3", SCOPE, 1, LONG)
+    await ledger.claim_slot("g1", SCOPE, 1, LONG)
+    stalled = await ledger.claim_slot("g2", SCOPE, 1, RUN_OUT)
+    await ledger.claim_slot("g3", SCOPE, 1, LONG)
 
     again = await ledger.claim_slot("g2", SCOPE, 1, LONG)
 
@@ -133,9 +133,9 @@ async def test_renewing_leases_renews_this_processs_slots_and_no_one_elses(
     ledger: Ledger, clock: FakeClock, database_url: str
 ) -> None:
     await generations(ledger, clock, "g1", "g2")
-    await ledger.queue_for_slot("g1", SCOPE, 2, LONG)
+    await ledger.claim_slot("g1", SCOPE, 2, LONG)
     async with another_bot(database_url, clock) as other:
-        await other.queue_for_slot("g2", SCOPE, 2, LONG)
+        await other.claim_slot("g2", SCOPE, 2, LONG)
     # Renewed for no time at all, so that what was renewed shows as expired.
     await ledger.renew_leases({"g1", "g2"}, RUN_OUT)
 
@@ -145,7 +145,7 @@ async def test_renewing_leases_renews_this_processs_slots_and_no_one_elses(
 
 async def test_freeing_a_slot_leaves_no_row(ledger: Ledger, clock: FakeClock) -> None:
     await generations(ledger, clock, "g1")
-    await ledger.queue_for_slot("g1", SCOPE, 1, LONG)
+    await ledger.claim_slot("g1", SCOPE, 1, LONG)
 
     await ledger.free_slot("g1", SCOPE)
 
@@ -156,7 +156,7 @@ async def test_a_lease_of_a_slot_is_timed_by_the_database_not_by_the_bots_clock(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     await generations(ledger, clock, "g1")
-    await ledger.queue_for_slot("g1", SCOPE, 1, timedelta(minutes=1))
+    await ledger.claim_slot("g1", SCOPE, 1, timedelta(minutes=1))
     clock.advance(hours=5)
 
     assert await ledger.drop_expired_slots() == 0
